@@ -1,0 +1,42 @@
+"""Secrets come from the environment only; this module reads them and masks them in anything written."""
+
+from __future__ import annotations
+
+import os
+import re
+
+SECRET_ENV_VARS = ("RUNPOD_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "R1LAB_VLLM_API_KEY")
+_MASK = "***"
+
+
+def get_secret(name: str) -> str | None:
+    """Return a secret from the environment (None if unset or empty)."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def secret_values() -> list[str]:
+    """The current values of every known secret (long enough to be worth masking)."""
+    return [v for n in SECRET_ENV_VARS if (v := get_secret(n)) and len(v) >= 6]
+
+
+_TOKEN_PATTERNS = [
+    re.compile(r"(Authorization:\s*Bearer\s+)\S+", re.IGNORECASE),
+    re.compile(r"(--api-key[ =])\S+"),
+    re.compile(r"\b(hf_)[A-Za-z0-9]{20,}"),
+    re.compile(r"\b(rpa_)[A-Za-z0-9]{20,}"),
+]
+
+
+def redact(text: str) -> str:
+    """Mask every known secret value and anything shaped like a bearer token or API key."""
+    for value in sorted(secret_values(), key=len, reverse=True):
+        text = text.replace(value, _MASK)
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + _MASK, text)
+    return text
+
+
+def scrubbed_env(extra_allowed: tuple[str, ...] = ()) -> dict[str, str]:
+    """A copy of os.environ without secrets, for processes that must not see them (e.g. notebook kernels)."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS or k in extra_allowed}

