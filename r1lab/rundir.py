@@ -1,0 +1,249 @@
+"""Run directories: where one run's results, ledger and hand-over state live (docs/architecture.md).
+
+`new_run` creates `outputs/<experiment>/<run_id>/` with `run.json`; `open_run` is what every notebook calls
+first: it loads the validated params and the run directory the runner created (or a fresh one when the notebook
+is run on its own in JupyterLab). Nothing in a run directory is overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import getpass
+import importlib.metadata as md
+import json
+import os
+import platform
+import secrets as _random
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1lab.config import Experiment, load_experiment
+from r1lab.teardown import Ledger
+
+SCHEMA_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VERSIONED_PACKAGES = (
+    "r1lab",
+    "ray",
+    "ai-dynamo",
+    "ai-dynamo-runtime",
+    "papermill",
+    "pydantic",
+    "asyncssh",
+    "aiohttp",
+    "plotly",
+    "kaleido",
+    "huggingface_hub",
+    "numpy",
+    "pandas",
+    "locust",
+)
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+def new_run_id() -> str:
+    """Sortable, unique: UTC time plus 4 random hex digits (e.g. 20261127-221503-3fa9)."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S") + "-" + _random.token_hex(2)
+
+
+def git_sha(root: Path = REPO_ROOT) -> str | None:
+    """HEAD's sha, with '+dirty' when tracked files differ from it; None outside a git checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "user": getpass.getuser(),
+    }
+
+
+class State:
+    """`state.json`: small hand-over values between notebooks (pods, endpoints), updated under a file lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        lock = self.path.with_suffix(".lock")
+        with open(lock, "a+") as lf:
+            fcntl.flock(lf, fcntl.LOCK_EX)
+            data = json.loads(self.path.read_text()) if self.path.exists() else {}
+            before = json.dumps(data, sort_keys=True)
+            yield data
+            if json.dumps(data, sort_keys=True) != before:
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+                tmp.replace(self.path)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._locked() as data:
+            return data.get(key, default)
+
+    def require(self, key: str, produced_by: str) -> Any:
+        """A value an earlier notebook must have written; a clear error naming that notebook otherwise."""
+        value = self.get(key)
+        if value is None:
+            raise RunDirError(f"{self.path}: no {key!r} yet: run {produced_by} first in this run directory")
+        return value
+
+    def set(self, key: str, value: Any) -> None:
+        with self._locked() as data:
+            data[key] = value
+
+    def all(self) -> dict[str, Any]:
+        with self._locked() as data:
+            return dict(data)
+
+
+@dataclass
+class RunContext:
+    """One run: its validated experiment, directory, ledger and hand-over state."""
+
+    exp: Experiment
+    params_path: Path
+    run_dir: Path
+    ledger: Ledger = field(init=False)
+    state: State = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.run_dir)
+        self.state = State(self.run_dir / "state.json")
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run dir (parents created)."""
+        p = self.run_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write a new JSON file into the run dir; refuses to overwrite one that exists."""
+        p = self.path(name)
+        if p.exists():
+            raise RunDirError(f"{p} exists already: results are never overwritten (start a new run)")
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        tmp.replace(p)
+        return p
+
+    def resource_name(self, role: str) -> str:
+        """Cloud resource name: r1lab-<run_id>-<role>."""
+        return f"r1lab-{self.run_id}-{role}"
+
+
+def new_run(params_path: str | Path, root: str | Path | None = None, run_id: str | None = None) -> RunContext:
+    """Create a fresh run directory for a params file and write run.json."""
+    params_path = Path(params_path).resolve()
+    exp = load_experiment(params_path)
+    # R1LAB_OUTPUTS overrides the params' outputs.root (tests, shared machines)
+    root = root or os.environ.get("R1LAB_OUTPUTS") or exp.outputs.root
+    base = Path(root) if Path(root).is_absolute() else REPO_ROOT / root
+    run_dir = base / exp.name / (run_id or new_run_id())
+    run_dir.mkdir(parents=True, exist_ok=False)
+    for sub in ("commands", "logs", "notebooks", "charts"):
+        (run_dir / sub).mkdir()
+    shutil.copyfile(params_path, run_dir / "params.yaml")
+    ctx = RunContext(exp, params_path, run_dir)
+    ctx.write_json(
+        "run.json",
+        {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_dir.name,
+            "experiment": exp.name,
+            "params_file": str(
+                params_path.relative_to(REPO_ROOT) if params_path.is_relative_to(REPO_ROOT) else params_path
+            ),
+            "params": exp.model_dump(mode="json"),
+            "git_sha": git_sha(),
+            "versions": package_versions(),
+            "host": host_info(),
+            "seed": exp.seed,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return ctx
+
+
+def resolve_params(params_path: str | Path) -> Path:
+    """A params path as given, or relative to the repo root (notebooks run with cwd notebooks/ in JupyterLab)."""
+    p = Path(params_path)
+    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
+    return p
+
+
+def open_run(params_path: str | Path, run_dir: str | Path = "") -> RunContext:
+    """What each notebook calls first. With the runner's run_dir: that run; empty: a fresh run (JupyterLab)."""
+    _notebook_setup()
+    params_path = resolve_params(params_path)
+    if not run_dir:
+        ctx = new_run(params_path)
+        print(f"new run directory: {ctx.run_dir}")
+        return ctx
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").exists():
+        raise RunDirError(
+            f"{run_dir} is not a run directory (no run.json): pass one created by `r1lab run`, "
+            "or leave run_dir empty for a fresh run"
+        )
+    return RunContext(load_experiment(params_path), Path(params_path).resolve(), run_dir)
+
+
+def _notebook_setup() -> None:
+    """Inside a kernel: plotly figures embed plotly.js (rendered HTML opens offline, no CDN)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    import plotly.io as pio
+
+    pio.renderers.default = (
+        "plotly_mimetype+notebook_connected"
+        if os.environ.get("R1LAB_PLOTLY_CDN")
+        else "plotly_mimetype+notebook"
+    )

@@ -1,0 +1,261 @@
+"""`r1lab run PARAMS`: execute the notebook suite with papermill into a new run directory, and always tear down.
+
+Each notebook gets only two parameters, `params_path` and `run_dir` (never a secret). Executed notebooks are
+saved as they finish (a failing one too, with its error) and rendered to HTML with plotly.js embedded.
+Whatever happens — success, a failing cell, Ctrl-C, SIGTERM — the `finally` tears down every resource in the
+run's ledger; a second Ctrl-C during teardown is refused, because a half-done teardown leaks paid pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r1lab.config import ParamsError
+from r1lab.rundir import REPO_ROOT, RunContext, open_run
+from r1lab.secrets import redact
+from r1lab.teardown import teardown_run
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+HIDE_CODE = {"06_report"}  # shared as a report: rendered without code cells
+
+
+class RunFailed(RuntimeError):
+    """A notebook failed: names the notebook, the cell and the error."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so `finally` blocks (teardown) run."""
+
+
+@dataclass
+class Step:
+    key: str  # "02"
+    name: str  # "02_single_node"
+    path: Path
+
+
+def discover_notebooks(directory: Path = NOTEBOOK_DIR) -> list[Step]:
+    steps = []
+    for p in sorted(directory.glob("[0-9][0-9]_*.ipynb")):
+        steps.append(Step(p.name[:2], p.stem, p))
+    return steps
+
+
+def select(steps: list[Step], only: str | None) -> list[Step]:
+    if not only:
+        return steps
+    wanted = {k.strip().zfill(2) for k in only.split(",") if k.strip()}
+    unknown = wanted - {s.key for s in steps}
+    if unknown:
+        raise SystemExit(
+            f"r1lab run: --only names no notebook {sorted(unknown)}; have {[s.name for s in steps]}"
+        )
+    return [s for s in steps if s.key in wanted]
+
+
+class EventLog:
+    """runner.jsonl in the run dir: what ran, when, how it ended (also what --resume reads)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "runner.jsonl"
+
+    def write(self, event: str, **fields: Any) -> None:
+        entry = {
+            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+            "event": event,
+            **fields,
+        }
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(redact(json.dumps(entry, default=str)) + "\n")
+
+    def completed(self) -> set[str]:
+        if not self.path.exists():
+            return set()
+        done = set()
+        for line in self.path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if e.get("event") == "notebook_completed":
+                done.add(e["notebook"])
+        return done
+
+
+def render_html(ipynb: Path, hide_code: bool = False) -> Path:
+    """Render an executed notebook to a self-contained HTML file next to it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(ipynb, as_version=4)
+    exporter = HTMLExporter(
+        exclude_input=hide_code, exclude_input_prompt=hide_code, exclude_output_prompt=hide_code
+    )
+    body, _ = exporter.from_notebook_node(nb)
+    out = ipynb.with_suffix(".html")
+    out.write_text(redact(body), encoding="utf-8")
+    return out
+
+
+def _failure_from(exc: Exception, step: Step) -> str:
+    """One clear line: notebook, cell, error."""
+    cell = getattr(exc, "exec_count", None) or getattr(exc, "cell_index", None)
+    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
+    return f"{step.name}: cell {cell}: {ename}: {evalue}"
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM raises Terminated (so finally runs); SIGINT stays KeyboardInterrupt."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def _shielded() -> Iterator[None]:
+    """During teardown, Ctrl-C and SIGTERM are acknowledged but do not interrupt it."""
+
+    def refuse(signum: int, frame: Any) -> None:
+        print(
+            "\nr1lab: teardown in progress; interrupting it could leave paid resources running. "
+            "Waiting for it to finish...",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    old_int, old_term = signal.signal(signal.SIGINT, refuse), signal.signal(signal.SIGTERM, refuse)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _start_provider(ctx: RunContext) -> dict[str, str]:
+    """Bring up what the provider needs for this run; returns environment for the notebook kernels."""
+    if ctx.exp.provider.kind != "twin":
+        return {}
+    from r1lab.cloud.twin import runner_hooks  # the twin's lifecycle, recorded in this run's ledger
+
+    return runner_hooks.start_for_run(ctx)
+
+
+def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_name: str = "python3") -> None:
+    """Execute the steps in order into ctx.run_dir; raise RunFailed naming the notebook and cell."""
+    import papermill as pm
+
+    log = EventLog(ctx.run_dir)
+    done = log.completed() if resume else set()
+    env_extra = _start_provider(ctx)
+    for i, step in enumerate(steps, 1):
+        out = ctx.run_dir / "notebooks" / f"{step.name}.ipynb"
+        if step.name in done:
+            print(f"= {step.name}: complete in this run dir, skipped (--resume)", file=sys.stderr, flush=True)
+            continue
+        if out.exists():  # a failed earlier attempt (resume): keep it, never overwrite
+            out.rename(out.with_name(f"{step.name}.failed-{int(time.time())}.ipynb"))
+        print(f"▶ [{i}/{len(steps)}] {step.name}", file=sys.stderr, flush=True)
+        log.write("notebook_started", notebook=step.name)
+        start = time.monotonic()
+        env_backup = dict(os.environ)
+        os.environ.update(env_extra)
+        os.environ["PAPERMILL_EXECUTION"] = "1"
+        try:
+            pm.execute_notebook(
+                str(step.path),
+                str(out),
+                parameters={"params_path": str(ctx.params_path), "run_dir": str(ctx.run_dir)},
+                kernel_name=kernel_name,
+                cwd=str(REPO_ROOT),
+                progress_bar=False,
+                log_output=False,
+                request_save_on_cell_execute=True,
+            )
+        except Exception as exc:  # papermill's PapermillExecutionError, kernel deaths, ...
+            elapsed = time.monotonic() - start
+            reason = redact(_failure_from(exc, step))
+            log.write("notebook_failed", notebook=step.name, seconds=round(elapsed, 1), error=reason)
+            if out.exists():
+                render_html(out, step.name in HIDE_CODE)
+            raise RunFailed(f"{reason}\n  executed notebook (with the error): {out}") from None
+        finally:
+            os.environ.clear()
+            os.environ.update(env_backup)
+        elapsed = time.monotonic() - start
+        render_html(out, step.name in HIDE_CODE)
+        log.write("notebook_completed", notebook=step.name, seconds=round(elapsed, 1))
+        print(f"✓ {step.name} ({elapsed:.1f}s)", file=sys.stderr, flush=True)
+
+
+def run(
+    params: str, only: str | None = None, resume_dir: str | None = None, notebook_dir: Path = NOTEBOOK_DIR
+) -> tuple[RunContext, int]:
+    """Run the suite; returns the context and an exit code. Teardown always happens."""
+    ctx = open_run(params, resume_dir or "")
+    log = EventLog(ctx.run_dir)
+    print(f"run directory: {ctx.run_dir}", file=sys.stderr, flush=True)
+    log.write("run_started", params=str(params), only=only, resume=bool(resume_dir))
+    code = 0
+    try:
+        with _signals_raise():
+            execute(ctx, select(discover_notebooks(notebook_dir), only), resume=bool(resume_dir))
+    except RunFailed as exc:
+        print(f"✗ {exc}", file=sys.stderr, flush=True)
+        code = 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        print(f"\n✗ interrupted ({type(exc).__name__}); tearing down", file=sys.stderr, flush=True)
+        log.write("run_interrupted", reason=type(exc).__name__)
+        code = 130
+    finally:
+        with _shielded():
+            report = teardown_run(ctx.run_dir)
+            log.write("teardown", deleted=len(report.deleted), failed=len(report.failed))
+            print(str(report), file=sys.stderr, flush=True)
+            if not report.ok:
+                print(
+                    f"  some resources may still exist: `r1lab reap --run {ctx.run_id}` retries; check the "
+                    "provider's console",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                code = code or 2
+    log.write("run_finished", code=code)
+    return ctx, code
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="r1lab run", description="Run the notebook suite for a params file."
+    )
+    parser.add_argument("params", help="params/*.yaml")
+    parser.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,02")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run: skip notebooks already complete")
+    parser.add_argument(
+        "--notebooks", type=Path, default=NOTEBOOK_DIR, help="notebook directory (default: the suite)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        ctx, code = run(args.params, args.only, args.resume, args.notebooks)
+    except ParamsError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 1
+    print(ctx.run_dir)
+    return code

@@ -1,0 +1,148 @@
+"""Params validation: every committed params file validates; bad params give errors naming file, key and fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r1lab.config import ParamsError, load_experiment, parse_experiment
+
+REPO = Path(__file__).resolve().parent.parent
+PARAMS = sorted((REPO / "params").glob("*.yaml"))
+
+GOOD = """
+name: ok
+provider: {kind: runpod, data_center: EU-RO-1}
+pods:
+  - {role: head, gpu_type: NVIDIA H100 NVL, gpu_count: 8}
+serving: {engine: vllm, tensor_parallel: 8}
+"""
+
+
+def test_every_params_file_validates() -> None:
+    assert {p.name for p in PARAMS} >= {
+        "twin.yaml",
+        "runpod-1x8-h100nvl.yaml",
+        "runpod-2x8-h100nvl.yaml",
+        "runpod-cluster-2x8-h100sxm.yaml",
+        "runpod-1x8-h200.yaml",
+    }
+    for p in PARAMS:
+        exp = load_experiment(p)
+        assert exp.name == p.stem
+
+
+def test_good_minimal_params() -> None:
+    exp = parse_experiment(GOOD, "x.yaml")
+    assert exp.total_gpus == 8 and exp.nodes == 1 and exp.gpu_type == "NVIDIA H100 NVL"
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ParamsError) as info:
+        parse_experiment(text, "bad.yaml")
+    return info.value.problems
+
+
+# (description, text replacement applied to GOOD, substrings the single error must contain)
+BAD_CASES = [
+    (
+        "typo in a key",
+        ("tensor_parallel: 8", "tensor_paralel: 8"),
+        ["bad.yaml:6", "serving.tensor_paralel", "unknown key", "did you mean 'tensor_parallel'"],
+    ),
+    (
+        "wrong type",
+        ("tensor_parallel: 8", "tensor_parallel: eight"),
+        ["bad.yaml:6", "serving.tensor_parallel", "expected a valid integer", "'eight'"],
+    ),
+    (
+        "unknown GPU type",
+        ("NVIDIA H100 NVL", "NVIDIA H100 NV"),
+        ["bad.yaml:5", "pods[0].gpu_type", "unknown GPU type", "did you mean 'NVIDIA H100 NVL'"],
+    ),
+    (
+        "parallelism does not fit",
+        ("tensor_parallel: 8", "tensor_parallel: 16"),
+        ["serving.tensor_parallel", "= 16 GPUs", "have 8"],
+    ),
+    (
+        "plan's --dtype flag",
+        ("tensor_parallel: 8}", 'tensor_parallel: 8, extra_args: ["--dtype", "float8_e4m3fn"]}'),
+        ["serving.extra_args", "--dtype float8_e4m3fn", "quantization_config", "remove the flag"],
+    ),
+    (
+        "flag r1lab owns",
+        ("tensor_parallel: 8}", 'tensor_parallel: 8, extra_args: ["--max-model-len=4096"]}'),
+        ["serving.extra_args", "--max-model-len", "serving.max_model_len"],
+    ),
+    (
+        "P/D without Dynamo",
+        ("serving:", "dynamo: {disaggregated: true}\nserving:"),
+        ["dynamo.disaggregated", "dynamo.enabled: true"],
+    ),
+    ("lowercase data center", ("EU-RO-1", "eu-ro-1"), ["provider.data_center", "upper case", "'eu-ro-1'"]),
+    (
+        "plan's *.fp8 pattern",
+        ("serving:", 'model: {include: ["*.fp8"]}\nserving:'),
+        ["model.include[0]", "matches no file", "'*.safetensors'"],
+    ),
+    (
+        "secret in params",
+        ("serving:", "hf_token: hf_abcdefghijklmnopqrstuvwxyz\nserving:"),
+        ["hf_token", "secrets never go in params", "environment"],
+    ),
+    ("mocker on RunPod", ("engine: vllm", "engine: mocker"), ["serving.engine", "on RunPod use 'vllm'"]),
+    (
+        "two pods without a network",
+        ("pods:", "pods:\n  - {role: worker, gpu_type: NVIDIA H100 NVL, gpu_count: 8}"),
+        ["tensor_parallel"],
+    ),
+    (
+        "gpu memory utilisation out of range",
+        ("tensor_parallel: 8}", "tensor_parallel: 8, gpu_memory_utilization: 1.5}"),
+        ["serving.gpu_memory_utilization", "0.98", "1.5"],
+    ),
+    ("not YAML", ("serving:", "serving: [unclosed"), ["bad.yaml", "not valid YAML"]),
+    (
+        "missing pods",
+        ("pods:\n  - {role: head, gpu_type: NVIDIA H100 NVL, gpu_count: 8}\n", ""),
+        ["pods", "required key is missing"],
+    ),
+]
+
+
+@pytest.mark.parametrize("desc,change,expect", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_params_give_documented_error(desc: str, change: tuple[str, str], expect: list[str]) -> None:
+    old, new = change
+    assert old in GOOD, desc
+    problems = _problems(GOOD.replace(old, new))
+    text = "\n".join(problems)
+    for part in expect:
+        assert part in text, f"{desc}: {part!r} not in {text!r}"
+
+
+def test_multi_node_needs_network_and_distributed_backend() -> None:
+    two = GOOD.replace("pods:", "pods:\n  - {role: worker, gpu_type: NVIDIA H100 NVL, gpu_count: 8}").replace(
+        "tensor_parallel: 8}", "tensor_parallel: 8, pipeline_parallel: 2}"
+    )
+    assert "provider.network" in "\n".join(_problems(two))
+    two_net = two.replace("data_center: EU-RO-1}", "data_center: EU-RO-1, network: global-networking}")
+    assert "serving.distributed_backend" in "\n".join(_problems(two_net))
+    ok = two_net.replace("pipeline_parallel: 2}", "pipeline_parallel: 2, distributed_backend: ray}")
+    assert parse_experiment(ok).nodes == 2
+
+
+def test_validate_cli_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("tensor_parallel: 8", "tensor_paralel: 8"))
+    cmd = [sys.executable, "-m", "r1lab.cli", "validate"]
+    ok = subprocess.run([*cmd, str(REPO / "params" / "twin.yaml")], capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    res = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 1
+    assert f"{bad}:6: serving.tensor_paralel" in res.stderr
+    missing = subprocess.run([*cmd, str(tmp_path / "nope.yaml")], capture_output=True, text=True, cwd=REPO)
+    assert missing.returncode == 1 and "no such params file" in missing.stderr

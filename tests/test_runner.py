@@ -1,0 +1,120 @@
+"""The runner: run dirs, papermill execution, failure reporting, resume, and teardown after failure and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat as nbf
+import pytest
+
+from r1lab.runner import run
+from r1lab.teardown import Ledger
+
+REPO = Path(__file__).resolve().parent.parent
+PARAMS = REPO / "params" / "runpod-1x8-h200.yaml"  # provider runpod: the runner itself starts nothing
+
+RECORD = """
+import r1lab
+ctx = r1lab.open_run(params_path, run_dir)
+ctx.ledger.record("test-marker", "{rid}", ctx.resource_name("{rid}"), "local", path={marker!r})
+print("recorded {rid}")
+"""
+
+
+def _nb(path: Path, *sources: str) -> None:
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbf.v4.new_code_cell('params_path = ""\nrun_dir = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *[nbf.v4.new_code_cell(s) for s in sources]]
+    nbf.write(nb, path)
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> tuple[Path, Path]:
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    return nbdir, tmp_path / "marker.txt"
+
+
+def test_failing_notebook_is_reported_and_torn_down(
+    suite: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nbdir, marker = suite
+    _nb(nbdir / "00_first.ipynb", RECORD.format(rid="a", marker=str(marker)))
+    _nb(
+        nbdir / "01_second.ipynb",
+        RECORD.format(rid="b", marker=str(marker)),
+        "x = 1",
+        "raise ValueError('boom')",
+    )
+    _nb(nbdir / "02_never.ipynb", "print('should not run')")
+    monkeypatch.setenv("R1LAB_OUTPUTS", str(tmp_path / "outputs"))
+    ctx, code = run(str(PARAMS), notebook_dir=nbdir)
+    assert code == 1
+    # both resources torn down, newest first; the ledger proves it
+    assert marker.read_text().splitlines() == ["torn down b", "torn down a"]
+    assert Ledger(ctx.run_dir).live() == []
+    events = [json.loads(line) for line in (ctx.run_dir / "runner.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["event"] == "notebook_failed"]
+    assert len(failed) == 1 and failed[0]["notebook"] == "01_second"
+    assert "ValueError: boom" in failed[0]["error"] and "cell" in failed[0]["error"]
+    # what was produced up to the failure stays: executed notebooks (the failing one too), HTML
+    names = {p.name for p in (ctx.run_dir / "notebooks").iterdir()}
+    assert {"00_first.ipynb", "00_first.html", "01_second.ipynb", "01_second.html"} <= names
+    assert "02_never.ipynb" not in names
+    run_json = json.loads((ctx.run_dir / "run.json").read_text())
+    assert run_json["schema_version"] == 1 and run_json["params"]["name"] == "runpod-1x8-h200"
+    assert {"python", "papermill", "ray"} <= set(run_json["versions"]) and run_json["host"]["cpus"]
+
+    # --resume skips the completed notebook and retries the failed one, keeping the failed attempt
+    (nbdir / "01_second.ipynb").unlink()
+    _nb(nbdir / "01_second.ipynb", "print('fixed')")
+    ctx2, code2 = run(str(PARAMS), resume_dir=str(ctx.run_dir), notebook_dir=nbdir)
+    assert code2 == 0 and ctx2.run_dir == ctx.run_dir
+    names = {p.name for p in (ctx.run_dir / "notebooks").iterdir()}
+    assert "02_never.ipynb" in names and any(n.startswith("01_second.failed-") for n in names)
+    started = [
+        json.loads(x)["notebook"]
+        for x in (ctx.run_dir / "runner.jsonl").read_text().splitlines()
+        if json.loads(x)["event"] == "notebook_started"
+    ]
+    assert started.count("00_first") == 1
+
+
+@pytest.mark.parametrize("sig,expected_code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
+def test_signal_tears_down(suite: tuple[Path, Path], tmp_path: Path, sig: int, expected_code: int) -> None:
+    nbdir, marker = suite
+    _nb(
+        nbdir / "00_hold.ipynb", RECORD.format(rid="held", marker=str(marker)), "import time\ntime.sleep(120)"
+    )
+    out_root = tmp_path / "outputs"
+    env = {**os.environ, "R1LAB_OUTPUTS": str(out_root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r1lab.cli", "run", str(PARAMS), "--notebooks", str(nbdir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    ledger_files: list[Path] = []
+    while time.monotonic() < deadline:
+        ledger_files = [p for p in out_root.glob("*/*/ledger.jsonl") if p.read_text().strip()]
+        if ledger_files:
+            break
+        time.sleep(0.2)
+    assert ledger_files, "the notebook never recorded its resource"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == expected_code, err
+    assert marker.read_text().splitlines() == ["torn down held"]
+    assert "teardown: 1 deleted, 0 failed" in err
+    assert Ledger(ledger_files[0].parent).live() == []
