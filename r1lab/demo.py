@@ -1,0 +1,66 @@
+"""`make demo`: run every notebook on the twin, then print where the report is and a ten-line summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from r1lab.runner import run
+
+
+def _fmt(value: float | None, unit: str, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f} {unit}"
+
+
+def summary_lines(run_dir: Path) -> list[str]:
+    """Ten lines from the run's files: saturation, latency there, throughput, cost (labelled)."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        return [f"no summary.json in {run_dir}: the load test did not complete"]
+    summary: dict[str, Any] = json.loads(summary_path.read_text())
+    points = summary.get("points", [])
+    sat = summary.get("saturation") or {}
+    sweep = [p for p in points if p.get("scenario") == sat.get("scenario", "sweep")] or points
+    knee = next((p for p in sweep if p.get("concurrency") == sat.get("concurrency")), None)
+    best = max(points, key=lambda p: p.get("output_tok_s") or 0, default=None)
+    at = knee or best or {}
+    source = at.get("source", "measured-twin")
+    lines = [
+        f"experiment        {json.loads((run_dir / 'run.json').read_text())['experiment']}  ({source}: GPUs are "
+        "simulated by the mocker, timed by the performance model)",
+        f"load points       {len(points)} in {len({p.get('scenario') for p in points})} scenarios, "
+        f"{sum(p.get('requests', 0) for p in points):,} requests, {sum(p.get('errors', 0) for p in points)} errors",
+        f"saturation        concurrency {sat.get('concurrency', 'not reached')}"
+        + (f" ({sat.get('reason')})" if sat.get("reason") else ""),
+        f"TTFT there        p50 {_fmt(at.get('ttft_ms', {}).get('p50'), 'ms')}, p99 {_fmt(at.get('ttft_ms', {}).get('p99'), 'ms')}",
+        f"TPOT there        p50 {_fmt(at.get('tpot_ms', {}).get('p50'), 'ms', 1)}, p99 {_fmt(at.get('tpot_ms', {}).get('p99'), 'ms', 1)}",
+        f"throughput there  {_fmt(at.get('output_tok_s'), 'output tok/s', 1)}, {_fmt(at.get('tok_s_per_gpu'), 'tok/s/GPU', 1)}, "
+        f"{_fmt(at.get('tok_s_per_user'), 'tok/s/user', 1)}",
+        f"peak throughput   {_fmt((best or {}).get('output_tok_s'), 'output tok/s', 1)} at "
+        f"{(best or {}).get('scenario')} c={(best or {}).get('concurrency')}",
+        f"cost (modelled)   {_fmt(at.get('usd_per_hour'), '$/h', 2)} for {at.get('gpus', '?')} GPUs; "
+        f"{_fmt(at.get('usd_per_mtok_out'), '$ per M output tokens', 2)} at saturation",
+        f"report            {run_dir / 'report.html'}",
+        f"notebooks         {run_dir / 'notebooks'}",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    params = argv[0] if argv else "params/twin.yaml"
+    start = time.monotonic()
+    ctx, code = run(params)
+    elapsed = time.monotonic() - start
+    print()
+    print(f"run directory     {ctx.run_dir}   ({elapsed:.0f} s, exit {code})")
+    for line in summary_lines(ctx.run_dir):
+        print(line)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

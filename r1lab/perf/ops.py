@@ -1,0 +1,289 @@
+"""Operator costs: the time of one engine step of DeepSeek-R1 on one deployment, from a GEMM roofline on
+measured efficiency curves, MoE expert coverage, MLA attention, TP all-reduce, PP send/receive, EP all-to-all
+and a per-step engine overhead.
+
+Public interface:
+- `Deployment(gpu, par, engine, kv_dtype, nodes, network, ...)`: what runs where.
+- `ENGINES`: documented per-engine constants (`EngineConstants`), one set per engine, not fitted to results.
+- `StepModel(dep)`: `step_s(...)` (seconds of one step, batch of decodes + prefill chunks),
+  `breakdown(...)` (the same split by component, for naming a bottleneck).
+
+The step of a batch of M tokens, per layer, on one GPU (one TP rank of one DP replica):
+  GEMMs  max(weight bytes / streaming rate, flops / rate at M)  (Efficiency.gemm_s), floor KERNEL_MIN_US each;
+  MoE    routed experts touched by M tokens: E * (1 - (1 - k/E)^M); their weights streamed once;
+  MLA    decode reads each sequence's latent cache (ctx x 576 x bytes); prefill computes causal attention;
+  comm   2 TP all-reduces of M x hidden x 2 B; EP: all-to-all of M x k x hidden (fp8 out, bf16 back);
+  PP     hidden + residual (2 x hidden x 2 B per token) sent between stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism
+from r1lab.perf import hardware, network
+from r1lab.perf.profile import Efficiency, load_profile
+
+KERNEL_MIN_US = 2.5  # shortest kernel inside a CUDA graph (launch gaps + tail), documented, not fitted
+
+
+@dataclass(frozen=True)
+class EngineConstants:
+    """One documented set per engine (not fitted to any published row).
+
+    step_overhead_s: CPU time per step not hidden behind the GPU (scheduling, sampling, output processing);
+    request_overhead_s: added once to TTFT (HTTP, tokenisation, detokenisation, streaming the first chunk);
+    mtp_acceptance: chance each MTP draft token is accepted, given the previous one was (DeepSeek-V3 report:
+    85-90 % for the second token).
+    """
+
+    name: str
+    step_overhead_s: float
+    request_overhead_s: float
+    mtp_acceptance: float = 0.85
+
+
+ENGINES: dict[str, EngineConstants] = {
+    "vllm": EngineConstants("vllm", step_overhead_s=1.5e-3, request_overhead_s=10e-3),
+    "mocker": EngineConstants("mocker", step_overhead_s=1.5e-3, request_overhead_s=10e-3),  # times vLLM
+    "sglang": EngineConstants("sglang", step_overhead_s=1.0e-3, request_overhead_s=10e-3),
+    "trtllm": EngineConstants("trtllm", step_overhead_s=0.5e-3, request_overhead_s=10e-3),
+}
+
+
+def engine_constants(engine: str) -> EngineConstants:
+    key = engine.split()[0].lower().replace("-", "")
+    key = {"tensorrtllm": "trtllm", "trt": "trtllm"}.get(key, key)
+    if key not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {sorted(ENGINES)}")
+    return ENGINES[key]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One serving instance: GPU type, parallelism, engine, KV dtype, how many nodes and what joins them."""
+
+    gpu: str
+    par: Parallelism
+    engine: str = "vllm"
+    kv_dtype: str = "auto"
+    gpus_per_node: int = 8
+    network: str = "none"  # between nodes: none|global-networking|instant-cluster|infiniband
+    num_speculative_tokens: int = 0
+    profile: str | None = None  # slug or path; default: the GPU's reference profile
+    spec: ModelSpec = field(default_factory=ModelSpec.deepseek_r1)
+
+    @property
+    def hw(self) -> hardware.GPU:
+        return hardware.gpu(self.gpu)
+
+    @property
+    def nodes(self) -> int:
+        return max(1, -(-self.par.gpus // self.gpus_per_node))
+
+    @property
+    def eng(self) -> EngineConstants:
+        return engine_constants(self.engine)
+
+    def efficiency(self) -> Efficiency:
+        return load_profile(self.profile or self.hw.default_profile).efficiency(self.hw)
+
+    def label(self) -> str:
+        n = f"{self.nodes}x{min(self.gpus_per_node, self.par.gpus)}"
+        return f"{n} {self.hw.short} {self.par.label()}" + (
+            f" MTP{self.num_speculative_tokens}" if self.num_speculative_tokens else ""
+        )
+
+
+class StepModel:
+    """Step times of one deployment (precomputed constants; `step_s` is a few dozen float operations)."""
+
+    def __init__(self, dep: Deployment, eff: Efficiency | None = None) -> None:
+        self.dep = dep
+        self.spec = s = dep.spec
+        self.eff = eff or dep.efficiency()
+        self.eng = dep.eng
+        par = dep.par
+        self.tp, self.pp, self.dp = par.tp, par.pp, par.dp
+        hw = dep.hw
+        self.kv_elem = KV_DTYPE_BYTES[dep.kv_dtype]
+        # layers of the heaviest stage
+        stages = [s.stage_layers(par.pp, i) for i in range(par.pp)]
+        self.dense_layers, self.moe_layers = max(stages, key=lambda x: x[0] + x[1] * 3)
+        self.layers = self.dense_layers + self.moe_layers
+        # links: TP group inside a node unless tp exceeds gpus per node
+        intra = network.LINKS[hw.intranode]
+        inter = network.internode_link(dep.network)
+        self.tp_crosses_nodes = par.tp > dep.gpus_per_node
+        self.tp_link = inter if self.tp_crosses_nodes else intra
+        if not hw.nvlink_all_pairs and par.tp <= 2:
+            self.tp_link = network.LINKS["nvlink-bridge"]  # H100 NVL: a bridged pair
+        # measured all-reduce curves are of NVSwitch systems: used only where the TP group is NVSwitch-joined
+        self.use_measured_ar = not self.tp_crosses_nodes and hw.nvlink_all_pairs
+        self.pp_link = inter if par.pp > 1 and dep.nodes > 1 else intra
+        ep_nodes = -(-par.ep_size // dep.gpus_per_node) if par.ep else 1
+        self.ep_link = inter if ep_nodes > 1 else intra
+        self.ep_remote = (par.ep_size - min(par.ep_size, dep.gpus_per_node)) / par.ep_size if par.ep else 0.0
+        h = s.hidden_size
+        self.h = h
+        lin = s.attention_linears()
+        self.a_rep = (lin["q_a_proj"][0], lin["q_a_proj"][1] + lin["kv_a_proj"][1])
+        self.a_qb = (lin["q_b_proj"][0], lin["q_b_proj"][1] / self.tp)
+        self.a_kvb = (lin["kv_b_proj"][0], lin["kv_b_proj"][1] / self.tp)
+        self.a_o = (lin["o_proj"][0] / self.tp, lin["o_proj"][1])
+        self.heads = s.num_attention_heads / self.tp
+        self.dense_i = s.intermediate_size / self.tp
+        self.shared_i = s.n_shared_experts * s.moe_intermediate_size / self.tp
+        self.E, self.k, self.I = s.n_routed_experts, s.num_experts_per_tok, s.moe_intermediate_size
+        self.expert_bytes_full = s.expert_bytes(self.I)
+        self.vocab_shard = s.vocab_size / self.tp
+        self.kv_layer_bytes = s.kv_latent_dim * self.kv_elem
+        self.mtp = dep.num_speculative_tokens
+
+    # -- primitives ----------------------------------------------------------------------------------------
+    def _g(self, m: float, k: float, n: float, dtype: str = "fp8") -> float:
+        return max(self.eff.gemm_s(m, k, n, dtype=dtype), KERNEL_MIN_US * 1e-6)
+
+    def allreduce_s(self, nbytes: float) -> float:
+        if self.tp <= 1:
+            return 0.0
+        if self.use_measured_ar:
+            t = self.eff.allreduce_s(nbytes, self.tp)
+            if t is not None:
+                return t
+        alpha = self.eff.allreduce_s(0.0, 2) if self.eff.ar_points else None
+        alpha_us = max(self.tp_link.latency_us, (alpha or 0.0) * 1e6)
+        return network.ring_allreduce_s(nbytes, self.tp, self.tp_link, alpha_us)
+
+    def p2p_s(self, tokens: float) -> float:
+        return self.pp_link.transfer_s(tokens * 2 * self.h * 2)
+
+    # -- per-layer parts -------------------------------------------------------------------------------------
+    def parts(
+        self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float, n_logits: float | None = None
+    ) -> dict[str, float]:
+        """Seconds per step of the heaviest pipeline stage (one microbatch holding everything), by component."""
+        q = 1 + self.mtp
+        m = n_dec * q + n_pre
+        if m <= 0:
+            return {}
+        L, Lm, Ld = self.layers, self.moe_layers, self.dense_layers
+        # attention projections
+        attn_lin = (
+            self._g(m, *self.a_rep) + self._g(m, *self.a_qb) + self._g(m, *self.a_kvb) + self._g(m, *self.a_o)
+        )
+        # MLA core: decode reads the latent cache (q queries per seq), prefill computes causal attention
+        kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
+        dec_flops = 2.0 * self.heads * (self.spec.kv_latent_dim + self.spec.kv_lora_rank) * ctx_sum * q
+        pre_flops = 2.0 * self.heads * (self.spec.qk_head_dim + self.spec.v_head_dim) * pre_pairs
+        attn_rate = self.eff.bf16_curve[-1][1] * 1e12  # attention kernels run at the bf16 plateau
+        attn_core = max(kv_read, dec_flops / attn_rate) if n_dec else 0.0
+        attn_core += pre_flops / attn_rate if n_pre else 0.0
+        attn_core = max(attn_core, KERNEL_MIN_US * 1e-6)
+        # MLPs
+        dense = self._g(m, self.h, 2 * self.dense_i) + self._g(m, self.dense_i, self.h)
+        shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
+        router = self._g(m, self.h, self.E, "bf16")
+        if self.dep.par.ep:
+            tokens = m * self.dp  # every DP replica's tokens meet at the experts
+            local = self.E / self.dep.par.ep_size
+            touched = local * (1.0 - (1.0 - self.k / self.E) ** tokens)
+            rows = tokens * self.k / self.dep.par.ep_size
+            wbytes = touched * self.expert_bytes_full
+            flops = 2.0 * rows * 3 * self.h * self.I
+            a2a_bytes = m * self.k * self.h * (1 + 2)  # dispatch fp8, combine bf16
+            if self.ep_remote > 0:
+                comm_ep = self.ep_link.transfer_s(a2a_bytes * self.ep_remote)
+            else:
+                comm_ep = network.all_to_all_s(a2a_bytes, self.dep.par.ep_size, self.ep_link)
+        else:
+            touched = self.E * (1.0 - (1.0 - self.k / self.E) ** m)
+            rows = m * self.k
+            wbytes = touched * self.expert_bytes_full / self.tp
+            flops = 2.0 * rows * 3 * self.h * self.I / self.tp
+            comm_ep = 0.0
+        per_expert_rows = rows / max(touched, 1e-9)
+        routed = max(
+            wbytes / (self.eff.weight_tb_s * 1e12),
+            flops / (self.eff.tflops(per_expert_rows) * 1e12),
+            2 * KERNEL_MIN_US * 1e-6,
+        )
+        ar = 2 * self.allreduce_s(m * self.h * 2)
+        n_logits = n_dec * q + (1 if n_pre else 0) if n_logits is None else n_logits
+        head = self._g(max(n_logits, 1), self.h, self.vocab_shard, "bf16")
+        mtp_draft = 0.0
+        if (
+            self.mtp
+        ):  # each draft pass runs the MTP layer (one MoE layer + eh_proj) and the head on n_dec tokens
+            mtp_draft = self.mtp * (
+                self._g(n_dec, *self.a_rep)
+                + self._g(n_dec, *self.a_qb)
+                + self._g(n_dec, *self.a_o)
+                + max(kv_read / q, KERNEL_MIN_US * 1e-6)
+                + self._g(n_dec, 2 * self.h, self.h / self.tp, "bf16")
+                + max(
+                    self.E
+                    * (1 - (1 - self.k / self.E) ** n_dec)
+                    * self.expert_bytes_full
+                    / (self.tp if not self.dep.par.ep else self.dep.par.ep_size)
+                    / (self.eff.weight_tb_s * 1e12),
+                    2 * KERNEL_MIN_US * 1e-6,
+                )
+                + self._g(n_dec, self.h, self.vocab_shard, "bf16")
+                + 2 * self.allreduce_s(n_dec * self.h * 2)
+            )
+        return {
+            "attention_gemm": L * attn_lin,
+            "attention_core": L * attn_core,
+            "dense_mlp": Ld * dense,
+            "moe_experts": Lm * (routed + shared + router),
+            "tp_allreduce": L * ar,
+            "ep_all_to_all": Lm * comm_ep,
+            "lm_head": head,
+            "mtp_draft": mtp_draft,
+            "engine_overhead": self.eng.step_overhead_s,
+        }
+
+    def step_s(self, n_dec: float, ctx_sum: float, n_pre: float = 0.0, pre_pairs: float = 0.0) -> float:
+        """One engine step: every running sequence advances (decode) and prefill chunks are processed.
+
+        With PP p, the batch runs as p microbatches in flight; a token of any sequence takes the whole pipe:
+        p x stage time of a 1/p microbatch plus (p - 1) activation sends."""
+        p = self.pp
+        if p == 1:
+            return sum(self.parts(n_dec, ctx_sum, n_pre, pre_pairs).values())
+        mb = self._microbatches(n_dec, n_pre)
+        parts = self.parts(n_dec / mb, ctx_sum / mb, n_pre / mb, pre_pairs / mb)
+        stage = sum(v for k, v in parts.items() if k != "engine_overhead")
+        tokens = (n_dec * (1 + self.mtp) + n_pre) / mb
+        return p * stage + (p - 1) * self.p2p_s(tokens) + self.eng.step_overhead_s
+
+    def _microbatches(self, n_dec: float, n_pre: float) -> float:
+        """Microbatches in flight: up to pp, never more than the sequences there are to split."""
+        return float(min(self.pp, max(1.0, round(n_dec + (1 if n_pre else 0)))))
+
+    def breakdown(
+        self, n_dec: float, ctx_sum: float, n_pre: float = 0.0, pre_pairs: float = 0.0
+    ) -> dict[str, float]:
+        """Step time by component (pipeline sends under 'pp_send'), seconds."""
+        p = self.pp
+        mb = self._microbatches(n_dec, n_pre)
+        parts = self.parts(n_dec / mb, ctx_sum / mb, n_pre / mb, pre_pairs / mb)
+        out = {k: (v * p if k != "engine_overhead" else v) for k, v in parts.items()}
+        if p > 1:
+            out["pp_send"] = (p - 1) * self.p2p_s((n_dec * (1 + self.mtp) + n_pre) / mb)
+        return out
+
+    def tokens_per_step(self) -> float:
+        """Expected tokens a sequence gains per step: 1 + a + a^2 + ... (MTP drafts accepted in a chain)."""
+        a = self.eng.mtp_acceptance
+        return sum(a**i for i in range(self.mtp + 1))
+
+    def prefill_s(self, isl: int, ctx_before: int = 0) -> float:
+        """One prefill of isl tokens alone (a TTFT floor)."""
+        pairs = isl * ctx_before + isl * (isl + 1) / 2
+        return self.step_s(0, 0, isl, pairs)
+
+    def kv_transfer_s(self, tokens: int, link: network.Link) -> float:
+        """P/D: the prompt's KV cache (all layers) sent to the decode instance."""
+        return link.transfer_s(tokens * self.spec.kv_bytes_per_token(self.dep.kv_dtype))

@@ -1,0 +1,633 @@
+"""The capacity planner: `plan_experiment(exp) -> Plan` and `r1lab plan PARAMS [--json] [--out DIR]`.
+
+For the params' own topology and the standard alternatives (1 x 8 H100 NVL TP8; 2 x 8 H100 NVL TP8xPP2, P/D
+and DP+EP over Global Networking; 2 x 8 H100 SXM Instant Cluster; 1 x 8 H100 SXM; 1 x 8 H200 TP8 and DP+EP) it
+gives: fits or not and why, KV tokens, largest concurrency, predicted TTFT/TPOT/throughput at every load point of
+the params' scenarios, $/h and $ per million output tokens, the bottleneck with numbers, the known problems of the
+original plan (facts.md) with their status, and the serving commands.
+
+JSON schema (`Plan.as_dict()`, schema_version 1; stable: fields are only ever added):
+  {"schema_version": 1, "experiment": str, "model_version": str, "source": "modelled",
+   "params_topology": <topology id>,
+   "prices": {gpu_type: {"usd_per_gpu_hour", "date", "source"}},
+   "topologies": [{"id", "label", "gpu", "gpu_type", "nodes", "gpus_per_node", "gpus", "parallelism",
+                   "network", "disaggregated", "engine", "kv_dtype", "is_params", "fits", "reason",
+                   "memory": memory_plan(...).as_dict(), "kv_tokens", "max_concurrency", "usd_per_hour", "price",
+                   "bottleneck": {"component", "detail", ...},
+                   "points": [{"scenario", "isl", "osl", "concurrency", "rate", "ttft_ms": {mean,p50,p90,p99},
+                               "tpot_ms": {...}, "itl_ms": {...}, "e2e_ms": {...}, "output_tok_s",
+                               "tok_s_per_gpu", "tok_s_per_user", "usd_per_mtok_out", "meets_slo",
+                               "preemptions", "kv_transfer_ms"}]}],
+   "problems": [{"id", "severity": "error"|"warning"|"info", "status": "present"|"avoided", "title",
+                 "detail", "fix"}],
+   "commands": {"source": "r1lab.serve.commands" | "reference (facts.md)", "lines": [str], ...},
+   "summary": [str]}
+Latencies in ms, throughput in output tokens/s, money in USD. Every number is modelled, never measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1lab.model import Parallelism
+from r1lab.perf import hardware, network
+from r1lab.perf.predict import MODEL_VERSION, Disaggregation, predict
+
+SCHEMA_VERSION = 1
+# Dated fallbacks (facts.md, third-party copies of RunPod's pricing page, 2026-11-09); params and live prices win.
+FALLBACK_PRICES = {
+    "NVIDIA H100 NVL": {"usd_per_gpu_hour": 3.19, "date": "2026-11-09", "source": "facts.md (secure cloud)"},
+    "NVIDIA H100 80GB HBM3": {"usd_per_gpu_hour": 3.99, "date": "2026-11-09", "source": "facts.md (secure)"},
+    "NVIDIA H200": {"usd_per_gpu_hour": 4.59, "date": "2026-11-09", "source": "facts.md (secure cloud)"},
+}
+
+
+@dataclass(frozen=True)
+class Topology:
+    id: str
+    gpu_type: str
+    nodes: int
+    gpus_per_node: int
+    par: Parallelism
+    network: str = "none"
+    disagg: Disaggregation | None = None
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def label(self) -> str:
+        g = hardware.gpu(self.gpu_type).short
+        how = f"P/D {self.disagg.prefill.label()} -> {self.par.label()}" if self.disagg else self.par.label()
+        net = f" over {self.network}" if self.nodes > 1 else ""
+        return f"{self.nodes} x {self.gpus_per_node} {g}, {how}{net}"
+
+
+STANDARD: list[Topology] = [
+    Topology("1x8-h100nvl-tp8", "NVIDIA H100 NVL", 1, 8, Parallelism(8)),
+    Topology("2x8-h100nvl-tp8pp2-gn", "NVIDIA H100 NVL", 2, 8, Parallelism(8, 2), "global-networking"),
+    Topology(
+        "2x8-h100nvl-pd-gn",
+        "NVIDIA H100 NVL",
+        2,
+        8,
+        Parallelism(8),
+        "global-networking",
+        Disaggregation(Parallelism(8), 1, 1, "global-networking"),
+    ),
+    Topology(
+        "2x8-h100nvl-dp2ep-gn", "NVIDIA H100 NVL", 2, 8, Parallelism(8, 1, 2, True), "global-networking"
+    ),
+    Topology("1x8-h100sxm-tp8", "NVIDIA H100 80GB HBM3", 1, 8, Parallelism(8)),
+    Topology("2x8-h100sxm-tp8pp2-ic", "NVIDIA H100 80GB HBM3", 2, 8, Parallelism(8, 2), "instant-cluster"),
+    Topology("1x8-h200-tp8", "NVIDIA H200", 1, 8, Parallelism(8)),
+    Topology("1x8-h200-dp8ep", "NVIDIA H200", 1, 8, Parallelism(1, 1, 8, True)),
+]
+
+
+@dataclass
+class Plan:
+    experiment: str
+    params_topology: str
+    prices: dict[str, Any]
+    topologies: list[dict[str, Any]]
+    problems: list[dict[str, Any]]
+    commands: dict[str, Any]
+    summary: list[str]
+    schema_version: int = SCHEMA_VERSION
+    model_version: str = MODEL_VERSION
+    source: str = "modelled"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        return _clean(d)
+
+    def topology(self, tid: str) -> dict[str, Any]:
+        return next(t for t in self.topologies if t["id"] == tid)
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf -> None so the JSON is standard."""
+    if isinstance(obj, float):
+        return None if not math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def params_topology(exp: Any) -> Topology:
+    """The topology the params describe (P/D when Dynamo disaggregates: one instance per role's pods)."""
+    s, d = exp.serving, exp.dynamo
+    pods = exp.serving_pods
+    gpu_type, gpn, nodes = exp.gpu_type, exp.gpus_per_node, exp.nodes
+    net = exp.provider.network if nodes > 1 else "none"
+    if d.enabled and d.disaggregated:
+        gpus_per_instance = max(1, exp.total_gpus // max(1, d.prefill_workers + d.decode_workers))
+        tp = min(s.tensor_parallel, gpus_per_instance)
+        inst = Parallelism(tp, max(1, gpus_per_instance // tp))
+        link = "global-networking" if net == "global-networking" else (net if nodes > 1 else "nvswitch-nvl4")
+        dis = Disaggregation(inst, d.prefill_workers, d.decode_workers, link, d.kv_transfer_gbps)
+        return Topology("params", gpu_type, nodes, gpn, inst, net, dis)
+    par = Parallelism(s.tensor_parallel, s.pipeline_parallel, s.data_parallel, s.expert_parallel)
+    del pods
+    return Topology("params", gpu_type, nodes, gpn, par, net)
+
+
+def _price(gpu_type: str, exp: Any, prices: dict[str, Any] | None) -> dict[str, Any] | None:
+    if prices and gpu_type in prices:
+        p = prices[gpu_type]
+        return (
+            p if isinstance(p, dict) else {"usd_per_gpu_hour": float(p), "date": "live", "source": "catalog"}
+        )
+    cp = getattr(getattr(exp, "cost", None), "prices", {}) or {}
+    if gpu_type in cp:
+        p = cp[gpu_type]
+        return {"usd_per_gpu_hour": p.usd_per_gpu_hour, "date": p.date, "source": p.source or "params"}
+    return FALLBACK_PRICES.get(gpu_type)
+
+
+def _length(v: Any) -> tuple[int, tuple[int, int] | None]:
+    if isinstance(v, int):
+        return v, None
+    if v.kind == "fixed":
+        return v.value, None
+    if v.kind == "uniform":
+        return (v.min + v.max) // 2, (v.min, v.max)
+    lo, hi = max(1, int(v.mean - 2 * (v.std or 0))), int(v.mean + 2 * (v.std or 0))
+    return v.mean, (lo, max(lo, hi))
+
+
+def _points(exp: Any) -> list[dict[str, Any]]:
+    pts = []
+    for sc in exp.load.scenarios:
+        isl, isl_r = _length(sc.input_tokens)
+        osl, osl_r = _length(sc.output_tokens)
+        if sc.shape == "poisson":
+            for r in sc.rate:
+                pts.append(
+                    dict(
+                        scenario=sc.name,
+                        isl=isl,
+                        osl=osl,
+                        isl_r=isl_r,
+                        osl_r=osl_r,
+                        conc=None,
+                        rate=r,
+                        n=sc.requests_per_point,
+                    )
+                )
+        else:
+            for c in sc.concurrency:
+                pts.append(
+                    dict(
+                        scenario=sc.name,
+                        isl=isl,
+                        osl=osl,
+                        isl_r=isl_r,
+                        osl_r=osl_r,
+                        conc=c,
+                        rate=None,
+                        n=sc.requests_per_point,
+                    )
+                )
+    if not pts:
+        pts.append(
+            dict(scenario="default", isl=1024, osl=1024, isl_r=None, osl_r=None, conc=16, rate=None, n=None)
+        )
+    return pts
+
+
+def evaluate_topology(topo: Topology, exp: Any, prices: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Memory, load points, cost and bottleneck of one topology under the params' serving settings."""
+    s = exp.serving
+    eng = "vllm" if s.engine in ("vllm", "mocker") else s.engine
+    price = _price(topo.gpu_type, exp, prices)
+    usd_h = price["usd_per_gpu_hour"] * topo.gpus if price else None
+    slo = exp.load.slo
+    points, fits, reason, memory, bottleneck = [], True, "", {}, {}
+    for pt in _points(exp):
+        p = predict(
+            topo.gpu_type,
+            topo.gpus,
+            topo.par,
+            eng,
+            pt["isl"],
+            pt["osl"],
+            pt["conc"],
+            rate=pt["rate"],
+            kv_dtype=s.kv_cache_dtype if s.kv_cache_dtype != "bfloat16" else "auto",
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            max_num_seqs=s.max_num_seqs,
+            max_num_batched_tokens=s.max_num_batched_tokens,
+            enable_chunked_prefill=s.enable_chunked_prefill,
+            num_speculative_tokens=s.num_speculative_tokens,
+            max_model_len=s.max_model_len,
+            gpus_per_node=topo.gpus_per_node,
+            network_name=topo.network,
+            disaggregation=topo.disagg,
+            num_requests=pt["n"],
+            isl_range=pt["isl_r"],
+            osl_range=pt["osl_r"],
+            seed=exp.seed,
+        )
+        memory = memory or p.memory
+        if not p.fits:
+            fits, reason, bottleneck = False, p.reason, p.bottleneck
+            break
+        if not bottleneck or (pt["conc"] or 0) >= (bottleneck.get("_conc") or 0):
+            bottleneck = {**p.bottleneck, "_conc": pt["conc"] or 0, "at": f"{pt['scenario']} c={pt['conc']}"}
+        usd_mtok = usd_h / (p.output_tok_s * 3600) * 1e6 if usd_h and p.output_tok_s > 0 else None
+        meets = (slo.ttft_ms is None or p.ttft_ms["p99"] <= slo.ttft_ms) and (
+            slo.tpot_ms is None or p.tpot_ms["p99"] <= slo.tpot_ms
+        )
+        points.append(
+            dict(
+                scenario=pt["scenario"],
+                isl=pt["isl"],
+                osl=pt["osl"],
+                concurrency=pt["conc"],
+                rate=pt["rate"],
+                ttft_ms=p.ttft_ms,
+                tpot_ms=p.tpot_ms,
+                itl_ms=p.itl_ms,
+                e2e_ms=p.e2e_ms,
+                output_tok_s=p.output_tok_s,
+                tok_s_per_gpu=p.tok_s_per_gpu,
+                tok_s_per_user=p.tok_s_per_user,
+                usd_per_mtok_out=usd_mtok,
+                meets_slo=meets,
+                preemptions=p.preemptions,
+                kv_transfer_ms=p.kv_transfer_ms,
+            )
+        )
+    bottleneck.pop("_conc", None)
+    return dict(
+        id=topo.id,
+        label=topo.label(),
+        gpu=hardware.gpu(topo.gpu_type).short,
+        gpu_type=topo.gpu_type,
+        nodes=topo.nodes,
+        gpus_per_node=topo.gpus_per_node,
+        gpus=topo.gpus,
+        parallelism=(
+            f"P/D {topo.disagg.prefill.label()} x{topo.disagg.prefill_instances} -> "
+            f"{topo.par.label()} x{topo.disagg.decode_instances}"
+        )
+        if topo.disagg
+        else topo.par.label(),
+        network=topo.network,
+        disaggregated=topo.disagg is not None,
+        engine=eng,
+        kv_dtype=s.kv_cache_dtype,
+        is_params=topo.id == "params",
+        fits=fits,
+        reason=reason,
+        memory=memory,
+        kv_tokens=memory.get("kv_tokens"),
+        max_concurrency=memory.get("max_concurrency"),
+        usd_per_hour=usd_h,
+        price=price,
+        bottleneck=bottleneck,
+        points=points,
+    )
+
+
+def _problems(exp: Any, topos: list[dict[str, Any]], params: Topology) -> list[dict[str, Any]]:
+    """The original plan's known problems (facts.md), each with its status under these params, plus findings."""
+    s, d = exp.serving, exp.dynamo
+    out: list[dict[str, Any]] = []
+
+    def add(pid: str, severity: str, present: bool, title: str, detail: str, fix: str) -> None:
+        out.append(
+            dict(
+                id=pid,
+                severity=severity if present else "info",
+                status="present" if present else "avoided",
+                title=title,
+                detail=detail,
+                fix=fix,
+            )
+        )
+
+    inc = exp.model.include
+    add(
+        "download-patterns",
+        "error",
+        not any(p.endswith(".safetensors") for p in inc),
+        "The plan's download matches no weight file",
+        '`--include "*.fp8"` matches nothing in deepseek-ai/DeepSeek-R1 (its FP8 weights are 163 '
+        "model-*.safetensors shards) and the second download excludes *.safetensors; `huggingface-cli` is now `hf`. "
+        f"These params include {inc[:3]}...",
+        "hf download deepseek-ai/DeepSeek-R1 --include '*.safetensors' '*.json' ... (r1lab.hub)",
+    )
+    add(
+        "api-server",
+        "error",
+        False,
+        "`python -m vllm.entrypoints.api_server` is gone",
+        "It was a demo server serving only /generate; r1lab renders `vllm serve MODEL` (OpenAI-compatible).",
+        "vllm serve /workspace/models/DeepSeek-R1 ...",
+    )
+    add(
+        "dtype-fp8",
+        "error",
+        any("float8" in a for a in s.extra_args),
+        "`--dtype float8_e4m3fn` is rejected by vLLM",
+        "FP8 comes from config.json's quantization_config by itself (r1lab.config rejects the flag).",
+        "drop --dtype",
+    )
+    tp16 = s.tensor_parallel > exp.gpus_per_node and exp.nodes > 1
+    add(
+        "tp16-across-nodes",
+        "warning",
+        tp16,
+        "TP16 across two pods",
+        f"tensor_parallel={s.tensor_parallel} with {exp.gpus_per_node} GPUs per pod puts 2 all-reduces per layer "
+        "(122 per token) on the inter-pod link.",
+        "tensor_parallel = GPUs per pod, pipeline_parallel = pods (or DP+EP)",
+    )
+    add(
+        "dynamo-plain-vllm",
+        "error",
+        False,
+        "Dynamo does not forward to a plain vLLM endpoint",
+        "Its frontend routes to Dynamo workers (`python -m dynamo.vllm`) registered in its discovery; "
+        f"these params {'enable' if d.enabled else 'do not enable'} Dynamo, and r1lab launches dynamo.vllm workers.",
+        "python -m dynamo.frontend + python -m dynamo.vllm workers",
+    )
+    add(
+        "ray-public",
+        "error",
+        False,
+        "Ray dashboard/job API on 0.0.0.0 of a pod with public ports",
+        "Anyone could submit jobs; r1lab keeps Ray on the private network and reaches it through SSH forwarding.",
+        "ray start --dashboard-host 127.0.0.1; SSH port forward",
+    )
+    # topology findings
+    me = next(t for t in topos if t["is_params"])
+    if not me["fits"]:
+        add(
+            "does-not-fit",
+            "error",
+            True,
+            f"{me['label']} cannot serve R1",
+            me["reason"],
+            "more memory per GPU (H200) or more GPUs",
+        )
+    if me["fits"] and me["nodes"] > 1 and me["network"] == "global-networking":
+        b = dict(me["bottleneck"])
+        if b.get("component") == "kv_transfer" and b.get("ms_per_request"):
+            osl = me["points"][0]["osl"] if me["points"] else 1024
+            single = next(
+                (t for t in topos if t["id"] == "1x8-h100nvl-tp8" and t["fits"] and t["points"]), None
+            )
+            alone = (
+                f"; one 8 x H100 NVL pod alone is predicted at {max(p['output_tok_s'] for p in single['points']):,.0f}"
+                if single
+                else ""
+            )
+            b["detail"] = (
+                f"{b['detail']}: at most {1000 / b['ms_per_request']:.2f} requests/s, about "
+                f"{osl * 1000 / b['ms_per_request']:,.0f} output tok/s at {osl} output tokens for all "
+                f"{me['gpus']} GPUs{alone} tok/s"
+            )
+        add(
+            "inter-pod-link",
+            "error",
+            True,
+            "The inter-pod link (Global Networking, 100 Mbps) is the bottleneck",
+            b.get("detail", str(b)),
+            "one pod (8 x H200 fits R1 with room), or an Instant Cluster (1.6-3.2 Tbps) for two nodes",
+        )
+    if me["fits"] and hardware.gpu(me["gpu_type"]).short == "H100 NVL" and params.par.tp > 2:
+        add(
+            "nvl-pcie-allreduce",
+            "warning",
+            True,
+            "TP8 on H100 NVL all-reduces over PCIe",
+            "H100 NVL cards are NVLink-bridged in pairs only; vLLM turns its custom all-reduce off, so NCCL rings "
+            "cross PCIe Gen5 (~64 GB/s each way) for 2 all-reduces per layer.",
+            "accept it, or H100 SXM/H200 with NVSwitch",
+        )
+    if me["fits"] and me["max_concurrency"] is not None:
+        pts = me["points"]
+        top = max((p["concurrency"] or 0) for p in pts) if pts else 0
+        if me["max_concurrency"] < top:
+            add(
+                "kv-capacity",
+                "warning",
+                True,
+                "KV cache too small for the highest load point",
+                f"{me['kv_tokens']:,} KV tokens per replica hold {me['max_concurrency']} sequences of "
+                f"{me['memory'].get('seq_len')} tokens; the sweep goes to {top}: requests queue or get preempted.",
+                "kv_cache_dtype: fp8, higher gpu_memory_utilization, or more memory",
+            )
+    if me["usd_per_hour"]:
+        need = me["usd_per_hour"] * exp.provider.budget_hours
+        if need > exp.provider.budget_usd:
+            add(
+                "budget",
+                "warning",
+                True,
+                "Budget ends the run early",
+                f"${me['usd_per_hour']:.2f}/h x {exp.provider.budget_hours} h = ${need:.0f} > budget "
+                f"${exp.provider.budget_usd:.0f}",
+                "raise budget_usd or shorten budget_hours",
+            )
+    return out
+
+
+COMMANDS_HOOK = "r1lab.serve.commands.render(exp) -> dict with 'lines' (serving engineer, issue 6)"
+
+
+def _commands(exp: Any) -> dict[str, Any]:
+    """Commands rendered by r1lab.serve.commands (it owns them), per stage; facts.md's reference forms only if
+    that module is missing."""
+    try:
+        from r1lab.serve import commands as serve_commands  # serve stands above perf: imported lazily
+    except ImportError:
+        serve_commands = None
+    if serve_commands is not None:
+        out: dict[str, Any] = {"source": "r1lab.serve.commands", "stages": {}, "lines": []}
+        for stage in serve_commands.stages(exp):
+            try:
+                dep = serve_commands.render(exp, stage)
+            except ValueError as exc:  # ServeConfigError: a params combination serve cannot render
+                out["stages"][stage] = {"error": str(exc)}
+                out["lines"].append(f"# {stage}: cannot render: {exc}")
+                continue
+            lines = [
+                ("" if c.run else "# not run (stood in for by the mocker): ") + c.shell()
+                for c in dep.commands
+            ]
+            out["stages"][stage] = {
+                "topology": dep.topology,
+                "engine": dep.engine,
+                "lines": lines,
+                "notes": list(dep.notes),
+            }
+            out["lines"] += [f"# --- stage {stage}: {dep.topology} ({dep.engine})", *lines]
+        return out
+    return _reference_commands(exp)
+
+
+def _reference_commands(exp: Any) -> dict[str, Any]:
+    s, m = exp.serving, exp.model
+    base = (
+        f"vllm serve {m.path} --served-model-name {m.served_name} --tensor-parallel-size {s.tensor_parallel}"
+    )
+    lines = []
+    if s.pipeline_parallel > 1:
+        lines += [
+            "ray start --head --port 6379 --dashboard-host 127.0.0.1  # head pod, VLLM_HOST_IP set",
+            "ray start --address HEAD:6379  # worker pod, VLLM_HOST_IP set",
+            f"{base} --pipeline-parallel-size {s.pipeline_parallel} --distributed-executor-backend ray",
+        ]
+    elif s.data_parallel > 1:
+        lines += [
+            f"{base} --data-parallel-size {s.data_parallel} --data-parallel-size-local 1"
+            f"{' --enable-expert-parallel' if s.expert_parallel else ''} --data-parallel-address HEAD "
+            "--data-parallel-rpc-port 13345"
+        ]
+    else:
+        lines.append(base)
+    lines[-1] += f" --kv-cache-dtype {s.kv_cache_dtype} --gpu-memory-utilization {s.gpu_memory_utilization}"
+    if s.max_model_len:
+        lines[-1] += f" --max-model-len {s.max_model_len}"
+    if exp.dynamo.enabled:
+        lines += [
+            f"python -m dynamo.frontend --router-mode {exp.dynamo.router_mode}",
+            f"python -m dynamo.vllm --model {m.path} --tensor-parallel-size {s.tensor_parallel}"
+            + (
+                " --disaggregation-mode prefill|decode --kv-transfer-config "
+                '\'{"kv_connector":"NixlConnector","kv_role":"kv_both"}\''
+                if exp.dynamo.disaggregated
+                else ""
+            ),
+        ]
+    return {
+        "source": "reference (facts.md)",
+        "hook": COMMANDS_HOOK,
+        "lines": lines,
+        "note": "r1lab.serve.commands does not exist yet: reference forms, not the rendered commands",
+    }
+
+
+def plan_experiment(exp: Any, prices: dict[str, Any] | None = None, include_standard: bool = True) -> Plan:
+    """Plan one Experiment (r1lab.config). `prices`: live {gpu_type: usd_per_gpu_hour or price dict}."""
+    ptopo = params_topology(exp)
+    topos = [ptopo] + (STANDARD if include_standard else [])
+    from r1lab.progress import track  # noqa: PLC0415
+
+    results = [evaluate_topology(t, exp, prices) for t in track(topos, "planning topologies", len(topos))]
+    problems = _problems(exp, results, ptopo)
+    summary = []
+    for r in results:
+        if not r["fits"]:
+            summary.append(f"{r['label']}: does not fit: {r['reason']}")
+            continue
+        best = max(r["points"], key=lambda p: p["output_tok_s"]) if r["points"] else None
+        cost = (
+            f", ${best['usd_per_mtok_out']:.2f}/M output tokens" if best and best["usd_per_mtok_out"] else ""
+        )
+        summary.append(
+            f"{r['label']}: {r['kv_tokens']:,} KV tokens/replica; best {best['output_tok_s']:.0f} tok/s "
+            f"({best['tok_s_per_gpu']:.0f}/GPU) at c={best['concurrency']}, TPOT {best['tpot_ms']['mean']:.0f} ms"
+            f"{cost}; bottleneck {r['bottleneck'].get('component')}"
+        )
+    price_table = {g: _price(g, exp, prices) for g in sorted({t.gpu_type for t in topos})}
+    return Plan(
+        experiment=exp.name,
+        params_topology="params",
+        prices=price_table,
+        topologies=results,
+        problems=problems,
+        commands=_commands(exp),
+        summary=summary,
+    )
+
+
+def render_text(plan: Plan) -> str:
+    d = plan.as_dict()
+    lines = [f"Plan for {d['experiment']} (modelled by {d['model_version']}; nothing here is measured)", ""]
+    for t in d["topologies"]:
+        mark = "*" if t["is_params"] else " "
+        lines.append(f"{mark} {t['label']}  [{t['id']}]")
+        m = t["memory"]
+        if m:
+            lines.append(
+                f"    memory/GPU: weights {m['weights_gib']:.1f} GiB, activations {m['activation_gib']:.1f}, "
+                f"graphs {m['cudagraph_gib']:.1f}, CUDA/NCCL {m['non_torch_gib']:.1f}, KV {m['kv_gib']:.1f} "
+                f"of {m['budget_gib']:.1f} GiB ({m['gpu_memory_utilization']} x {m['total_gib']:.1f})"
+            )
+        if not t["fits"]:
+            lines.append(f"    DOES NOT FIT: {t['reason']}")
+            continue
+        price = f"${t['usd_per_hour']:.2f}/h" if t["usd_per_hour"] else "no price"
+        lines.append(
+            f"    KV tokens/replica {t['kv_tokens']:,}; max concurrency {t['max_concurrency']}; {price}"
+        )
+        b = t["bottleneck"]
+        lines.append(f"    bottleneck: {b.get('component')}: {b.get('detail') or ''}".rstrip(": "))
+        for p in t["points"]:
+            cost = f" ${p['usd_per_mtok_out']:.2f}/Mtok" if p["usd_per_mtok_out"] else ""
+            lines.append(
+                f"    {p['scenario']:<18} c={p['concurrency']!s:<4} TTFT {p['ttft_ms']['mean']:>8.0f} ms  "
+                f"TPOT {p['tpot_ms']['mean']:>6.1f} ms  {p['output_tok_s']:>7.0f} tok/s "
+                f"({p['tok_s_per_gpu']:.0f}/GPU){cost}"
+            )
+    lines += ["", "Problems of the original plan and of these params:"]
+    for pr in d["problems"]:
+        lines.append(f"  [{pr['status']}/{pr['severity']}] {pr['title']}: {pr['detail']}  Fix: {pr['fix']}")
+    lines += ["", f"Commands ({d['commands']['source']}):"] + [f"  {c}" for c in d["commands"]["lines"]]
+    return "\n".join(lines)
+
+
+def cli_main(argv: list[str]) -> int:
+    """`r1lab plan PARAMS [--json] [--out DIR]`: 0 on success, 1 on bad params."""
+    import argparse
+
+    from r1lab.config import ParamsError, load_experiment
+
+    ap = argparse.ArgumentParser(
+        prog="r1lab plan", description="Fit, KV capacity, predicted performance, cost."
+    )
+    ap.add_argument("params")
+    ap.add_argument(
+        "--json", action="store_true", help="print the plan as JSON (schema in r1lab.perf.planner)"
+    )
+    ap.add_argument("--out", help="also write plan.json and charts (HTML) into this directory")
+    ap.add_argument("--only-params", action="store_true", help="skip the standard alternative topologies")
+    a = ap.parse_args(argv)
+    try:
+        exp = load_experiment(a.params)
+    except ParamsError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return 1
+    plan = plan_experiment(exp, include_standard=not a.only_params)
+    if a.out:
+        from r1lab.perf.charts import write_charts  # noqa: PLC0415
+
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / "plan.json"
+        if target.exists():
+            print(f"{target} exists: results are never overwritten", file=sys.stderr)
+            return 1
+        target.write_text(json.dumps(plan.as_dict(), indent=1) + "\n", encoding="utf-8")
+        write_charts(plan, out / "charts")
+    print(json.dumps(plan.as_dict(), indent=1) if a.json else render_text(plan))
+    return 0
+
+
+__all__ = ["Plan", "Topology", "STANDARD", "plan_experiment", "evaluate_topology", "cli_main", "network"]

@@ -1,0 +1,367 @@
+"""`predict()`: the one entry point the planner, the accuracy benchmark, the twin and notebooks use.
+
+    from r1lab.perf import predict
+    p = predict("H200", 8, "TP8", "vllm", isl=1024, osl=1024, concurrency=64)
+    p.tpot_ms["mean"], p.tok_s_per_gpu, p.memory["kv_tokens"], p.bottleneck
+
+Pure (no I/O besides reading the reference profile once, cached) and fast (milliseconds per load point).
+Units: latencies in ms ({mean, p50, p90, p99}); throughput in output tokens/s. Definitions follow
+`vllm bench serve`: TTFT send -> first token; TPOT (E2E - TTFT) / (output tokens - 1); ITL gap between chunks.
+A prediction of a deployment that does not fit carries fits=False, the reason, and NaN metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from r1lab.model import ModelSpec, Parallelism
+from r1lab.perf import hardware, network
+from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, memory_plan
+from r1lab.perf.ops import Deployment, StepModel
+from r1lab.perf.profile import Efficiency, load_profile, reference_profiles
+from r1lab.perf.simulate import (
+    PDConfig,
+    SchedulerConfig,
+    Workload,
+    percentile,
+    simulate,
+    weighted_percentile,
+)
+
+MODEL_VERSION = "r1lab-perf-1"
+
+
+def _rate(link: network.Link) -> str:
+    bits = link.gb_s * 8e9
+    return f"{bits / 1e6:.0f} Mbps" if bits < 1e9 else f"{bits / 1e9:.0f} Gb/s"
+
+
+def parse_parallelism(text: str | Parallelism) -> Parallelism:
+    """'TP8', 'TP8xPP2', 'TP8 PP2', 'TP1 DP8 EP8', 'TP8 DP2 EP' -> Parallelism."""
+    if isinstance(text, Parallelism):
+        return text
+    t = text.upper()
+    vals = {k: int(v) for k, v in re.findall(r"(TP|PP|DP)\s*=?\s*(\d+)", t)}
+    ep = "EP" in t
+    if not vals and not ep:
+        raise ValueError(f"cannot read parallelism {text!r}: expected e.g. 'TP8', 'TP8xPP2', 'TP1 DP8 EP8'")
+    return Parallelism(tp=vals.get("TP", 1), pp=vals.get("PP", 1), dp=vals.get("DP", 1), ep=ep)
+
+
+@dataclass(frozen=True)
+class Disaggregation:
+    """P/D: `prefill_instances` instances of `prefill` parallelism feed `decode_instances` decode instances
+    (the `parallelism` argument of predict) over `network` (a key of network.LINKS or a provider network)."""
+
+    prefill: Parallelism
+    prefill_instances: int = 1
+    decode_instances: int = 1
+    network: str = "global-networking"
+    kv_transfer_gb_s: float | None = None  # override the link's bandwidth (GB/s)
+
+
+@dataclass
+class Prediction:
+    hardware: str
+    gpus: int
+    parallelism: str
+    engine: str
+    isl: int
+    osl: int
+    concurrency: int | None
+    rate: float | None
+    fits: bool
+    reason: str
+    ttft_ms: dict[str, float]
+    tpot_ms: dict[str, float]
+    itl_ms: dict[str, float]
+    e2e_ms: dict[str, float]
+    output_tok_s: float
+    input_tok_s: float
+    tok_s_per_gpu: float
+    tok_s_per_user: float
+    rps: float
+    memory: dict[str, Any]
+    bottleneck: dict[str, Any]
+    step_breakdown_ms: dict[str, float]
+    preemptions: int = 0
+    mean_batch: float = 0.0
+    disaggregated: bool = False
+    kv_transfer_ms: float | None = None
+    source: str = "modelled"
+    model_version: str = MODEL_VERSION
+    efficiency: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
+    ms = [v * 1e3 for v in values]
+    return {
+        "mean": statistics.fmean(ms),
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _efficiency(gpu_short: str, profile: str | None) -> Efficiency:
+    """The GPU's efficiency constants; a profile without all-reduce data borrows the measured curve of a
+    reference profile that has one (NVSwitch systems: the latency floor and bus rate of NCCL on NVLink 4)."""
+    hw = hardware.gpu(gpu_short)
+    eff = load_profile(profile or hw.default_profile).efficiency(hw)
+    if not eff.ar_points:
+        for slug in reference_profiles():
+            other = load_profile(slug).efficiency()
+            if other.ar_points:
+                eff = dataclasses.replace(eff, ar_points=other.ar_points, ar_from=other.profile)
+                break
+    return eff
+
+
+def _step_model(dep: Deployment) -> StepModel:
+    return StepModel(dep, _efficiency(dep.hw.short, dep.profile))
+
+
+def predict(
+    hardware_name: str,
+    gpus: int,
+    parallelism: str | Parallelism,
+    engine: str = "vllm",
+    isl: int = 1024,
+    osl: int = 1024,
+    concurrency: int | None = 1,
+    *,
+    rate: float | None = None,
+    kv_dtype: str = "auto",
+    gpu_memory_utilization: float = 0.90,
+    max_num_seqs: int = 256,
+    max_num_batched_tokens: int = 8192,
+    enable_chunked_prefill: bool = True,
+    num_speculative_tokens: int = 0,
+    max_model_len: int | None = None,
+    gpus_per_node: int = 8,
+    network_name: str = "none",
+    disaggregation: Disaggregation | None = None,
+    num_requests: int | None = None,
+    isl_range: tuple[int, int] | None = None,
+    osl_range: tuple[int, int] | None = None,
+    profile: str | None = None,
+    seed: int = 0,
+    spec: ModelSpec | None = None,
+) -> Prediction:
+    """Predict one load point (fixed `concurrency`, or Poisson `rate` req/s) of one deployment.
+
+    `gpus` must equal the GPUs the layout uses (checked). `network_name` joins the nodes of one instance;
+    `disaggregation` adds prefill instances and the link that carries KV caches to the decode instance(s)."""
+    hw = hardware.gpu(hardware_name)
+    par = parse_parallelism(parallelism)
+    spec = spec or ModelSpec.deepseek_r1()
+    if concurrency is None and rate is None:
+        raise ValueError("give a concurrency or a rate")
+    pd = disaggregation
+    used = par.gpus * (pd.decode_instances if pd else 1) + (
+        pd.prefill.gpus * pd.prefill_instances if pd else 0
+    )
+    if used != gpus:
+        raise ValueError(f"{par.label()} uses {used} GPUs but gpus={gpus} was given")
+    mem = memory_plan(
+        hw.runpod_id,
+        par,
+        kv_dtype,
+        gpu_memory_utilization,
+        max_num_batched_tokens,
+        max_num_seqs,
+        DEFAULT_BLOCK_SIZE,
+        isl,
+        osl,
+        max_model_len,
+        num_speculative_tokens,
+        spec,
+    )
+    fits, reason = mem.fits, mem.reason
+    pre_mem = None
+    if pd is not None:
+        pre_mem = memory_plan(
+            hw.runpod_id,
+            pd.prefill,
+            kv_dtype,
+            gpu_memory_utilization,
+            max_num_batched_tokens,
+            max_num_seqs,
+            DEFAULT_BLOCK_SIZE,
+            isl,
+            osl,
+            max_model_len,
+            0,
+            spec,
+        )
+        if not pre_mem.fits:
+            fits, reason = False, f"prefill instance: {pre_mem.reason}"
+    memory = mem.as_dict()
+    nan = {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
+    base = dict(
+        hardware=hw.short,
+        gpus=gpus,
+        parallelism=par.label() + (f" + P/D {pd.prefill.label()}" if pd else ""),
+        engine=engine,
+        isl=isl,
+        osl=osl,
+        concurrency=concurrency,
+        rate=rate,
+        memory=memory,
+        disaggregated=pd is not None,
+    )
+    if not fits:
+        return Prediction(
+            **base,
+            fits=False,
+            reason=reason,
+            ttft_ms=nan,
+            tpot_ms=nan,
+            itl_ms=nan,
+            e2e_ms=nan,
+            output_tok_s=0.0,
+            input_tok_s=0.0,
+            tok_s_per_gpu=0.0,
+            tok_s_per_user=0.0,
+            rps=0.0,
+            bottleneck={"component": "memory", "detail": reason},
+            step_breakdown_ms={},
+        )
+    dep = Deployment(
+        hw.runpod_id,
+        par,
+        engine,
+        kv_dtype,
+        gpus_per_node,
+        network_name,
+        num_speculative_tokens,
+        profile,
+        spec,
+    )
+    sm = _step_model(dep)
+    replicas = par.dp * (pd.decode_instances if pd else 1)
+    conc = None if concurrency is None else max(1, math.ceil(concurrency / replicas))
+    r_rate = None if rate is None else rate / replicas
+    wl = Workload(
+        isl=isl_range or isl,
+        osl=osl_range or osl,
+        concurrency=conc,
+        rate=r_rate,
+        num_requests=None if num_requests is None else max(1, math.ceil(num_requests / replicas)),
+        seed=seed,
+    )
+    sched = SchedulerConfig(
+        max_num_seqs, max_num_batched_tokens, enable_chunked_prefill, mem.num_blocks, DEFAULT_BLOCK_SIZE
+    )
+    pdc = None
+    kv_ms = None
+    if pd is not None:
+        link = network.LINKS.get(pd.network) or network.internode_link(pd.network)
+        if pd.kv_transfer_gb_s:
+            link = network.Link(
+                f"{link.name} @ {pd.kv_transfer_gb_s} GB/s", pd.kv_transfer_gb_s, link.latency_us
+            )
+        pre_dep = Deployment(
+            hw.runpod_id, pd.prefill, engine, kv_dtype, gpus_per_node, "none", 0, profile, spec
+        )
+        share = max(1, round(pd.prefill_instances / pd.decode_instances))
+        pdc = PDConfig(_step_model(pre_dep), link, share, max_num_batched_tokens)
+        kv_ms = pdc.prefill.kv_transfer_s(isl, link) * 1e3
+    res = simulate(sm, wl, sched, pdc)
+    busy = replicas if concurrency is None else min(replicas, concurrency / conc)  # replicas with work
+    out_tok_s = res.output_tokens / res.duration_s * busy
+    in_tok_s = res.input_tokens / res.duration_s * busy
+    tpot = _stats(res.tpot_s)
+    itl_pairs = [(g, w) for g, w in res.itl]
+    itl = {
+        "mean": sum(g * w for g, w in itl_pairs) / max(sum(w for _, w in itl_pairs), 1e-12) * 1e3,
+        "p50": weighted_percentile(itl_pairs, 50) * 1e3,
+        "p90": weighted_percentile(itl_pairs, 90) * 1e3,
+        "p99": weighted_percentile(itl_pairs, 99) * 1e3,
+    }
+    b = min(max(res.mean_batch, 1.0), max_num_seqs)
+    ctx = isl + osl / 2
+    parts = sm.breakdown(b, b * ctx)
+    total = sum(parts.values())
+    top = max(parts, key=parts.get)  # type: ignore[arg-type]
+    bottleneck: dict[str, Any] = {
+        "component": top,
+        "ms_per_step": parts[top] * 1e3,
+        "share": parts[top] / total,
+        "step_ms": total * 1e3,
+        "batch": b,
+    }
+    bottleneck["detail"] = (
+        f"{top.replace('_', ' ')}: {parts[top] * 1e3:.1f} of {total * 1e3:.1f} ms per decode step at batch {b:.0f}"
+    )
+    if pd is None and tpot["mean"] > 1.5 * total * 1e3:
+        bottleneck = {
+            "component": "prefill_interference",
+            "ms_per_step": total * 1e3,
+            "tpot_ms": tpot["mean"],
+            "decode_component": top,
+            "detail": (
+                f"TPOT {tpot['mean']:.1f} ms against a {total * 1e3:.1f} ms decode step: steps carrying prefill "
+                f"chunks of other requests ({isl}-token prompts, budget {max_num_batched_tokens}) stall decoding"
+            ),
+        }
+    elif top == "pp_send":
+        bottleneck["link"] = sm.pp_link.description
+        bottleneck["detail"] = (
+            f"pipeline activations ({2 * spec.hidden_size * 2:,} B/token) cross {sm.pp_link.name} at "
+            f"{_rate(sm.pp_link)}: {parts[top] * 1e3:.1f} of {total * 1e3:.1f} ms per decode step "
+            f"at batch {b:.0f}"
+        )
+    if pd is not None and kv_ms is not None:
+        pre_ms = pdc.prefill.prefill_s(isl) * 1e3  # type: ignore[union-attr]
+        if kv_ms > pre_ms:
+            bottleneck = {
+                "component": "kv_transfer",
+                "ms_per_request": kv_ms,
+                "prefill_ms": pre_ms,
+                "link": pdc.link.description,  # type: ignore[union-attr]
+                "detail": (
+                    f"each {isl}-token prompt's KV cache ({isl * spec.kv_bytes_per_token(kv_dtype) / 1e6:.1f} MB) "
+                    f"takes {kv_ms:,.0f} ms over {pdc.link.name} at {_rate(pdc.link)} against {pre_ms:.0f} ms of prefill; "
+                    "the link carries one cache at a time, so it caps the whole deployment"  # type: ignore[union-attr]
+                ),
+            }
+    eff = sm.eff
+    return Prediction(
+        **base,
+        fits=True,
+        reason="",
+        ttft_ms=_stats(res.ttft_s),
+        tpot_ms=tpot,
+        itl_ms=itl,
+        e2e_ms=_stats(res.e2e_s),
+        output_tok_s=out_tok_s,
+        input_tok_s=in_tok_s,
+        tok_s_per_gpu=out_tok_s / gpus,
+        tok_s_per_user=1000.0 / tpot["mean"] if tpot["mean"] > 0 else math.nan,
+        rps=res.requests * busy / res.duration_s,
+        bottleneck=bottleneck,
+        step_breakdown_ms={k: v * 1e3 for k, v in parts.items()},
+        preemptions=res.preemptions,
+        mean_batch=res.mean_batch,
+        kv_transfer_ms=kv_ms,
+        efficiency={
+            "profile": eff.profile,
+            "scaled_from": eff.scaled_from,
+            "weight_tb_s": eff.weight_tb_s,
+            "kv_tb_s": eff.kv_tb_s,
+            "fp8_tflops_max": eff.fp8_curve[-1][1],
+        },
+    )

@@ -1,0 +1,104 @@
+"""r1lab plan: the original plan's topology is flagged with numbers; 8 x H100 SXM does not fit; JSON is stable."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from r1lab.config import load_experiment
+from r1lab.perf.planner import cli_main, plan_experiment
+
+PARAMS = Path(__file__).resolve().parents[1] / "params"
+
+
+@pytest.fixture(scope="module")
+def nvl_plan():
+    return plan_experiment(load_experiment(PARAMS / "runpod-2x8-h100nvl.yaml"))
+
+
+def test_inter_pod_link_is_named_with_numbers(nvl_plan):
+    me = nvl_plan.topology("params")
+    assert me["fits"] and me["disaggregated"]
+    assert me["bottleneck"]["component"] == "kv_transfer"
+    assert "100 Mbps" in me["bottleneck"]["link"]
+    link = next(p for p in nvl_plan.problems if p["id"] == "inter-pod-link")
+    assert link["status"] == "present" and link["severity"] == "error"
+    assert re.search(
+        r"KV cache \([\d.]+ MB\) takes [\d,]+ ms over global-networking at 100 Mbps", link["detail"]
+    )
+    assert re.search(r"at most [\d.]+ requests/s, about [\d,]+ output tok/s", link["detail"])
+    pp2 = nvl_plan.topology("2x8-h100nvl-tp8pp2-gn")
+    assert pp2["bottleneck"]["component"] == "pp_send"
+
+
+def test_h100_sxm_single_node_does_not_fit(nvl_plan):
+    sxm = nvl_plan.topology("1x8-h100sxm-tp8")
+    assert not sxm["fits"]
+    assert "weights alone need 79.3 GiB" in sxm["reason"]
+    assert sxm["points"] == []
+
+
+def test_original_plan_problems_listed(nvl_plan):
+    ids = {p["id"]: p for p in nvl_plan.problems}
+    for pid in (
+        "download-patterns",
+        "api-server",
+        "dtype-fp8",
+        "tp16-across-nodes",
+        "dynamo-plain-vllm",
+        "ray-public",
+    ):
+        assert pid in ids
+    assert ids["nvl-pcie-allreduce"]["status"] == "present"
+
+
+def test_costs_and_h200_alternative(nvl_plan):
+    h200 = nvl_plan.topology("1x8-h200-tp8")
+    assert h200["usd_per_hour"] == pytest.approx(8 * 4.59)
+    best = max(h200["points"], key=lambda p: p["output_tok_s"])
+    assert best["usd_per_mtok_out"] == pytest.approx(
+        h200["usd_per_hour"] / (best["output_tok_s"] * 3600) * 1e6
+    )
+    assert nvl_plan.prices["NVIDIA H100 NVL"]["date"] == "2026-11-09"
+
+
+def test_json_is_standard_and_complete(nvl_plan):
+    d = json.loads(json.dumps(nvl_plan.as_dict(), allow_nan=False))
+    assert d["schema_version"] == 1 and d["source"] == "modelled"
+    for key in ("experiment", "params_topology", "prices", "topologies", "problems", "commands", "summary"):
+        assert key in d
+    t = d["topologies"][0]
+    for key in (
+        "id",
+        "label",
+        "fits",
+        "reason",
+        "memory",
+        "kv_tokens",
+        "max_concurrency",
+        "usd_per_hour",
+        "bottleneck",
+        "points",
+    ):
+        assert key in t
+    assert d["commands"]["lines"]
+
+
+def test_cli_json_and_out(tmp_path, capsys):
+    rc = cli_main([str(PARAMS / "runpod-1x8-h200.yaml"), "--json", "--only-params", "--out", str(tmp_path)])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["topologies"][0]["fits"]
+    assert (tmp_path / "plan.json").exists()
+    assert (tmp_path / "charts" / "plan_memory_per_gpu.html").stat().st_size > 100_000  # plotly.js embedded
+    assert cli_main([str(PARAMS / "runpod-1x8-h200.yaml"), "--only-params", "--out", str(tmp_path)]) == 1
+
+
+def test_cli_bad_params(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\npods: []\n")
+    assert cli_main([str(p)]) == 1
+    assert "bad.yaml" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""r1lab.perf.predict and the serving simulation: behaviour that must hold whatever the constants are."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from r1lab.model import Parallelism
+from r1lab.perf import Disaggregation, parse_parallelism, predict
+from r1lab.perf.ops import Deployment, StepModel
+from r1lab.perf.simulate import SchedulerConfig, Workload, simulate
+
+
+def test_parse_parallelism():
+    assert parse_parallelism("TP8") == Parallelism(8)
+    assert parse_parallelism("TP8xPP2") == Parallelism(8, 2)
+    assert parse_parallelism("TP1 DP8 EP8") == Parallelism(1, 1, 8, True)
+    with pytest.raises(ValueError, match="cannot read parallelism"):
+        parse_parallelism("eight GPUs")
+
+
+def test_single_request_matches_step_times():
+    sm = StepModel(Deployment("H200", Parallelism(8)))
+    res = simulate(sm, Workload(isl=1000, osl=11, concurrency=1, num_requests=1))
+    prefill = sm.step_s(0, 0, 1000, 1000 * 1001 / 2)
+    assert res.ttft_s[0] == pytest.approx(prefill + sm.eng.request_overhead_s)
+    # 10 decode steps with context 1000..1009: TPOT = their mean (epoch at midpoint context)
+    step = sm.step_s(1, 1000 + 4.5)
+    assert res.tpot_s[0] == pytest.approx(step, rel=1e-3)
+
+
+def test_more_concurrency_more_throughput_slower_tokens():
+    a = predict("H200", 8, "TP8", "vllm", 1024, 256, 4)
+    b = predict("H200", 8, "TP8", "vllm", 1024, 256, 32)
+    assert b.output_tok_s > 2 * a.output_tok_s
+    assert b.tpot_ms["mean"] > a.tpot_ms["mean"]
+    assert a.tpot_ms["p50"] <= a.tpot_ms["p99"]
+    assert a.tok_s_per_gpu == pytest.approx(a.output_tok_s / 8)
+    assert a.tok_s_per_user == pytest.approx(1000 / a.tpot_ms["mean"])
+    assert a.source == "modelled"
+
+
+def test_preemption_when_kv_cache_is_short():
+    sm = StepModel(Deployment("H200", Parallelism(8)))
+    sched = SchedulerConfig(max_num_seqs=64, num_blocks=40, block_size=64)
+    res = simulate(sm, Workload(isl=256, osl=300, concurrency=8, num_requests=16), sched)
+    assert res.preemptions > 0
+    assert res.requests == 16
+    assert res.peak_kv_blocks <= 40
+
+
+def test_poisson_rate():
+    p = predict("H200", 8, "TP8", "vllm", 512, 128, None, rate=2.0, num_requests=40)
+    assert p.rps == pytest.approx(2.0, rel=0.35)
+
+
+def test_does_not_fit_gives_reason_and_nan():
+    p = predict("H100 SXM", 8, "TP8", "vllm", 1024, 1024, 8)
+    assert not p.fits and "weights alone" in p.reason
+    assert math.isnan(p.tpot_ms["mean"]) and p.output_tok_s == 0.0
+
+
+def test_gpu_count_checked():
+    with pytest.raises(ValueError, match="uses 16 GPUs but gpus=8"):
+        predict("H100 NVL", 8, "TP8xPP2", "vllm", 128, 128, 1)
+
+
+def test_global_networking_pp2_is_link_bound():
+    p = predict("H100 NVL", 16, "TP8xPP2", "vllm", 1024, 1024, 32, network_name="global-networking")
+    assert p.bottleneck["component"] == "pp_send"
+    assert "100 Mbps" in p.bottleneck["link"]
+    q = predict("H100 NVL", 16, "TP8xPP2", "vllm", 1024, 1024, 32, network_name="infiniband")
+    assert q.output_tok_s > 2 * p.output_tok_s
+
+
+def test_pd_over_global_networking_is_kv_transfer_bound():
+    pd = Disaggregation(Parallelism(8), 1, 1, "global-networking")
+    p = predict("H100 NVL", 16, "TP8", "vllm", 1024, 256, 8, disaggregation=pd)
+    assert p.bottleneck["component"] == "kv_transfer"
+    # 1024 tokens x 70,272 B at 12.5 MB/s, plus 1 ms latency
+    assert p.kv_transfer_ms == pytest.approx(1024 * 70_272 / 12.5e6 * 1e3 + 1.0)
+    assert p.ttft_ms["mean"] > p.kv_transfer_ms
+
+
+def test_mtp_speeds_up_single_stream():
+    a = predict("H200", 8, "TP8", "vllm", 1024, 512, 1)
+    b = predict("H200", 8, "TP8", "vllm", 1024, 512, 1, num_speculative_tokens=2)
+    assert b.tok_s_per_user > 1.3 * a.tok_s_per_user
+    assert b.memory["weights_by_component"]["mtp"] > 0
+
+
+def test_speed_of_one_prediction():
+    import time
+
+    t0 = time.perf_counter()
+    predict("H200", 8, "TP8", "vllm", 1024, 1024, 64)
+    assert time.perf_counter() - t0 < 2.0
