@@ -23,6 +23,11 @@ Handler = Callable[[dict[str, Any], Path], None]
 _HANDLERS: dict[str, str | Handler] = {
     "local-process": "r1lab.teardown:kill_local_process",
     "test-marker": "r1lab.teardown:touch_marker",
+    "twin": "r1lab.cloud.twin.api:teardown_twin",  # a twin a run started (teardown in a fresh process too)
+    "runpod-pod": "r1lab.cloud.ledger:delete_pod",
+    "runpod-volume": "r1lab.cloud.ledger:delete_volume",
+    "runpod-cluster": "r1lab.cloud.ledger:delete_cluster",
+    "runpod-ssh-key": "r1lab.cloud.ledger:delete_ssh_key",
 }
 _LOCK = threading.Lock()
 
@@ -159,6 +164,10 @@ def kill_local_process(entry: dict[str, Any], run_dir: Path) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
+            try:  # a child of this process stays a zombie (and killpg(0) succeeds) until reaped
+                os.waitpid(pgid, os.WNOHANG)
+            except ChildProcessError:
+                pass
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:

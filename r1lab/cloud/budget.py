@@ -1,0 +1,111 @@
+"""Budget guard: a run that reaches its cost or time cap is torn down.
+
+`BudgetGuard(run_dir, max_usd, max_hours)` prices the run from its ledger (r1lab.cloud.pricing.run_cost) every
+`poll_s` on a daemon thread (or on demand with `check()`); on a breach it writes `budget.json`, tears the run
+down (r1lab.teardown.teardown_run) and remembers why (`tripped`). Work in progress then fails on its next
+cloud call; the notebook raises BudgetExceededError from `raise_if_tripped()`.
+
+It runs on the researcher's machine, so it dies with it: the pod-side watchdog (r1lab.cloud.pods.start_script:
+a hard deadline plus a heartbeat timeout) is the guard of last resort; `heartbeat` callables passed here are
+called every poll to keep that watchdog fed while this machine lives.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from r1lab.cloud.errors import BudgetExceededError
+from r1lab.cloud.pricing import VOLUME_USD_PER_GB_MONTH, run_cost
+from r1lab.teardown import Ledger
+
+
+@dataclass
+class BudgetStatus:
+    usd: float
+    hours: float
+    max_usd: float
+    max_hours: float
+    tripped: str | None = None
+
+
+class BudgetGuard:
+    def __init__(
+        self,
+        run_dir: Path | str,
+        max_usd: float,
+        max_hours: float,
+        poll_s: float = 30.0,
+        volume_usd_per_gb_month: float = VOLUME_USD_PER_GB_MONTH,
+        heartbeats: list[Callable[[], None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.max_usd, self.max_hours, self.poll_s = max_usd, max_hours, poll_s
+        self.volume_rate = volume_usd_per_gb_month
+        self.heartbeats = list(heartbeats or [])
+        self.clock = clock
+        self.tripped: str | None = None
+        self._started = clock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def status(self) -> BudgetStatus:
+        cost = run_cost(Ledger(self.run_dir).entries(), self.clock(), self.volume_rate)
+        hours = max(cost.hours, (self.clock() - self._started) / 3600)
+        return BudgetStatus(cost.usd, hours, self.max_usd, self.max_hours, self.tripped)
+
+    def check(self) -> BudgetStatus:
+        """Price the run now; tear it down if a cap is reached."""
+        st = self.status()
+        if self.tripped is None:
+            if st.usd >= self.max_usd:
+                self.tripped = f"cost ${st.usd:.2f} reached the cap ${self.max_usd:.2f}"
+            elif st.hours >= self.max_hours:
+                self.tripped = f"run time {st.hours:.2f} h reached the cap {self.max_hours:.2f} h"
+            if self.tripped:
+                st.tripped = self.tripped
+                self._trip(st)
+        return st
+
+    def _trip(self, st: BudgetStatus) -> None:
+        from r1lab.cloud.ledger import teardown
+
+        report = teardown(self.run_dir)
+        record = asdict(st) | {"time": time.time(), "teardown": str(report)}
+        path = self.run_dir / "budget.json"
+        path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+    def raise_if_tripped(self) -> None:
+        if self.tripped:
+            raise BudgetExceededError(f"budget guard tore the run down: {self.tripped}")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            for beat in self.heartbeats:
+                try:
+                    beat()
+                except Exception:  # noqa: BLE001 - a pod that misses one heartbeat has minutes of slack
+                    pass
+            if self.check().tripped:
+                return
+
+    def start(self) -> BudgetGuard:
+        self._thread = threading.Thread(target=self._loop, name="r1lab-budget-guard", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> BudgetGuard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
