@@ -71,6 +71,12 @@ class Provider(Strict):
         return self
 
 
+# RunPod's v2 API cannot override an image's ENTRYPOINT, only pass `args`; r1lab's start command (sshd + the
+# self-stop watchdog) goes in args, so the image must run its args (RunPod's official images do).
+DEFAULT_IMAGE = "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"
+_ENTRYPOINT_IMAGES = ("vllm/vllm-openai",)
+
+
 class Pod(Strict):
     """A group of identical pods with one role (head, worker, utility, loadgen...)."""
 
@@ -80,7 +86,8 @@ class Pod(Strict):
     )
     gpu_count: int = Field(0, ge=0, le=8)
     count: PositiveInt = 1
-    image: str = "vllm/vllm-openai:v0.33.0"
+    image: str = Field(DEFAULT_IMAGE, description="Must run its args as a command (RunPod official images do).")
+    setup: list[str] = Field(default_factory=list, description="Shell commands run once on each pod, e.g. installs.")
     volume_mount: str | None = "/workspace"
     container_disk_gb: PositiveInt = 50
     serves: bool = Field(True, description="Whether serving processes run on this pod.")
@@ -93,6 +100,10 @@ class Pod(Strict):
             raise _Rule("gpu_count", f"gpu_type is {self.gpu_type!r} but gpu_count is 0")
         if self.gpu_type is not None:
             _check_gpu_type("gpu_type", self.gpu_type)
+        if self.image.split(":")[0] in _ENTRYPOINT_IMAGES:
+            raise _Rule("image", f"{self.image!r} has a fixed ENTRYPOINT (`vllm serve`) that RunPod's API cannot "
+                                 f"override, so r1lab's start command (sshd, self-stop) would never run: use "
+                                 f"{DEFAULT_IMAGE!r} with `setup: [\"pip install vllm==0.33.0 ...\"]`")
         return self
 
 
@@ -238,9 +249,18 @@ class Scenario(Strict):
     rate: list[float] = Field(default_factory=list, description="Requests/s, for poisson.")
     input_tokens: Length = 1024
     output_tokens: Length = 1024
-    requests_per_point: PositiveInt | None = 64
-    duration_s: float | None = Field(None, gt=0)
+    requests_per_point: PositiveInt | None = Field(
+        None, description="Requests per load point (default 64 when no duration_s is given)."
+    )
+    duration_s: float | None = Field(
+        None, gt=0, description="Seconds per load point (ramp: per step; stress: the whole phase)."
+    )
     warmup_requests: int = Field(0, ge=0)
+    warmup_s: float = Field(0.0, ge=0, description="Requests sent this early in a point are left out.")
+    max_concurrency: PositiveInt | None = Field(None, description="poisson: at most this many in flight.")
+    burstiness: float = Field(1.0, gt=0, description="poisson: gamma shape of inter-arrivals (1: Poisson).")
+    timeout_s: float = Field(600.0, gt=0, description="Per request; slower ones are recorded as timeouts.")
+    trend_window_s: float = Field(30.0, gt=0, description="stress: window of the trend checks.")
     endpoint: Literal["chat", "completions"] = "completions"
     ignore_eos: bool = True
 
@@ -248,8 +268,12 @@ class Scenario(Strict):
     def _shape_params(self) -> Scenario:
         if self.shape == "poisson" and not self.rate:
             raise _Rule("rate", "a poisson scenario needs a list of request rates (requests/s)")
+        if self.shape in ("ramp", "stress") and self.duration_s is None:
+            raise _Rule("duration_s", f"a {self.shape} scenario is timed: set duration_s (seconds)")
+        if self.shape == "stress" and len(self.rate or self.concurrency) != 1:
+            raise _Rule("concurrency", "a stress phase holds one load: give one concurrency (or one rate)")
         if self.requests_per_point is None and self.duration_s is None:
-            raise _Rule("requests_per_point", "bound each load point by requests_per_point or duration_s")
+            self.requests_per_point = 64
         return self
 
 

@@ -148,6 +148,16 @@ def teardown_run(run_dir: Path | str) -> TeardownReport:
     return report
 
 
+def release(run_dir: Path | str, kind: str, resource_id: str) -> None:
+    """Delete one live resource now through its handler and record it; unknown or already deleted: nothing to do."""
+    ledger = Ledger(Path(run_dir))
+    for entry in ledger.live():
+        if entry["kind"] == kind and entry["id"] == resource_id:
+            _resolve(kind)(entry, ledger.run_dir)
+            ledger.deleted(kind, resource_id)
+            return
+
+
 # --- built-in handlers --------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,282 @@
+"""The experiment's provisioning and serving steps, one function per notebook (01-04).
+
+Each step works the same on RunPod and on the twin: pods come from `r1lab.cloud.provision` (RunPod REST v2, or
+the twin's emulator through the same client), commands run over SSH (`SshExecutor`), serving goes through
+`r1lab.serve.deploy`. Steps hand over through the run's `state.json` (volume, pods, endpoint); every resource is
+in the run's ledger before anything waits on it, so the runner's teardown removes it whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1lab.config import Experiment, Pod
+from r1lab.progress import step
+from r1lab.rundir import RunContext
+
+UTILITY_ROLE = "utility"
+
+
+# --- pods -----------------------------------------------------------------------------------------------------
+
+
+def pod_plan(exp: Experiment, pod: Pod) -> Any:
+    """The RunPod create request for one pod group (ports: SSH only; services stay private, reached by SSH)."""
+    from r1lab.cloud.provision import PodPlan
+
+    return PodPlan(
+        role=pod.role, image=pod.image, gpu_type=pod.gpu_type, gpu_count=pod.gpu_count,
+        cloud=exp.provider.cloud_type, data_center=exp.provider.data_center, ports=["22/tcp"],
+        disk_gb=pod.container_disk_gb, volume_mount=pod.volume_mount or exp.volume.mount,
+        global_networking=exp.provider.network == "global-networking" and bool(pod.gpu_count),
+    )  # fmt: skip
+
+
+def provisioner(ctx: RunContext) -> Any:
+    """The run's provisioner: its SSH key, ledger, pod deadline and fallback prices."""
+    from r1lab.cloud.provision import Provisioner
+
+    exp = ctx.exp
+    return Provisioner(
+        ctx.run_dir, ctx.run_id, pod_deadline_hours=exp.provider.pod_deadline_hours,
+        fallback_prices={k: v.model_dump() for k, v in exp.cost.prices.items()},
+    )  # fmt: skip
+
+
+def _pod_group(exp: Experiment, role: str) -> Pod:
+    for pod in exp.pods:
+        if pod.role == role:
+            return pod
+    raise KeyError(f"params have no pod with role {role!r}; roles: {[p.role for p in exp.pods]}")
+
+
+def serving_roles(exp: Experiment) -> list[str]:
+    return [p.role for p in exp.serving_pods]
+
+
+@dataclass
+class Pods:
+    """Ready pods of this run with their SSH executors, by role."""
+
+    ready: dict[str, Any] = field(default_factory=dict)
+    executors: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> list[dict[str, Any]]:
+        rows = []
+        for role, p in self.ready.items():
+            rows.append({"role": role, "id": p.id, "name": p.name, "address": self.executors[role].address,
+                         "gpus": p.pod.get("gpuCount") or p.pod.get("gpu", {}).get("count"),
+                         "status": p.pod.get("desiredStatus") or p.pod.get("status")})  # fmt: skip
+        return rows
+
+
+def ensure_pods(ctx: RunContext, roles: list[str]) -> Pods:
+    """Create (or find, by name) the run's pods for these roles, on the run's volume, and wait until SSH works."""
+    from r1lab.cloud.twin.sshexec import SshExecutor
+
+    prov = provisioner(ctx)
+    volume = ctx.state.require("volume", "01_environment")
+    plans = [pod_plan(ctx.exp, _pod_group(ctx.exp, role)) for role in roles]
+    if ctx.exp.provider.network == "instant-cluster" and len(roles) > 1:
+        # an Instant Cluster: identical nodes on the fast fabric, created together; members take the roles in order
+        ready = prov.cluster(plans[0], nodes=len(roles), volume=volume)
+        for role, rp in zip(roles, ready, strict=True):
+            rp.role = role
+    else:
+        ready = prov.pods(plans, volume=volume)
+    pods = Pods()
+    for rp in ready:
+        ex = SshExecutor.for_pod(rp.pod, prov.key, prov.known_hosts, rp.role,
+                                 log_path=ctx.run_dir / "logs" / "ssh.log")  # fmt: skip
+        pods.ready[rp.role], pods.executors[rp.role] = rp, ex
+    known = ctx.state.get("pods", {})
+    known.update({row["role"]: row for row in pods.summary()})
+    ctx.state.set("pods", known)
+    _run_setup(ctx, pods)
+    return pods
+
+
+def _run_setup(ctx: RunContext, pods: Pods) -> None:
+    """Each pod group's `setup` commands, once per pod (a marker on the pod makes reruns free)."""
+    for role, ex in pods.executors.items():
+        commands = _pod_group(ctx.exp, role).setup
+        if not commands:
+            continue
+        marker = "/tmp/r1lab-setup-" + str(abs(hash(tuple(commands))))
+        script = f"test -f {marker} && exit 0; set -e; " + "; ".join(commands) + f"; touch {marker}"
+        with step(f"setting up {role} ({len(commands)} command(s))"):
+            ex.run(script, timeout=3600, on_line=lambda line, r=role: print(f"[{r}] {line}"))
+
+
+# --- 01: environment ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EnvironmentResult:
+    volume: dict[str, Any]
+    utility_pod: str
+    files: int
+    bytes: int
+    downloaded_files: int
+    complete: bool
+    commit: str
+    hub: str
+    manifest_path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _hub_for(ctx: RunContext) -> tuple[str | None, Any]:
+    """Where weights come from: the Hugging Face Hub, or on the twin a local fake Hub on the twin's bridge
+    serving a generated repo laid out like DeepSeek-R1 (nothing can be downloaded here)."""
+    if ctx.exp.provider.kind != "twin":
+        return None, None
+    from r1lab.cloud.twin.api import Twin
+    from r1lab.hub.fake import FakeHub, build_r1_like_repo
+
+    twin = Twin.find(os.environ.get("R1LAB_TWIN_DIR"))
+    if twin is None:
+        raise RuntimeError("no twin is running: `r1lab twin up` (or run through `r1lab run`, which starts it)")
+    repo = build_r1_like_repo(Path(tempfile.mkdtemp(prefix="r1lab-fakehub-", dir=ctx.run_dir / "logs")))
+    hub = FakeHub({ctx.exp.model.repo_id: repo}, host=twin.host_ip)
+    hub.start()
+    return hub.url, hub
+
+
+def prepare_environment(ctx: RunContext) -> EnvironmentResult:
+    """SSH key, network volume, utility pod; download + verify the weights onto the volume; terminate the pod."""
+    from r1lab.hub.download import download_to_volume, ssh_exec
+
+    exp = ctx.exp
+    prov = provisioner(ctx)
+    with step("registering the run's SSH key"):
+        prov.ensure_key()
+    with step(f"network volume of {exp.volume.size_gb} GB in {exp.provider.data_center}"):
+        volume = prov.volume(exp.volume.size_gb, exp.provider.data_center)
+    ctx.state.set("volume", volume)
+    pods = ensure_pods(ctx, [UTILITY_ROLE])
+    utility = pods.ready[UTILITY_ROLE]
+    endpoint, hub = _hub_for(ctx)
+    try:
+        with step(f"downloading {exp.model.repo_id}@{exp.model.revision} to {exp.model.path}"):
+            manifest = download_to_volume(
+                ssh_exec(utility.ssh), exp.model.repo_id, exp.model.revision, exp.model.path,
+                list(exp.model.include), exclude=list(exp.model.exclude), endpoint=endpoint,
+                volume_size_gb=exp.volume.size_gb, log_path=ctx.run_dir / "logs" / "download.jsonl",
+            )  # fmt: skip
+    finally:
+        if hub is not None:
+            hub.stop()
+    with step("terminating the utility pod"):
+        release(ctx, "runpod-pod", utility.id)
+    result = EnvironmentResult(
+        volume={k: volume.get(k) for k in ("id", "name", "size", "dataCenterId", "dataCenter") if k in volume},
+        utility_pod=utility.name, files=len(manifest.files), bytes=sum(f.get("size", 0) for f in manifest.files),
+        downloaded_files=manifest.downloaded_files, complete=manifest.complete, commit=manifest.commit,
+        hub=endpoint or "https://huggingface.co", manifest_path=f"{exp.model.path}/.r1lab/manifest.json",
+    )  # fmt: skip
+    ctx.write_json("environment.json", result.as_dict())
+    ctx.state.set("weights", {"path": exp.model.path, "commit": manifest.commit, "complete": manifest.complete})
+    return result
+
+
+def release(ctx: RunContext, kind: str, resource_id: str) -> None:
+    """Delete one resource now, through its ledger handler (so the ledger stays the single truth)."""
+    from r1lab.teardown import release as _release
+
+    _release(ctx.run_dir, kind, resource_id)
+
+
+# --- 02-04: serving stages -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageResult:
+    stage: str
+    endpoint: str
+    model: str
+    engine: str
+    completion: dict[str, Any]
+    vram: dict[str, Any]
+    commands_file: str
+    not_run: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> StageResult:
+    """Bring up one serving stage on the run's pods ("single", "multi" or "dynamo"), check it answers, record it.
+
+    keep_running: leave it serving for the next notebook (the load test uses the last stage); otherwise it is
+    stopped here so the next stage has the GPUs.
+    """
+    from r1lab.serve.checks import minimal_completion, vram_per_gpu
+    from r1lab.serve.deploy import deploy
+
+    exp = ctx.exp
+    roles = serving_roles(exp)[:1] if stage == "single" else serving_roles(exp)
+    if stage == "single":
+        reason = single_node_misfit(exp)
+        if reason:
+            print(f"stage 'single' skipped: {reason}")
+            result = StageResult(stage, "", exp.model.served_name, exp.serving.engine, {"ok": False,
+                                 "skipped": reason}, {}, "", [])  # fmt: skip
+            ctx.write_json(f"stage-{stage}.json", result.as_dict())
+            return result
+    pods = ensure_pods(ctx, roles)
+    with step(f"serving stage {stage!r} on {', '.join(roles)}"):
+        launched = deploy(exp, ctx.run_dir, stage, pods.executors)  # type: ignore[arg-type]
+    try:
+        check = minimal_completion(launched.endpoint)
+        if not check.ok:
+            raise RuntimeError(f"stage {stage}: the minimal completion failed: {check.error}")
+        head = pods.executors[roles[0]]
+        parallelism = launched.deployment.parallelism if hasattr(launched.deployment, "parallelism") else None
+        vram = vram_per_gpu(exp, head, parallelism) if parallelism is not None else None
+        result = StageResult(
+            stage=stage, endpoint=launched.endpoint.url, model=launched.endpoint.model,
+            engine=launched.endpoint.engine or exp.serving.engine, completion=asdict(check),
+            vram=vram.as_dict() if vram is not None else {}, commands_file=str(_commands_file(ctx, stage)),
+            not_run=[c.shell for c in launched.deployment.not_run],
+            extra=dict(launched.extra),
+        )  # fmt: skip
+        ctx.write_json(f"stage-{stage}.json", result.as_dict())
+        if keep_running:
+            ctx.state.set("endpoint", {"url": launched.endpoint.url, "model": launched.endpoint.model,
+                                       "stage": stage, "engine": result.engine, "gpus": exp.total_gpus,
+                                       "roles": roles})  # fmt: skip
+    except BaseException:
+        launched.launcher.stop()
+        raise
+    if not keep_running:
+        with step(f"stopping stage {stage!r} (the next stage needs the GPUs)"):
+            launched.launcher.stop()
+    return result
+
+
+def single_node_misfit(exp: Experiment) -> str | None:
+    """Why R1 cannot be served by one pod of this experiment (None when it fits), from the memory plan."""
+    from r1lab.model import Parallelism
+    from r1lab.perf.memory import memory_plan
+
+    s = exp.serving
+    plan = memory_plan(exp.gpu_type or "", Parallelism(tp=exp.gpus_per_node), kv_dtype=s.kv_cache_dtype,
+                       gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len)  # fmt: skip
+    return None if plan.fits else f"one pod of {exp.gpus_per_node} x {exp.gpu_type} cannot hold R1: {plan.reason}"
+
+
+def _commands_file(ctx: RunContext, stage: str) -> Path:
+    matches = sorted((ctx.run_dir / "commands").glob(f"*{stage}*"))
+    return matches[-1] if matches else ctx.run_dir / "commands"
+
+
+def shell_join(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
