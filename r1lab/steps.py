@@ -239,20 +239,26 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
         if not check.ok:
             raise RuntimeError(f"stage {stage}: the minimal completion failed: {check.error}")
         head = pods.executors[roles[0]]
-        parallelism = launched.deployment.parallelism if hasattr(launched.deployment, "parallelism") else None
-        vram = vram_per_gpu(exp, head, parallelism) if parallelism is not None else None
+        vram = vram_per_gpu(exp, head, stage_parallelism(exp, launched.deployment))
         result = StageResult(
             stage=stage, endpoint=launched.endpoint.url, model=launched.endpoint.model,
             engine=launched.endpoint.engine or exp.serving.engine, completion=asdict(check),
-            vram=vram.as_dict() if vram is not None else {}, commands_file=str(_commands_file(ctx, stage)),
-            not_run=[c.shell for c in launched.deployment.not_run],
-            extra=dict(launched.extra),
+            vram=vram.as_dict(), commands_file=str(_commands_file(ctx, stage)),
+            not_run=[c.shell() for c in launched.deployment.not_run],
+            extra={"topology": launched.deployment.topology, "notes": launched.deployment.notes,
+                   **launched.extra},
         )  # fmt: skip
         ctx.write_json(f"stage-{stage}.json", result.as_dict())
         if keep_running:
-            ctx.state.set("endpoint", {"url": launched.endpoint.url, "model": launched.endpoint.model,
-                                       "stage": stage, "engine": result.engine, "gpus": exp.total_gpus,
-                                       "roles": roles})  # fmt: skip
+            dep = launched.deployment
+            node = pods.executors[dep.endpoint_node]
+            # the forwarded URL lives only as long as this kernel: hand over where the server really listens
+            ctx.state.set("endpoint", {"private_url": f"http://{node.address}:{dep.endpoint_port}/v1",
+                                       "node": dep.endpoint_node, "port": dep.endpoint_port,
+                                       "model": launched.endpoint.model, "stage": stage,
+                                       "engine": result.engine, "gpus": exp.total_gpus,
+                                       "topology": dep.topology, "roles": roles})  # fmt: skip
+            ctx.state.set("model_dir", str(fetch_tokenizer(ctx, node)))
     except BaseException:
         launched.launcher.stop()
         raise
@@ -260,6 +266,31 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
         with step(f"stopping stage {stage!r} (the next stage needs the GPUs)"):
             launched.launcher.stop()
     return result
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json")
+
+
+def fetch_tokenizer(ctx: RunContext, executor: Any) -> Path:
+    """Copy the served model's tokenizer files from the pod's volume into the run dir (the load generator builds
+    prompts with the model's own tokenizer, so input lengths are exact)."""
+    dest = ctx.run_dir / "model"
+    dest.mkdir(exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if not (dest / name).exists():
+            executor.get(f"{ctx.exp.model.path}/{name}", dest / name)
+    return dest
+
+
+def stage_parallelism(exp: Experiment, dep: Any) -> Any:
+    """The parallelism of one engine instance of a deployment (the first worker group for Dynamo)."""
+    if dep.mocker_groups:
+        return next(iter(dep.mocker_groups.values()))["parallelism"]
+    from r1lab.serve.commands import VllmSpec
+
+    if dep.stage == "single":
+        return VllmSpec.from_experiment(exp, tp=exp.gpus_per_node, pp=1, dp=1).parallelism
+    return VllmSpec.from_experiment(exp).parallelism
 
 
 def single_node_misfit(exp: Experiment) -> str | None:
