@@ -1,0 +1,107 @@
+"""Check that a report drew: open it in headless Chromium (Debian's), read each chart's plot areas from the
+page's render hook, screenshot the page and look for ink (dark pixels) inside every chart's plot area.
+Gridlines and shading are light and do not count; a chart whose traces failed to draw has no ink there."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+INK_LEVEL = 180  # a pixel with any channel below this is ink (plotly_white gridlines are ~#ebf0f8)
+
+_HOOK_AREAS = """
+<script>
+window.addEventListener('load', function () {
+  setTimeout(function () {
+    var pre = document.getElementById('r1lab-render-check');
+    if (!pre) return;
+    var data = JSON.parse(pre.textContent);
+    data.charts.forEach(function (c) {
+      var box = document.querySelector('[data-chart="' + c.id + '"]');
+      var el = box && box.querySelector('.js-plotly-plot');
+      var areas = [];
+      if (!el) { c.areas = areas; return; }
+      el.querySelectorAll('.draglayer .nsewdrag, .table-control-view').forEach(function (a) {
+        var r = a.getBoundingClientRect();
+        areas.push({x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height});
+      });
+      c.areas = areas;
+    });
+    pre.textContent = JSON.stringify(data);
+  }, 600);
+});
+</script>
+"""
+
+
+@dataclass
+class ChartCheck:
+    id: str
+    traces: int
+    drawn: int
+    areas: int
+    ink: float  # largest fraction of ink pixels over the chart's plot areas
+
+    @property
+    def ok(self) -> bool:
+        return self.traces > 0 and self.drawn > 0 and self.areas > 0 and self.ink >= 0.001
+
+
+def _chromium(args: list[str], profile: str, timeout: float) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
+           "--force-device-scale-factor=1", "--no-first-run", f"--user-data-dir={profile}",
+           "--virtual-time-budget=30000", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def check_report(html_path: str | Path, screenshot: str | Path | None = None, width: int = 1280,
+                 timeout: float = 120) -> tuple[list[ChartCheck], Path | None]:  # fmt: skip
+    """Per chart: traces, drawn trace groups, plot areas and ink; and the screenshot's path (if asked for)."""
+    import numpy as np
+    from PIL import Image
+
+    src = Path(html_path).resolve()
+    with tempfile.TemporaryDirectory(prefix="r1lab-render-") as tmp:
+        page = Path(tmp) / src.name
+        text = src.read_text(encoding="utf-8")
+        if "r1lab-render-check" not in text:
+            raise ValueError(f"{src}: no render hook (not an r1lab report.html)")
+        page.write_text(text.replace("</body>", _HOOK_AREAS + "</body>"), encoding="utf-8")
+        dom = _chromium([f"--window-size={width},2000", "--dump-dom", page.as_uri()], f"{tmp}/p1", timeout)
+        m = re.search(r'<pre id="r1lab-render-check"[^>]*>(.*?)</pre>', dom.stdout, re.S)
+        if not m:
+            raise RuntimeError(
+                f"chromium rendered no check data for {src} (exit {dom.returncode}): {dom.stderr[-800:]}"
+            )
+        info = json.loads(_unescape(m.group(1)))
+        height = min(int(info["height"]) + 40, 30000)
+        shot = Path(screenshot).resolve() if screenshot else Path(tmp) / "page.png"
+        res = _chromium(
+            [f"--window-size={width},{height}", f"--screenshot={shot}", page.as_uri()], f"{tmp}/p2", timeout
+        )
+        if not shot.exists():
+            raise RuntimeError(f"chromium wrote no screenshot (exit {res.returncode}): {res.stderr[-800:]}")
+        img = np.asarray(Image.open(shot).convert("RGB"))
+        checks = []
+        for c in info["charts"]:
+            best = 0.0
+            for a in c.get("areas", []):
+                x0, y0 = int(a["x"]) + 2, int(a["y"]) + 2
+                x1, y1 = int(a["x"] + a["w"]) - 2, int(a["y"] + a["h"]) - 2
+                if x1 <= x0 or y1 <= y0 or y1 > img.shape[0]:
+                    continue
+                crop = img[y0:y1, x0:x1]
+                best = max(best, float((crop.min(axis=2) < INK_LEVEL).mean()))
+            checks.append(ChartCheck(c["id"], c["traces"], c["drawn"], len(c.get("areas", [])), best))
+        return checks, (shot if screenshot else None)
+
+
+def _unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
