@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +261,10 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
                                        "engine": result.engine, "gpus": exp.total_gpus,
                                        "topology": dep.topology, "roles": roles})  # fmt: skip
             ctx.state.set("model_dir", str(fetch_tokenizer(ctx, node)))
+            from r1lab.monitor import targets as mon_targets
+
+            addresses = {role: ex.address for role, ex in pods.executors.items()}
+            ctx.state.set("monitor_targets", mon_targets.to_state(mon_targets.from_deployment(dep, addresses)))
     except BaseException:
         launched.launcher.stop()
         raise
@@ -302,6 +308,35 @@ def single_node_misfit(exp: Experiment) -> str | None:
     plan = memory_plan(exp.gpu_type or "", Parallelism(tp=exp.gpus_per_node), kv_dtype=s.kv_cache_dtype,
                        gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len)  # fmt: skip
     return None if plan.fits else f"one pod of {exp.gpus_per_node} x {exp.gpu_type} cannot hold R1: {plan.reason}"
+
+
+@contextmanager
+def monitoring(ctx: RunContext) -> Iterator[Any]:
+    """A real Prometheus scraping the serving processes (and a node exporter) while the block runs; the series
+    land in `metrics.parquet`. On the twin it runs here (the host reaches the pods' private addresses); on
+    RunPod it runs on the head pod, installed there, and is reached through an SSH forward."""
+    from r1lab import monitor
+    from r1lab.execution import LocalExecutor
+
+    targets = monitor.targets.from_state(ctx.state.get("monitor_targets"))
+    workdir = ctx.run_dir / "prometheus"
+    if ctx.exp.provider.kind == "twin":
+        _, port = monitor.start_node_exporter(LocalExecutor(), str(workdir), ledger=ctx.ledger)
+        targets.append(monitor.targets.node_exporter("127.0.0.1", port))
+        with monitor.recording(targets, ctx.run_dir, ledger=ctx.ledger) as prom:
+            yield prom
+        return
+    endpoint = ctx.state.require("endpoint", "04_dynamo")
+    head = ensure_pods(ctx, [endpoint["node"]]).executors[endpoint["node"]]
+    remote = "/tmp/r1lab/prometheus"
+    # exporters on the head's loopback: Prometheus runs there too
+    _, port = monitor.start_node_exporter(head, remote, ledger=ctx.ledger)
+    targets.append(monitor.targets.node_exporter("127.0.0.1", port))
+    _, gport = monitor.start_gpu_exporter(head, remote, ledger=ctx.ledger)
+    targets.append(monitor.targets.gpu_exporter("127.0.0.1", gport))
+    with monitor.recording(targets, ctx.run_dir, workdir=remote, executor=head, install=True,
+                           ledger=ctx.ledger) as prom:  # fmt: skip
+        yield prom
 
 
 def _commands_file(ctx: RunContext, stage: str) -> Path:

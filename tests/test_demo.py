@@ -1,0 +1,97 @@
+"""The demo end to end on the twin: every notebook, a report whose charts draw, no secret in any file, nothing
+left running or provisioned afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PLANTED = {
+    "RUNPOD_API_KEY": "rpa_PLANTEDr1labTESTkey0123456789abcdef",
+    "HF_TOKEN": "hf_PLANTEDr1labTESTtoken0123456789",
+}
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_demo_runs_every_notebook_and_leaves_nothing(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the twin needs root: run the test suite as root (CI does)")
+    outputs, twin_dir = tmp_path / "outputs", tmp_path / "twin"
+    env = {
+        **os.environ,
+        **PLANTED,
+        "R1LAB_OUTPUTS": str(outputs),
+        "R1LAB_TWIN_DIR": str(twin_dir),
+        "R1LAB_PROGRESS": "plain",
+    }
+    netns_before = _netns()
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "r1lab.demo", "params/twin.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    elapsed = time.monotonic() - start
+    print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [run_dir] = list(outputs.glob("twin/*"))
+    print(f"demo notebooks took {elapsed:.0f} s")
+
+    # every notebook executed and rendered
+    names = {p.name for p in (run_dir / "notebooks").iterdir()}
+    for nb in (
+        "00_plan",
+        "01_environment",
+        "02_single_node",
+        "03_multi_node",
+        "04_dynamo",
+        "05_load_test",
+        "06_report",
+    ):
+        assert {f"{nb}.ipynb", f"{nb}.html"} <= names, nb
+    # results are files: the summary has load points, requests were recorded, the report exists
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["points"] and all(p["requests"] > 0 for p in summary["points"])
+    assert {p["source"] for p in summary["points"]} == {"measured-twin"}
+    assert (run_dir / "requests.parquet").stat().st_size > 0
+    assert (run_dir / "report.html").stat().st_size > 10_000
+    # the ten-line summary names the report
+    assert str(run_dir / "report.html") in proc.stdout
+
+    # no secret anywhere in the run dir: planted ones, and the twin's own API key
+    secrets = list(PLANTED.values())
+    twin_key = twin_dir / "api_key"
+    if twin_key.exists():
+        secrets.append(twin_key.read_text().strip())
+    for path in _files(run_dir):
+        data = path.read_bytes()
+        for s in secrets:
+            assert s.encode() not in data, f"a secret leaked into {path}"
+
+    # nothing left: no live ledger entry, no twin namespace, no twin daemon, no pod process
+    from r1lab.teardown import Ledger
+
+    assert Ledger(run_dir).live() == []
+    assert _netns() <= netns_before, f"namespaces left: {_netns() - netns_before}"
+    left = subprocess.run(["pgrep", "-af", str(twin_dir)], capture_output=True, text=True).stdout.strip()
+    assert not left, f"processes left: {left}"
