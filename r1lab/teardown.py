@@ -28,6 +28,9 @@ _HANDLERS: dict[str, str | Handler] = {
     "runpod-volume": "r1lab.cloud.ledger:delete_volume",
     "runpod-cluster": "r1lab.cloud.ledger:delete_cluster",
     "runpod-ssh-key": "r1lab.cloud.ledger:delete_ssh_key",
+    # processes on pods: stopped through a live connection if this process has one, else they end with their pod
+    "pod-process": "r1lab.serve.launch:stop_pod_process",
+    "serve-daemons": "r1lab.serve.launch:run_stop_command",
 }
 _LOCK = threading.Lock()
 
