@@ -100,7 +100,7 @@ def detach_command(command: str, log: str) -> str:
     """Shell text that starts `command` detached in its own session, logging to `log`, and prints its pid."""
     inner = shlex.quote(f"exec {command}")
     return (
-        f"mkdir -p {shlex.quote(str(Path(log).parent))} && "
+        f"mkdir -p {shlex.quote(str(Path(log).parent))} || exit 1; "  # not `&&`: `&` would background the list
         f"setsid nohup sh -c {inner} >>{shlex.quote(log)} 2>&1 </dev/null & echo $!"
     )
 

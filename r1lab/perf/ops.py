@@ -13,7 +13,8 @@ The step of a batch of M tokens, per layer, on one GPU (one TP rank of one DP re
   MoE    routed experts touched by M tokens: E * (1 - (1 - k/E)^M); their weights streamed once;
   MLA    decode reads each sequence's latent cache (ctx x 576 x bytes); prefill computes causal attention;
   comm   2 TP all-reduces of M x hidden x 2 B; EP: all-to-all of M x k x hidden (fp8 out, bf16 back);
-  PP     hidden + residual (2 x hidden x 2 B per token) sent between stages.
+  PP     hidden + residual (2 x hidden x 2 B per token) sent between stages;
+  small  the norms, quantisations, RoPE, routing and sampling kernels (NON_GEMM_KERNELS), KERNEL_MIN_US each.
 """
 
 from __future__ import annotations
@@ -26,6 +27,49 @@ from r1lab.perf.profile import Efficiency, load_profile
 
 KERNEL_MIN_US = 2.5  # shortest kernel inside a CUDA graph (launch gaps + tail), documented, not fitted
 
+# The kernels of one step that are neither GEMMs, attention nor collectives (which the model times itself), as
+# vLLM's and sglang's DeepSeek-V3 forward launches them for block-FP8 linears (one entry = one kernel launch).
+# Each streams its activations (m tokens x hidden x ACT_BYTES_PER_VALUE: what dominates in prefill) and costs at
+# least KERNEL_MIN_US; that floor is charged only with profiles timed "queued" (GPU time only): an "eager"
+# profile's GEMM times carry ~25-100 us of launch latency each, which already stands in for it in decode.
+ACT_BYTES_PER_VALUE = 4  # a small kernel reads and writes each hidden-state value once in bf16 (2 + 2 bytes)
+NON_GEMM_KERNELS: dict[str, tuple[str, ...]] = {
+    "attention": (  # every layer
+        "input RMSNorm with fused residual add",
+        "FP8 activation quant for the fused q_a/kv_a GEMM",
+        "q_a RMSNorm",
+        "kv_a RMSNorm",
+        "FP8 activation quant for q_b",
+        "RoPE on q_pe and k_pe",
+        "latent KV-cache write",
+        "second absorbed-MLA bmm (W_UK and W_UV run as two kernels; kv_b is timed as one GEMM)",
+        "split-KV attention combine",
+        "FP8 activation quant for o_proj",
+        "post-attention RMSNorm with fused residual add",
+    ),
+    "moe": (  # every MoE layer
+        "grouped top-k routing",
+        "sort/align tokens by expert",
+        "FP8 activation quant for the experts",
+        "SiLU-and-mul",
+        "FP8 quant of the expert intermediate",
+        "top-k weighted sum",
+        "shared expert: FP8 activation quant",
+        "shared expert: SiLU-and-mul",
+        "shared expert: FP8 quant of the intermediate",
+        "shared + routed add",
+    ),
+    "dense": ("FP8 activation quant", "SiLU-and-mul", "FP8 quant of the intermediate"),  # first dense layers
+    "step": (  # once per forward pass
+        "embedding gather",
+        "final RMSNorm",
+        "logits temperature/softmax",
+        "top-k/top-p filter",
+        "sample",
+        "gather sampled ids",
+    ),
+}
+
 
 @dataclass(frozen=True)
 class EngineConstants:
@@ -34,20 +78,30 @@ class EngineConstants:
     step_overhead_s: CPU time per step not hidden behind the GPU (scheduling, sampling, output processing);
     request_overhead_s: added once to TTFT (HTTP, tokenisation, detokenisation, streaming the first chunk);
     mtp_acceptance: chance each MTP draft token is accepted, given the previous one was (DeepSeek-V3 report:
-    85-90 % for the second token).
+    85-90 % for the second token);
+    schedule_ahead_steps: steps the CPU scheduler runs ahead of the GPU (overlap scheduling: batch N+1 is formed
+    and launched while batch N runs, so a request arriving mid-step waits for the step after the next). sglang:
+    1 (overlap scheduler on by default since 0.4, `--disable-overlap-schedule` turns it off); TensorRT-LLM
+    PyTorch backend: 1 (overlap scheduler on by default, NVIDIA's MTP blog measures it); vLLM: 0 (synchronous
+    unless `--async-scheduling`).
     """
 
     name: str
     step_overhead_s: float
     request_overhead_s: float
     mtp_acceptance: float = 0.85
+    schedule_ahead_steps: int = 0
 
 
 ENGINES: dict[str, EngineConstants] = {
     "vllm": EngineConstants("vllm", step_overhead_s=1.5e-3, request_overhead_s=10e-3),
     "mocker": EngineConstants("mocker", step_overhead_s=1.5e-3, request_overhead_s=10e-3),  # times vLLM
-    "sglang": EngineConstants("sglang", step_overhead_s=1.0e-3, request_overhead_s=10e-3),
-    "trtllm": EngineConstants("trtllm", step_overhead_s=0.5e-3, request_overhead_s=10e-3),
+    "sglang": EngineConstants(
+        "sglang", step_overhead_s=1.0e-3, request_overhead_s=10e-3, schedule_ahead_steps=1
+    ),
+    "trtllm": EngineConstants(
+        "trtllm", step_overhead_s=0.5e-3, request_overhead_s=10e-3, schedule_ahead_steps=1
+    ),
 }
 
 
@@ -144,6 +198,23 @@ class StepModel:
     def _g(self, m: float, k: float, n: float, dtype: str = "fp8") -> float:
         return max(self.eff.gemm_s(m, k, n, dtype=dtype), KERNEL_MIN_US * 1e-6)
 
+    def _grouped_expert_s(self, rows: float, touched: float, flops: float) -> float:
+        """Compute leg of the routed experts on one GPU: one grouped GEMM launch per projection over all touched
+        experts (`rows` token-expert rows in all). Where the profile measured the expert shapes as this GPU holds
+        them (gate_up h x 2I/tp, down I/tp x h; whole experts under EP), their rate at `rows` rows is used: a
+        grouped launch fills the GPU like one GEMM of that many rows, at the efficiency of the thin per-expert
+        shape. Otherwise the best rate at the per-expert row count stands in (weight-streaming-bound regime)."""
+        split = 1 if self.dep.par.ep else self.tp
+        gate_up = (self.h, 2 * self.I / split)
+        down = (self.I / split, self.h)
+        key_up = ("fp8", round(gate_up[0]), round(gate_up[1]))
+        key_down = ("fp8", round(down[0]), round(down[1]))
+        if key_up in self.eff.shapes and key_down in self.eff.shapes:
+            return 2.0 * rows * gate_up[0] * gate_up[1] / (
+                self.eff.tflops(rows, "fp8", *gate_up) * 1e12
+            ) + 2.0 * rows * down[0] * down[1] / (self.eff.tflops(rows, "fp8", *down) * 1e12)
+        return flops / (self.eff.tflops(rows / max(touched, 1e-9)) * 1e12)
+
     def allreduce_s(self, nbytes: float) -> float:
         if self.tp <= 1:
             return 0.0
@@ -202,13 +273,23 @@ class StepModel:
             wbytes = touched * self.expert_bytes_full / self.tp
             flops = 2.0 * rows * 3 * self.h * self.I / self.tp
             comm_ep = 0.0
-        per_expert_rows = rows / max(touched, 1e-9)
         routed = max(
             wbytes / (self.eff.weight_tb_s * 1e12),
-            flops / (self.eff.tflops(per_expert_rows) * 1e12),
+            self._grouped_expert_s(rows, touched, flops),
             2 * KERNEL_MIN_US * 1e-6,
         )
         ar = 2 * self.allreduce_s(m * self.h * 2)
+        # small kernels: each moves its activations (m x hidden, read and written in bf16) at the streaming rate,
+        # and inside a CUDA graph takes at least KERNEL_MIN_US (charged for queued profiles only, see above)
+        k_attn, k_moe = len(NON_GEMM_KERNELS["attention"]), len(NON_GEMM_KERNELS["moe"])
+        k_step = len(NON_GEMM_KERNELS["step"])
+        per_layer = L * k_attn + Lm * k_moe + Ld * len(NON_GEMM_KERNELS["dense"])
+        floor = KERNEL_MIN_US * 1e-6 if self.eff.timing == "queued" else 0.0
+        act = m * self.h * ACT_BYTES_PER_VALUE / (self.eff.kv_tb_s * 1e12)
+        kernels = per_layer * max(floor, act) + k_step * floor
+        if self.mtp:  # each MTP draft pass: one more layer's kernels and the head's, on n_dec tokens
+            act_d = n_dec * self.h * ACT_BYTES_PER_VALUE / (self.eff.kv_tb_s * 1e12)
+            kernels += self.mtp * ((k_attn + k_moe) * max(floor, act_d) + k_step * floor)
         n_logits = n_dec * q + (1 if n_pre else 0) if n_logits is None else n_logits
         head = self._g(max(n_logits, 1), self.h, self.vocab_shard, "bf16")
         mtp_draft = 0.0
@@ -241,6 +322,7 @@ class StepModel:
             "ep_all_to_all": Lm * comm_ep,
             "lm_head": head,
             "mtp_draft": mtp_draft,
+            "small_kernels": kernels,
             "engine_overhead": self.eng.step_overhead_s,
         }
 

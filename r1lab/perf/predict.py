@@ -34,7 +34,7 @@ from r1lab.perf.simulate import (
     weighted_percentile,
 )
 
-MODEL_VERSION = "r1lab-perf-1"
+MODEL_VERSION = "r1lab-perf-2"
 
 
 def _rate(link: network.Link) -> str:
@@ -121,8 +121,12 @@ def _efficiency(gpu_short: str, profile: str | None) -> Efficiency:
     hw = hardware.gpu(gpu_short)
     eff = load_profile(profile or hw.default_profile).efficiency(hw)
     if not eff.ar_points:
-        for slug in reference_profiles():
-            other = load_profile(slug).efficiency()
+        # prefer a profile timed the same way (queued all-reduces carry no launch latency), newest first
+        donors = [load_profile(slug) for slug in reference_profiles()]
+        donors.sort(key=lambda p: p.measured, reverse=True)
+        donors.sort(key=lambda p: p.timing_method != eff.timing)  # stable: same timing first
+        for prof in donors:
+            other = prof.efficiency()
             if other.ar_points:
                 eff = dataclasses.replace(eff, ar_points=other.ar_points, ar_from=other.profile)
                 break

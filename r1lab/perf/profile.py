@@ -4,8 +4,15 @@ File format (schema_version 1, docs/architecture.md "Hardware profiles"): `r1lab
 (reference profiles, shipped) or `<run_dir>/calibration/<slug>.json` (written by `r1lab calibrate`):
   {"schema_version": 1, "gpu": <short name or RunPod id in r1lab.perf.hardware>, "device_name", "gpus",
    "measured": "YYYY-MM-DD", "versions": {"torch", "cuda", "driver"}, "clocks_mhz", "power_limit_w", "topology",
-   "copy_tb_s", "kv_read_tb_s" (optional), "gemm": [{"dtype","name","m","k","n","seconds","tflops"}],
-   "allreduce": [{"world","bytes","seconds","bus_gb_s"}], "source": free text}
+   "copy_tb_s", "kv_read_tb_s" (optional), "kv_read_fp8_tb_s" (optional),
+   "gemm": [{"dtype": "bf16"|"fp8"|"fp8_block","name","tp" (optional),"m","k","n","seconds","tflops"}],
+   "allreduce": [{"world","bytes","seconds","bus_gb_s"}], "source": free text or an object,
+   "timing": "eager"|"queued" (optional)}
+`timing` says what the times are: "eager" (each operation timed alone, so small ones carry the Python/launch
+latency, ~25-100 us) or "queued" (operations queued behind a spin kernel: GPU time only, as under CUDA graphs).
+Absent, it is "queued" when the source text says the operations were queued (r1lab calibrate), else "eager".
+`fp8` rows are per-tensor scaled (`torch._scaled_mm`); `fp8_block` rows use DeepSeek's block scales (1x128
+activations, 128x128 weights), the kernels R1 actually runs: where a profile has them, the model uses them.
 
 Public interface:
 - `load_profile(slug_or_path)` -> `Profile` (validated; errors name file and key).
@@ -31,6 +38,7 @@ from r1lab.perf import hardware
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
 SCHEMA_VERSION = 1
 COMPUTE_MIN_M = 256  # smallest GEMM m whose measured rate is taken as the compute roof
+GEMM_DTYPES = ("fp8", "bf16", "fp8_block")
 _REQUIRED = ("gpu", "device_name", "gpus", "measured", "versions", "copy_tb_s", "gemm")
 
 
@@ -45,15 +53,26 @@ class Profile:
     gemm: list[dict[str, Any]]
     allreduce: list[dict[str, Any]] = field(default_factory=list)
     kv_read_tb_s: float | None = None
+    kv_read_fp8_tb_s: float | None = None
     clocks_mhz: dict[str, Any] = field(default_factory=dict)
     power_limit_w: float | None = None
     topology: str = ""
-    source: str = ""
+    source: str | dict[str, Any] = ""
+    timing: str | None = None
     path: str = ""
+
+    @property
+    def timing_method(self) -> str:
+        """'queued' (GPU time only) or 'eager' (launch latency included), stated or read from the source."""
+        if self.timing:
+            return self.timing
+        return "queued" if "queued" in str(self.source).lower() else "eager"
 
     def to_json(self) -> dict[str, Any]:
         d = {"schema_version": SCHEMA_VERSION, **self.__dict__}
         d.pop("path")
+        if d["timing"] is None:
+            d.pop("timing")
         return d
 
     def efficiency(self, gpu: hardware.GPU | str | None = None) -> Efficiency:
@@ -80,14 +99,18 @@ def parse_profile(data: dict[str, Any], path: str = "<profile>") -> Profile:
         for k in ("dtype", "m", "k", "n", "seconds"):
             if k not in g:
                 raise _err(path, f"gemm[{i}].{k}", "required key is missing")
-        if g["dtype"] not in ("fp8", "bf16"):
-            raise _err(path, f"gemm[{i}].dtype", f"expected 'fp8' or 'bf16', got {g['dtype']!r}")
+        if g["dtype"] not in GEMM_DTYPES:
+            raise _err(path, f"gemm[{i}].dtype", f"expected one of {list(GEMM_DTYPES)}, got {g['dtype']!r}")
+        if "tp" in g and not (isinstance(g["tp"], int) and g["tp"] >= 1):
+            raise _err(path, f"gemm[{i}].tp", f"expected an integer >= 1, got {g['tp']!r}")
         if not g["seconds"] > 0:
             raise _err(path, f"gemm[{i}].seconds", f"expected > 0, got {g['seconds']!r}")
     for i, a in enumerate(data.get("allreduce", [])):
         for k in ("world", "bytes", "seconds"):
             if k not in a:
                 raise _err(path, f"allreduce[{i}].{k}", "required key is missing")
+    if data.get("timing") not in (None, "eager", "queued"):
+        raise _err(path, "timing", f"expected 'eager' or 'queued', got {data['timing']!r}")
     if not data["copy_tb_s"] > 0:
         raise _err(path, "copy_tb_s", f"expected > 0, got {data['copy_tb_s']!r}")
     known = set(Profile.__dataclass_fields__) - {"path"}
@@ -98,8 +121,11 @@ def parse_profile(data: dict[str, Any], path: str = "<profile>") -> Profile:
 
 
 def load_profile(slug_or_path: str | Path) -> Profile:
-    """A reference profile by slug (r1lab/data/profiles/<slug>.json) or any profile file by path."""
+    """A reference profile by slug (r1lab/data/profiles/<slug>.json), any profile file by path, or the raw
+    measurements of `r1lab calibrate` (`*.records.jsonl`, block-scaled FP8 GEMMs included)."""
     p = Path(slug_or_path)
+    if p.name.endswith(".records.jsonl"):
+        return profile_from_records(p)
     if not p.suffix:
         p = PROFILE_DIR / f"{slug_or_path}.json"
     if not p.exists():
@@ -121,12 +147,22 @@ def reference_profiles() -> list[str]:
 class Efficiency:
     """Constants the performance model uses for one GPU type, each computed from a profile:
 
-    - weight_tb_s: best weight-streaming rate of a small-m fp8 GEMM (m <= 64) in the profile;
+    - fp8_kind: which FP8 rows the FP8 constants come from: "fp8_block" (DeepSeek's 128x128 block scales, the
+      kernels R1 runs) where the profile measured them, else "fp8" (per-tensor scales);
+    - weight_tb_s: best weight-streaming rate of a small-m FP8 GEMM (m <= 64) in the profile;
     - kv_tb_s: KV-cache read rate (profile kv_read_tb_s, else its device-to-device copy rate);
-    - fp8_curve / bf16_curve: (m, TFLOPS) with the best rate measured at each m >= 256 (the GEMM roofline's
-      compute leg; flat below 256, where measured GEMMs are bound by weight streaming instead);
-    - launch_floor_us: the smallest GEMM time measured (eager launch + a tiny kernel), which CUDA graphs remove;
-    - ar_points: {world: [(bytes, seconds)]} measured all-reduces, less the launch floor;
+    - fp8_curve / bf16_curve: (m, TFLOPS) with the best rate measured at each m >= 256 over all shapes (the GEMM
+      roofline's compute leg; flat below 256, where measured GEMMs are bound by weight streaming instead);
+    - shapes: {(dtype, k, n): ((m, TFLOPS), ...)} the rate measured for that exact shape at m >= 256: a TP-sharded
+      or thin GEMM (small k or n) runs far below the best large shape, so where the profile measured the shape
+      the model asks for, its own curve is used instead of the all-shape best (only for profiles of this GPU);
+    - timing: the profile's timing method ("eager" or "queued", see the module docstring);
+    - shape_times: {(dtype, k, n): ((m, seconds), ...)} every measured time of that exact shape, kept only for
+      queued profiles of this GPU: there a measured GEMM is the GPU time of that kernel (its small-m time carries
+      the per-kernel floor a tiny TP8 shard really has, ~4.5 us), so `gemm_s` uses it directly;
+    - launch_floor_us: the smallest GEMM time measured (eager: launch + a tiny kernel, which CUDA graphs remove;
+      queued: the fastest kernel);
+    - ar_points: {world: [(bytes, seconds)]} measured all-reduces (less the launch floor for eager profiles);
     - scale_*: datasheet ratios when the profile is of another GPU type (1.0 when it is the same).
     """
 
@@ -140,6 +176,10 @@ class Efficiency:
     ar_points: dict[int, tuple[tuple[float, float], ...]]
     scaled_from: str | None = None
     ar_from: str | None = None  # profile the all-reduce curve was borrowed from, if not this one
+    fp8_kind: str = "fp8"
+    shapes: dict[tuple[str, int, int], tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    timing: str = "eager"
+    shape_times: dict[tuple[str, int, int], tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
     @classmethod
     def from_profile(cls, prof: Profile, target: hardware.GPU | str | None = None) -> Efficiency:
@@ -147,41 +187,85 @@ class Efficiency:
         dst = src if target is None else (hardware.gpu(target) if isinstance(target, str) else target)
         bw_scale = dst.hbm_tb_s / src.hbm_tb_s
         fl_scale = dst.fp8_tflops / src.fp8_tflops
-        fp8 = [g for g in prof.gemm if g["dtype"] == "fp8"]
-        small = [g for g in fp8 if g["m"] <= 64]
+
+        def rows(dtype: str) -> list[dict[str, Any]]:
+            return [g for g in prof.gemm if g["dtype"] == dtype]
+
+        # block-scaled FP8 where the profile covers both regimes (small m and the compute roof), else per-tensor
+        block = rows("fp8_block")
+        use_block = any(g["m"] <= 64 for g in block) and any(g["m"] >= COMPUTE_MIN_M for g in block)
+        fp8_kind = "fp8_block" if use_block else "fp8"
+        small = [g for g in rows(fp8_kind) if g["m"] <= 64]
         if not small:
             raise ValueError(
                 f"{prof.path}: gemm: no fp8 record with m <= 64 to derive the weight-streaming rate"
             )
 
         def wbytes(g: dict[str, Any]) -> float:
-            return g["k"] * g["n"] * (1 if g["dtype"] == "fp8" else 2)
+            return g["k"] * g["n"] * (2 if g["dtype"] == "bf16" else 1)
 
         weight_tb_s = max(wbytes(g) / g["seconds"] / 1e12 for g in small) * bw_scale
         kv = (prof.kv_read_tb_s or prof.copy_tb_s) * bw_scale
 
-        def curve(dtype: str, scale: float) -> tuple[tuple[float, float], ...]:
-            best: dict[int, float] = {}
-            for g in prof.gemm:
-                if g["dtype"] != dtype:
-                    continue
-                tf = 2.0 * g["m"] * g["k"] * g["n"] / g["seconds"] / 1e12
-                best[g["m"]] = max(best.get(g["m"], 0.0), tf)
-            # below m=256 the measured rates are bound by weight streaming and launch (the other roofline
-            # leg), not by compute: the compute leg uses the m >= 256 points and stays flat below them
-            pts = sorted((m, tf) for m, tf in best.items() if m >= COMPUTE_MIN_M) or sorted(best.items())
-            # monotone non-decreasing in m (a larger batch never computes slower per flop)
+        def tf(g: dict[str, Any]) -> float:
+            return 2.0 * g["m"] * g["k"] * g["n"] / g["seconds"] / 1e12
+
+        def monotone(pts: list[tuple[float, float]], scale: float) -> tuple[tuple[float, float], ...]:
+            # non-decreasing in m (a larger batch never computes slower per flop)
             out, run = [], 0.0
-            for m, tf in pts:
-                run = max(run, tf)
+            for m, t in sorted(pts):
+                run = max(run, t)
                 out.append((float(m), run * scale))
             return tuple(out)
 
+        def curve(dtype: str, scale: float) -> tuple[tuple[float, float], ...]:
+            best: dict[int, float] = {}
+            for g in rows(dtype):
+                best[g["m"]] = max(best.get(g["m"], 0.0), tf(g))
+            # below m=256 the measured rates are bound by weight streaming and launch (the other roofline
+            # leg), not by compute: the compute leg uses the m >= 256 points and stays flat below them
+            pts = [(m, t) for m, t in best.items() if m >= COMPUTE_MIN_M] or list(best.items())
+            return monotone(pts, scale)
+
+        def shape_key(g: dict[str, Any]) -> tuple[str, int, int]:
+            return ("bf16" if g["dtype"] == "bf16" else "fp8", int(g["k"]), int(g["n"]))
+
+        # per-shape data: the chosen FP8 kind's rows; a shape it lacks (cuBLAS refuses block scales when
+        # k/128 is not a multiple of 4) keeps its per-tensor rows, a lower bound for the block-scaled kernel
+        chosen = {shape_key(g) for g in rows(fp8_kind)}
+        shape_rows = [
+            g
+            for g in prof.gemm
+            if g["dtype"] in ("bf16", fp8_kind) or (g["dtype"] == "fp8" and shape_key(g) not in chosen)
+        ]
+        shapes: dict[tuple[str, int, int], tuple[tuple[float, float], ...]] = {}
+        if dst is src:
+            per: dict[tuple[str, int, int], dict[int, float]] = {}
+            for g in shape_rows:
+                if g["m"] < COMPUTE_MIN_M:
+                    continue
+                d = per.setdefault(shape_key(g), {})
+                d[g["m"]] = max(d.get(g["m"], 0.0), tf(g))
+            shapes = {key: monotone(list(d.items()), 1.0) for key, d in per.items()}
+        timing = prof.timing_method
+        shape_times: dict[tuple[str, int, int], tuple[tuple[float, float], ...]] = {}
+        if dst is src and timing == "queued":
+            per_t: dict[tuple[str, int, int], dict[int, float]] = {}
+            for g in shape_rows:
+                d = per_t.setdefault(shape_key(g), {})
+                d[g["m"]] = min(d.get(g["m"], math.inf), float(g["seconds"]))
+            for key, d in per_t.items():  # a larger m never finishes sooner: running minimum from the right
+                pts = sorted(d.items())
+                for i in range(len(pts) - 2, -1, -1):
+                    pts[i] = (pts[i][0], min(pts[i][1], pts[i + 1][1]))
+                shape_times[key] = tuple((float(m), t) for m, t in pts)
+
         floor_us = min(g["seconds"] for g in prof.gemm) * 1e6
+        launch_us = floor_us if timing == "eager" else 0.0  # queued times carry no launch latency
         ar: dict[int, list[tuple[float, float]]] = {}
         for a in prof.allreduce:
             ar.setdefault(int(a["world"]), []).append(
-                (float(a["bytes"]), max(a["seconds"] - floor_us * 1e-6, 2e-6))
+                (float(a["bytes"]), max(a["seconds"] - launch_us * 1e-6, 2e-6))
             )
         for v in ar.values():  # a larger message never finishes sooner: running minimum from the right
             v.sort()
@@ -192,16 +276,20 @@ class Efficiency:
             profile=Path(prof.path).stem or prof.gpu,
             weight_tb_s=weight_tb_s,
             kv_tb_s=kv,
-            fp8_curve=curve("fp8", fl_scale),
+            fp8_curve=curve(fp8_kind, fl_scale),
             bf16_curve=curve("bf16", fl_scale),
             launch_floor_us=floor_us,
             ar_points={w: tuple(sorted(v)) for w, v in ar.items()},
             scaled_from=None if dst is src else src.short,
+            fp8_kind=fp8_kind,
+            shapes=shapes,
+            timing=timing,
+            shape_times=shape_times,
         )
 
-    def tflops(self, m: float, dtype: str = "fp8") -> float:
-        """Best GEMM rate at m rows, log-linear between measured m (clamped at the ends)."""
-        pts = self.fp8_curve if dtype == "fp8" else self.bf16_curve
+    @staticmethod
+    def _interp(pts: tuple[tuple[float, float], ...], m: float) -> float:
+        """Log-linear in m between measured points, clamped at the ends."""
         if m <= pts[0][0]:
             return pts[0][1]
         if m >= pts[-1][0]:
@@ -212,14 +300,41 @@ class Efficiency:
         f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
         return t0 + f * (t1 - t0)
 
+    def tflops(self, m: float, dtype: str = "fp8", k: float | None = None, n: float | None = None) -> float:
+        """GEMM rate at m rows: the measured curve of this exact (k, n) shape where the profile has it, else the
+        best rate over all shapes, log-linear between measured m (clamped at the ends)."""
+        if k is not None and n is not None and self.shapes:
+            pts = self.shapes.get((dtype, round(k), round(n)))
+            if pts:
+                return self._interp(pts, m)
+        return self._interp(self.fp8_curve if dtype == "fp8" else self.bf16_curve, m)
+
     def gemm_s(
         self, m: float, k: float, n: float, weight_bytes: float | None = None, dtype: str = "fp8"
     ) -> float:
         """Roofline of one GEMM inside a CUDA graph: max(weights / streaming rate, flops / rate at m)."""
         if m <= 0:
             return 0.0
+        if weight_bytes is None and self.shape_times:
+            pts = self.shape_times.get((dtype, round(k), round(n)))
+            if pts:
+                return self._measured_s(pts, m)
         wb = k * n * (1 if dtype == "fp8" else 2) if weight_bytes is None else weight_bytes
-        return max(wb / (self.weight_tb_s * 1e12), 2.0 * m * k * n / (self.tflops(m, dtype) * 1e12))
+        return max(wb / (self.weight_tb_s * 1e12), 2.0 * m * k * n / (self.tflops(m, dtype, k, n) * 1e12))
+
+    @staticmethod
+    def _measured_s(pts: tuple[tuple[float, float], ...], m: float) -> float:
+        """A measured shape's time at m rows: log-log between measured m, the smallest m's time below them,
+        proportional to m above the largest (compute-bound there)."""
+        if m <= pts[0][0]:
+            return pts[0][1]
+        if m >= pts[-1][0]:
+            return pts[-1][1] * m / pts[-1][0]
+        ms = [p[0] for p in pts]
+        i = bisect.bisect_right(ms, m)
+        (m0, t0), (m1, t1) = pts[i - 1], pts[i]
+        f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
+        return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
 
     def allreduce_s(self, nbytes: float, world: int) -> float | None:
         """Measured all-reduce (launch floor removed), interpolated in bytes; rescaled for another world size
@@ -299,6 +414,50 @@ def profile_from_calibration_dir(directory: str | Path, gpu: str, measured: str,
         source=source or f"converted from {d}",
     )
     parse_profile(prof.to_json(), str(d))  # same validation as a loaded file
+    return prof
+
+
+def profile_from_records(path: str | Path) -> Profile:
+    """A profile from the records `r1lab calibrate` writes (gpu_bench.py, one JSON object per measurement),
+    keeping every GEMM that ran without error, block-scaled FP8 (`fp8_block`) included; times are queued."""
+    p = Path(path)
+    recs = [r for r in _jsonl(p) if not r.get("error")]
+    meta = next((r for r in recs if r.get("kind") == "meta"), None)
+    if meta is None:
+        raise ValueError(f"{p}: no 'meta' record (not a records file of r1lab calibrate)")
+    copies = sorted(r["tb_s"] for r in recs if r.get("kind") == "copy")
+    if not copies:
+        raise ValueError(f"{p}: no 'copy' record")
+    kv = [
+        r for r in recs if r.get("kind") == "kv_read" and r.get("layout") == "flat" and r["dtype"] == "bf16"
+    ]
+    gemm = [
+        {k: r[k] for k in ("dtype", "name", "tp", "m", "k", "n", "seconds", "tflops")}
+        for r in recs
+        if r.get("kind") == "gemm" and r.get("dtype") in GEMM_DTYPES
+    ]
+    ar = [
+        {k: r[k] for k in ("world", "bytes", "seconds", "bus_gb_s")}
+        for r in recs
+        if r.get("kind") == "allreduce" and r.get("method", "queued") == "queued"
+    ]
+    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+    prof = Profile(
+        gpu=hardware.gpu(meta.get("gpu") or meta["device_name"]).short,
+        device_name=meta["device_name"],
+        gpus=int(meta.get("gpus", 1)),
+        measured=meta["date"],
+        versions=versions,
+        copy_tb_s=copies[len(copies) // 2],
+        gemm=gemm,
+        allreduce=ar,
+        kv_read_tb_s=max(kv, key=lambda r: r["tokens"])["tb_s"] if kv else None,
+        power_limit_w=meta.get("power_limit_w"),
+        source=f"converted from {p} (r1lab calibrate records; block-scaled FP8 GEMMs kept)",
+        timing="queued",
+        path=str(p),
+    )
+    parse_profile(prof.to_json(), str(p))  # same validation as a loaded file
     return prof
 
 

@@ -1,6 +1,7 @@
 """Discrete-event simulation of continuous batching as vLLM V1 schedules it, and of P/D disaggregation.
 
-One engine replica (one DP rank), step by step: running requests decode one token each (1 + MTP drafts), requests
+One engine replica (one DP rank), step by step (an engine that schedules one step ahead, `schedule_ahead_steps`,
+admits a request that arrived during a running step only into the step after the next): running requests decode one token each (1 + MTP drafts), requests
 in prefill take chunks of their prompt within `max_num_batched_tokens`, waiting requests are admitted while
 `max_num_seqs` and free KV blocks allow (blocks of `block_size` tokens, allocated as tokens are computed); when a
 decode needs a block and none is free, the newest running request is preempted (recomputed later, vLLM's
@@ -199,6 +200,8 @@ def simulate(
         if wl.concurrency and issued < n_total:
             submit(new_request(r.end))
 
+    ahead = step.eng.schedule_ahead_steps
+    last_step_start = 0.0
     guard = 0
     while len(done) < n_total:
         guard += 1
@@ -206,7 +209,13 @@ def simulate(
             raise RuntimeError("simulation did not converge (bug): too many epochs")
         if pd is not None:
             run_prefill_pool(t)
-        while arrivals and arrivals[0][0] <= t:
+        # an engine that schedules ahead (overlap scheduling) has already formed the next batch when the
+        # current one ends: a request that arrived during the last step joins one step later; an idle engine
+        # takes it at once
+        visible = t if not running or ahead == 0 else last_step_start
+        while arrivals and arrivals[0][0] <= visible:
+            waiting.append(heapq.heappop(arrivals)[2])
+        if not running and not waiting and arrivals and arrivals[0][0] <= t:
             waiting.append(heapq.heappop(arrivals)[2])
         if not running and not waiting:
             nxt = [arrivals[0][0]] if arrivals else []
@@ -304,6 +313,7 @@ def simulate(
         mid_ctx = ctx_sum + n_dec * tps * (k - 1) / 2.0
         dt = step.step_s(n_dec, mid_ctx, n_pre, pairs)
         t_next = t + k * dt
+        last_step_start = t_next - dt
         steps += k
         batch_sum += k * (n_dec + len(chunks))
         # --- apply ---

@@ -1,0 +1,152 @@
+"""How accurate is r1lab's load generator, and how many streams can it carry? Measured, not assumed.
+
+A ground-truth server (r1lab.bench.gtserver) emits the first token `--ttft-ms` after each request arrives and one
+token every `--itl-ms`, logging when it actually handed every chunk to the kernel. The generator runs a fixed
+concurrency for `--duration` seconds at each of `--streams`; per run it prints:
+  streams sustained (time-weighted mean in flight over the measured window) vs offered,
+  chunks/s received by the client vs sent by the server (delivered vs offered),
+  TTFT error = client TTFT - server TTFT (server: first chunk written - request read), p50/p99, and its two
+  parts: send lag (client send stamp -> server read) and receive lag (server write -> client stamp),
+  ITL error = client gap - server gap per chunk, p50/p99 (and p99 of |error|),
+  the client workers' event-loop lag and the server's own lateness against its schedule,
+  CPU microseconds per chunk of the client workers, of the parent's (niced) parsing thread and of the server:
+  unlike the timing errors these hardly depend on what else runs, so 1e6 / (cpu/chunk) is the chunks/s one
+  core carries, and their sum says whether client and server fit the machine's cores at a given chunk rate.
+Client and server share this machine's cores, so the error includes contention (an upper bound on the client's).
+
+    .venv/bin/python benchmarks/loadgen_capacity.py                      # 256, 1024, 4096 streams, 10 s each
+    .venv/bin/python benchmarks/loadgen_capacity.py --streams 2048 --itl-ms 40 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from r1lab.bench import gtserver
+from r1lab.bench.client import completion_body
+from r1lab.bench.loadgen import run_point
+from r1lab.bench.records import clock_offset
+from r1lab.bench.shapes import Shape
+
+
+def pct(a: list[float], p: float) -> float:
+    return float(np.percentile(a, p)) if a else float("nan")
+
+
+def measure(n: int, args: argparse.Namespace, tmp: Path) -> dict:
+    rng = np.random.default_rng(args.seed)
+    lo, hi = (int(x) for x in args.tokens.split(":"))
+    bodies = [(completion_body("gt", "completions", f"prompt {i}", int(rng.integers(lo, hi + 1))), 2)
+              for i in range(256)]  # fmt: skip
+    log = tmp / f"truth-{n}"
+    shape = Shape("concurrency", concurrency=n, duration_s=args.duration, warmup_s=args.warmup)
+    with gtserver.running(args.ttft_ms, args.itl_ms, procs=args.server_procs, log=log) as url:
+        res = run_point(url, bodies, shape, scenario="capacity", out=tmp / f"requests-{n}.jsonl",
+                        workers=args.workers, timeout_s=120, kernel_stamps=args.kernel_stamps)  # fmt: skip
+    offset = clock_offset()
+    truth = gtserver.read_truth(log)
+    recs = res.records
+    ok = [r for r in recs if r["error"] is None and r["t_first"] is not None]
+    t_start = min(r["t_send"] for r in recs if r["t_send"]) + args.warmup
+    t_stop = t_start - args.warmup + args.duration  # sending stops here; in-flight requests then drain
+    window = t_stop - t_start
+    inflight = sum(
+        max(0.0, min(r["t_end"] or t_stop, t_stop) - max(r["t_send"] or t_stop, t_start)) for r in recs
+    )
+    ttft_err, send_lag, recv_lag, itl_err = [], [], [], []
+    client_chunks = server_chunks = late = 0
+    server_late = []
+    for r in ok:
+        t = truth.get(r["request_id"])
+        if t is None:
+            continue
+        sent = [s + offset for s in t["sent"]]
+        recv = t["t_recv"] + offset
+        ct = r["chunk_t"]
+        client_chunks += sum(t_start <= x < t_stop for x in ct)
+        server_chunks += sum(t_start <= x < t_stop for x in sent)
+        late += t["queued"]
+        if r["warmup"]:
+            continue
+        ttft_err.append(((r["t_first"] - r["t_send"]) - (sent[0] - recv)) * 1e3)
+        send_lag.append((recv - r["t_send"]) * 1e3)
+        recv_lag.append((r["t_first"] - sent[0]) * 1e3)
+        m = min(len(ct), len(sent))
+        itl_err += [((ct[i] - ct[i - 1]) - (sent[i] - sent[i - 1])) * 1e3 for i in range(1, m)]
+        sched = [recv + args.ttft_ms / 1e3 + i * args.itl_ms / 1e3 for i in range(len(sent))]
+        server_late += [(a - b) * 1e3 for a, b in zip(sent, sched, strict=False)]
+    offered_chunks = n * 1000.0 / args.itl_ms
+    all_chunks = sum(len(r["chunk_t"]) for r in recs)
+    return {
+        "streams": n, "workers": res.workers, "requests": len(recs), "errors": len(recs) - len(ok),
+        "streams_sustained": inflight / window, "chunks_s_client": client_chunks / window,
+        "chunks_s_server": server_chunks / window, "chunks_s_schedule_max": offered_chunks,
+        "delivered_pct": 100.0 * client_chunks / server_chunks if server_chunks else float("nan"),
+        "ttft_err_p50": pct(ttft_err, 50), "ttft_err_p99": pct(ttft_err, 99),
+        "send_lag_p99": pct(send_lag, 99), "recv_lag_p99": pct(recv_lag, 99),
+        "itl_err_p50": pct(itl_err, 50), "itl_err_p99": pct(itl_err, 99),
+        "itl_abs_err_p99": pct([abs(x) for x in itl_err], 99),
+        "loop_lag_p99": res.loop_lag_p99_ms, "server_late_p99": pct(server_late, 99),
+        "server_queued_writes": late,
+        "client_cpu_us_per_chunk": 1e6 * res.client_cpu_s / max(all_chunks, 1),
+        "parse_cpu_us_per_chunk": 1e6 * res.parse_cpu_s / max(all_chunks, 1),
+        "server_cpu_us_per_chunk": 1e6 * truth["__server__"]["cpu_s"]
+        / max(sum(len(t.get("sent", [])) for t in truth.values()), 1),
+    }  # fmt: skip
+
+
+COLS = [
+    ("streams", "{:>7}"), ("workers", "{:>3}"), ("streams_sustained", "{:>9.0f}"), ("chunks_s_client", "{:>9.0f}"),
+    ("chunks_s_server", "{:>9.0f}"), ("delivered_pct", "{:>7.1f}"), ("ttft_err_p50", "{:>8.2f}"),
+    ("ttft_err_p99", "{:>8.2f}"), ("send_lag_p99", "{:>8.2f}"), ("recv_lag_p99", "{:>8.2f}"),
+    ("itl_err_p50", "{:>8.3f}"), ("itl_err_p99", "{:>8.2f}"), ("loop_lag_p99", "{:>8.2f}"),
+    ("server_late_p99", "{:>8.2f}"), ("client_cpu_us_per_chunk", "{:>8.2f}"), ("parse_cpu_us_per_chunk", "{:>8.2f}"),
+    ("server_cpu_us_per_chunk", "{:>8.2f}"),
+    ("errors", "{:>6}"),
+]  # fmt: skip
+HEAD = ("streams", "wk", "sustained", "chunk/s c", "chunk/s s", "deliv%", "ttftE50", "ttftE99", "sendL99", "recvL99",
+        "itlE50", "itlE99", "loopL99", "srvLate99", "cpu/chunk", "parse/chk", "srv/chunk", "errors")  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--streams", type=int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds at the start left out (connection burst)"
+    )
+    ap.add_argument("--ttft-ms", type=float, default=50.0)
+    ap.add_argument("--itl-ms", type=float, default=20.0)
+    ap.add_argument("--tokens", default="20:80", help="output tokens per request, uniform MIN:MAX")
+    ap.add_argument("--server-procs", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0, help="client worker processes (0: automatic)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--kernel-stamps", action="store_true", help="client reads stamped by the kernel (SO_TIMESTAMPNS)"
+    )
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    args = ap.parse_args()
+    rows = []
+    print(f"ground truth: TTFT {args.ttft_ms} ms, a chunk every {args.itl_ms} ms; times in ms", flush=True)
+    print(" ".join(f"{h:>9}" for h in HEAD), flush=True)
+    with tempfile.TemporaryDirectory(prefix="r1lab-capacity-") as d:
+        for n in args.streams:
+            t = time.time()
+            row = measure(n, args, Path(d))
+            row["wall_s"] = time.time() - t
+            rows.append(row)
+            print(" ".join(f"{fmt.format(row[k]):>9}" for k, fmt in COLS), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

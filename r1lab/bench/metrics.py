@@ -1,0 +1,153 @@
+"""Serving metrics per load point, defined exactly as `vllm bench serve` defines them.
+
+Over successful, non-warm-up requests (error is null and a token chunk arrived):
+- TTFT = first chunk with choices - send;  E2EL = last chunk with choices - send;
+- ITL = every gap between consecutive chunks with choices (all requests pooled);
+- TPOT = (E2EL - TTFT) / (output_tokens - 1), only requests with more than one output token;
+- goodput = requests meeting every given SLO (TTFT, TPOT, E2EL; TPOT counted as 0 for <= 1 token) / duration.
+Duration is first send to last end of the measured requests. Percentiles are numpy's linear interpolation.
+Also: requests/s, input and output tokens/s, errors by kind, tok/s/GPU (output), tok/s/user (1000 / mean TPOT ms),
+and $/h -> $ per million output/input tokens from a price passed in (bench knows nothing of clouds).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Service-level objectives in milliseconds (None: not checked)."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+
+def stats_ms(values_s: Iterable[float]) -> dict[str, float | None]:
+    """mean, p50, p90, p99 in milliseconds (None when there are no values)."""
+    a = np.asarray(list(values_s), dtype=float) * 1000.0
+    if a.size == 0:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    return {"mean": float(a.mean()), **{f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES}}
+
+
+def request_latencies(r: dict[str, Any]) -> dict[str, Any]:
+    """ttft, e2el, tpot (or None), itls of one successful record, in seconds."""
+    ttft = r["t_first"] - r["t_send"]
+    e2el = r["chunk_t"][-1] - r["t_send"]
+    out = r.get("output_tokens") or 0
+    tpot = (e2el - ttft) / (out - 1) if out > 1 else None
+    ct = r["chunk_t"]
+    return {
+        "ttft": ttft,
+        "e2el": e2el,
+        "tpot": tpot,
+        "itl": [b - a for a, b in zip(ct, ct[1:], strict=False)],
+    }
+
+
+def is_ok(r: dict[str, Any]) -> bool:
+    return r.get("error") is None and r.get("t_first") is not None and r.get("t_send") is not None
+
+
+def summarize_point(
+    records: list[dict[str, Any]],
+    *,
+    slo: Slo | None = None,
+    gpus: int | None = None,
+    usd_per_hour: float | None = None,
+    source: str = "measured-twin",
+) -> dict[str, Any]:
+    """One summary entry (docs/architecture.md `summary.json` points) for the records of one load point."""
+    measured = [r for r in records if not r.get("warmup")]
+    ok = [r for r in measured if is_ok(r)]
+    sends = [r["t_send"] for r in measured if r.get("t_send") is not None]
+    ends = [r["t_end"] for r in measured if r.get("t_end") is not None]
+    duration = (max(ends) - min(sends)) if sends and ends else 0.0
+    lat = [request_latencies(r) for r in ok]
+    ttft = [x["ttft"] for x in lat]
+    e2el = [x["e2el"] for x in lat]
+    tpot = [x["tpot"] for x in lat if x["tpot"] is not None]
+    itl = [g for x in lat for g in x["itl"]]
+    in_tok = sum(r.get("input_tokens") or 0 for r in ok)
+    out_tok = sum(r.get("output_tokens") or 0 for r in ok)
+    per_s = (lambda v: v / duration) if duration > 0 else (lambda v: None)
+    good = None
+    if slo is not None and any(v is not None for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms)):
+        good = 0
+        for x in lat:
+            checks = [
+                (slo.ttft_ms, x["ttft"]),
+                (slo.tpot_ms, x["tpot"] if x["tpot"] is not None else 0.0),
+                (slo.e2el_ms, x["e2el"]),
+            ]
+            good += all(lim is None or v * 1000.0 <= lim for lim, v in checks)
+    errors = Counter(r["error"] for r in measured if not is_ok(r))
+    first = records[0] if records else {}
+    out_tok_s = per_s(out_tok)
+    in_tok_s = per_s(in_tok)
+    tpot_ms = stats_ms(tpot)
+
+    def usd_per_mtok(tok_s: float | None) -> float | None:
+        if usd_per_hour is None or not tok_s:
+            return None
+        return usd_per_hour / (tok_s * 3600.0) * 1e6
+
+    return {
+        "scenario": first.get("scenario"),
+        "point": first.get("point"),
+        "concurrency": first.get("concurrency"),
+        "rate": first.get("rate"),
+        "duration_s": duration,
+        "requests": len(measured),
+        "errors": sum(errors.values()),
+        "errors_by_kind": dict(sorted(errors.items())),
+        "warmup_requests": len(records) - len(measured),
+        "rps": per_s(len(ok)),
+        "input_tok_s": in_tok_s,
+        "output_tok_s": out_tok_s,
+        "ttft_ms": stats_ms(ttft),
+        "tpot_ms": tpot_ms,
+        "itl_ms": stats_ms(itl),
+        "e2el_ms": stats_ms(e2el),
+        "goodput_rps": per_s(good) if good is not None else None,
+        "gpus": gpus,
+        "tok_s_per_gpu": (out_tok_s / gpus) if (gpus and out_tok_s is not None) else None,
+        "tok_s_per_user": (1000.0 / tpot_ms["mean"]) if tpot_ms["mean"] else None,
+        "usd_per_hour": usd_per_hour,
+        "usd_per_mtok_out": usd_per_mtok(out_tok_s),
+        "usd_per_mtok_in": usd_per_mtok(in_tok_s),
+        "source": source,
+    }
+
+
+def group_points(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Records grouped by (scenario, point), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["scenario"], r["point"]), []).append(r)
+    return groups
+
+
+def flatten(point: dict[str, Any]) -> dict[str, Any]:
+    """A summary point as one flat CSV row: ttft_ms.p99 -> ttft_ms_p99; dicts of counts -> JSON text."""
+    import json
+
+    row: dict[str, Any] = {}
+    for k, v in point.items():
+        if isinstance(v, dict) and k.endswith("_ms"):
+            for s, x in v.items():
+                row[f"{k}_{s}"] = x
+        elif isinstance(v, dict):
+            row[k] = json.dumps(v, sort_keys=True)
+        else:
+            row[k] = v
+    return row

@@ -1,0 +1,48 @@
+"""Saturation over a concurrency sweep: the knee where throughput stops growing while latency climbs.
+
+Between consecutive points (sorted by concurrency) the scaling efficiency is
+    (throughput_i / throughput_{i-1} - 1) / (concurrency_i / concurrency_{i-1} - 1)
+(1.0: throughput grew in proportion to concurrency; 0: it did not grow). The knee is the last point before the
+first step whose efficiency falls below `min_scaling` while the latency metric rose by at least `min_latency_rise`
+(a ratio). If no step does both, the sweep did not reach saturation and the report says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def find_knee(
+    points: list[dict[str, Any]],
+    *,
+    throughput: str = "output_tok_s",
+    latency: str = "e2el_ms",
+    min_scaling: float = 0.2,
+    min_latency_rise: float = 1.1,
+) -> dict[str, Any]:
+    """Knee of one scenario's summary points (those with a concurrency and a throughput)."""
+    pts = sorted(
+        (p for p in points if p.get("concurrency") and p.get(throughput)), key=lambda p: p["concurrency"]
+    )
+    out: dict[str, Any] = {
+        "scenario": pts[0]["scenario"] if pts else None, "throughput": throughput, "latency": f"{latency}.p50",
+        "min_scaling": min_scaling, "min_latency_rise": min_latency_rise, "saturated": False,
+        "knee_concurrency": None, "knee_throughput": None, "steps": [],
+    }  # fmt: skip
+    if len(pts) < 2:
+        out["note"] = "need at least two concurrency points"
+        return out
+    best = max(pts, key=lambda p: p[throughput])
+    out["max_throughput"] = best[throughput]
+    out["max_throughput_concurrency"] = best["concurrency"]
+    for a, b in zip(pts, pts[1:], strict=False):
+        scaling = (b[throughput] / a[throughput] - 1.0) / (b["concurrency"] / a["concurrency"] - 1.0)
+        la, lb = (a.get(latency) or {}).get("p50"), (b.get(latency) or {}).get("p50")
+        rise = (lb / la) if (la and lb) else None
+        out["steps"].append({"from": a["concurrency"], "to": b["concurrency"], "scaling": scaling,
+                             "latency_ratio": rise})  # fmt: skip
+        if not out["saturated"] and scaling < min_scaling and rise is not None and rise >= min_latency_rise:
+            out.update(saturated=True, knee_concurrency=a["concurrency"], knee_throughput=a[throughput])
+    if not out["saturated"]:
+        out["note"] = f"throughput still scaled at concurrency {pts[-1]['concurrency']}: extend the sweep"
+    return out

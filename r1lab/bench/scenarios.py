@@ -1,0 +1,204 @@
+"""The plan's load scenarios, run from params (`load.scenarios` of an Experiment) into a run directory.
+
+Shapes per scenario (`r1lab.config.Scenario.shape`):
+- concurrency: one closed-loop point per value of `concurrency` (a sweep; the knee is found over it);
+- ramp: the same, as timed steps (`duration_s` each) one after another;
+- poisson: one open-loop point per `rate` (requests/s), optionally capped at `max_concurrency`;
+- stress: one load held for `duration_s`, with trend checks (error rate, latency, KV usage, memory).
+Every point gets fresh prompts (its own seed), so a server's prefix cache never serves a later point from an
+earlier one. Records go to `load/<scenario>/requests.jsonl` as they happen; `summarize_run` derives
+`summary.json`/`summary.csv` from the records alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from r1lab.bench.loadgen import run_point
+from r1lab.bench.metrics import Slo, flatten, group_points, summarize_point
+from r1lab.bench.records import load_records
+from r1lab.bench.saturation import find_knee
+from r1lab.bench.shapes import Shape
+from r1lab.bench.trends import stress_checks
+from r1lab.bench.workloads import ModelTokenizer, bodies, build_workload
+
+SUMMARY_SCHEMA_VERSION = 1
+
+
+def default_scenarios(max_concurrency: int = 64, long_context: int = 120_000) -> list[dict[str, Any]]:
+    """The plan's scenarios as params entries (copy into `load.scenarios` and scale to the deployment)."""
+    sweep = [c for c in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if c <= max_concurrency]
+    mid = max(1, max_concurrency // 4)
+    return [
+        {"name": "sweep", "shape": "concurrency", "concurrency": sweep, "input_tokens": 1024, "output_tokens": 1024},
+        {"name": "short-in-long-out", "concurrency": [mid], "input_tokens": 256, "output_tokens": 4096},
+        {"name": "long-in-short-out", "concurrency": [mid], "input_tokens": 16000, "output_tokens": 256},
+        {"name": "long-in-long-out", "concurrency": [mid], "input_tokens": 16000, "output_tokens": 4096},
+        {"name": "long-context", "concurrency": [max(1, mid // 4)], "input_tokens": long_context,
+         "output_tokens": 512, "requests_per_point": 8},
+        {"name": "stress", "shape": "stress", "concurrency": [max_concurrency], "input_tokens": 1024,
+         "output_tokens": 1024, "duration_s": 1800, "warmup_s": 60},
+    ]  # fmt: skip
+
+
+def shapes_for(sc: Any) -> list[Shape]:
+    """The load points of one config Scenario."""
+    common = {"requests": sc.requests_per_point, "duration_s": sc.duration_s, "warmup_s": sc.warmup_s,
+              "warmup_requests": sc.warmup_requests}  # fmt: skip
+    if sc.shape == "poisson" or (sc.shape == "stress" and sc.rate):
+        return [Shape("poisson", rate=r, concurrency=sc.max_concurrency, burstiness=sc.burstiness, **common)
+                for r in sc.rate]  # fmt: skip
+    return [Shape("concurrency", concurrency=c, **common) for c in sc.concurrency]
+
+
+def _pool_size(shape: Shape) -> int:
+    if shape.requests is not None:
+        return shape.requests
+    per_s = shape.rate or (shape.concurrency or 1)  # at most ~1 request/s per stream for long outputs
+    return int(min(2048, max(64, per_s * min(shape.duration_s or 60, 120))))
+
+
+def _workloads(sc: Any, tokenizer: ModelTokenizer, model: str, seed: int) -> list[tuple[Shape, list]]:
+    """Each point's shape and fresh workload (its own seed)."""
+    return [
+        (shape, build_workload(tokenizer, n=_pool_size(shape), input_tokens=sc.input_tokens,
+                               output_tokens=sc.output_tokens, model=model, api=sc.endpoint, seed=seed * 1000 + i,
+                               force_output=sc.ignore_eos))
+        for i, shape in enumerate(shapes_for(sc))
+    ]  # fmt: skip
+
+
+def run_scenario(
+    sc: Any, *, url: str, tokenizer: ModelTokenizer, model: str, run_dir: str | Path, seed: int = 0,
+    workers: int = 0, verify_tls: bool = True, shell: Any = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Run every point of one scenario; returns its records (also appended to load/<name>/requests.jsonl).
+    With `shell` (a remote.Shell on a pod next to the server) the generator runs there, and `url` is the
+    server's address as seen from that pod."""
+    out = Path(run_dir) / "load" / sc.name / "requests.jsonl"
+    if shell is not None:
+        from r1lab.bench.records import read_jsonl
+        from r1lab.bench.remote import run_remote
+
+        pts = [{"scenario": sc.name, "shape": shape, "bodies": bodies(wl), "api": sc.endpoint,
+                "timeout_s": sc.timeout_s, "seed": seed * 1000 + i}
+               for i, (shape, wl) in enumerate(_workloads(sc, tokenizer, model, seed))]  # fmt: skip
+        before = len(read_jsonl(out)) if out.exists() else 0
+        run_remote(shell, url=url, points=pts, run_dir=run_dir)
+        return read_jsonl(out)[before:]
+    records: list[dict[str, Any]] = []
+    for i, (shape, wl) in enumerate(_workloads(sc, tokenizer, model, seed)):
+        res = run_point(url, bodies(wl), shape, scenario=sc.name, out=out, api=sc.endpoint, workers=workers,
+                        timeout_s=sc.timeout_s, seed=seed * 1000 + i, verify_tls=verify_tls)  # fmt: skip
+        if res.loop_lag_p99_ms > 5.0:
+            print(
+                f"warning: {sc.name} {res.point}: the client's event loop lagged {res.loop_lag_p99_ms:.1f} ms "
+                "(p99): its timings carry that error; use more worker processes or a bigger load machine"
+            )
+        records += res.records
+    return records
+
+
+def run_load(
+    load: Any, *, url: str, model_dir: str | Path, model: str, run_dir: str | Path, only: list[str] | None = None,
+    verify_tls: bool = True, shell: Any = None,
+) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Run the Experiment's `load.scenarios` (or those named in `only`) against `url`; with `shell`, from the pod
+    that shell reaches (params `load.run_on: pod`)."""
+    tok = ModelTokenizer(model_dir)
+    done = {}
+    for sc in load.scenarios:
+        if only is None or sc.name in only:
+            done[sc.name] = run_scenario(sc, url=url, tokenizer=tok, model=model, run_dir=run_dir,
+                                         seed=load.seed, workers=load.processes, verify_tls=verify_tls,
+                                         shell=shell)  # fmt: skip
+    return done
+
+
+def summarize_run(
+    run_dir: str | Path,
+    *,
+    scenarios: list[Any] | None = None,
+    slo: Slo | None = None,
+    gpus: int | None = None,
+    usd_per_hour: float | None = None,
+    source: str = "measured-twin",
+    run_id: str | None = None,
+    metrics: Any = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """summary.json (+ summary.csv) from the run's records alone; saturation per concurrency sweep, trend checks
+    per stress phase (`scenarios`: the config Scenarios, for shapes and trend windows)."""
+    rd = Path(run_dir)
+    records = load_records(rd)
+    points = [summarize_point(rs, slo=slo, gpus=gpus, usd_per_hour=usd_per_hour, source=source)
+              for rs in group_points(records).values()]  # fmt: skip
+    by_name = {sc.name: sc for sc in scenarios or []}
+    saturation, trends = {}, {}
+    for name in dict.fromkeys(p["scenario"] for p in points):
+        sc = by_name.get(name)
+        pts = [p for p in points if p["scenario"] == name]
+        if sc is not None and sc.shape == "stress":
+            trends[name] = stress_checks([r for r in records if r["scenario"] == name],
+                                         window_s=sc.trend_window_s, metrics=metrics)  # fmt: skip
+        elif len([p for p in pts if p.get("concurrency") and not p.get("rate")]) >= 2:
+            saturation[name] = find_knee(pts)
+    summary = {"schema_version": SUMMARY_SCHEMA_VERSION, "run_id": run_id or rd.name, "points": points,
+               "saturation": saturation, "trends": trends}  # fmt: skip
+    if write:
+        write_summary(rd, summary)
+    return summary
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Write summary.json and summary.csv (never replacing existing ones)."""
+    rd = Path(run_dir)
+    js, cs = rd / "summary.json", rd / "summary.csv"
+    for p in (js, cs):
+        if p.exists():
+            raise FileExistsError(
+                f"{p} exists and results are never overwritten: summarize into a new run dir"
+            )
+    js.write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    rows = [flatten(p) for p in summary["points"]]
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with cs.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return js, cs
+
+
+def resolve_target(ctx: Any, endpoint_url: str = "", model_dir: str = "") -> tuple[str, Path]:
+    """The OpenAI endpoint and a local dir with the served model's tokenizer: given, or what the last serving
+    stage handed over in state.json (`endpoint.private_url`, where the server really listens; `model_dir`, the
+    tokenizer files copied into the run dir)."""
+    url = (
+        endpoint_url
+        or ctx.state.require("endpoint", produced_by="04_dynamo (or 02/03 with keep_running)")["private_url"]
+    )
+    mdir = Path(model_dir or ctx.state.require("model_dir", produced_by="the serving stage (02/03/04)"))
+    if not (mdir / "tokenizer.json").exists():
+        raise FileNotFoundError(
+            f"{mdir}: no tokenizer.json; workloads are built with the served model's tokenizer: pass model_dir "
+            "(a local copy of the model's tokenizer files is enough)"
+        )
+    return url, mdir
+
+
+def points_table(summary: dict[str, Any]):  # -> pandas.DataFrame
+    """The summary's points as a compact table (p50/p99 latencies, throughput, errors, cost)."""
+    import pandas as pd
+
+    rows = []
+    for p in summary["points"]:
+        rows.append({
+            "scenario": p["scenario"], "point": p["point"], "requests": p["requests"], "errors": p["errors"],
+            "ttft_p50_ms": p["ttft_ms"]["p50"], "ttft_p99_ms": p["ttft_ms"]["p99"], "tpot_p50_ms": p["tpot_ms"]["p50"],
+            "tpot_p99_ms": p["tpot_ms"]["p99"], "itl_p99_ms": p["itl_ms"]["p99"], "rps": p["rps"],
+            "output_tok_s": p["output_tok_s"], "goodput_rps": p["goodput_rps"], "usd_per_mtok_out": p["usd_per_mtok_out"],
+        })  # fmt: skip
+    return pd.DataFrame(rows)

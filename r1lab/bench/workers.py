@@ -1,0 +1,209 @@
+"""The client worker process: runs its share of one load point on its own event loop (uvloop when present) and
+streams raw results to the parent in batches; it never parses. The parent (`loadgen`) parses and records."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import time
+from typing import Any
+
+from r1lab.bench.client import Client, Raw
+
+perf_counter = time.perf_counter
+FLUSH_S = 0.02
+
+
+def _pack(raw: Raw) -> tuple:
+    return (
+        raw.request_id,
+        raw.seq,
+        raw.t_sched,
+        raw.t_send,
+        raw.t_end,
+        raw.reads,
+        raw.error,
+        raw.error_detail,
+        raw.input_tokens,
+        raw.warmup,
+    )
+
+
+def unpack(t: tuple) -> Raw:
+    r = Raw(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9])
+    return r
+
+
+class _Lag:
+    """Measures how late a 5 ms timer fires: the event loop's own backlog."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.samples, self.handle = loop, [], None
+
+    def start(self) -> None:
+        self.cpu0 = time.process_time()
+        self._due = perf_counter() + 0.005
+        self.handle = self.loop.call_later(0.005, self._tick)
+
+    def _tick(self) -> None:
+        now = perf_counter()
+        self.samples.append(now - self._due)
+        self._due = now + 0.005
+        self.handle = self.loop.call_later(0.005, self._tick)
+
+    def stop(self) -> dict[str, float]:
+        if self.handle:
+            self.handle.cancel()
+        s = sorted(self.samples) or [0.0]
+        return {
+            "loop_lag_p50_ms": s[len(s) // 2] * 1e3,
+            "loop_lag_p99_ms": s[int(len(s) * 0.99)] * 1e3,
+            "loop_lag_max_ms": s[-1] * 1e3,
+            "cpu_s": time.process_time() - self.cpu0,
+        }
+
+
+async def _run(conn: Any, plan: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    client = Client(
+        plan["url"],
+        api_key=os.environ.get(plan["api_key_env"]) if plan.get("api_key_env") else None,
+        timeout_s=plan["timeout_s"],
+        verify_tls=plan.get("verify_tls", True),
+        kernel_stamps=plan.get("kernel_stamps", False),
+    )
+    bodies: list[tuple[bytes, int]] = plan["bodies"]
+    path, prefix, w, nworkers = plan["path"], plan["prefix"], plan["worker"], plan["workers"]
+    warm_s, warm_n = plan["warmup_s"], plan["warmup_requests"]
+    try:
+        await client.prewarm(plan["prewarm"])
+        conn.send(("ready", len(client.idle)))
+    except OSError as exc:
+        conn.send(("ready", 0, f"{type(exc).__name__}: {exc}"))
+    msg = conn.recv()
+    if msg[0] != "go":
+        client.close()
+        return
+    t0 = msg[1]
+    results: list[Raw] = []
+    lag = _Lag(loop)
+
+    def flush() -> None:
+        if results:
+            try:
+                conn.send_bytes(pickle.dumps([_pack(r) for r in results], protocol=pickle.HIGHEST_PROTOCOL))
+            except OSError:  # the parent is gone: nobody records what we measure, so stop loading the server
+                os._exit(3)
+            results.clear()
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            flush()
+
+    async def one(k: int, t_sched: float | None) -> None:
+        body, in_tok = bodies[k % len(bodies)]
+        raw = Raw(f"{prefix}-{k}", seq=k, t_sched=t_sched, input_tokens=in_tok)
+        await client.send(raw, path, body)
+        raw.warmup = (
+            k < warm_n
+            or (raw.t_send is not None and raw.t_send < t0 + warm_s)
+            or (raw.t_send is None and t_sched is not None and t_sched < t0 + warm_s)
+        )
+        results.append(raw)
+
+    await asyncio.sleep(max(0.0, t0 - perf_counter()))
+    lag.start()
+    ftask = asyncio.ensure_future(flusher())
+    deadline = t0 + plan["duration_s"] if plan["duration_s"] is not None else None
+    if plan["kind"] == "concurrency":
+        count = plan["requests"]
+        nxt = iter(range(w, 10**12, nworkers))  # this worker's global request indices
+
+        async def slot() -> None:
+            for k in nxt:
+                if count is not None and k >= count:
+                    return
+                now = perf_counter()
+                if deadline is not None and now >= deadline:
+                    return
+                await one(k, now)
+
+        await asyncio.gather(*(slot() for _ in range(plan["slots"])))
+    else:
+        sem = asyncio.Semaphore(plan["slots"]) if plan["slots"] else None
+        tasks: set[asyncio.Task] = set()
+
+        async def capped(k: int, when: float) -> None:
+            if sem is None:
+                await one(k, when)
+                return
+            async with sem:
+                await one(k, when)
+
+        def fire(k: int, when: float) -> None:
+            task = loop.create_task(capped(k, when))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        now = perf_counter()  # uvloop's loop.time() has ms resolution: schedule relative to perf_counter
+        for k, off in plan["arrivals"]:
+            loop.call_later(max(0.0, t0 + off - now), fire, k, t0 + off)
+        last = max((off for _, off in plan["arrivals"]), default=0.0)
+        await asyncio.sleep(max(0.0, t0 + last - perf_counter()) + 0.01)
+        while tasks:
+            await asyncio.gather(*list(tasks))
+    ftask.cancel()
+    flush()
+    conn.send(("done", lag.stop()))
+    client.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies (a killed run must not leave load running)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(conn: Any, plan: dict[str, Any]) -> None:
+    """Process entry point (spawned by loadgen)."""
+    _die_with_parent()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(_run(conn, plan))
+    except BaseException as exc:  # report, never hang the parent
+        try:
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m r1lab.bench.workers FD`: receive the plan over the socket FD, run it (no __main__ re-import,
+    so it works from scripts, notebooks and remote shells alike)."""
+    import sys
+    from multiprocessing.connection import Connection
+
+    fd = int((argv if argv is not None else sys.argv[1:])[0])
+    conn = Connection(fd)
+    plan = conn.recv()
+    worker_main(conn, plan)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""Workloads built offline with the served model's own tokenizer, so every prompt is exactly its input length.
+
+Prompts are random token sequences decoded to text and corrected until the server's tokenization (BOS added for
+completions; the chat template rendered for chat) gives exactly the target count: input lengths are exact, not
+estimated, up to 128K-token contexts. Outputs are forced to their length with `ignore_eos` + `min_tokens`
+(vLLM's sampling extensions). Same seed, same workload.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from r1lab.bench.client import completion_body
+
+
+class WorkloadError(ValueError):
+    """A workload that cannot be built as asked (names the setting and the fix)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a workload: the prompt, its exact input tokens, the forced output tokens, the JSON body."""
+
+    prompt: str
+    input_tokens: int
+    output_tokens: int
+    body: bytes
+
+
+class ModelTokenizer:
+    """The served model's tokenizer (tokenizer.json + tokenizer_config.json of a model dir), counting tokens the
+    way the server does for completions (special tokens added) and chat (template rendered, then encoded)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        d = Path(model_dir)
+        tj = d / "tokenizer.json"
+        if not tj.exists():
+            raise WorkloadError(
+                f"{tj}: no tokenizer.json in the model dir; point model_dir at the served model"
+            )
+        self.tok = Tokenizer.from_file(str(tj))
+        cfg_path = d / "tokenizer_config.json"
+        self.config: dict[str, Any] = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        self._template = None
+        special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        vocab = self.tok.get_vocab(with_added_tokens=True)
+        added = set(self.tok.get_added_tokens_decoder())
+        self.sample_ids = np.array(
+            sorted(i for t, i in vocab.items() if i not in added and t not in special), dtype=np.int64
+        )
+
+    def count_completion(self, text: str) -> int:
+        return len(self.tok.encode(text, add_special_tokens=True).ids)
+
+    def render_chat(self, text: str) -> str:
+        if self._template is None:
+            tmpl = self.config.get("chat_template")
+            if not tmpl:
+                raise WorkloadError("tokenizer_config.json has no chat_template: use endpoint 'completions'")
+            import jinja2
+
+            env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+            self._template = env.from_string(tmpl)
+        tokens = {k: _token_str(self.config.get(k)) for k in ("bos_token", "eos_token")}
+        return self._template.render(
+            messages=[{"role": "user", "content": text}], add_generation_prompt=True, **tokens
+        )
+
+    def count_chat(self, text: str) -> int:
+        return len(self.tok.encode(self.render_chat(text), add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def _token_str(v: Any) -> str:
+    if isinstance(v, dict):
+        return v.get("content", "")
+    return v or ""
+
+
+def exact_prompt(tok: ModelTokenizer, length: int, rng: np.random.Generator, api: str = "completions") -> str:
+    """A random prompt that the server tokenizes to exactly `length` tokens."""
+    count = tok.count_chat if api == "chat" else tok.count_completion
+    overhead = count("")
+    if length <= overhead:
+        raise WorkloadError(
+            f"input length {length} is not above the {api} overhead of {overhead} tokens "
+            f"(BOS/chat template): raise input_tokens"
+        )
+    ids = list(rng.choice(tok.sample_ids, size=length - overhead))
+    for _ in range(30):
+        text = tok.decode(ids)
+        n = count(text)
+        if n == length:
+            return text
+        if n > length:
+            ids = ids[: max(1, len(ids) - (n - length))]
+        else:
+            ids += list(rng.choice(tok.sample_ids, size=length - n))
+    for trim in range(1, 64):  # rare: merges at the cut keep overshooting; trim characters instead
+        if count(text[:-trim]) == length:
+            return text[:-trim]
+    raise WorkloadError(f"could not build a prompt of exactly {length} tokens; try another seed")
+
+
+def sample_lengths(spec: Any, n: int, rng: np.random.Generator) -> list[int]:
+    """n lengths from an int or a config Distribution (fixed / uniform [min, max] / normal(mean, std) >= 1)."""
+    if isinstance(spec, int):
+        return [spec] * n
+    if spec.kind == "fixed":
+        return [int(spec.value)] * n
+    if spec.kind == "uniform":
+        return [int(x) for x in rng.integers(spec.min, spec.max + 1, size=n)]
+    return [max(1, int(round(x))) for x in rng.normal(spec.mean, spec.std, size=n)]
+
+
+def build_workload(
+    model_dir: str | Path | ModelTokenizer,
+    *,
+    n: int,
+    input_tokens: Any,
+    output_tokens: Any,
+    model: str,
+    api: str = "completions",
+    seed: int = 0,
+    force_output: bool = True,
+    extra: dict | None = None,
+) -> list[Request]:
+    """`n` requests with exact input lengths and forced output lengths (ints or Distributions), seeded."""
+    if api not in ("completions", "chat"):
+        raise WorkloadError(f"api must be 'completions' or 'chat', got {api!r}")
+    tok = model_dir if isinstance(model_dir, ModelTokenizer) else ModelTokenizer(model_dir)
+    rng = np.random.default_rng(seed)
+    ins = sample_lengths(input_tokens, n, rng)
+    outs = sample_lengths(output_tokens, n, rng)
+    out = []
+    for i_len, o_len in zip(ins, outs, strict=True):
+        prompt = exact_prompt(tok, i_len, rng, api)
+        body = completion_body(model, api, prompt, o_len, force_output=force_output, extra=extra)
+        out.append(Request(prompt, i_len, o_len, body))
+    return out
+
+
+def bodies(workload: list[Request]) -> list[tuple[bytes, int]]:
+    """What the load generator sends: (JSON body, input tokens) per request."""
+    return [(r.body, r.input_tokens) for r in workload]

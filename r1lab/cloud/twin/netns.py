@@ -1,0 +1,348 @@
+"""Twin pods as hosts: the emulator's `PodBackend` whose pods are network namespaces with a real sshd.
+
+Each pod gets its own network namespace on the twin's bridge (`network.TwinNet`), its own PID, UTS and mount
+namespaces (`podinit` is PID 1 there), sshd on port 22 of its address for the registered keys, the network
+volume (a shared directory under the twin's state dir) bound at the pod's mount path, a private /tmp and home,
+and an SSH session environment with the project's venv on PATH and the pod's declared GPUs (`RUNPOD_GPU_COUNT`,
+`R1LAB_GPU_TYPE`, as RunPod injects them). There is no nvidia-smi: GPUs are declared, never faked.
+
+Layout under the state dir: `hosts` (the twin's /etc/hosts: `<ip> <podId> <podId>.runpod.internal`),
+`volumes/<volumeId>/`, `pods/<podId>/{pod.json, home/, tmp/, sshd/, init.log}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from r1lab.cloud.twin.network import TwinNet, netns_name, pod_indices, sh
+from r1lab.cloud.twin.podinit import POD_SSHD_DIR
+
+if (
+    TYPE_CHECKING
+):  # the emulator (and its jsonschema) loads only where pods are made: `r1lab twin status` stays fast
+    from r1lab.cloud.emulator.backends import PodHost
+
+MOUNTPOINTS = Path("/run/r1lab-twin/mountpoints")
+STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class PodStartError(RuntimeError):
+    """A pod host did not come up; names the pod and its log."""
+
+
+def project_venv() -> Path:
+    """The venv whose bin/ goes on the pods' PATH (the one running this code)."""
+    return Path(sys.prefix)
+
+
+def _bind_through(home: Path) -> list[str]:
+    """Top-level directories of `home` the interpreter lives in (e.g. /root/.pyenv), kept visible in pods."""
+    out = []
+    for p in {Path(os.path.realpath(sys.base_prefix)), Path(os.path.realpath(sys.prefix))}:
+        try:
+            rel = p.relative_to(home)
+        except ValueError:
+            continue
+        out.append(str(home / rel.parts[0]))
+    return sorted(set(out))
+
+
+class PodHosts:
+    """`PodBackend` of the twin: one namespace host per emulator pod."""
+
+    def __init__(self, state_dir: Path | str, net: TwinNet, sshd: str | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.net = net
+        self.sshd = sshd or shutil.which("sshd") or "/usr/sbin/sshd"
+        self._lock = threading.RLock()
+        self._pods: dict[str, dict[str, Any]] = {}  # pod id -> {index, ns, ip, dir, proc}
+        (self.state_dir / "pods").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "volumes").mkdir(parents=True, exist_ok=True)
+        self.hosts_file = self.state_dir / "hosts"
+        self._write_hosts()
+
+    # --- PodBackend ----------------------------------------------------------------------------------------
+
+    def start(self, pod: dict[str, Any], public_keys: list[str]) -> PodHost:
+        from r1lab.cloud.emulator.backends import PodHost
+
+        pod_id = pod["id"]
+        with self._lock:
+            info = self._pods.get(pod_id)
+            if info is None:
+                used = {p["index"] for p in self._pods.values()} | set(pod_indices(self.net.inst))
+                index = next(i for i in range(1, 251) if i not in used)
+                ns, ip = self.net.add_pod(index)
+                info = {"index": index, "ns": ns, "ip": ip, "dir": self.state_dir / "pods" / pod_id}
+                self._pods[pod_id] = info
+                self._write_hosts()
+            self._kill(pod_id)
+            self._launch(pod, public_keys, info)
+        ports = {p: int(p.split("/")[0]) for p in pod.get("ports") or []}
+        ports.setdefault("22/tcp", 22)
+        gpu = pod.get("gpu") or {}
+        return PodHost(
+            ip=info["ip"],
+            ports=ports,
+            username="root",
+            private_ip=info["ip"],
+            meta={"netns": info["ns"], "dir": str(info["dir"]), "gpu": gpu},
+        )
+
+    def stop(self, pod_id: str) -> None:
+        with self._lock:
+            self._kill(pod_id)
+
+    def terminate(self, pod_id: str) -> None:
+        with self._lock:
+            info = self._pods.pop(pod_id, None)
+            if info is None:
+                return
+            self._kill(pod_id, info)
+            self.net.remove_pod(info["index"])
+            shutil.rmtree(info["dir"], ignore_errors=True)
+            self._write_hosts()
+
+    def close(self) -> None:
+        with self._lock:
+            for pod_id in list(self._pods):
+                self.terminate(pod_id)
+        release_mountpoints(self.net.inst)
+
+    def running(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {k: {"ip": v["ip"], "ns": v["ns"]} for k, v in self._pods.items()}
+
+    # --- internals -----------------------------------------------------------------------------------------
+
+    def _write_hosts(self) -> None:
+        lines = ["127.0.0.1 localhost", f"{self.net.host_ip} r1lab-twin-host"]
+        lines += [f"{v['ip']} {k} {k}.runpod.internal" for k, v in sorted(self._pods.items())]
+        text = "\n".join(lines) + "\n"
+        # rewrite in place: pods bind-mount this inode
+        with open(self.hosts_file, "a+", encoding="utf-8") as f:
+            f.seek(0)
+            f.truncate()
+            f.write(text)
+
+    def _launch(self, pod: dict[str, Any], public_keys: list[str], info: dict[str, Any]) -> None:
+        d: Path = info["dir"]
+        home, tmp, sshd_dir = d / "home", d / "tmp", d / "sshd"
+        for p in (home / ".ssh", tmp, sshd_dir):
+            p.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        os.chmod(tmp, 0o1777)
+        host_key = sshd_dir / "ssh_host_ed25519_key"
+        if not host_key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
+                check=True,
+                capture_output=True,
+            )
+        auth = home / ".ssh" / "authorized_keys"
+        auth.write_text("".join(k.strip() + "\n" for k in public_keys if k.strip()), encoding="utf-8")
+        os.chmod(auth, 0o600)
+        (home / ".ssh" / "environment").write_text(
+            "".join(f"{k}={v}\n" for k, v in self.session_env(pod, info).items()), encoding="utf-8"
+        )
+        cfg = sshd_dir / "sshd_config"
+        cfg.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {info['ip']}",
+                    "ListenAddress 127.0.0.1",
+                    "Port 22",
+                    f"HostKey {POD_SSHD_DIR}/{host_key.name}",
+                    "AuthorizedKeysFile .ssh/authorized_keys",
+                    f"PidFile {POD_SSHD_DIR}/sshd.pid",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "PermitRootLogin prohibit-password",
+                    "PermitUserEnvironment yes",
+                    "UsePAM no",
+                    "AllowTcpForwarding yes",
+                    "MaxSessions 64",
+                    "MaxStartups 64:30:128",
+                    "Subsystem sftp internal-sftp",
+                    "LogLevel ERROR",
+                    "",
+                ]
+            ),
+            encoding="utf-8",
+        )
+        mounts = []
+        for src, dst in self._volume_mounts(pod, d):
+            ensure_mountpoint(dst, self.net.inst)
+            mounts.append([str(src), dst])
+        host_home = os.path.expanduser("~root")
+        init_cfg = {
+            "hostname": pod["id"],
+            "home": str(home),
+            "host_home": host_home,
+            "bind_through": _bind_through(Path(host_home)),
+            "tmp": str(tmp),
+            "hosts_file": str(self.hosts_file),
+            "mounts": mounts,
+            "sshd": self.sshd,
+            "sshd_dir": str(sshd_dir),
+        }
+        (d / "init.json").write_text(json.dumps(init_cfg, indent=1), encoding="utf-8")
+        (d / "pod.json").write_text(json.dumps(pod, indent=1, default=str), encoding="utf-8")
+        with open(d / "init.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", info["ns"], "unshare", "--pid", "--uts", "--mount", "--fork",
+                 "--mount-proc", sys.executable, "-m", "r1lab.cloud.twin.podinit", str(d / "init.json")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd="/", env={"PATH": STD_PATH, "PYTHONPATH": _package_root()},
+            )  # fmt: skip
+        info["proc"] = proc
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                with socket.create_connection((info["ip"], 22), timeout=0.5) as s:
+                    if s.recv(4).startswith(b"SSH"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        tail = (d / "init.log").read_text(errors="replace")[-1500:]
+        self._kill(pod["id"], info)
+        raise PodStartError(
+            f"pod {pod['id']}: sshd did not answer on {info['ip']}:22 within 20 s; log:\n{tail}"
+        )
+
+    def session_env(self, pod: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
+        """What an SSH session in the pod sees, as in a RunPod container (RUNPOD_*), plus the twin's labels."""
+        gpu = pod.get("gpu") or {}
+        venv = project_venv()
+        env = {str(k): str(v) for k, v in (pod.get("env") or {}).items()}
+        env.update(
+            {
+                "PATH": f"{venv / 'bin'}:{STD_PATH}",
+                "VIRTUAL_ENV": str(venv),
+                "LANG": "C.UTF-8",
+                "RUNPOD_POD_ID": pod["id"],
+                "RUNPOD_POD_HOSTNAME": pod["id"],
+                "RUNPOD_GPU_COUNT": str(gpu.get("count", 0) if gpu else 0),
+                "RUNPOD_PUBLIC_IP": info["ip"],
+                "RUNPOD_TCP_PORT_22": "22",
+                "R1LAB_TWIN": "1",
+                "R1LAB_POD_IP": info["ip"],
+                "R1LAB_GPU_TYPE": str(gpu.get("id", "")),
+                "R1LAB_GPU_COUNT": str(gpu.get("count", 0) if gpu else 0),
+            }
+        )
+        return {k: v.replace("\n", " ") for k, v in env.items()}
+
+    def _volume_mounts(self, pod: dict[str, Any], d: Path) -> list[tuple[Path, str]]:
+        mounts = pod.get("mounts") or {}
+        out = []
+        for m in mounts.get("network") or []:
+            src = self.state_dir / "volumes" / m["volumeId"]
+            src.mkdir(parents=True, exist_ok=True)
+            out.append((src, m["path"]))
+        for m in [mounts["persistent"]] if isinstance(mounts.get("persistent"), dict) else []:
+            src = d / "persistent"
+            src.mkdir(parents=True, exist_ok=True)
+            out.append((src, m["path"]))
+        return out
+
+    def _kill(self, pod_id: str, info: dict[str, Any] | None = None) -> None:
+        """Stop every process of the pod: SIGTERM to its init, then SIGKILL to whatever is left in the netns."""
+        info = info or self._pods.get(pod_id)
+        if info is None:
+            return
+        kill_netns_processes(info["ns"])
+        proc = info.pop("proc", None)
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def netns_pids(ns: str) -> list[int]:
+    if not Path(f"/run/netns/{ns}").exists():
+        return []
+    out = sh("ip", "netns", "pids", ns, check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def kill_netns_processes(ns: str, grace: float = 5.0) -> None:
+    """SIGTERM every process in the network namespace, SIGKILL after `grace` seconds; wait until none is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        pids = netns_pids(ns)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and netns_pids(ns):
+            time.sleep(0.1)
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[3])
+
+
+# --- mount points on the host ------------------------------------------------------------------------------
+
+
+def _record_dir(path: str) -> Path:
+    return MOUNTPOINTS / path.strip("/").replace("/", "%")
+
+
+def ensure_mountpoint(path: str, inst: str) -> None:
+    """Make sure `path` exists on the host (as a bind target); remember if the twin created it."""
+    rec = _record_dir(path)
+    rec.mkdir(parents=True, exist_ok=True)
+    (rec / inst).touch()
+    if not os.path.exists(path):
+        os.makedirs(path, exist_ok=True)
+        (rec / "created").touch()
+
+
+def release_mountpoints(inst: str) -> None:
+    """Forget this instance's mount points; remove those the twin created once no twin uses them."""
+    if not MOUNTPOINTS.is_dir():
+        return
+    for rec in MOUNTPOINTS.iterdir():
+        (rec / inst).unlink(missing_ok=True)
+        users = [p for p in rec.iterdir() if p.name != "created"]
+        if users:
+            continue
+        if (rec / "created").exists():
+            path = "/" + rec.name.replace("%", "/")
+            try:
+                os.rmdir(path)  # only if empty: never delete data someone put there
+            except OSError:
+                pass
+            (rec / "created").unlink(missing_ok=True)
+        try:
+            rec.rmdir()
+        except OSError:
+            pass
+    for d in (MOUNTPOINTS, MOUNTPOINTS.parent):
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def pod_ns(inst: str, index: int) -> str:
+    return netns_name(inst, index)

@@ -1,0 +1,837 @@
+"""The exact commands and environments that serve DeepSeek-R1, rendered from a validated Experiment.
+
+Stages (one per notebook): `single` (one node, `vllm serve` TP = GPUs per node), `multi` (the params'
+parallelism across nodes: Ray TP x PP, the `--nnodes` variant, or DP + EP) and `dynamo` (etcd, NATS, the Dynamo
+frontend and `dynamo.vllm` workers, aggregated or prefill/decode over NIXL). With `serving.engine: mocker` (the
+twin) every vLLM engine is replaced by a `dynamo.mocker` worker timed by the performance model, and the vLLM
+command it stands for is still rendered and recorded with `run=False` ("not run").
+
+Public interface: `render(exp, stage, nodes=..., ports=..., mocker=...) -> Deployment`, `stages(exp)`,
+`nodes_of(exp, addresses)`, `vllm_serve_argv(spec, ...)`, `VllmSpec.from_experiment(exp)`, `Command.shell()`.
+Secrets never appear in a command: `Command.secrets` names environment variables filled at launch time.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from r1lab.config import Experiment
+from r1lab.model import Parallelism
+
+Stage = Literal["single", "multi", "dynamo"]
+API_KEY_ENV = (
+    "R1LAB_VLLM_API_KEY"  # on this machine; handed to vLLM as VLLM_API_KEY (never on a command line)
+)
+RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
+
+
+class ServeConfigError(ValueError):
+    """A params combination r1lab cannot render into commands; names the key and the fix."""
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """One serving pod: its name in the run (`head`, `worker`, `worker-1`), rank, private address, GPUs."""
+
+    name: str
+    role: str
+    rank: int
+    address: str
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Ports on the pods (fixed on real pods; tests pass free ones)."""
+
+    vllm: int = 8000
+    frontend: int = 8080
+    ray: int = 6379
+    ray_dashboard: int = 8265
+    etcd: int = 2379
+    etcd_peer: int = 2380
+    nats: int = 4222
+    master: int = 29501
+    dp_rpc: int = 13345
+    system_base: int = 9090  # DYN_SYSTEM_PORT of worker i: base + i
+    nixl_base: int = 5600  # VLLM_NIXL_SIDE_CHANNEL_PORT of worker i: base + i
+    bootstrap_base: int = 7600  # mocker P/D rendezvous of prefill worker i: base + i
+
+
+def nodes_of(exp: Experiment, addresses: dict[str, str] | None = None) -> list[Node]:
+    """The serving pods in rank order (head first). Without addresses: placeholders `HEAD_ADDR`, ...
+    (a dry run; the launcher fills in the pods' private addresses)."""
+    out: list[Node] = []
+    for pod in exp.serving_pods:
+        for i in range(pod.count):
+            name = pod.role if pod.count == 1 else f"{pod.role}-{i}"
+            addr = (addresses or {}).get(name) or f"{name.upper().replace('-', '_')}_ADDR"
+            out.append(Node(name, pod.role, len(out), addr, pod.gpu_count))
+    return out
+
+
+@dataclass(frozen=True)
+class MockerTiming:
+    """What a `dynamo.mocker` worker needs from the performance model for one deployment (modelled)."""
+
+    npz_path: Path  # local: prefill_isl, prefill_ttft_ms, decode_active_kv_tokens, decode_context_length, decode_itl
+    kv_bytes_per_token: int
+    num_gpu_blocks: int | None = None
+    block_size: int = 64
+    max_num_seqs: int | None = None
+    deployment: str = ""  # what the table models, e.g. "H100 NVL TP8 vllm" (modelled)
+
+    @classmethod
+    def from_setup(cls, setup: Any) -> MockerTiming:
+        """From r1lab.perf.mocker.MockerSetup."""
+        return cls(
+            Path(setup.npz_path),
+            int(setup.kv_bytes_per_token),
+            int(setup.num_gpu_blocks),
+            int(setup.block_size),
+            int(setup.max_num_seqs),
+            str(setup.deployment),
+        )
+
+
+@dataclass(frozen=True)
+class VllmSpec:
+    """Everything that goes on a `vllm serve` (or `dynamo.vllm`) command line, from typed params."""
+
+    model: str
+    served_name: str
+    tp: int
+    pp: int = 1
+    dp: int = 1
+    ep: bool = False
+    kv_cache_dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.90
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    enable_chunked_prefill: bool = True
+    num_speculative_tokens: int = 0
+    reasoning_parser: str | None = "deepseek_r1"
+    extra_args: tuple[str, ...] = ()
+    load_format: str | None = None  # "dummy" for the CPU test's random weights
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_experiment(
+        cls,
+        exp: Experiment,
+        *,
+        tp: int | None = None,
+        pp: int | None = None,
+        dp: int | None = None,
+        ep: bool | None = None,
+    ) -> VllmSpec:
+        s = exp.serving
+        return cls(
+            model=exp.model.path,
+            served_name=exp.model.served_name,
+            tp=tp or s.tensor_parallel,
+            pp=pp or s.pipeline_parallel,
+            dp=dp or s.data_parallel,
+            ep=s.expert_parallel if ep is None else ep,
+            kv_cache_dtype=s.kv_cache_dtype,
+            max_model_len=s.max_model_len,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            max_num_seqs=s.max_num_seqs,
+            max_num_batched_tokens=s.max_num_batched_tokens,
+            enable_chunked_prefill=s.enable_chunked_prefill,
+            num_speculative_tokens=s.num_speculative_tokens,
+            reasoning_parser=s.reasoning_parser,
+            extra_args=tuple(s.extra_args),
+            trust_remote_code=_needs_remote_code(exp),
+        )
+
+    @property
+    def parallelism(self) -> Parallelism:
+        return Parallelism(self.tp, self.pp, self.dp, self.ep)
+
+
+def _needs_remote_code(exp: Experiment) -> bool:
+    """DeepSeek-R1's config (model_type deepseek_v3) is native to vLLM and transformers >= 4.56: its repo's
+    `configuration_deepseek.py` is never needed. Other repos may ask for it with `--trust-remote-code` in extra_args."""
+    return False
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    """How to tell a background process is serving: HTTP GET `path` on `port` of its node answers 200."""
+
+    port: int
+    path: str = "/health"
+    completion: bool = False  # also send a one-token completion (an OpenAI endpoint)
+
+
+@dataclass
+class Command:
+    """One process of a deployment, on one node."""
+
+    name: str  # unique within the deployment, file-safe: "ray-head", "vllm-serve", "mocker-prefill-0"
+    node: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # env var in the process -> env var here
+    background: bool = True
+    ready: Ready | None = None
+    run: bool = True  # False: rendered and recorded, not run (the vLLM command a mocker stands in for)
+    note: str = ""
+    uploads: list[tuple[str, str]] = field(default_factory=list)  # (local path, path on the node)
+    stop_argv: list[str] | None = None  # how to stop what a one-shot command started (`ray stop`)
+    pre: list[str] = field(default_factory=list)  # shell lines run before (mkdir of data dirs)
+    wait_for: list[str] | None = None  # after a one-shot: argv polled on the node until it exits 0
+
+    def shell(self) -> str:
+        """The replayable shell line: env, secrets as `$NAME` references (never values), the command."""
+        parts = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
+        parts += [f'{k}="${{{src}:?set {src}}}"' for k, src in self.secrets.items()]
+        return " ".join([*parts, shlex.join(self.argv)])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "node": self.node,
+            "argv": self.argv,
+            "env": self.env,
+            "secrets": self.secrets,
+            "background": self.background,
+            "run": self.run,
+            "note": self.note,
+            "shell": self.shell(),
+        }
+
+
+@dataclass
+class Deployment:
+    """The commands of one stage, in launch order, and where its OpenAI endpoint is."""
+
+    stage: Stage
+    experiment: str
+    engine: str  # "vllm" | "mocker"
+    topology: str  # human label: "TP8 on 1 node", "Ray TP8xPP2 on 2 nodes", "Dynamo P/D 1+1"
+    commands: list[Command]
+    endpoint_node: str
+    endpoint_port: int
+    served_name: str
+    notes: list[str] = field(default_factory=list)
+    mocker_groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # group -> parallelism, mode, spec
+
+    @property
+    def to_run(self) -> list[Command]:
+        return [c for c in self.commands if c.run]
+
+    @property
+    def not_run(self) -> list[Command]:
+        return [c for c in self.commands if not c.run]
+
+    def script(self) -> str:
+        """A replayable shell script: one section per node, secrets as references."""
+        lines = [
+            "#!/usr/bin/env bash",
+            f"# r1lab serve: {self.experiment} stage {self.stage}: {self.topology} ({self.engine})",
+            "# Run each section on the node it names; secrets come from the environment.",
+            *[f"# note: {n}" for n in self.notes],
+        ]
+        for c in self.commands:
+            lines.append("")
+            lines.append(f"# --- {c.name} on {c.node}" + ("" if c.run else "  [NOT RUN: rendered only]"))
+            if c.note:
+                lines.append(f"# {c.note}")
+            prefix = "" if c.run else "# "
+            lines += [prefix + p for p in c.pre]
+            lines.append(prefix + c.shell() + (" &" if c.background else ""))
+        return "\n".join(lines) + "\n"
+
+
+# --- vLLM ---------------------------------------------------------------------------------------------------
+
+
+def vllm_engine_args(spec: VllmSpec) -> list[str]:
+    """Engine flags shared by `vllm serve` and `dynamo.vllm`. No --dtype: R1's FP8 comes from its
+    quantization_config; the non-quantized parts stay bf16 by themselves."""
+    a = ["--tensor-parallel-size", str(spec.tp)]
+    if spec.pp > 1:
+        a += ["--pipeline-parallel-size", str(spec.pp)]
+    if spec.dp > 1:
+        a += ["--data-parallel-size", str(spec.dp)]
+    if spec.ep:
+        a += ["--enable-expert-parallel"]
+    a += ["--kv-cache-dtype", spec.kv_cache_dtype]
+    if spec.max_model_len is not None:
+        a += ["--max-model-len", str(spec.max_model_len)]
+    a += [
+        "--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}",
+        "--max-num-seqs", str(spec.max_num_seqs),
+        "--max-num-batched-tokens", str(spec.max_num_batched_tokens),
+        "--enable-chunked-prefill" if spec.enable_chunked_prefill else "--no-enable-chunked-prefill",
+    ]  # fmt: skip
+    if spec.num_speculative_tokens:
+        cfg = {"method": "mtp", "num_speculative_tokens": spec.num_speculative_tokens}
+        a += ["--speculative-config", json.dumps(cfg, separators=(",", ":"))]
+    if spec.load_format:
+        a += ["--load-format", spec.load_format]
+    if spec.trust_remote_code:
+        a += ["--trust-remote-code"]
+    return a + list(spec.extra_args)
+
+
+def vllm_serve_argv(spec: VllmSpec, *, host: str, port: int, node_args: list[str] | None = None) -> list[str]:
+    """`vllm serve MODEL --served-model-name ... --reasoning-parser deepseek_r1 ...` (model positional)."""
+    argv = ["vllm", "serve", spec.model, "--served-model-name", spec.served_name]
+    argv += vllm_engine_args(spec)
+    if spec.reasoning_parser:
+        argv += ["--reasoning-parser", spec.reasoning_parser]
+    argv += ["--host", host, "--port", str(port)]
+    return argv + (node_args or [])
+
+
+def nccl_env(exp: Experiment) -> dict[str, str]:
+    """NCCL/Gloo settings for traffic between nodes, by how the pods are connected."""
+    env = {"NCCL_DEBUG": "WARN"}
+    net = exp.provider.network
+    if net == "instant-cluster":  # RunPod injects the cluster fabric on ens1 (facts.md)
+        env |= {"NCCL_SOCKET_IFNAME": "ens1", "GLOO_SOCKET_IFNAME": "ens1"}
+    elif net == "global-networking":  # plain TCP between ordinary pods, no RDMA
+        env |= {"NCCL_IB_DISABLE": "1"}
+    return env
+
+
+def _public(exp: Experiment) -> bool:
+    """Whether serving ports are reachable from the internet (RunPod exposes pod ports through its proxy)."""
+    return exp.provider.kind == "runpod"
+
+
+def resolve_max_model_len(exp: Experiment, spec: VllmSpec, gpu_type: str | None = None) -> VllmSpec:
+    """Fill a null max_model_len with the KV capacity the performance model predicts (capped at R1's 163,840)."""
+    if spec.max_model_len is not None:
+        return spec
+    from r1lab.perf.memory import memory_plan
+
+    plan = memory_plan(
+        gpu_type or exp.gpu_type or "NVIDIA H100 NVL",
+        spec.parallelism,
+        kv_dtype=spec.kv_cache_dtype,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
+        max_num_batched_tokens=spec.max_num_batched_tokens,
+        max_num_seqs=spec.max_num_seqs,
+        num_speculative_tokens=spec.num_speculative_tokens,
+    )
+    if not plan.fits:
+        raise ServeConfigError(
+            f"serving.max_model_len: null asks for the planner's KV capacity, but {plan.parallelism} on "
+            f"{plan.gpu} does not fit: {plan.reason}"
+        )
+    return replace(spec, max_model_len=min(plan.kv_tokens, 163840))
+
+
+# --- stages -------------------------------------------------------------------------------------------------
+
+
+def stages(exp: Experiment) -> list[Stage]:
+    """The stages this experiment runs: single always; multi with several nodes; dynamo when enabled."""
+    out: list[Stage] = ["single"]
+    if exp.nodes > 1:
+        out.append("multi")
+    if exp.dynamo.enabled:
+        out.append("dynamo")
+    return out
+
+
+def render(
+    exp: Experiment,
+    stage: Stage,
+    *,
+    nodes: list[Node] | None = None,
+    ports: Ports | None = None,
+    mocker: dict[str, MockerTiming] | None = None,
+    remote_dir: str = "/tmp/r1lab",
+    discovery: Literal["etcd", "file"] | None = None,
+) -> Deployment:
+    """The commands of one stage, in launch order.
+
+    nodes: the serving pods with their private addresses (default: placeholders, a dry run).
+    mocker: timing per worker group ("engine", "prefill", "decode"), needed to run engine=mocker; without it
+      the mocker commands are rendered with `--planner-profile-data` pointing at where the tables will be.
+    remote_dir: a scratch directory on the pods (mocker tables, etcd/NATS data, file discovery).
+    discovery: Dynamo discovery; default etcd (+ NATS) when Dynamo spans nodes, file on one node.
+    """
+    nodes = nodes or nodes_of(exp)
+    ports = ports or Ports(vllm=exp.serving.port, frontend=exp.dynamo.port)
+    r = _Renderer(exp, nodes, ports, mocker or {}, remote_dir.rstrip("/"))
+    r.stage = stage
+    if stage == "single":
+        return r.single()
+    if stage == "multi":
+        if len(nodes) < 2:
+            raise ServeConfigError("the multi stage needs two or more serving pods (pods[].count / roles)")
+        return r.multi()
+    if stage == "dynamo":
+        return r.dynamo(discovery)
+    raise ServeConfigError(f"unknown stage {stage!r}: expected one of single, multi, dynamo")
+
+
+class _Renderer:
+    def __init__(
+        self,
+        exp: Experiment,
+        nodes: list[Node],
+        ports: Ports,
+        mocker: dict[str, MockerTiming],
+        remote_dir: str,
+    ) -> None:
+        self.exp, self.nodes, self.ports, self.mocker, self.rdir = exp, nodes, ports, mocker, remote_dir
+        self.head = nodes[0]
+        self.is_mocker = exp.serving.engine == "mocker"
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.stage: str = ""
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _vllm_env(self, node: Node) -> dict[str, str]:
+        return {"VLLM_HOST_IP": node.address}
+
+    def _api_key(self) -> dict[str, str]:
+        return {"VLLM_API_KEY": API_KEY_ENV} if _public(self.exp) else {}
+
+    def _bind(self) -> str:
+        return "0.0.0.0"
+
+    def _spec(self, **kw: Any) -> VllmSpec:
+        return resolve_max_model_len(self.exp, VllmSpec.from_experiment(self.exp, **kw))
+
+    def _deployment(
+        self, stage: Stage, topology: str, cmds: list[Command], port: int, notes: list[str]
+    ) -> Deployment:
+        if self.is_mocker:
+            notes = [
+                *notes,
+                "engine mocker: GPUs are simulated by dynamo.mocker timed by r1lab's performance "
+                "model (modelled, not measured); the vLLM commands are rendered and recorded, NOT RUN",
+            ]
+        return Deployment(
+            stage,
+            self.exp.name,
+            self.exp.serving.engine,
+            topology,
+            cmds,
+            self.head.name,
+            port,
+            self.exp.model.served_name,
+            notes,
+            dict(self.groups),
+        )
+
+    def _model_note(self, group: str, spec: VllmSpec) -> str:
+        t = self.mocker.get(group) or self.mocker.get("engine")
+        what = t.deployment if t and t.deployment else f"{spec.parallelism.label()} on {self.exp.gpu_type}"
+        return f"timing modelled by r1lab.perf for {what}"
+
+    def _not_run(self, cmds: list[Command]) -> list[Command]:
+        for c in cmds:
+            c.run = False
+            c.note = (c.note + "; " if c.note else "") + "not run: the twin's mocker stands in for it"
+        return cmds
+
+    # -- Ray ------------------------------------------------------------------------------------------------
+    def ray(self) -> list[Command]:
+        """`ray start` on every node, on its private address; the dashboard on the head's 127.0.0.1."""
+        gpus = self.head.gpus
+        common = {"RAY_AUTH_MODE": "token", **nccl_env(self.exp)}
+        cmds = [Command(
+            "ray-head", self.head.name,
+            ["ray", "start", "--head", "--node-ip-address", self.head.address, "--port", str(self.ports.ray),
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.ports.ray_dashboard),
+             "--num-gpus", str(gpus), "--disable-usage-stats"],
+            env={**common, **self._vllm_env(self.head)}, secrets={RAY_TOKEN_ENV: RAY_TOKEN_ENV},
+            background=False, stop_argv=["ray", "stop"],
+            note="Ray on the private address only; dashboard/job API on the pod's 127.0.0.1 (reach it by SSH "
+                 "forward). VLLM_HOST_IP is read by the Ray workers vLLM starts on this node.",
+        )]  # fmt: skip
+        for n in self.nodes[1:]:
+            cmds.append(Command(
+                f"ray-worker-{n.name}", n.name,
+                ["ray", "start", "--address", f"{self.head.address}:{self.ports.ray}",
+                 "--node-ip-address", n.address, "--num-gpus", str(n.gpus), "--disable-usage-stats"],
+                env={**common, **self._vllm_env(n)}, secrets={RAY_TOKEN_ENV: RAY_TOKEN_ENV},
+                background=False, stop_argv=["ray", "stop"],
+            ))  # fmt: skip
+        total = sum(n.gpus for n in self.nodes)
+        # vLLM may start only once every node has joined: the cluster must show all GPUs
+        cmds[-1].wait_for = ["ray-gpus", f"{self.head.address}:{self.ports.ray}", str(total)]
+        return cmds
+
+    # -- single node ----------------------------------------------------------------------------------------
+    def single(self) -> Deployment:
+        gpus = self.head.gpus
+        s = self.exp.serving
+        if s.data_parallel > 1 and s.data_parallel <= gpus and s.tensor_parallel * s.data_parallel == gpus:
+            spec = self._spec(tp=s.tensor_parallel, pp=1, dp=s.data_parallel)
+            topo = f"TP{spec.tp} DP{spec.dp}{' EP' if spec.ep else ''} on 1 node"
+        else:
+            spec = self._spec(tp=gpus, pp=1, dp=1)
+            topo = f"TP{gpus} on 1 node"
+        vllm = Command(
+            "vllm-serve", self.head.name,
+            vllm_serve_argv(spec, host=self._bind(), port=self.ports.vllm),
+            env=self._vllm_env(self.head), secrets=self._api_key(),
+            ready=Ready(self.ports.vllm, "/health", completion=True),
+        )  # fmt: skip
+        notes = [
+            f"{spec.parallelism.label()}, max_model_len {spec.max_model_len}, KV cache {spec.kv_cache_dtype}"
+        ]
+        if not self.is_mocker:
+            return self._deployment("single", topo, [vllm], self.ports.vllm, notes)
+        cmds = self._mocker_agg("engine", spec, self.head, port=self.ports.vllm)
+        return self._deployment("single", topo, [*cmds, *self._not_run([vllm])], self.ports.vllm, notes)
+
+    # -- multi node -----------------------------------------------------------------------------------------
+    def multi(self) -> Deployment:
+        s = self.exp.serving
+        spec = self._spec()
+        key = self._api_key()
+        head = self.head
+        cmds: list[Command] = []
+        notes = [
+            f"{spec.parallelism.label()} over {len(self.nodes)} nodes, max_model_len {spec.max_model_len}"
+        ]
+        if s.tensor_parallel > head.gpus:
+            notes.append(
+                f"TP{s.tensor_parallel} spans nodes: all-reduce crosses the inter-node link every "
+                "layer (slow); vLLM's guidance is TP = GPUs per node, PP = nodes, or DP + EP"
+            )
+        ready = Ready(self.ports.vllm, "/health", completion=True)
+        serve_env = {**nccl_env(self.exp), **self._vllm_env(head)}
+        if s.data_parallel > 1:
+            topo = f"DP{s.data_parallel} x TP{s.tensor_parallel}{' + EP' if s.expert_parallel else ''}"
+            if s.distributed_backend == "ray":
+                cmds += self.ray()
+                argv = vllm_serve_argv(
+                    spec,
+                    host=self._bind(),
+                    port=self.ports.vllm,
+                    node_args=["--data-parallel-backend", "ray", "--data-parallel-address", head.address],
+                )
+                cmds.append(
+                    Command(
+                        "vllm-serve",
+                        head.name,
+                        argv,
+                        env={**serve_env, "RAY_AUTH_MODE": "token"},
+                        secrets={**key, RAY_TOKEN_ENV: RAY_TOKEN_ENV},
+                        ready=ready,
+                    )
+                )
+                topo += " (Ray DP backend)"
+            else:
+                per = s.data_parallel // len(self.nodes)
+                if per * len(self.nodes) != s.data_parallel:
+                    raise ServeConfigError(
+                        f"serving.data_parallel {s.data_parallel} does not split evenly over {len(self.nodes)} nodes"
+                    )
+                for n in self.nodes:
+                    node_args = [
+                        "--data-parallel-size-local",
+                        str(per),
+                        "--data-parallel-address",
+                        head.address,
+                        "--data-parallel-rpc-port",
+                        str(self.ports.dp_rpc),
+                    ]
+                    if n.rank:
+                        node_args += ["--headless", "--data-parallel-start-rank", str(n.rank * per)]
+                    cmds.append(Command(
+                        "vllm-serve" if n.rank == 0 else f"vllm-headless-{n.name}", n.name,
+                        vllm_serve_argv(spec, host=self._bind(), port=self.ports.vllm, node_args=node_args),
+                        env={**nccl_env(self.exp), **self._vllm_env(n)},
+                        secrets=key if n.rank == 0 else {}, ready=ready if n.rank == 0 else None,
+                    ))  # fmt: skip
+                topo += f" over {len(self.nodes)} nodes (headless DP ranks)"
+        elif s.distributed_backend == "ray":
+            cmds += self.ray()
+            argv = vllm_serve_argv(
+                spec,
+                host=self._bind(),
+                port=self.ports.vllm,
+                node_args=["--distributed-executor-backend", "ray"],
+            )
+            cmds.append(
+                Command(
+                    "vllm-serve",
+                    head.name,
+                    argv,
+                    env={**serve_env, "RAY_AUTH_MODE": "token"},
+                    secrets={**key, RAY_TOKEN_ENV: RAY_TOKEN_ENV},
+                    ready=ready,
+                    note="run after every node has joined the Ray cluster",
+                )
+            )
+            topo = f"Ray TP{s.tensor_parallel}xPP{s.pipeline_parallel} on {len(self.nodes)} nodes"
+        else:  # nnodes (or mp, which config allows only with Dynamo P/D): torch.distributed without Ray
+            for n in self.nodes:
+                node_args = [
+                    "--nnodes",
+                    str(len(self.nodes)),
+                    "--node-rank",
+                    str(n.rank),
+                    "--master-addr",
+                    head.address,
+                    "--master-port",
+                    str(self.ports.master),
+                ]
+                if n.rank:
+                    node_args.append("--headless")
+                cmds.append(Command(
+                    "vllm-serve" if n.rank == 0 else f"vllm-headless-{n.name}", n.name,
+                    vllm_serve_argv(spec, host=self._bind(), port=self.ports.vllm, node_args=node_args),
+                    env={**nccl_env(self.exp), **self._vllm_env(n)},
+                    secrets=key if n.rank == 0 else {}, ready=ready if n.rank == 0 else None,
+                ))  # fmt: skip
+            topo = f"TP{s.tensor_parallel}xPP{s.pipeline_parallel} on {len(self.nodes)} nodes (--nnodes)"
+        if not self.is_mocker:
+            return self._deployment("multi", topo, cmds, self.ports.vllm, notes)
+        ray = [c for c in cmds if c.name.startswith("ray-")]  # the twin runs a real Ray cluster
+        vllm = [c for c in cmds if not c.name.startswith("ray-")]
+        mock = self._mocker_agg("engine", spec, head, port=self.ports.vllm)
+        return self._deployment("multi", topo, [*ray, *mock, *self._not_run(vllm)], self.ports.vllm, notes)
+
+    # -- mocker ---------------------------------------------------------------------------------------------
+    def _mocker_argv(
+        self, group: str, spec: VllmSpec, mode: str | None, index: int
+    ) -> tuple[list[str], list]:
+        t = self.mocker.get(group) or self.mocker.get("engine")
+        remote_npz = f"{self.rdir}/mocker/{self.stage}-{group}.npz"
+        self.groups[group] = {"parallelism": spec.parallelism, "mode": mode, "spec": spec}
+        argv = ["python", "-m", "dynamo.mocker", "--model-path", spec.model, "--model-name", spec.served_name,
+                "--planner-profile-data", remote_npz,
+                "--kv-bytes-per-token", str(t.kv_bytes_per_token if t else _kv_bytes(spec)),
+                "--block-size", str(t.block_size if t else 64),
+                "--max-num-seqs", str((t.max_num_seqs if t and t.max_num_seqs else None) or spec.max_num_seqs),
+                "--max-num-batched-tokens", str(spec.max_num_batched_tokens),
+                "--speedup-ratio", f"{self.exp.serving.speedup_ratio:g}"]  # fmt: skip
+        if spec.max_model_len:
+            argv += ["--max-model-len", str(spec.max_model_len)]
+        if t and t.num_gpu_blocks:
+            argv += ["--num-gpu-blocks-override", str(t.num_gpu_blocks)]
+        if spec.dp > 1:
+            argv += ["--data-parallel-size", str(spec.dp)]
+        if mode:
+            argv += ["--disaggregation-mode", mode]
+        uploads = [(str(t.npz_path), remote_npz)] if t else []
+        return argv, uploads
+
+    def _mocker_agg(self, group: str, spec: VllmSpec, node: Node, *, port: int) -> list[Command]:
+        """Frontend + one aggregated mocker on one node with file discovery: stands in for `vllm serve`."""
+        kv = f"{self.rdir}/discovery-{group}"
+        env = _file_discovery_env(kv, node.address)
+        argv, uploads = self._mocker_argv(group, spec, None, 0)
+        return [
+            Command("dynamo-frontend", node.name, _frontend_argv(self._bind(), port, "round-robin"), env=dict(env),
+                    ready=Ready(port, "/health", completion=True), pre=[f"mkdir -p {kv}"]),
+            Command("mocker-engine", node.name, argv, env={**env, "DYN_SYSTEM_PORT": str(self.ports.system_base)},
+                    uploads=uploads, note=self._model_note(group, spec)),
+        ]  # fmt: skip
+
+    # -- Dynamo ---------------------------------------------------------------------------------------------
+    def dynamo(self, discovery: Literal["etcd", "file"] | None) -> Deployment:
+        d = self.exp.dynamo
+        by_name = {n.name: n for n in self.nodes}
+        by_role: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            by_role.setdefault(n.role, []).append(n)
+
+        def place(role: str | None, count: int, default: list[Node]) -> list[Node]:
+            pool = by_role.get(role, []) if role else default
+            return [pool[i % len(pool)] for i in range(count)]
+
+        if d.disaggregated:
+            groups = [("prefill", w) for w in place(d.prefill_role, d.prefill_workers, self.nodes[:1])]
+            groups += [("decode", w) for w in place(d.decode_role, d.decode_workers, self.nodes[-1:])]
+        else:
+            groups = [("agg", w) for w in place(d.decode_role, d.decode_workers, self.nodes)]
+        per_node: dict[str, int] = {}
+        for _, n in groups:
+            per_node[n.name] = per_node.get(n.name, 0) + 1
+        for name, k in per_node.items():
+            if by_name[name].gpus % k:
+                raise ServeConfigError(
+                    f"dynamo: {k} workers on pod {name!r} cannot split its {by_name[name].gpus} GPUs evenly: "
+                    "change dynamo.prefill_workers/decode_workers or the roles"
+                )
+        discovery = discovery or ("etcd" if len({n.name for _, n in groups}) > 1 else "file")
+        head = self.head
+        cmds: list[Command] = []
+        if discovery == "etcd":
+            etcd_url = f"http://{head.address}:{self.ports.etcd}"
+            env_base = {
+                "DYN_DISCOVERY_BACKEND": "etcd",
+                "ETCD_ENDPOINTS": etcd_url,
+                "NATS_SERVER": f"nats://{head.address}:{self.ports.nats}",
+                "DYN_REQUEST_PLANE": "tcp",
+                "DYN_EVENT_PLANE": "nats",
+            }
+            cmds += [
+                Command("etcd", head.name, [
+                    "etcd", "--name", "r1lab", "--data-dir", f"{self.rdir}/etcd",
+                    "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                    "--listen-peer-urls", f"http://127.0.0.1:{self.ports.etcd_peer}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.ports.etcd_peer}",
+                    "--initial-cluster", f"r1lab=http://127.0.0.1:{self.ports.etcd_peer}"],
+                    ready=Ready(self.ports.etcd, "/health"), note="Dynamo discovery, private address only"),
+                Command("nats", head.name, ["nats-server", "-js", "-a", head.address, "-p", str(self.ports.nats),
+                                            "--store_dir", f"{self.rdir}/nats"],
+                        note="Dynamo event plane (KV events for the kv router), private address only"),
+            ]  # fmt: skip
+        else:
+            kv = f"{self.rdir}/discovery"
+            env_base = {
+                "DYN_DISCOVERY_BACKEND": "file",
+                "DYN_FILE_KV": kv,
+                "DYN_REQUEST_PLANE": "tcp",
+                "DYN_EVENT_PLANE": "zmq",
+            }
+        front_bind = "127.0.0.1" if _public(self.exp) else self._bind()
+        cmds.append(Command(
+            "dynamo-frontend", head.name, _frontend_argv(front_bind, self.ports.frontend, d.router_mode),
+            env={**env_base, **_bind_env(head.address)},
+            ready=Ready(self.ports.frontend, "/health", completion=True),
+            pre=[f"mkdir -p {env_base['DYN_FILE_KV']}"] if discovery == "file" else [],
+            note="OpenAI endpoint; on RunPod bound to the pod's 127.0.0.1 (no API key support): reach it by "
+                 "SSH forward" if _public(self.exp) else "OpenAI endpoint",
+        ))  # fmt: skip
+        workers: list[Command] = []
+        not_run: list[Command] = []
+        link = _kv_link_gbps(self.exp)
+        counters: dict[str, int] = {}
+        local_index: dict[str, int] = {}
+        for i, (mode, node) in enumerate(groups):
+            k = counters.get(mode, 0)
+            counters[mode] = k + 1
+            j = local_index.get(node.name, 0)
+            local_index[node.name] = j + 1
+            tp = node.gpus // per_node[node.name]
+            spec = resolve_max_model_len(
+                self.exp, replace(VllmSpec.from_experiment(self.exp, tp=tp, pp=1, dp=1), ep=False)
+            )
+            gpus = ",".join(str(g) for g in range(j * tp, (j + 1) * tp))
+            env = {**env_base, **_bind_env(node.address), "DYN_SYSTEM_PORT": str(self.ports.system_base + i)}
+            name = f"{mode}-{k}"
+            vargv = [
+                "python",
+                "-m",
+                "dynamo.vllm",
+                "--model",
+                spec.model,
+                "--served-model-name",
+                spec.served_name,
+                *vllm_engine_args(spec),
+            ]
+            if spec.reasoning_parser:
+                vargv += ["--dyn-reasoning-parser", spec.reasoning_parser]
+            venv = {**env, "CUDA_VISIBLE_DEVICES": gpus, "VLLM_HOST_IP": node.address}
+            if mode in ("prefill", "decode"):
+                vargv += [
+                    "--disaggregation-mode",
+                    mode,
+                    "--kv-transfer-config",
+                    json.dumps(
+                        {"kv_connector": "NixlConnector", "kv_role": "kv_both"}, separators=(",", ":")
+                    ),
+                ]
+                venv |= {
+                    "VLLM_NIXL_SIDE_CHANNEL_PORT": str(self.ports.nixl_base + i),
+                    "VLLM_NIXL_SIDE_CHANNEL_HOST": node.address,
+                    **nccl_env(self.exp),
+                }
+            vcmd = Command(
+                f"dynamo-vllm-{name}",
+                node.name,
+                vargv,
+                env=venv,
+                note=f"{spec.parallelism.label()} on GPUs {gpus} of {node.name}",
+            )
+            if not self.is_mocker:
+                workers.append(vcmd)
+                continue
+            not_run.append(vcmd)
+            margv, uploads = self._mocker_argv(
+                mode if mode != "agg" else "engine", spec, None if mode == "agg" else mode, i
+            )
+            if mode == "prefill":
+                margv += ["--bootstrap-ports", str(self.ports.bootstrap_base + k)]
+            if mode in ("prefill", "decode") and link is not None:
+                margv += ["--kv-transfer-bandwidth", f"{link:g}"]
+            workers.append(
+                Command(
+                    f"mocker-{name}",
+                    node.name,
+                    margv,
+                    env=env,
+                    uploads=uploads,
+                    note=self._model_note(mode if mode != "agg" else "engine", spec),
+                )
+            )
+        if d.disaggregated:  # decode workers register first so the first prefill finds its peer
+            workers.sort(key=lambda c: 0 if "decode" in c.name else 1)
+        topo = (
+            f"Dynamo P/D {counters.get('prefill', 0)} prefill + {counters.get('decode', 0)} decode"
+            if d.disaggregated
+            else f"Dynamo aggregated x{counters.get('agg', 0)}"
+        ) + f", router {d.router_mode}"
+        notes = [f"discovery {discovery}"]
+        if link is not None and d.disaggregated:
+            notes.append(f"KV transfer between prefill and decode modelled at {link:g} GB/s")
+        return self._deployment(
+            "dynamo", topo, [*cmds, *workers, *self._not_run(not_run)], self.ports.frontend, notes
+        )
+
+
+def _frontend_argv(host: str, port: int, router_mode: str) -> list[str]:
+    return ["python", "-m", "dynamo.frontend", "--http-host", host, "--http-port", str(port),
+            "--router-mode", router_mode]  # fmt: skip
+
+
+def _bind_env(address: str) -> dict[str, str]:
+    """Dynamo's TCP request plane, response streams, event plane and system server on this node's address."""
+    return {k: address for k in ("DYN_TCP_RPC_HOST", "DYN_TCP_RESPONSE_STREAM_HOST", "DYN_EVENT_PLANE_HOST",
+                                 "DYN_SYSTEM_HOST", "DYN_HTTP_RPC_HOST")}  # fmt: skip
+
+
+def _file_discovery_env(kv_dir: str, address: str) -> dict[str, str]:
+    return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": kv_dir, "DYN_REQUEST_PLANE": "tcp",
+            "DYN_EVENT_PLANE": "zmq", **_bind_env(address)}  # fmt: skip
+
+
+def _kv_bytes(spec: VllmSpec) -> int:
+    from r1lab.model import ModelSpec
+
+    return int(ModelSpec.deepseek_r1().kv_bytes_per_token(spec.kv_cache_dtype))
+
+
+def _kv_link_gbps(exp: Experiment) -> float | None:
+    """GB/s between prefill and decode workers: the params' value, else the modelled inter-pod link."""
+    if exp.dynamo.kv_transfer_gbps is not None:
+        return exp.dynamo.kv_transfer_gbps
+    if exp.nodes < 2:
+        return None
+    try:
+        from r1lab.perf.network import internode_link
+
+        link = internode_link(exp.provider.network)
+    except (ImportError, KeyError, ValueError):
+        return None
+    for attr in ("gb_s", "bandwidth_gb_s", "bw_gb_s"):
+        if hasattr(link, attr):
+            return float(getattr(link, attr))
+    return None

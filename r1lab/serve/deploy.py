@@ -1,0 +1,132 @@
+"""One call per notebook stage: render, audit, record the commands, time the mocker, launch, check.
+
+`deploy(exp, run_dir, stage, executors, ...) -> Launched` is what notebooks 02-04 (and the twin) call:
+1. render the stage's commands with the pods' private addresses (`addresses`, default each executor's address);
+2. on the twin (engine mocker), write the performance model's timing tables for each worker group
+   (`r1lab.perf.mocker.mocker_setup`) and render again with them;
+3. write the replayable command file into `<run_dir>/commands/` (vLLM commands the twin does not run are
+   included, marked NOT RUN);
+4. launch under a deadline (readiness: alive + /health + one-token completion; log watchers);
+5. return the endpoint and the launcher (`launched.launcher.stop()` stops it; the run's teardown also does).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from pathlib import Path
+from typing import Literal
+
+from r1lab.config import Experiment
+from r1lab.execution import Executor
+from r1lab.serve.checks import write_command_file
+from r1lab.serve.commands import Deployment, MockerTiming, Node, Ports, Stage, nodes_of, render
+from r1lab.serve.launch import Launched, Launcher, ServeError
+from r1lab.serve.plan_audit import audit_plan, format_audit
+
+
+def resolve_ip(executor: Executor | None, address: str) -> str:
+    """An IP literal as is; a hostname resolved to IPv4 on the pod that owns it (`getent ahostsv4`)."""
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
+    if executor is None:
+        return address
+    out = executor.run(f"getent ahostsv4 {shlex.quote(address)} | head -n1", timeout=30, check=False).output
+    ip = out.split()[0] if out.split() else ""
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ServeError(
+            f"cannot resolve private address {address!r}",
+            executor.name,
+            "resolve",
+            out.strip()[:200],
+            "check the pods' private network (provider.network)",
+        ) from None
+    return ip
+
+
+def mocker_timings(exp: Experiment, dep: Deployment, out_dir: Path) -> dict[str, MockerTiming]:
+    """Timing tables from the performance model for every mocker worker group of a rendered deployment."""
+    from r1lab.perf.mocker import mocker_setup
+
+    s = exp.serving
+    out: dict[str, MockerTiming] = {}
+    link = None
+    for c in dep.commands:
+        if "--kv-transfer-bandwidth" in c.argv:
+            link = float(c.argv[c.argv.index("--kv-transfer-bandwidth") + 1])
+    for group, g in dep.mocker_groups.items():
+        spec = g["spec"]
+        setup = mocker_setup(
+            exp.gpu_type or "NVIDIA H100 NVL", g["parallelism"], "vllm", out_dir,
+            kv_dtype=s.kv_cache_dtype if s.kv_cache_dtype != "bfloat16" else "auto",
+            gpu_memory_utilization=s.gpu_memory_utilization, max_num_seqs=spec.max_num_seqs,
+            max_num_batched_tokens=spec.max_num_batched_tokens, max_model_len=spec.max_model_len or 16384,
+            gpus_per_node=exp.gpus_per_node, network_name=exp.provider.network,
+            num_speculative_tokens=s.num_speculative_tokens, disaggregation_mode=g["mode"],
+            kv_transfer_gb_s=link if g["mode"] else None,
+        )  # fmt: skip
+        out[group] = MockerTiming.from_setup(setup)
+    return out
+
+
+def plan_stage(
+    exp: Experiment,
+    run_dir: Path | str,
+    stage: Stage,
+    *,
+    nodes: list[Node] | None = None,
+    ports: Ports | None = None,
+    remote_dir: str = "/tmp/r1lab",
+    discovery: Literal["etcd", "file"] | None = None,
+) -> Deployment:
+    """Render a stage (with the model's mocker tables on the twin) and write its command file."""
+    run_dir = Path(run_dir)
+    dep = render(exp, stage, nodes=nodes, ports=ports, remote_dir=remote_dir, discovery=discovery)
+    if exp.serving.engine == "mocker":
+        timings = mocker_timings(exp, dep, run_dir / "mocker" / stage)
+        dep = render(exp, stage, nodes=nodes, ports=ports, mocker=timings, remote_dir=remote_dir,
+                     discovery=discovery)  # fmt: skip
+    write_command_file(run_dir, dep)
+    return dep
+
+
+def deploy(
+    exp: Experiment,
+    run_dir: Path | str,
+    stage: Stage,
+    executors: dict[str, Executor],
+    *,
+    addresses: dict[str, str] | None = None,
+    ports: Ports | None = None,
+    deadline_s: float = 1800.0,
+    remote_dir: str = "/tmp/r1lab",
+    programs: dict[str, str] | None = None,
+    discovery: Literal["etcd", "file"] | None = None,
+    audit: bool | None = None,
+) -> Launched:
+    """Render, record and launch one stage on the pods; raise ServeError (one clear line) if it does not serve.
+
+    addresses: each pod's private address (RunPod Global Networking: `<podId>.runpod.internal`); names are
+    resolved to IPv4 on the pod itself (Ray's --node-ip-address and VLLM_HOST_IP want an IP). Default: the
+    executor's address (the twin's namespace IPs). audit: print the original plan's audit first (default: on
+    for stage single, the first launch of a run)."""
+    addrs = {name: ex.address for name, ex in executors.items()} | (addresses or {})
+    addrs = {name: resolve_ip(executors.get(name), a) for name, a in addrs.items()}
+    nodes = nodes_of(exp, addrs)
+    if audit if audit is not None else stage == "single":
+        print(format_audit(audit_plan(exp)))
+    dep = plan_stage(
+        exp, run_dir, stage, nodes=nodes, ports=ports, remote_dir=remote_dir, discovery=discovery
+    )
+    launcher = Launcher(run_dir, executors, remote_dir=remote_dir, programs=programs)
+    try:
+        endpoint = launcher.launch(dep, deadline_s=deadline_s)
+    except BaseException:
+        launcher.stop()
+        raise
+    return Launched(endpoint, launcher, dep)

@@ -1,0 +1,571 @@
+"""Start a rendered Deployment on its pods through Executors, wait until it serves, watch its logs, stop it.
+
+Each background command is started detached on its node (`Executor.start`) with its log on that node
+(`<run_dir>/logs/serve/<stage>/` when the node is this machine, else `<remote_dir>/logs/` on the pod, copied back
+into the run dir at stop or failure). Ready = every process alive + `/health` answers 200 + (for the OpenAI
+endpoint) a one-token completion succeeds, under one deadline, with progress. While waiting, the logs are scanned
+for known failures (CUDA OOM, NCCL error or timeout, Ray node lost, weights missing, port in use, KV cache too
+small); the first one found stops the wait with one `ServeError` naming the cause, the node and the fix.
+
+Public interface: `Launcher(run_dir, executors, ...)`, `Launcher.launch(deployment, deadline_s) -> Endpoint`,
+`Launcher.stop()`, `scan_failure(text) -> Failure | None`, `ServeError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets as _secrets
+import shlex
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1lab import teardown
+from r1lab.execution import Background, Executor, LocalExecutor
+from r1lab.progress import progress
+from r1lab.secrets import get_secret, redact
+from r1lab.serve.commands import API_KEY_ENV, RAY_TOKEN_ENV, Command, Deployment
+
+
+@dataclass(frozen=True)
+class Failure:
+    cause: str
+    fix: str
+    line: str
+
+
+# (pattern, cause, fix): the first match in a log names the cause of a failed start.
+FAILURES: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"CUDA out of memory|torch\.OutOfMemoryError|CUDA error: out of memory"),
+     "CUDA out of memory", "lower gpu_memory_utilization / max_num_seqs / max_num_batched_tokens, use fp8 KV, "
+     "or more GPUs"),
+    (re.compile(r"No available memory for the cache blocks|larger than the maximum number of tokens that can be "
+                r"stored in KV cache|KV cache is needed, which is larger than the available KV cache memory"),
+     "KV cache too small for max_model_len", "lower serving.max_model_len or use kv_cache_dtype fp8"),
+    (re.compile(r"Watchdog caught collective operation timeout|NCCL (?:communicator )?timeout|"
+                r"ProcessGroupNCCL.*[Tt]imed? ?out|NCCL_TIMEOUT"),
+     "NCCL timeout", "the nodes cannot reach each other fast enough: check the private network, "
+     "NCCL_SOCKET_IFNAME and firewall"),
+    (re.compile(r"NCCL error|ncclInternalError|ncclSystemError|ncclUnhandledCudaError|ncclRemoteError|"
+                r"NCCL WARN .*(?:[Ff]ailed|[Ee]rror)"),
+     "NCCL error", "check NCCL_SOCKET_IFNAME / NCCL_IB_DISABLE for this network and that every node has the GPUs"),
+    (re.compile(r"(?:[Nn]ode|Raylet) .*(?:has been marked dead|is dead|died)|NodeDiedError|RayNodeLost|"
+                r"Ray cluster .*(?:lost|no longer)|ActorDiedError.*node"),
+     "Ray node lost", "a Ray node left the cluster: check the worker pod is running and reachable (ray status)"),
+    (re.compile(r"Cannot find any model weights|No model weights found|does not appear to have a file named|"
+                r"not a local folder and is not a valid model identifier|Repository Not Found|"
+                r"No such file or directory: .*(?:config\.json|\.safetensors|tokenizer)|"
+                r"(?:Invalid|invalid) repository ID or local directory"),
+     "model weights missing", "download the weights onto the volume first (01_environment / `r1lab download`) "
+     "and check model.path"),
+    (re.compile(r"[Aa]ddress already in use|EADDRINUSE|Errno 98"),
+     "port in use", "another server holds the port: stop it (r1lab teardown) or change serving.port/dynamo.port"),
+]  # fmt: skip
+
+
+def scan_failure(text: str) -> Failure | None:
+    """The first known failure in a log text, or None."""
+    for line in text.splitlines():
+        for pattern, cause, fix in FAILURES:
+            if pattern.search(line):
+                return Failure(cause, fix, line.strip()[:300])
+    return None
+
+
+class ServeError(RuntimeError):
+    """A deployment failed to start or serve: one line naming the cause, node and fix; log tail attached."""
+
+    def __init__(
+        self,
+        cause: str,
+        node: str,
+        command: str,
+        detail: str = "",
+        fix: str = "",
+        log: str = "",
+        tail: str = "",
+    ) -> None:
+        self.cause, self.node, self.command, self.detail, self.fix, self.log = (
+            cause,
+            node,
+            command,
+            detail,
+            fix,
+            log,
+        )
+        self.tail = redact(tail)[-3000:]
+        msg = f"{command} on {node}: {cause}"
+        if detail:
+            msg += f" ({redact(detail)})"
+        if fix:
+            msg += f"; fix: {fix}"
+        if log:
+            msg += f" [log: {log}]"
+        super().__init__(msg)
+
+
+@dataclass
+class Endpoint:
+    """Where a ready deployment answers (from this machine) and what to send it."""
+
+    url: str  # OpenAI base URL, e.g. http://127.0.0.1:8000/v1
+    model: str
+    api_key: str | None = None  # held in memory only, never written
+    stage: str = ""
+    engine: str = ""
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/v1")
+
+    def headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+
+@dataclass
+class Running:
+    command: Command
+    executor: Executor
+    bg: Background | None
+    log: str  # on the node
+    local_log: Path
+
+
+_REGISTRY: dict[str, Executor] = {}  # ledger host key -> executor, for teardown in this process
+
+
+def _host_key(ex: Executor) -> str:
+    return f"{ex.name}@{ex.address}"
+
+
+def stop_pod_process(entry: dict[str, Any], run_dir: Path) -> None:
+    """Teardown handler for a process on a pod: stop it through the run's live connection to that pod. Without one
+    (another process), the process ends when the pod is terminated, which the pod's own ledger entry covers."""
+    ex = _REGISTRY.get(entry["meta"].get("host", ""))
+    if ex is not None:
+        ex.stop(int(entry["meta"]["pid"]), grace=10)
+
+
+def run_stop_command(entry: dict[str, Any], run_dir: Path) -> None:
+    """Teardown handler for daemons a one-shot command started (Ray): run its stop command on that node."""
+    meta = entry["meta"]
+    ex = _REGISTRY.get(meta.get("host", ""))
+    if ex is not None:
+        ex.run(meta["stop"], env=meta.get("env") or None, timeout=120, check=False)
+    elif meta.get("host", "").startswith("local@"):
+        LocalExecutor().run(meta["stop"], env=meta.get("env") or None, timeout=120, check=False)
+
+
+teardown.register("pod-process", "r1lab.serve.launch:stop_pod_process")
+teardown.register("serve-daemons", "r1lab.serve.launch:run_stop_command")
+
+
+class Launcher:
+    """Starts deployments on pods; `stop()` (or the run's teardown) stops everything it started."""
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        executors: dict[str, Executor],
+        *,
+        remote_dir: str = "/tmp/r1lab",
+        programs: dict[str, str] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        """executors: node name (`head`, `worker`...) -> Executor on that pod. programs: replace argv[0] (e.g.
+        {"vllm": ".venv-vllm/bin/vllm"}) where the engines are not on PATH (local tests)."""
+        self.run_dir = Path(run_dir)
+        self.executors = executors
+        self.remote_dir = remote_dir.rstrip("/")
+        self.programs = programs or {}
+        self.poll_s = poll_s
+        self.running: list[Running] = []
+        self._stops: list[tuple[Command, Executor, dict[str, str]]] = []
+        self._exit = ExitStack()
+        self._ray_token: str | None = None
+        self.ledger = teardown.Ledger(self.run_dir)
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def _ex(self, node: str) -> Executor:
+        if node not in self.executors:
+            raise ServeError(
+                "no connection to that pod", node, "launch", fix=f"pass an executor for {node!r}"
+            )
+        return self.executors[node]
+
+    def _argv(self, c: Command) -> list[str]:
+        argv = list(c.argv)
+        if argv[0] == "python" and "python" in self.programs:
+            argv[0] = self.programs["python"]
+        elif argv[0] in self.programs:
+            argv[0] = self.programs[argv[0]]
+        return argv
+
+    def _secret_env(self, c: Command) -> dict[str, str]:
+        out = {}
+        for target, source in c.secrets.items():
+            if source == RAY_TOKEN_ENV:
+                self._ray_token = self._ray_token or get_secret(RAY_TOKEN_ENV) or _secrets.token_hex(24)
+                out[target] = self._ray_token
+                continue
+            value = get_secret(source)
+            if value is None:
+                hint = (
+                    " (the serving port is public on RunPod: vLLM must require an API key)"
+                    if source == API_KEY_ENV
+                    else ""
+                )
+                raise ServeError(
+                    f"environment variable {source} is not set{hint}",
+                    c.node,
+                    c.name,
+                    fix=f"export {source}=<a long random string> before launching",
+                )
+            out[target] = value
+        return out
+
+    def _log_paths(self, stage: str, c: Command, ex: Executor) -> tuple[str, Path]:
+        local = self.run_dir / "logs" / "serve" / stage / f"{c.name}.log"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(ex, LocalExecutor):
+            return str(local), local
+        return f"{self.remote_dir}/logs/{stage}/{c.name}.log", local
+
+    def _read_log(self, r: Running, max_bytes: int = 200_000) -> str:
+        if isinstance(r.executor, LocalExecutor):
+            try:
+                with open(r.log, "rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    f.seek(max(0, f.tell() - max_bytes))
+                    return f.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                return ""
+        res = r.executor.run(f"tail -c {max_bytes} {shlex.quote(r.log)} 2>/dev/null", timeout=30, check=False)
+        return res.output
+
+    def _fetch_logs(self) -> None:
+        for r in self.running:
+            if isinstance(r.executor, LocalExecutor):
+                continue
+            try:
+                r.local_log.write_text(redact(self._read_log(r, 5_000_000)), encoding="utf-8")
+            except Exception:  # noqa: BLE001 - best effort: the pod may be gone already
+                pass
+
+    def _fail(self, r: Running, cause: str, fix: str, detail: str = "") -> ServeError:
+        self._fetch_logs()
+        tail = self._read_log(r, 20_000)
+        return ServeError(cause, r.command.node, r.command.name, detail, fix, str(r.local_log), tail)
+
+    # -- start --------------------------------------------------------------------------------------------
+    def start(self, dep: Deployment, c: Command) -> Running | None:
+        ex = self._ex(c.node)
+        _REGISTRY[_host_key(ex)] = ex
+        env = {**c.env, **self._secret_env(c)}
+        for local, remote in c.uploads:
+            if Path(local).resolve() == Path(remote).resolve():
+                continue
+            ex.run(f"mkdir -p {shlex.quote(str(Path(remote).parent))}", timeout=60)
+            ex.put(Path(local), remote)
+        for line in c.pre:
+            ex.run(line, timeout=60)
+        argv = self._argv(c)
+        command = shlex.join(argv)
+        log, local = self._log_paths(dep.stage, c, ex)
+        if not c.background:  # one-shot (ray start): run to completion, remember how to undo it
+            res = ex.run(command, env=env, timeout=300, check=False)
+            local.write_text(redact(res.output) + "\n", encoding="utf-8")
+            if c.stop_argv:
+                stop = shlex.join([self.programs.get(c.stop_argv[0], c.stop_argv[0]), *c.stop_argv[1:]])
+                self._stops.append((c, ex, env))
+                self.ledger.record(
+                    "serve-daemons",
+                    f"{c.node}:{c.name}",
+                    f"{dep.experiment}-{c.name}",
+                    _provider(ex),
+                    host=_host_key(ex),
+                    node=c.node,
+                    stop=stop,
+                    env={k: v for k, v in c.env.items()},
+                )
+            if res.code == 0 and c.wait_for:
+                self._wait_for(c, ex, env, local)
+            if res.code != 0:
+                found = scan_failure(res.output)
+                raise ServeError(
+                    found.cause if found else f"exited {res.code}",
+                    c.node,
+                    c.name,
+                    found.line if found else _last_line(res.output),
+                    found.fix if found else "",
+                    str(local),
+                    res.output,
+                )
+            return None
+        bg = ex.start(command, log=log, env=env)
+        if isinstance(ex, LocalExecutor):
+            self.ledger.record(
+                "local-process",
+                str(bg.pid),
+                f"{dep.experiment}-{c.name}",
+                "local",
+                pid=bg.pid,
+                pgid=bg.pid,
+                command=redact(command),
+                log=log,
+            )
+        else:
+            self.ledger.record(
+                "pod-process",
+                f"{c.node}:{bg.pid}",
+                f"{dep.experiment}-{c.name}",
+                _provider(ex),
+                host=_host_key(ex),
+                node=c.node,
+                pid=bg.pid,
+                log=log,
+            )
+        r = Running(c, ex, bg, log, local)
+        self.running.append(r)
+        return r
+
+    def _wait_for(
+        self, c: Command, ex: Executor, env: dict[str, str], log: Path, timeout: float = 180.0
+    ) -> None:
+        """Poll a one-shot's readiness check on its node (`ray-gpus ADDR N`: the Ray cluster shows N GPUs)."""
+        kind, *args = c.wait_for or [""]
+        if kind != "ray-gpus":
+            raise ServeError(f"unknown readiness check {kind!r}", c.node, c.name)
+        address, gpus = args
+        ray = self.programs.get("ray", "ray")
+        probe = f"{shlex.quote(ray)} status --address {shlex.quote(address)} 2>&1"
+        deadline = time.monotonic() + timeout
+        out = ""
+        with progress(
+            f"{c.name}: waiting for {gpus} GPUs in the Ray cluster", total=round(timeout), unit="s"
+        ) as p:
+            while time.monotonic() < deadline:
+                out = ex.run(probe, env=env, timeout=60, check=False).output
+                m = re.search(r"([\d.]+)/([\d.]+) GPU", out)
+                if m and float(m.group(2)) >= float(gpus):
+                    return
+                found = scan_failure(out)
+                if found:
+                    break
+                time.sleep(2.0)
+                p.advance(2.0)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(redact(out))
+        found = scan_failure(out)
+        raise ServeError(
+            found.cause if found else f"the Ray cluster did not reach {gpus} GPUs in {timeout:.0f} s",
+            c.node,
+            c.name,
+            _last_line(out),
+            found.fix if found else "check every `ray start` log and that the pods reach each other",
+            str(log),
+            out,
+        )
+
+    def launch(self, dep: Deployment, deadline_s: float = 1800.0) -> Endpoint:
+        """Start every runnable command in order and wait until the deployment serves; raise ServeError."""
+        deadline = time.monotonic() + deadline_s
+        endpoint: Endpoint | None = None
+        final: list[Running] = []
+        try:
+            for c in dep.to_run:
+                r = self.start(dep, c)
+                if r is None or c.ready is None:
+                    continue
+                if c.ready.completion:
+                    final.append(r)  # the OpenAI endpoint answers once its workers are up: checked last
+                else:
+                    self._wait_ready(dep, r, deadline, deadline_s)
+            for r in final:
+                url = self._wait_ready(dep, r, deadline, deadline_s)
+                if r.command.node == dep.endpoint_node and r.command.ready.port == dep.endpoint_port:
+                    key = get_secret(API_KEY_ENV) if "VLLM_API_KEY" in r.command.secrets else None
+                    endpoint = Endpoint(url + "/v1", dep.served_name, key, dep.stage, dep.engine)
+        except BaseException:
+            self._fetch_logs()
+            raise
+        if endpoint is None:
+            raise ServeError("no command serves the deployment's endpoint", dep.endpoint_node, dep.stage)
+        return endpoint
+
+    def _url(self, r: Running) -> str:
+        port = r.command.ready.port  # type: ignore[union-attr]
+        host = "127.0.0.1" if r.command.name != "etcd" else _etcd_host(r.command)
+        if isinstance(r.executor, LocalExecutor):
+            return f"http://{host}:{port}"
+        local_port = self._exit.enter_context(r.executor.forward(port, host))
+        return f"http://127.0.0.1:{local_port}"
+
+    def _wait_ready(self, dep: Deployment, r: Running, deadline: float, total: float) -> str:
+        ready = r.command.ready
+        assert ready is not None
+        url = self._url(r)
+        key = get_secret(API_KEY_ENV) if "VLLM_API_KEY" in r.command.secrets else None
+        stage = "health"
+        start = time.monotonic()
+        with progress(
+            f"{r.command.name} on {r.command.node}: waiting for /health", total=round(total), unit="s"
+        ) as p:
+            last = start
+            while True:
+                self._check_all()
+                if stage == "health" and _get_ok(url + ready.path):
+                    if not ready.completion:
+                        return url
+                    stage = "completion"
+                    p.set_description(f"{r.command.name} on {r.command.node}: one-token completion")
+                if stage == "completion":
+                    ok, detail = one_token_completion(url + "/v1", dep.served_name, key)
+                    if ok:
+                        return url
+                    if "401" in detail or "403" in detail:
+                        raise self._fail(
+                            r, "the endpoint refused our API key", f"check {API_KEY_ENV}", detail
+                        )
+                now = time.monotonic()
+                if now > deadline:
+                    raise self._fail(
+                        r,
+                        f"not ready after {total:.0f} s (stuck at {stage})",
+                        "read the log; raise the deadline for large models (weights load minutes)",
+                    )
+                p.advance(now - last)
+                last = now
+                time.sleep(self.poll_s)
+
+    def _check_all(self) -> None:
+        """Every started process still alive and no known failure in its log."""
+        for r in self.running:
+            text = self._read_log(r, 100_000)
+            found = scan_failure(text)
+            if found:
+                raise self._fail(r, found.cause, found.fix, found.line)
+            if r.bg is not None and not r.executor.alive(r.bg.pid):
+                raise self._fail(r, "process exited", "read the log", _last_line(text))
+
+    # -- stop ---------------------------------------------------------------------------------------------
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop every process started (newest first, SIGTERM then SIGKILL), then `ray stop` where Ray was
+        started; copy remote logs into the run dir; record each as deleted in the ledger. Keeps going past a
+        failure (recorded as teardown_failed, the run's teardown retries it) and raises one error at the end."""
+        self._fetch_logs()
+        failed: list[str] = []
+        for r in reversed(self.running):
+            if r.bg is None:
+                continue
+            kind, rid = (
+                ("local-process", str(r.bg.pid))
+                if isinstance(r.executor, LocalExecutor)
+                else ("pod-process", f"{r.command.node}:{r.bg.pid}")
+            )
+            try:
+                r.executor.stop(r.bg.pid, grace=grace)
+            except Exception as exc:  # noqa: BLE001 - every process gets its turn
+                self.ledger.failed(kind, rid, f"{type(exc).__name__}: {exc}")
+                failed.append(f"{r.command.name} on {r.command.node}: {exc}")
+                continue
+            self.ledger.deleted(kind, rid)
+        for c, ex, env in reversed(self._stops):
+            stop = shlex.join([self.programs.get(c.stop_argv[0], c.stop_argv[0]), *c.stop_argv[1:]])
+            try:
+                ex.run(stop, env=env, timeout=120, check=True)
+            except Exception as exc:  # noqa: BLE001
+                self.ledger.failed("serve-daemons", f"{c.node}:{c.name}", f"{type(exc).__name__}: {exc}")
+                failed.append(f"{stop} on {c.node}: {exc}")
+                continue
+            self.ledger.deleted("serve-daemons", f"{c.node}:{c.name}")
+        self.running.clear()
+        self._stops.clear()
+        self._exit.close()
+        if failed:
+            raise ServeError(
+                "stop failed",
+                "pods",
+                "stop",
+                "; ".join(failed)[:500],
+                "the run's teardown retries; pod termination ends what is left",
+            )
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _provider(ex: Executor) -> str:
+    return "local" if isinstance(ex, LocalExecutor) else str(getattr(ex, "provider", "runpod"))
+
+
+def _etcd_host(c: Command) -> str:
+    i = c.argv.index("--listen-client-urls")
+    return c.argv[i + 1].split("//", 1)[1].rsplit(":", 1)[0]
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+def _get_ok(url: str, timeout: float = 5.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def one_token_completion(
+    base_url: str, model: str, api_key: str | None, timeout: float = 60.0
+) -> tuple[bool, str]:
+    """POST /v1/completions with max_tokens 1; (ok, detail)."""
+    body = json.dumps({"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(base_url + "/completions", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}: {exc.read()[:200]!r}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    ok = bool(data.get("choices")) and (data.get("usage") or {}).get("completion_tokens", 1) >= 1
+    return ok, "" if ok else f"unexpected answer: {str(data)[:200]}"
+
+
+@dataclass
+class Launched:
+    """What a notebook keeps of a launch: the endpoint and the launcher that can stop it."""
+
+    endpoint: Endpoint
+    launcher: Launcher
+    deployment: Deployment
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def state(self) -> dict[str, Any]:
+        """What goes into the run's state.json for later notebooks (no secrets: the key stays in the env)."""
+        e = self.endpoint
+        return {
+            "url": e.url,
+            "model": e.model,
+            "stage": e.stage,
+            "engine": e.engine,
+            "api_key_env": API_KEY_ENV if e.api_key else None,
+            "topology": self.deployment.topology,
+        }

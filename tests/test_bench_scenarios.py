@@ -1,0 +1,70 @@
+"""The params' scenarios end to end against the ground-truth server: config -> records -> summary -> parquet."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from r1lab.bench import gtserver
+from r1lab.bench.cli import cli_main
+from r1lab.bench.metrics import Slo
+from r1lab.bench.records import COLUMNS, consolidate
+from r1lab.bench.scenarios import default_scenarios, run_load, shapes_for, summarize_run
+from r1lab.config import Load, Scenario
+from r1lab.tinymodel import write_tiny_model
+
+
+def test_default_scenarios_are_valid_params():
+    scs = [Scenario(**d) for d in default_scenarios(64)]
+    assert {s.name for s in scs} >= {"sweep", "short-in-long-out", "long-in-short-out", "long-in-long-out",
+                                     "long-context", "stress"}  # fmt: skip
+    stress = next(s for s in scs if s.shape == "stress")
+    assert shapes_for(stress)[0].duration_s == 1800 and shapes_for(stress)[0].requests is None
+    with pytest.raises(ValueError, match="duration_s"):
+        Scenario(name="x", shape="stress", concurrency=[4])
+
+
+def test_scenarios_run_and_summarize(tmp_path):
+    model = write_tiny_model(tmp_path / "tiny")
+    load = Load(
+        scenarios=[
+            Scenario(name="sweep", concurrency=[1, 4, 16], input_tokens=64, output_tokens=12, requests_per_point=24),
+            Scenario(name="rate", shape="poisson", rate=[40.0], input_tokens=32, output_tokens=6,
+                     requests_per_point=30, endpoint="chat"),
+            Scenario(name="stress", shape="stress", concurrency=[8], input_tokens=32, output_tokens=6,
+                     duration_s=3.0, trend_window_s=0.5, warmup_s=0.3),
+        ],
+    )  # fmt: skip
+    run = tmp_path / "run"
+    with gtserver.running(ttft_ms=20, itl_ms=5, log=tmp_path / "truth") as url:
+        got = run_load(load, url=url, model_dir=model, model="gt", run_dir=run)
+    assert {k: len(v) for k, v in got.items() if k != "stress"} == {"sweep": 72, "rate": 30}
+    s = summarize_run(run, scenarios=load.scenarios, slo=Slo(ttft_ms=2000, tpot_ms=500), gpus=8, usd_per_hour=25.52,
+                      run_id="r1")  # fmt: skip
+    pts = {(p["scenario"], p["point"]): p for p in s["points"]}
+    assert set(pts) == {("sweep", "c1"), ("sweep", "c4"), ("sweep", "c16"), ("rate", "r40"), ("stress", "c8")}
+    for p in s["points"]:
+        assert p["errors"] == 0 and p["ttft_ms"]["p50"] >= 19 and p["usd_per_mtok_out"] > 0
+        assert p["goodput_rps"] == pytest.approx(p["rps"])  # every request meets these loose SLOs
+    assert pts[("sweep", "c16")]["output_tok_s"] > 3 * pts[("sweep", "c1")]["output_tok_s"]
+    assert "sweep" in s["saturation"] and s["saturation"]["sweep"]["steps"]
+    assert "stress" in s["trends"] and len(s["trends"]["stress"]["windows"]) >= 4
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["run_id"] == "r1" and len(on_disk["points"]) == 5
+    assert (run / "summary.csv").read_text().count("\n") == 6
+    table = pq.read_table(consolidate(run))
+    assert table.column_names == COLUMNS and table.num_rows == sum(len(v) for v in got.values())
+    with pytest.raises(FileExistsError):
+        consolidate(run)
+
+
+def test_cli_point_and_summarize(tmp_path, capsys):
+    model = write_tiny_model(tmp_path / "tiny")
+    with gtserver.running(ttft_ms=10, itl_ms=2, log=tmp_path / "t") as url:
+        rc = cli_main(["point", url, "--out", str(tmp_path / "run"), "--concurrency", "4", "--requests", "12",
+                       "--model-dir", str(model), "--model", "gt", "--input-tokens", "40", "--output-tokens", "5"])  # fmt: skip
+    assert rc == 0 and '"errors": 0' in capsys.readouterr().out
+    assert cli_main(["summarize", str(tmp_path / "run"), "--gpus", "1", "--usd-per-hour", "3.19"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["points"][0]["requests"] == 12

@@ -1,0 +1,116 @@
+"""Real Dynamo on loopback: the frontend with mocker workers (timed by the performance model's tables),
+aggregated and prefill/decode, launched by r1lab, answers a streamed completion (issue 6, 4c)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from r1lab.config import parse_experiment
+from r1lab.execution import LocalExecutor
+from r1lab.serve.checks import minimal_completion, read_metrics, streamed_chat
+from r1lab.serve.deploy import deploy
+from r1lab.teardown import Ledger
+from r1lab.tinymodel import write_tiny_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_helpers import loopback_ports  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = (
+    str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def twin(model: Path, **dynamo) -> object:
+    data = yaml.safe_load((REPO / "params" / "twin.yaml").read_text())
+    data["model"]["path"] = str(model)
+    data["serving"]["speedup_ratio"] = 20.0
+    data["dynamo"].update(dynamo)
+    return parse_experiment(yaml.safe_dump(data), "twin-loopback")
+
+
+def _launch(exp, tmp_path: Path):  # noqa: ANN202
+    ex = LocalExecutor()
+    ports = loopback_ports()
+    return deploy(exp, tmp_path / "run", "dynamo", {"head": ex, "worker": ex}, ports=ports, deadline_s=90,
+                  remote_dir=str(tmp_path / "pods"), programs={"python": PYTHON}, discovery="file"), ports  # fmt: skip
+
+
+def test_dynamo_pd_mocker_streamed(model_dir: Path, tmp_path: Path) -> None:
+    exp = twin(model_dir, disaggregated=True, router_mode="kv")
+    launched, ports = _launch(exp, tmp_path)
+    try:
+        dep = launched.deployment
+        assert {c.name for c in dep.to_run} == {"dynamo-frontend", "mocker-prefill-0", "mocker-decode-0"}
+        assert {c.name for c in dep.not_run} == {"dynamo-vllm-prefill-0", "dynamo-vllm-decode-0"}
+        s = streamed_chat(launched.endpoint, prompt="Explain prefill and decode in one line.", max_tokens=12)
+        assert s.ok, s.error
+        assert s.chunks >= 2 and s.finish_reason == "length" and s.ttft_s is not None
+        ok = minimal_completion(launched.endpoint)
+        assert ok.ok, ok.error
+        # the prefill worker did the prefill: its own metrics count the requests routed to it
+        pre = next(c for c in dep.to_run if c.name == "mocker-prefill-0")
+        m = read_metrics(f"http://127.0.0.1:{pre.env['DYN_SYSTEM_PORT']}/metrics")
+        # readiness' one-token completion, the stream and the minimal completion all went through prefill
+        assert m.get("dynamo_component_requests_total", 0) >= 3, sorted(m)[:40]
+        front = read_metrics(launched.endpoint.base + "/metrics")
+        assert front.get("dynamo_frontend_requests_total", 0) >= 2
+    finally:
+        launched.launcher.stop()
+    assert Ledger(tmp_path / "run").live() == []
+    cmd_files = sorted((tmp_path / "run" / "commands").glob("*.sh"))
+    assert len(cmd_files) == 1 and "[NOT RUN: rendered only]" in cmd_files[0].read_text()
+    tables = list((tmp_path / "run" / "mocker" / "dynamo").glob("*.npz"))
+    assert len(tables) == 2  # the performance model's prefill and decode tables
+
+
+def test_dynamo_aggregated_mocker_streamed(model_dir: Path, tmp_path: Path) -> None:
+    exp = twin(model_dir, disaggregated=False, decode_role=None, decode_workers=2, router_mode="round-robin")
+    launched, _ = _launch(exp, tmp_path)
+    try:
+        workers = [c for c in launched.deployment.to_run if c.name.startswith("mocker-")]
+        assert [c.name for c in workers] == ["mocker-agg-0", "mocker-agg-1"]
+        assert all("--disaggregation-mode" not in c.argv for c in workers)
+        for _ in range(2):
+            s = streamed_chat(launched.endpoint, max_tokens=6)
+            assert s.ok, s.error
+        counts = []
+        for c in workers:
+            m = read_metrics(f"http://127.0.0.1:{c.env['DYN_SYSTEM_PORT']}/metrics")
+            counts.append(m.get("dynamo_component_requests_total", 0))
+        assert all(n >= 1 for n in counts), counts  # round-robin reached both workers
+    finally:
+        launched.launcher.stop()
+    assert Ledger(tmp_path / "run").live() == []
+
+
+def test_twin_single_stage_mocker_stands_in_for_vllm_serve(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Notebook 02 on the twin: the frontend + one aggregated mocker (TP8 table) answer where `vllm serve` would."""
+    exp = twin(model_dir)
+    ex = LocalExecutor()
+    ports = loopback_ports()
+    launched = deploy(exp, tmp_path / "run", "single", {"head": ex, "worker": ex}, ports=ports, deadline_s=90,
+                      remote_dir=str(tmp_path / "pods"), programs={"python": PYTHON})  # fmt: skip
+    try:
+        assert launched.endpoint.url == f"http://127.0.0.1:{ports.vllm}/v1"
+        out = capsys.readouterr().out  # the original plan's audit was shown before the launch
+        assert "[REJECTED ] serve    --dtype float8_e4m3fn" in out
+        assert launched.state()["url"] == launched.endpoint.url and "api_key" not in launched.state()
+        assert [c.name for c in launched.deployment.not_run] == ["vllm-serve"]
+        check = minimal_completion(launched.endpoint)
+        assert check.ok and check.completion_tokens >= 1, check.error
+    finally:
+        launched.launcher.stop()
+    setup = next((tmp_path / "run" / "mocker" / "single").glob("*.json"))
+    assert "TP8" in setup.read_text()  # the performance model's single-node table

@@ -1,0 +1,135 @@
+"""The launcher against real local processes: known failures become one clear error, readiness, clean stop."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from r1lab.execution import LocalExecutor
+from r1lab.serve.commands import API_KEY_ENV, Command, Deployment, Ready
+from r1lab.serve.launch import Launcher, ServeError, scan_failure
+from r1lab.teardown import Ledger, teardown_run
+
+PY = sys.executable
+
+LOGS = {
+    "CUDA out of memory": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.75 GiB. GPU 3 has a total "
+    "capacity of 93.10 GiB of which 1.02 GiB is free.",
+    "KV cache too small for max_model_len": "ValueError: To serve at least one request with the models's max seq len "
+    "(163840), (10.72 GiB KV cache is needed, which is larger than the available KV cache memory (3.20 GiB).",
+    "NCCL error": "torch.distributed.DistBackendError: NCCL error in: ../torch/csrc/distributed/c10d/NCCLUtils.hpp:275, "
+    "unhandled system error",
+    "NCCL timeout": "[Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1, OpType=ALLREDUCE) "
+    "ran for 600000 milliseconds before timing out.",
+    "Ray node lost": "ray.exceptions.ActorDiedError: The actor died unexpectedly because its node 5f2c... "
+    "has been marked dead",
+    "model weights missing": "OSError: /workspace/models/DeepSeek-R1 does not appear to have a file named config.json.",
+    "port in use": "OSError: [Errno 98] error while attempting to bind on address ('0.0.0.0', 8000): address already "
+    "in use",
+}
+
+
+@pytest.mark.parametrize("cause", sorted(LOGS))
+def test_scan_failure_names_the_cause(cause: str) -> None:
+    found = scan_failure("INFO starting\nINFO loading\n" + LOGS[cause] + "\nINFO shutting down\n")
+    assert found is not None and found.cause == cause and found.fix
+
+
+def test_scan_failure_quiet_on_normal_logs() -> None:
+    normal = (
+        "INFO 11-27 22:06:35 [cpu.py:521] MLA is enabled on a non-GPU platform\n"
+        "INFO:     Application startup complete.\nNCCL INFO Channel 00/02 : 0 1 2 3 4 5 6 7\n"
+        "INFO Available KV cache memory: 3.20 GiB\n"
+    )
+    assert scan_failure(normal) is None
+
+
+def _dep(*cmds: Command, port: int = 1) -> Deployment:
+    return Deployment("single", "t", "vllm", "test", list(cmds), "local", port, "m")
+
+
+def _py(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_oom_in_log_stops_the_wait_with_the_cause(tmp_path: Path) -> None:
+    code = f"import time; print({LOGS['CUDA out of memory']!r}, flush=True); time.sleep(60)"
+    cmd = Command("vllm-serve", "local", _py(code), ready=Ready(_free_port(), completion=True))
+    launcher = Launcher(tmp_path, {"local": LocalExecutor()}, poll_s=0.2)
+    with pytest.raises(ServeError) as err:
+        launcher.launch(_dep(cmd, port=cmd.ready.port), deadline_s=30)
+    assert err.value.cause == "CUDA out of memory" and "fix:" in str(err.value)
+    assert str(tmp_path / "logs" / "serve" / "single" / "vllm-serve.log") in str(err.value)
+    launcher.stop()
+    assert Ledger(tmp_path).live() == []
+
+
+def test_port_in_use_from_a_real_server(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = Command("http", "local", [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                      ready=Ready(port, "/", completion=False))  # fmt: skip
+        with Launcher(tmp_path, {"local": LocalExecutor()}, poll_s=0.2) as launcher:
+            with pytest.raises(ServeError) as err:
+                launcher.launch(_dep(cmd, port=port), deadline_s=30)
+    assert err.value.cause == "port in use"
+
+
+def test_exit_without_known_cause_and_deadline(tmp_path: Path) -> None:
+    dead = Command("dies", "local", _py("import sys; print('something odd happened'); sys.exit(3)"),
+                   ready=Ready(_free_port()))  # fmt: skip
+    with Launcher(tmp_path / "a", {"local": LocalExecutor()}, poll_s=0.2) as launcher:
+        with pytest.raises(ServeError, match="process exited.*something odd happened"):
+            launcher.launch(_dep(dead), deadline_s=30)
+    silent = Command("silent", "local", _py("import time; time.sleep(60)"), ready=Ready(_free_port()))
+    with Launcher(tmp_path / "b", {"local": LocalExecutor()}, poll_s=0.2) as launcher:
+        with pytest.raises(ServeError, match=r"not ready after 2 s \(stuck at health\)"):
+            launcher.launch(_dep(silent), deadline_s=2)
+
+
+def test_ready_then_clean_stop_and_teardown(tmp_path: Path) -> None:
+    port = _free_port()
+    cmd = Command("http", "local", [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                  ready=Ready(port, "/", completion=False))  # fmt: skip
+    other = Command("sleeper", "local", _py("import time; time.sleep(120)"))
+    launcher = Launcher(tmp_path, {"local": LocalExecutor()}, poll_s=0.2)
+    for c in (cmd, other):
+        launcher.start(_dep(cmd, other), c)
+    launcher._wait_ready(_dep(cmd), launcher.running[0], deadline=1e12, total=30)
+    pids = [r.bg.pid for r in launcher.running]
+    assert all(LocalExecutor().alive(p) for p in pids)
+    assert len(Ledger(tmp_path).live()) == 2
+    launcher.stop(grace=5)
+    assert not any(LocalExecutor().alive(p) for p in pids) and Ledger(tmp_path).live() == []
+    # a second launcher that never stops: the run's teardown stops it from the ledger alone
+    again = Launcher(tmp_path, {"local": LocalExecutor()})
+    pid = again.start(_dep(other), other).bg.pid
+    report = teardown_run(tmp_path)
+    assert report.ok and len(report.deleted) == 1 and not LocalExecutor().alive(pid)
+
+
+def test_public_port_needs_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    cmd = Command("vllm-serve", "local", _py("pass"), secrets={"VLLM_API_KEY": API_KEY_ENV})
+    with pytest.raises(ServeError, match=f"{API_KEY_ENV} is not set"):
+        Launcher(tmp_path, {"local": LocalExecutor()}).launch(_dep(cmd), deadline_s=5)
+
+
+def test_one_shot_failure_names_its_cause(tmp_path: Path) -> None:
+    code = "import sys; print('ConnectionError: ray client: node 10.0.0.2 is dead'); sys.exit(1)"
+    cmd = Command("ray-worker-worker", "local", _py(code), background=False, stop_argv=["true"])
+    with Launcher(tmp_path, {"local": LocalExecutor()}) as launcher:
+        with pytest.raises(ServeError) as err:
+            launcher.launch(_dep(cmd), deadline_s=10)
+    assert err.value.cause == "Ray node lost"
