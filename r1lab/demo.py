@@ -22,27 +22,36 @@ def summary_lines(run_dir: Path) -> list[str]:
         return [f"no summary.json in {run_dir}: the load test did not complete"]
     summary: dict[str, Any] = json.loads(summary_path.read_text())
     points = summary.get("points", [])
-    sat = summary.get("saturation") or {}
-    sweep = [p for p in points if p.get("scenario") == sat.get("scenario", "sweep")] or points
-    knee = next((p for p in sweep if p.get("concurrency") == sat.get("concurrency")), None)
-    best = max(points, key=lambda p: p.get("output_tok_s") or 0, default=None)
-    at = knee or best or {}
+    sats = summary.get("saturation") or {}
+    scenario = "sweep" if "sweep" in sats else next(iter(sats), None)
+    sat = sats.get(scenario) or {}
+    # the knee when the sweep saturated; else its best point (and the summary says the sweep did not saturate)
+    knee_c = sat.get("knee_concurrency") if sat.get("saturated") else sat.get("max_throughput_concurrency")
+    sweep = [p for p in points if p.get("scenario") == scenario]
+    at = next((p for p in sweep if p.get("concurrency") == knee_c), None) or {}
+    best = max(points, key=lambda p: p.get("output_tok_s") or 0, default={})
+    if sat.get("saturated"):
+        sat_line = f"{scenario}: knee at concurrency {knee_c}"
+    else:
+        sat_line = (
+            f"{scenario}: not reached up to concurrency {knee_c} ({sat.get('note', 'extend the sweep')})"
+        )
+    where = f"c={knee_c}"
     source = at.get("source", "measured-twin")
     lines = [
         f"experiment        {json.loads((run_dir / 'run.json').read_text())['experiment']}  ({source}: GPUs are "
         "simulated by the mocker, timed by the performance model)",
         f"load points       {len(points)} in {len({p.get('scenario') for p in points})} scenarios, "
         f"{sum(p.get('requests', 0) for p in points):,} requests, {sum(p.get('errors', 0) for p in points)} errors",
-        f"saturation        concurrency {sat.get('concurrency', 'not reached')}"
-        + (f" ({sat.get('reason')})" if sat.get("reason") else ""),
-        f"TTFT there        p50 {_fmt(at.get('ttft_ms', {}).get('p50'), 'ms')}, p99 {_fmt(at.get('ttft_ms', {}).get('p99'), 'ms')}",
-        f"TPOT there        p50 {_fmt(at.get('tpot_ms', {}).get('p50'), 'ms', 1)}, p99 {_fmt(at.get('tpot_ms', {}).get('p99'), 'ms', 1)}",
-        f"throughput there  {_fmt(at.get('output_tok_s'), 'output tok/s', 1)}, {_fmt(at.get('tok_s_per_gpu'), 'tok/s/GPU', 1)}, "
+        f"saturation        {sat_line}",
+        f"TTFT at {where:<9} p50 {_fmt(at.get('ttft_ms', {}).get('p50'), 'ms')}, p99 {_fmt(at.get('ttft_ms', {}).get('p99'), 'ms')}",
+        f"TPOT at {where:<9} p50 {_fmt(at.get('tpot_ms', {}).get('p50'), 'ms', 1)}, p99 {_fmt(at.get('tpot_ms', {}).get('p99'), 'ms', 1)}",
+        f"tok/s at {where:<8} {_fmt(at.get('output_tok_s'), 'output tok/s', 1)}, {_fmt(at.get('tok_s_per_gpu'), 'tok/s/GPU', 1)}, "
         f"{_fmt(at.get('tok_s_per_user'), 'tok/s/user', 1)}",
-        f"peak throughput   {_fmt((best or {}).get('output_tok_s'), 'output tok/s', 1)} at "
-        f"{(best or {}).get('scenario')} c={(best or {}).get('concurrency')}",
+        f"peak throughput   {_fmt(best.get('output_tok_s'), 'output tok/s', 1)} at "
+        f"{best.get('scenario')} c={best.get('concurrency')}",
         f"cost (modelled)   {_fmt(at.get('usd_per_hour'), '$/h', 2)} for {at.get('gpus', '?')} GPUs; "
-        f"{_fmt(at.get('usd_per_mtok_out'), '$ per M output tokens', 2)} at saturation",
+        f"{_fmt(at.get('usd_per_mtok_out'), '$ per M output tokens', 2)} at {where}",
         f"report            {run_dir / 'report.html'}",
         f"notebooks         {run_dir / 'notebooks'}",
     ]
