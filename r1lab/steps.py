@@ -310,6 +310,17 @@ def single_node_misfit(exp: Experiment) -> str | None:
     return None if plan.fits else f"one pod of {exp.gpus_per_node} x {exp.gpu_type} cannot hold R1: {plan.reason}"
 
 
+def load_shell(ctx: RunContext) -> Any:
+    """Where the load generator runs: None for here, or the serving pod's shell when `load.run_on: pod` (so TTFT
+    does not include the round trip from this machine to the data center)."""
+    if ctx.exp.load.run_on != "pod":
+        return None
+    from r1lab.bench.remote import ExecutorShell
+
+    node = ctx.state.require("endpoint", "04_dynamo")["node"]
+    return ExecutorShell(ensure_pods(ctx, [node]).executors[node])
+
+
 @contextmanager
 def monitoring(ctx: RunContext) -> Iterator[Any]:
     """A real Prometheus scraping the serving processes (and a node exporter) while the block runs; the series
