@@ -144,7 +144,9 @@ def _hub_for(ctx: RunContext) -> tuple[str | None, Any]:
 
     twin = Twin.find(os.environ.get("R1LAB_TWIN_DIR"))
     if twin is None:
-        raise RuntimeError("no twin is running: `r1lab twin up` (or run through `r1lab run`, which starts it)")
+        raise RuntimeError(
+            "no twin is running: `r1lab twin up` (or run through `r1lab run`, which starts it)"
+        )
     repo = build_r1_like_repo(Path(tempfile.mkdtemp(prefix="r1lab-fakehub-", dir=ctx.run_dir / "logs")))
     hub = FakeHub({ctx.exp.model.repo_id: repo}, host=twin.host_ip)
     hub.start()
@@ -184,7 +186,9 @@ def prepare_environment(ctx: RunContext) -> EnvironmentResult:
         hub=endpoint or "https://huggingface.co", manifest_path=f"{exp.model.path}/.r1lab/manifest.json",
     )  # fmt: skip
     ctx.write_json("environment.json", result.as_dict())
-    ctx.state.set("weights", {"path": exp.model.path, "commit": manifest.commit, "complete": manifest.complete})
+    ctx.state.set(
+        "weights", {"path": exp.model.path, "commit": manifest.commit, "complete": manifest.complete}
+    )
     return result
 
 
@@ -264,7 +268,9 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
             from r1lab.monitor import targets as mon_targets
 
             addresses = {role: ex.address for role, ex in pods.executors.items()}
-            ctx.state.set("monitor_targets", mon_targets.to_state(mon_targets.from_deployment(dep, addresses)))
+            ctx.state.set(
+                "monitor_targets", mon_targets.to_state(mon_targets.from_deployment(dep, addresses))
+            )
     except BaseException:
         launched.launcher.stop()
         raise
@@ -307,7 +313,11 @@ def single_node_misfit(exp: Experiment) -> str | None:
     s = exp.serving
     plan = memory_plan(exp.gpu_type or "", Parallelism(tp=exp.gpus_per_node), kv_dtype=s.kv_cache_dtype,
                        gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len)  # fmt: skip
-    return None if plan.fits else f"one pod of {exp.gpus_per_node} x {exp.gpu_type} cannot hold R1: {plan.reason}"
+    return (
+        None
+        if plan.fits
+        else f"one pod of {exp.gpus_per_node} x {exp.gpu_type} cannot hold R1: {plan.reason}"
+    )
 
 
 def load_shell(ctx: RunContext) -> Any:
@@ -357,3 +367,64 @@ def _commands_file(ctx: RunContext, stage: str) -> Path:
 
 def shell_join(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
+
+
+# --- calibration (02) -----------------------------------------------------------------------------------------
+
+
+def profile_vs_datasheet(profile: Any, gpu_type: str) -> list[dict[str, Any]]:
+    """A hardware profile's ceilings against the GPU's datasheet (dense rates)."""
+    from r1lab.perf import hardware
+
+    g = hardware.gpu(gpu_type)
+
+    def best(dtype: str) -> float | None:
+        rates = [r["tflops"] for r in profile.gemm if r.get("dtype") == dtype and r.get("tflops")]
+        return max(rates) if rates else None
+
+    rows = [("HBM copy (TB/s, read+write)", profile.copy_tb_s, g.hbm_tb_s),
+            ("MLA KV read bf16 (TB/s)", profile.kv_read_tb_s, g.hbm_tb_s),
+            ("FP8 GEMM, best (TFLOPS)", best("fp8"), g.fp8_tflops),
+            ("FP8 block-scaled GEMM, best (TFLOPS)", best("fp8_block"), g.fp8_tflops),
+            ("BF16 GEMM, best (TFLOPS)", best("bf16"), g.bf16_tflops)]  # fmt: skip
+    out = []
+    for what, measured, sheet in rows:
+        if measured is None:
+            continue
+        out.append({"ceiling": what, "measured": round(measured, 2), "datasheet": sheet,
+                    "fraction": round(measured / sheet, 3)})  # fmt: skip
+    return out
+
+
+def calibration(ctx: RunContext) -> dict[str, Any]:
+    """On GPU pods: measure the head pod's ceilings (`r1lab calibrate`, a few minutes) into
+    `<run_dir>/calibration/`, the profile the performance model can use in place of datasheet efficiencies.
+    On the twin there is no GPU: shows the reference profile the model times the mocker with (measured on lent
+    GPUs, labelled as such)."""
+    from r1lab.perf import hardware
+    from r1lab.perf.profile import load_profile
+
+    exp = ctx.exp
+    if exp.provider.kind == "twin":
+        slug = hardware.gpu(exp.gpu_type or "").default_profile
+        profile = load_profile(slug)
+        source = f"reference profile {slug} ({profile.device_name} x{profile.gpus}, {profile.measured}); the twin has no GPUs"
+    else:
+        from r1lab.calibrate.cli import calibrate_over_ssh
+
+        role = serving_roles(exp)[0]
+        pods = ensure_pods(ctx, [role])
+        out = ctx.run_dir / "calibration"
+        with step(f"calibrating {role} ({exp.gpus_per_node} x {exp.gpu_type})"):
+            code = calibrate_over_ssh(pods.ready[role].ssh, out)
+        if code != 0:
+            raise RuntimeError(f"calibration on {role} exited {code}: see {out}")
+        [path] = [p for p in out.glob("*.json") if p.name != "summary.json"][:1] or [None]
+        if path is None:
+            raise RuntimeError(f"calibration on {role} wrote no profile into {out}")
+        profile = load_profile(path)
+        source = f"measured on {role} now ({profile.device_name} x{profile.gpus})"
+    # against the datasheet of the card that was measured (the twin's H100 NVL borrows the H100 SXM profile)
+    result = {"source": source, "gpu": profile.gpu, "vs_datasheet": profile_vs_datasheet(profile, profile.gpu)}
+    ctx.write_json("calibration.json", result)
+    return result

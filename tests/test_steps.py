@@ -1,0 +1,37 @@
+"""Pure parts of the notebook steps: what fits on one pod, and a profile against its datasheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from r1lab.config import load_experiment
+from r1lab.perf.profile import load_profile, reference_profiles
+from r1lab.steps import pod_plan, profile_vs_datasheet, single_node_misfit
+
+PARAMS = Path(__file__).resolve().parent.parent / "params"
+
+
+def test_single_node_fit_follows_the_memory_plan() -> None:
+    assert single_node_misfit(load_experiment(PARAMS / "runpod-1x8-h200.yaml")) is None
+    assert single_node_misfit(load_experiment(PARAMS / "runpod-1x8-h100nvl.yaml")) is None
+    why = single_node_misfit(load_experiment(PARAMS / "runpod-cluster-2x8-h100sxm.yaml"))
+    assert why is not None and "cannot hold R1" in why and "79.3 GiB" in why
+
+
+def test_reference_profiles_sit_below_their_datasheets() -> None:
+    for slug in reference_profiles():
+        prof = load_profile(slug)
+        rows = profile_vs_datasheet(prof, prof.gpu)
+        assert rows, slug
+        for row in rows:
+            assert 0.3 < row["fraction"] <= 1.0, (slug, row)
+
+
+def test_pod_plan_keeps_services_private_and_uses_global_networking_only_when_asked() -> None:
+    twin = load_experiment(PARAMS / "twin.yaml")
+    head = pod_plan(twin, twin.pods[0])
+    assert head.ports == ["22/tcp"] and head.global_networking and head.gpu_count == 8
+    utility = pod_plan(twin, twin.pods[2])
+    assert not utility.global_networking and utility.gpu_type is None
+    single = load_experiment(PARAMS / "runpod-1x8-h200.yaml")
+    assert not pod_plan(single, single.pods[0]).global_networking
