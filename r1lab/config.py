@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from r1lab.secrets import looks_like_api_key
+
 # --- errors -----------------------------------------------------------------------------------------------
 
 
@@ -86,8 +88,12 @@ class Pod(Strict):
     )
     gpu_count: int = Field(0, ge=0, le=8)
     count: PositiveInt = 1
-    image: str = Field(DEFAULT_IMAGE, description="Must run its args as a command (RunPod official images do).")
-    setup: list[str] = Field(default_factory=list, description="Shell commands run once on each pod, e.g. installs.")
+    image: str = Field(
+        DEFAULT_IMAGE, description="Must run its args as a command (RunPod official images do)."
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="Shell commands run once on each pod, e.g. installs."
+    )
     volume_mount: str | None = "/workspace"
     container_disk_gb: PositiveInt = 50
     serves: bool = Field(True, description="Whether serving processes run on this pod.")
@@ -101,9 +107,12 @@ class Pod(Strict):
         if self.gpu_type is not None:
             _check_gpu_type("gpu_type", self.gpu_type)
         if self.image.split(":")[0] in _ENTRYPOINT_IMAGES:
-            raise _Rule("image", f"{self.image!r} has a fixed ENTRYPOINT (`vllm serve`) that RunPod's API cannot "
-                                 f"override, so r1lab's start command (sshd, self-stop) would never run: use "
-                                 f"{DEFAULT_IMAGE!r} with `setup: [\"pip install vllm==0.33.0 ...\"]`")
+            raise _Rule(
+                "image",
+                f"{self.image!r} has a fixed ENTRYPOINT (`vllm serve`) that RunPod's API cannot "
+                f"override, so r1lab's start command (sshd, self-stop) would never run: use "
+                f'{DEFAULT_IMAGE!r} with `setup: ["pip install vllm==0.33.0 ..."]`',
+            )
         return self
 
 
@@ -554,7 +563,7 @@ def _find_secrets(data: Any, prefix: str = "") -> list[str]:
     elif isinstance(data, list):
         for i, v in enumerate(data):
             found += _find_secrets(v, f"{prefix}[{i}]")
-    elif isinstance(data, str) and re.search(r"\b(hf_[A-Za-z0-9]{20,}|rpa_[A-Za-z0-9]{20,})", data):
+    elif isinstance(data, str) and looks_like_api_key(data):
         found.append(prefix)
     return found
 

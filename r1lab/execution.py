@@ -1,7 +1,7 @@
 """Where commands run: the one small interface that serving, weight download and remote load generation use.
 
-An `Executor` runs shell commands on one host: a RunPod pod over SSH (`r1lab.cloud.pods`), a twin pod (the
-same SSH code), or this machine (`LocalExecutor`, for tests and local tools). Background processes are
+An `Executor` runs shell commands on one host: a RunPod pod over SSH (`r1lab.cloud.sshexec.SshExecutor`), a twin
+pod (the same SSH code), or this machine (`LocalExecutor`, for tests and local tools). Background processes are
 started detached in their own session, with their output in a log file on that host, so they outlive the
 notebook kernel that launched them; they are stopped by process group.
 """
@@ -105,6 +105,16 @@ def detach_command(command: str, log: str) -> str:
     )
 
 
+_FREE_PORT = (
+    "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])\""
+)
+
+
+def free_port(executor: Executor) -> int:
+    """A port free on the executor's host right now (bind 0 there, release, report)."""
+    return int(executor.run(_FREE_PORT, timeout=30).output.strip().splitlines()[-1])
+
+
 class LocalExecutor:
     """Runs commands on this machine (tests, local tools)."""
 
@@ -191,20 +201,35 @@ class LocalExecutor:
         yield remote_port  # same machine: nothing to forward
 
 
-def _kill_group(pid: int, grace: float = 10.0) -> None:
+def kill_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGTERM a local process group, SIGKILL it if any member is left after `grace` s; wait up to 2 s more for
+    it to go. Gone already counts as done; a group owned by another user raises PermissionError."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
+            try:  # a child of this process stays a zombie (and killpg(0) succeeds) until reaped
+                os.waitpid(pgid, os.WNOHANG)
             except ChildProcessError:
                 pass
             try:
-                os.killpg(pid, 0)
+                os.killpg(pgid, 0)
             except ProcessLookupError:
                 return
             time.sleep(0.05)
+
+
+def kill_child_group(proc: subprocess.Popen, grace: float) -> None:
+    """`kill_group` for a child started with `start_new_session=True`; its exit is reaped (returncode set)."""
+    kill_group(proc.pid, grace)
+    proc.poll()
+
+
+def _kill_group(pid: int, grace: float = 10.0) -> None:
+    try:
+        kill_group(pid, grace)
+    except PermissionError:  # not ours (the pid was reused): nothing of ours to stop
+        return

@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 import re
 
-SECRET_ENV_VARS = ("RUNPOD_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "R1LAB_VLLM_API_KEY")
+SECRET_ENV_VARS = (
+    "RUNPOD_API_KEY",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "R1LAB_VLLM_API_KEY",
+    "VLLM_API_KEY",
+    "RAY_AUTH_TOKEN",
+)
 _MASK = "***"
 
 
@@ -20,12 +27,20 @@ def secret_values() -> list[str]:
     return [v for n in SECRET_ENV_VARS if (v := get_secret(n)) and len(v) >= 6]
 
 
-_TOKEN_PATTERNS = [
-    re.compile(r"(Authorization:\s*Bearer\s+)\S+", re.IGNORECASE),
-    re.compile(r"(--api-key[ =])\S+"),
+_KEY_PATTERNS = [  # Hugging Face and RunPod API keys by their shape
     re.compile(r"\b(hf_)[A-Za-z0-9]{20,}"),
     re.compile(r"\b(rpa_)[A-Za-z0-9]{20,}"),
 ]
+_TOKEN_PATTERNS = [
+    re.compile(r"(Authorization:\s*Bearer\s+)\S+", re.IGNORECASE),
+    re.compile(r"(--api-key[ =])\S+"),
+    *_KEY_PATTERNS,
+]
+
+
+def looks_like_api_key(text: str) -> bool:
+    """Whether `text` holds something shaped like a Hugging Face or RunPod API key."""
+    return any(p.search(text) for p in _KEY_PATTERNS)
 
 
 def redact(text: str) -> str:

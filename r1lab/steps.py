@@ -79,7 +79,7 @@ class Pods:
 
 def ensure_pods(ctx: RunContext, roles: list[str]) -> Pods:
     """Create (or find, by name) the run's pods for these roles, on the run's volume, and wait until SSH works."""
-    from r1lab.cloud.twin.sshexec import SshExecutor
+    from r1lab.cloud.sshexec import SshExecutor
 
     prov = provisioner(ctx)
     volume = ctx.state.require("volume", "01_environment")
@@ -94,7 +94,7 @@ def ensure_pods(ctx: RunContext, roles: list[str]) -> Pods:
     pods = Pods()
     for rp in ready:
         ex = SshExecutor.for_pod(rp.pod, prov.key, prov.known_hosts, rp.role,
-                                 log_path=ctx.run_dir / "logs" / "ssh.log")  # fmt: skip
+                                 log_path=ctx.run_dir / "logs" / "ssh.log", provider=ctx.exp.provider.kind)  # fmt: skip
         pods.ready[rp.role], pods.executors[rp.role] = rp, ex
     known = ctx.state.get("pods", {})
     known.update({row["role"]: row for row in pods.summary()})
@@ -425,6 +425,10 @@ def calibration(ctx: RunContext) -> dict[str, Any]:
         profile = load_profile(path)
         source = f"measured on {role} now ({profile.device_name} x{profile.gpus})"
     # against the datasheet of the card that was measured (the twin's H100 NVL borrows the H100 SXM profile)
-    result = {"source": source, "gpu": profile.gpu, "vs_datasheet": profile_vs_datasheet(profile, profile.gpu)}
+    result = {
+        "source": source,
+        "gpu": profile.gpu,
+        "vs_datasheet": profile_vs_datasheet(profile, profile.gpu),
+    }
     ctx.write_json("calibration.json", result)
     return result

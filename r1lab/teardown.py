@@ -166,26 +166,9 @@ def release(run_dir: Path | str, kind: str, resource_id: str) -> None:
 
 def kill_local_process(entry: dict[str, Any], run_dir: Path) -> None:
     """Terminate a local process group started by r1lab (meta: pid, pgid). Gone already counts as done."""
-    import signal
-    import time
+    from r1lab.execution import kill_group
 
-    pgid = int(entry["meta"].get("pgid") or entry["id"])
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:  # a child of this process stays a zombie (and killpg(0) succeeds) until reaped
-                os.waitpid(pgid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+    kill_group(int(entry["meta"].get("pgid") or entry["id"]), grace=5.0)
 
 
 def touch_marker(entry: dict[str, Any], run_dir: Path) -> None:

@@ -14,7 +14,7 @@ for a in "$@"; do case "$a" in --vllm) WANT_VLLM=1 ;; --vllm-only) WANT_VLLM=1; 
 
 PY=${PYTHON:-python3}
 DEB_PACKAGES=(openssh-server etcd-server nats-server chromium prometheus prometheus-node-exporter iproute2 iptables procps psmisc)
-DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/bin/nats-server /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/ip /usr/sbin/iptables /usr/bin/pkill /usr/bin/killall)
+DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/sbin/nats-server /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/ip /usr/sbin/iptables /usr/bin/pkill /usr/bin/killall)
 
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 

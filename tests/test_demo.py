@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ def _netns() -> set[str]:
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # above the demo's own 900 s + 240 s of teardown
 def test_demo_runs_every_notebook_and_leaves_nothing(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("the twin needs root: run the test suite as root (CI does)")
@@ -43,14 +45,25 @@ def test_demo_runs_every_notebook_and_leaves_nothing(tmp_path: Path) -> None:
     }
     netns_before = _netns()
     start = time.monotonic()
-    proc = subprocess.run(
+    popen = subprocess.Popen(
         [sys.executable, "-m", "r1lab.demo", "params/twin.yaml"],
         cwd=REPO,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
     )
+    try:
+        out, err = popen.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        popen.send_signal(signal.SIGTERM)  # the runner tears everything down on SIGTERM; SIGKILL would leak
+        try:
+            out, err = popen.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            out, err = popen.communicate()
+        pytest.fail(f"the demo took more than 900 s; stopped with SIGTERM:\n{out[-3000:]}\n{err[-4000:]}")
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
     elapsed = time.monotonic() - start
     print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n")
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,4 +1,4 @@
-"""The launcher over real SSH (emulated RunPod pods backed by real sshd): PodExecutor starts the twin's single
+"""The launcher over real SSH (emulated RunPod pods backed by real sshd): SshExecutor starts the twin's single
 stage (Dynamo frontend + mocker) on a pod, readiness goes through an SSH port forward, logs come back into the
 run dir, and stop leaves nothing."""
 
@@ -13,10 +13,10 @@ import yaml
 from r1lab.cloud.emulator import Emulator, LocalSshdBackend, Timings
 from r1lab.cloud.provision import PodPlan, Provisioner
 from r1lab.cloud.runpod import RunPodClient
+from r1lab.cloud.sshexec import SshExecutor
 from r1lab.config import parse_experiment
 from r1lab.serve.checks import minimal_completion
 from r1lab.serve.deploy import deploy
-from r1lab.serve.pod_executor import PodExecutor
 from r1lab.teardown import Ledger
 from r1lab.tinymodel import write_tiny_model
 
@@ -54,7 +54,7 @@ def test_twin_single_stage_over_ssh(pod, tmp_path: Path) -> None:  # noqa: ANN00
     data = yaml.safe_load((REPO / "params" / "twin.yaml").read_text())
     data["model"]["path"] = str(write_tiny_model(tmp_path / "model"))
     exp = parse_experiment(yaml.safe_dump(data), "twin-ssh")
-    ex = PodExecutor(pod.ssh, name="head", address="127.0.0.1", provider="twin")
+    ex = SshExecutor(pod.ssh, name="head", address="127.0.0.1", provider="twin")
     run = tmp_path / "run"
     launched = deploy(exp, run, "single", {"head": ex, "worker": ex}, ports=loopback_ports(), deadline_s=90,
                       remote_dir=str(tmp_path / "on-pod"), programs={"python": PYTHON}, audit=False)  # fmt: skip

@@ -210,13 +210,17 @@ def test_twin_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             assert head.run("pgrep -x raylet", check=False).code == 0
     finally:
         with step("teardown: serving processes, pods, volume, key, twin"):
-            if launcher is not None:
-                launcher.stop(grace=5)
-            report = teardown_run(run_dir)
-            assert report.ok, str(report)
-            if twin is not None:
-                left = twin.down()
-                assert not any(left.values()), left
+            try:  # each step runs even when the one before raised: a failed stop must not leak the twin
+                if launcher is not None:
+                    launcher.stop(grace=5)
+            finally:
+                try:
+                    report = teardown_run(run_dir)
+                    assert report.ok, str(report)
+                finally:
+                    if twin is not None:
+                        left = twin.down()
+                        assert not any(left.values()), left
     elapsed = time.monotonic() - t_start
     print(f"twin end to end: {elapsed:.0f} s")
     left = twin.leftovers()

@@ -3,7 +3,6 @@ locustfile; records land in r1lab's schema (`requests.jsonl`) and Locust's own C
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -12,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1lab.bench.workloads import Request
+from r1lab.bench.workloads import write_workload  # noqa: F401 - re-exported (bench.cli, tests)
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -23,16 +22,6 @@ class LocustRun:
     stats_csv: Path
     returncode: int
     log: str
-
-
-def write_workload(path: str | Path, workload: list[Request] | list[tuple[bytes, int]]) -> Path:
-    """A workload as JSON lines for the locustfile: {"body": JSON text, "input_tokens": n}."""
-    p = Path(path)
-    with p.open("w") as f:
-        for r in workload:
-            body, n = (r.body, r.input_tokens) if isinstance(r, Request) else r
-            f.write(json.dumps({"body": body.decode(), "input_tokens": n}) + "\n")
-    return p
 
 
 def _free_port() -> int:

@@ -18,7 +18,6 @@ from locust import User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
 import itertools
-import json
 import os
 import socket
 import time
@@ -30,6 +29,7 @@ from r1lab.bench.client import API_PATHS, Raw, request_bytes_plain
 from r1lab.bench.metrics import request_latencies
 from r1lab.bench.records import RecordWriter, build_record, clock_offset
 from r1lab.bench.sse import Framer, FramingError
+from r1lab.bench.workloads import read_workload
 
 _ = locust
 WORKLOAD: list[tuple[bytes, int]] = []
@@ -50,11 +50,7 @@ def _init(environment, **_kw) -> None:
     if not isinstance(environment.runner, MasterRunner):
         if not path:
             raise SystemExit("R1LAB_LOCUST_WORKLOAD is not set: point it at a workload JSON-lines file")
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    d = json.loads(line)
-                    WORKLOAD.append((d["body"].encode(), int(d["input_tokens"])))
+        WORKLOAD.extend(read_workload(path))
     out = _env("R1LAB_LOCUST_OUT")
     if out and not isinstance(environment.runner, WorkerRunner):
         _writer = RecordWriter(out)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from r1lab.bench.shapes import Shape
+from r1lab.bench.workloads import read_workload, write_workload
 
 _PKG = Path(__file__).resolve().parent
 
@@ -133,10 +134,7 @@ def run_remote(
     plan = {"url": url, "points": []}
     files = [(build_bundle(stage / "bundle.zip"), f"{remote_dir}/bundle.zip")]
     for i, p in enumerate(points):
-        bf = stage / f"bodies-{i}.jsonl"
-        with bf.open("w") as f:
-            for body, n in p["bodies"]:
-                f.write(json.dumps({"body": body.decode(), "input_tokens": n}) + "\n")
+        bf = write_workload(stage / f"bodies-{i}.jsonl", p["bodies"])
         files.append((bf, f"{remote_dir}/bodies-{i}.jsonl"))
         plan["points"].append({"scenario": p["scenario"], "shape": asdict(p["shape"]), "api": p.get("api", "completions"),
                                "timeout_s": p.get("timeout_s", 600.0), "seed": p.get("seed", 0),
@@ -182,8 +180,7 @@ def agent(plan_path: str) -> int:
 
     plan = json.loads(Path(plan_path).read_text())
     for p in plan["points"]:
-        bodies = [(json.loads(x)["body"].encode(), json.loads(x)["input_tokens"])
-                  for x in Path(p["bodies"]).read_text().splitlines() if x.strip()]  # fmt: skip
+        bodies = read_workload(p["bodies"])
         res = run_point(plan["url"], bodies, Shape(**p["shape"]), scenario=p["scenario"],
                         out=Path("load") / p["scenario"] / "requests.jsonl", api=p["api"], timeout_s=p["timeout_s"],
                         seed=p["seed"], keep_records=False)  # fmt: skip

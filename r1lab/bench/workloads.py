@@ -152,3 +152,25 @@ def build_workload(
 def bodies(workload: list[Request]) -> list[tuple[bytes, int]]:
     """What the load generator sends: (JSON body, input tokens) per request."""
     return [(r.body, r.input_tokens) for r in workload]
+
+
+def write_workload(path: str | Path, workload: list[Request] | list[tuple[bytes, int]]) -> Path:
+    """A workload as JSON lines (what the locustfile and the remote generator read): {"body": JSON text,
+    "input_tokens": n}."""
+    p = Path(path)
+    with p.open("w") as f:
+        for r in workload:
+            body, n = (r.body, r.input_tokens) if isinstance(r, Request) else r
+            f.write(json.dumps({"body": body.decode(), "input_tokens": n}) + "\n")
+    return p
+
+
+def read_workload(path: str | Path) -> list[tuple[bytes, int]]:
+    """The (JSON body, input tokens) pairs of a file `write_workload` wrote."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                out.append((d["body"].encode(), int(d["input_tokens"])))
+    return out

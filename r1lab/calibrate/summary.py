@@ -7,25 +7,11 @@
 
 from __future__ import annotations
 
-import json
 import statistics
-from pathlib import Path
 from typing import Any
 
 from r1lab.calibrate.gpu_bench import DATASHEET
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a bad line is an error naming file and line."""
-    out = []
-    p = Path(path)
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{p}:{i}: not valid JSON ({exc})") from None
-    return out
+from r1lab.perf.profile import read_jsonl  # noqa: F401 - re-exported: calibrate.cli and the docs use it here
 
 
 def _ok(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

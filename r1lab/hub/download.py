@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from r1lab.execution import kill_child_group
 from r1lab.hub.plan import DownloadPlan, HubError, fmt_bytes, plan_download
 from r1lab.progress import Progress
 from r1lab.secrets import SECRET_ENV_VARS, get_secret, redact, scrubbed_env
@@ -65,7 +64,7 @@ class LocalExec:
                 on_line(line.rstrip("\n"))
             return proc.wait()
         except BaseException:
-            _kill_group(proc)
+            kill_child_group(proc, grace=5.0)
             raise
 
 
@@ -90,19 +89,6 @@ def ssh_exec(pod: Any, *, timeout_s: float | None = None) -> PodExec:
         return 255 if result.exit_code is None else int(result.exit_code)
 
     return run
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @dataclass(frozen=True)

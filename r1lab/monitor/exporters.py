@@ -8,38 +8,43 @@ import shlex
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from r1lab.execution import Background, Executor, LocalExecutor
+from r1lab.execution import Background, Executor, LocalExecutor, free_port
 from r1lab.teardown import Ledger
 
 NODE_EXPORTER_LOCAL = "/usr/bin/prometheus-node-exporter"
-_FREE_PORT = (
-    "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])\""
-)
 
 
-def free_port(executor: Executor) -> int:
-    """A port free on the executor's host right now (bind 0 there, release, report)."""
-    return int(executor.run(_FREE_PORT, timeout=30).output.strip().splitlines()[-1])
+def poll_ok(url: str, alive: Callable[[], bool], timeout: float, interval: float = 0.2) -> tuple[str, str]:
+    """GET `url` every `interval` s until it answers 200 ("ok"), `alive()` turns false ("exited") or `timeout` s
+    pass ("timeout"); returns that outcome and the last connection error."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not alive():
+            return "exited", last
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return "ok", ""
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(interval)
+    return "timeout", last
 
 
 def wait_metrics(executor: Executor, port: int, proc: Background, timeout: float = 30.0) -> None:
     """Until http://127.0.0.1:port/metrics answers 200 on that host (through the executor's forward)."""
-    deadline = time.monotonic() + timeout
     with executor.forward(port) as local_port:
-        while time.monotonic() < deadline:
-            if not executor.alive(proc.pid):
-                tail = executor.run(f"tail -n 20 {shlex.quote(proc.log)}", check=False).output
-                raise RuntimeError(f"exporter `{proc.command}` on {executor.name} exited:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{local_port}/metrics", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-    raise RuntimeError(f"exporter `{proc.command}` on {executor.name}: no /metrics after {timeout:.0f}s")
+        url = f"http://127.0.0.1:{local_port}/metrics"
+        outcome, _ = poll_ok(url, lambda: executor.alive(proc.pid), timeout)
+        if outcome == "exited":
+            tail = executor.run(f"tail -n 20 {shlex.quote(proc.log)}", check=False).output
+            raise RuntimeError(f"exporter `{proc.command}` on {executor.name} exited:\n{tail}")
+    if outcome != "ok":
+        raise RuntimeError(f"exporter `{proc.command}` on {executor.name}: no /metrics after {timeout:.0f}s")
 
 
 def _record(ledger: Ledger | None, executor: Executor, proc: Background, name: str, port: int) -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r1lab.execution import Background, CommandError, Executor, LocalExecutor
+from r1lab.execution import Background, CommandError, Executor, LocalExecutor, free_port
+from r1lab.monitor.exporters import poll_ok
 from r1lab.monitor.targets import Target, render_config
 from r1lab.teardown import Ledger
 
@@ -27,9 +28,6 @@ INSTALL_ON_POD = (
     "command -v prometheus >/dev/null 2>&1 || "
     "(export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
     "apt-get install -y -qq --no-install-recommends prometheus prometheus-node-exporter >/dev/null)"
-)
-_FREE_PORT = (
-    "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])\""
 )
 
 
@@ -80,22 +78,16 @@ class Prometheus:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll /-/ready until 200, while checking the process still lives; a clear error otherwise."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise PrometheusError(
-                    f"prometheus on {self.executor.name} exited during start-up; log {self.process.log}:\n"
-                    f"{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError) as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise PrometheusError(f"prometheus on {self.executor.name} not ready after {timeout:.0f}s ({last})")
+        outcome, last = poll_ok(f"{self.url}/-/ready", self.alive, timeout)
+        if outcome == "exited":
+            raise PrometheusError(
+                f"prometheus on {self.executor.name} exited during start-up; log {self.process.log}:\n"
+                f"{self.log_tail()}"
+            )
+        if outcome != "ok":
+            raise PrometheusError(
+                f"prometheus on {self.executor.name} not ready after {timeout:.0f}s ({last})"
+            )
 
     def wait_scraped(self, n_targets: int, timeout: float = 30.0) -> None:
         """Wait until `n_targets` targets have been scraped at least once (healthy or not)."""
@@ -153,7 +145,7 @@ def start(
     _write_text(executor, config, config_text)
     last_error: Exception | None = None
     for _attempt in range(3):  # a free port can be taken between probing and binding: retry with another
-        port = int(executor.run(_FREE_PORT, timeout=30).output.strip().splitlines()[-1])
+        port = free_port(executor)
         cmd = command(config, f"{workdir}/data", port, binary)
         proc = executor.start(cmd, log=f"{workdir}/prometheus.log")
         ledger_id = None

@@ -361,8 +361,10 @@ class Efficiency:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a bad line is an error naming file and line."""
     out = []
+    path = Path(path)
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
@@ -375,9 +377,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 def profile_from_calibration_dir(directory: str | Path, gpu: str, measured: str, source: str = "") -> Profile:
     """Convert ../shared/calibration/<name>/ (gemm.jsonl, ar.jsonl, smi.txt) into a Profile."""
     d = Path(directory)
-    recs = _jsonl(d / "gemm.jsonl")
+    recs = read_jsonl(d / "gemm.jsonl")
     if (d / "ar.jsonl").exists():
-        recs += _jsonl(d / "ar.jsonl")
+        recs += read_jsonl(d / "ar.jsonl")
     dev = next((r for r in recs if r.get("kind") == "device"), {})
     copy = next((r for r in recs if r.get("kind") == "hbm_copy"), None)
     if copy is None:
@@ -421,7 +423,7 @@ def profile_from_records(path: str | Path) -> Profile:
     """A profile from the records `r1lab calibrate` writes (gpu_bench.py, one JSON object per measurement),
     keeping every GEMM that ran without error, block-scaled FP8 (`fp8_block`) included; times are queued."""
     p = Path(path)
-    recs = [r for r in _jsonl(p) if not r.get("error")]
+    recs = [r for r in read_jsonl(p) if not r.get("error")]
     meta = next((r for r in recs if r.get("kind") == "meta"), None)
     if meta is None:
         raise ValueError(f"{p}: no 'meta' record (not a records file of r1lab calibrate)")

@@ -25,7 +25,6 @@ import importlib
 import itertools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -34,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from r1lab.execution import kill_child_group
 
 
 @dataclass
@@ -154,7 +155,7 @@ class LocalSshdBackend:
                 start_new_session=True,
             )
             log.close()
-            if _wait_listening("127.0.0.1", port, proc, 5.0):
+            if wait_sshd("127.0.0.1", port, proc, 5.0):
                 with self._lock:
                     self._procs[pod_id] = proc
                 ports = {"22/tcp": port}
@@ -162,7 +163,7 @@ class LocalSshdBackend:
                     if p != "22/tcp":
                         ports[p] = free_port()
                 return PodHost(ip="127.0.0.1", ports=ports, username=getpass.getuser(), meta={"dir": str(d)})
-            _kill(proc)
+            kill_child_group(proc, grace=3.0)
             if attempt == 4:
                 raise RuntimeError(f"sshd for pod {pod_id} did not start: see {d / 'sshd.log'}")
         raise AssertionError("unreachable")
@@ -171,7 +172,7 @@ class LocalSshdBackend:
         with self._lock:
             proc = self._procs.pop(pod_id, None)
         if proc is not None:
-            _kill(proc)
+            kill_child_group(proc, grace=3.0)
 
     def terminate(self, pod_id: str) -> None:
         self.stop(pod_id)
@@ -190,32 +191,20 @@ class LocalSshdBackend:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+def wait_sshd(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Until an SSH server greets on host:port (its `SSH-` banner) while `proc`, which starts it, still runs."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
         try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
+            with socket.create_connection((host, port), timeout=0.5) as s:
+                if s.recv(4).startswith(b"SSH"):
+                    return True
         except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
             pass
-        proc.wait(timeout=3)
+        time.sleep(0.05)
+    return False
 
 
 def make_backend(name: str, work_dir: str | Path | None = None) -> PodBackend:

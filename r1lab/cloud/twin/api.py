@@ -28,6 +28,7 @@ from typing import Any
 
 from r1lab.cloud.twin import network
 from r1lab.cloud.twin.netns import MOUNTPOINTS, kill_netns_processes, release_mountpoints
+from r1lab.secrets import scrubbed_env
 
 
 class TwinError(RuntimeError):
@@ -166,7 +167,7 @@ class Twin:
         cmd += ["--network", network_kind]
         if link_mbit is not None:
             cmd += ["--link-mbit", str(link_mbit)]
-        env = {k: v for k, v in os.environ.items() if k not in ("RUNPOD_API_KEY", "HF_TOKEN")}
+        env = scrubbed_env()  # the daemon and its pods see none of the researcher's secrets
         pkg_root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with open(twin.state_dir / "daemon.log", "ab") as log:

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -55,6 +54,16 @@ def _bind_through(home: Path) -> list[str]:
             continue
         out.append(str(home / rel.parts[0]))
     return sorted(set(out))
+
+
+def _tmp_through() -> list[str]:
+    """The venv and project checkout when they live under /tmp (a CI clone, say): bound through the pod's
+    private /tmp, else the pods' PATH points at a venv they cannot see."""
+    out: set[str] = set()
+    for p in {Path(os.path.realpath(sys.prefix)), Path(_package_root())}:
+        if p.is_relative_to("/tmp") and p != Path("/tmp"):
+            out.add(str(p))
+    return sorted(p for p in out if not any(p != q and Path(p).is_relative_to(q) for q in out))
 
 
 class PodHosts:
@@ -192,6 +201,7 @@ class PodHosts:
             "host_home": host_home,
             "bind_through": _bind_through(Path(host_home)),
             "tmp": str(tmp),
+            "tmp_through": _tmp_through(),
             "hosts_file": str(self.hosts_file),
             "mounts": mounts,
             "sshd": self.sshd,
@@ -207,16 +217,10 @@ class PodHosts:
                 start_new_session=True, cwd="/", env={"PATH": STD_PATH, "PYTHONPATH": _package_root()},
             )  # fmt: skip
         info["proc"] = proc
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            try:
-                with socket.create_connection((info["ip"], 22), timeout=0.5) as s:
-                    if s.recv(4).startswith(b"SSH"):
-                        return
-            except OSError:
-                time.sleep(0.05)
+        from r1lab.cloud.emulator.backends import wait_sshd  # loaded where pods are made (see the imports)
+
+        if wait_sshd(info["ip"], 22, proc, 20):
+            return
         tail = (d / "init.log").read_text(errors="replace")[-1500:]
         self._kill(pod["id"], info)
         raise PodStartError(

@@ -45,12 +45,16 @@ def setup(cfg: dict) -> None:
         os.makedirs(path, exist_ok=True)
     _mount("--rbind", str(home), stage["home"])
     _mount("--bind", cfg["tmp"], stage["tmp"])
+    for src in cfg.get("tmp_through", []):  # the venv / checkout under the host's /tmp, seen at the same path
+        dst = Path(stage["tmp"]) / Path(src).relative_to("/tmp")
+        dst.mkdir(parents=True, exist_ok=True)
+        _mount("--bind", src, str(dst))
     _mount("--bind", cfg["sshd_dir"], stage["sshd"])
     _mount("--bind", cfg["hosts_file"], "/etc/hosts")
     for src, dst in cfg.get("mounts", []):
         _mount("--bind", src, dst)
     _mount("--rbind", stage["home"], cfg["host_home"])
-    _mount("--bind", stage["tmp"], "/tmp")
+    _mount("--rbind", stage["tmp"], "/tmp")
 
 
 def main(argv: list[str]) -> int:
