@@ -173,7 +173,9 @@ def test_abort_at_every_step_leaves_nothing(emulator, tmp_path, mode):
             assert r["rc"] != 0 and "KeyboardInterrupt" in r["output"], where
         else:
             assert r["rc"] == -signal.SIGKILL, where
-            assert r["reap"].returncode == 0 and "listed again: 0 left" in r["reap"].stdout, r["reap"].stdout
+            assert r["reap"].returncode == 0 and "listed again: 0 left" in r["reap"].stdout, (
+                r["reap"].stdout + r["reap"].stderr
+            )
             assert KEY not in r["reap"].stdout + r["reap"].stderr
         if mode != "sigkill" and step != "ssh-key":
             assert "teardown:" in r["output"] and "0 failed" in r["output"], where

@@ -224,21 +224,13 @@ def reap(
     if dry_run:
         report.deleted = list(report.found)
         return report
-    keys = {ssh_key_id(k): k for k in client.get_ssh_keys()}
     # clusters and pods first: a volume cannot go while a pod holds it
     for kind in (KIND_CLUSTER, KIND_POD, KIND_VOLUME, KIND_SSH_KEY):
         for k, rid, name in report.found:
             if k != kind:
                 continue
             try:
-                if kind == KIND_CLUSTER:
-                    client.delete_cluster(rid)
-                elif kind == KIND_POD:
-                    client.terminate_pod(rid)
-                elif kind == KIND_SSH_KEY:
-                    client.remove_ssh_key(keys[rid])
-                else:
-                    delete_volume({"id": rid, "name": name, "meta": {"api_base": client.base_url}}, Path("."))
+                _delete(client, k, rid, name)
                 report.deleted.append((k, rid, name))
             except CloudError as exc:
                 report.failed.append((k, rid, name, str(exc)))
@@ -247,8 +239,30 @@ def reap(
         report.remaining = _listing(client, prefix)
         if not report.remaining or time.monotonic() >= deadline:
             break
+        # The account's SSH keys are one list that PUT replaces whole: another r1lab process adding its own key
+        # at the same moment can write ours back (a lost update). Delete what reappeared again.
+        for k, rid, name in report.remaining:
+            if k == KIND_SSH_KEY:
+                try:
+                    _delete(client, k, rid, name)
+                except CloudError:
+                    pass
         time.sleep(1.0)
     return report
+
+
+def _delete(client: RunPodClient, kind: str, rid: str, name: str) -> None:
+    """Delete one resource found by reap (gone already counts as done)."""
+    if kind == KIND_CLUSTER:
+        client.delete_cluster(rid)
+    elif kind == KIND_POD:
+        client.terminate_pod(rid)
+    elif kind == KIND_SSH_KEY:
+        key = {ssh_key_id(k): k for k in client.get_ssh_keys()}.get(rid)
+        if key is not None:
+            client.remove_ssh_key(key)
+    else:
+        delete_volume({"id": rid, "name": name, "meta": {"api_base": client.base_url}}, Path("."))
 
 
 def mark_reaped(outputs: Path, run_id: str | None, report: ReapReport) -> list[Path]:
