@@ -162,7 +162,9 @@ def left_over(url: str, run_id: str) -> list[str]:
 def test_abort_at_every_step_leaves_nothing(emulator, tmp_path, mode):
     url = emulator["url"]
     (tmp_path / "runner.py").write_text(RUNNER)
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    # One abort at a time: concurrent runs on one account race on its SSH-key list (PUT replaces it whole, a lost
+    # update RunPod's API cannot prevent; teardown and reap re-check for it), which is not what this test is about.
+    with ThreadPoolExecutor(max_workers=1) as pool:
         results = list(pool.map(lambda s: abort_once(url, tmp_path, s, mode), STEPS))
     for step, r in zip(STEPS, results, strict=True):
         where = f"{mode} at {step}:\n{r['output'][-3000:]}"

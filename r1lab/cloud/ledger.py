@@ -108,9 +108,22 @@ def delete_cluster(entry: dict[str, Any], run_dir: Path) -> None:
     client.delete_cluster(entry["id"])
 
 
-def delete_ssh_key(entry: dict[str, Any], run_dir: Path) -> None:
-    """Remove the run's public key from the account (hygiene; it costs nothing)."""
-    client_for(entry).remove_ssh_key(entry["meta"]["public_key"])
+def delete_ssh_key(entry: dict[str, Any], run_dir: Path, settle_s: float = 3.0) -> None:
+    """Remove the run's public key from the account (hygiene; it costs nothing).
+
+    The account's keys are one list that PUT replaces whole, so another r1lab process registering its key at the
+    same moment can write ours back (a lost update the API gives no way to prevent). Check again for a few
+    seconds and remove it again if it reappears; `r1lab reap` does the same."""
+    client = client_for(entry)
+    fields = entry["meta"]["public_key"].strip().split()[:2]
+    deadline = time.monotonic() + settle_s
+    while True:
+        client.remove_ssh_key(entry["meta"]["public_key"])
+        time.sleep(0.5)
+        if not any(k.split()[:2] == fields for k in client.get_ssh_keys()) and time.monotonic() >= deadline:
+            return
+        if time.monotonic() >= deadline + settle_s:
+            return  # still being written back: reap will list and retry
 
 
 def register_handlers() -> None:
