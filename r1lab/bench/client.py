@@ -1,7 +1,8 @@
 """A lean asyncio HTTP/1.1 streaming client whose hot path only stamps and stores.
 
-Per request it keeps `(perf_counter, bytes)` for every read and lets `sse.Framer` find the end of the response;
-parsing happens later (`sse.parse_response`), in another process when run by `workers`. The send is stamped when
+Per request it keeps `(receive time, bytes)` for every read (the kernel's receive stamp on plain HTTP on Linux,
+else perf_counter when the read ran) and lets `sse.Framer` find the end of the response; parsing happens later
+(`sse.parse_response`), in another process when run by `workers`. The send is stamped when
 the last byte of the request has been handed to the kernel (write buffer drained), not when a coroutine decided
 to send. Connections are opened ahead of time and kept alive, so connection setup is never inside a TTFT.
 """
@@ -186,14 +187,15 @@ _TIMESPEC = _struct.Struct("@qq")
 
 
 class StampedConnection:
-    """A plain-TCP connection whose reads carry the kernel's receive time (SO_TIMESTAMPNS, Linux).
+    """A plain-TCP connection whose reads carry the kernel's receive time (SO_TIMESTAMPNS, Linux): the default.
 
     TCP returns the arrival time of the last segment copied, so a read is stamped when its bytes reached this
-    machine, not when this process got to them. Limit (measured, tests/test_bench_client.py): segments that queue
-    while the reader is stalled are merged by the kernel, which keeps the newest arrival time, so inside a stall
-    stamps are bounded by the last arrival (never later than a user-space stamp, not each chunk's own time); and
-    it costs more CPU per read than uvloop's C read path (benchmarks/loadgen_capacity.py --kernel-stamps), so it
-    is opt-in. Keeping the client from stalling (enough worker processes) is what makes per-chunk times exact.
+    machine, not when this process got to them: a client that is a few ms late (a busy core, a collector pause)
+    still records exact times. Limit (measured, tests/test_bench_client.py): segments that queue while the reader
+    is stalled for longer than an inter-token gap are merged by the kernel, which keeps the newest arrival time,
+    so inside such a stall stamps are bounded by the last arrival (never later than a user-space stamp). TLS
+    decrypts in user space, so https endpoints use the protocol path (`Connection`, user-space stamps).
+    benchmarks/loadgen_capacity.py compares both (`--user-stamps`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: _socket.socket, rt_to_perf: float) -> None:
@@ -294,6 +296,8 @@ class StampedConnection:
         self.raw = raw
         self.waiter = self.loop.create_future()
         self.timer = self.loop.call_later(timeout_s, self._timeout)
+        # per request: a step of the wall clock cannot skew later stamps
+        self.rt_to_perf = time.time() - perf_counter()
         try:
             n = self.sock.send(payload)
         except (BlockingIOError, InterruptedError):
@@ -335,7 +339,7 @@ class Client:
         timeout_s: float = 600.0,
         connect_timeout_s: float = 30.0,
         verify_tls: bool = True,
-        kernel_stamps: bool = False,
+        kernel_stamps: bool = True,
     ) -> None:
         self.ep = Endpoint.parse(url)
         self.api_key = api_key

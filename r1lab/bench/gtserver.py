@@ -3,8 +3,8 @@
 It answers `/v1/completions` and `/v1/chat/completions` (stream only) with the first token `ttft_ms` after the
 request arrived and one token every `itl_ms` after that, `max_tokens` tokens in all, then a usage chunk and
 `data: [DONE]`. For every request it logs (CLOCK_MONOTONIC seconds, shared with the client processes) when the
-request was complete, when each chunk was handed to the kernel, and whether any write had to queue in user space.
-The log is written on SIGTERM/SIGINT. Several processes can share the port (SO_REUSEPORT).
+request's last byte reached this machine (the kernel's receive stamp), when each chunk was handed to the kernel,
+and whether any write had to queue in user space. The log is written on SIGTERM/SIGINT. Several processes can share the port (SO_REUSEPORT).
 Used by benchmarks/loadgen_capacity.py and the tests; `python -m r1lab.bench.gtserver --help`.
 """
 
@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -43,30 +44,51 @@ class _Req:
         self.queued = 0
 
 
-class GtProtocol(asyncio.Protocol):
-    def __init__(self, srv: Server) -> None:
-        self.srv = srv
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_CMSG_SPACE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
+_TIMESPEC = struct.Struct("@qq")
+
+
+class _Conn:
+    """One client connection on a raw non-blocking socket: the hot path is one send() per chunk.
+
+    Requests are read with recvmsg, so each carries the kernel's arrival time (SO_TIMESTAMPNS): the truth's TTFT
+    starts when the request reached this machine, not when this (possibly busy) process got round to it."""
+
+    __slots__ = ("srv", "sock", "fd", "buf", "out", "req", "closed", "writing")
+
+    def __init__(self, srv: Server, sock: socket.socket) -> None:
+        self.srv, self.sock, self.fd = srv, sock, sock.fileno()
         self.buf = b""
-        self.transport: asyncio.Transport | None = None
+        self.out = b""
         self.req: _Req | None = None
+        self.closed = False
+        self.writing = False
+        srv.loop.add_reader(self.fd, self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.req is not None:
-            self.srv.finish(self.req, aborted=True)
-            self.req = None
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
+    def _readable(self) -> None:
+        try:
+            data, anc, _, _ = self.sock.recvmsg(65536, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        t = perf_counter()
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+                sec, nsec = _TIMESPEC.unpack_from(payload)
+                # CLOCK_REALTIME -> CLOCK_MONOTONIC with an offset taken now (a clock step cannot skew it)
+                t = min(t, sec + nsec * 1e-9 - (time.time() - perf_counter()))
         self.buf += data
-        while True:
+        while not self.closed:
             i = self.buf.find(b"\r\n\r\n")
             if i < 0:
                 return
-            head = self.buf[:i].decode("latin-1")
-            lines = head.split("\r\n")
+            lines = self.buf[:i].decode("latin-1").split("\r\n")
             method, path = (lines[0].split(" ") + ["", ""])[:2]
             headers = {}
             for line in lines[1:]:
@@ -77,34 +99,124 @@ class GtProtocol(asyncio.Protocol):
                 return
             body = self.buf[i + 4 : i + 4 + n]
             self.buf = self.buf[i + 4 + n :]
-            self.handle(method, path, headers, body)
+            self.srv.handle(self, t, method, path, headers, body)
 
-    def _reply(self, status: str, obj: Any) -> None:
+    def write(self, data: bytes) -> bool:
+        """Hand `data` to the kernel now; True if some of it had to wait in user space."""
+        if self.closed:
+            return False
+        if self.out:
+            self.out += data
+            return True
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self.close()
+            return False
+        if n == len(data):
+            return False
+        self.out = data[n:]
+        if not self.writing:
+            self.writing = True
+            self.srv.loop.add_writer(self.fd, self._writable)
+        return True
+
+    def _writable(self) -> None:
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.out = self.out[n:]
+        if not self.out:
+            self.writing = False
+            self.srv.loop.remove_writer(self.fd)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.srv.loop.remove_reader(self.fd)
+        if self.writing:
+            self.srv.loop.remove_writer(self.fd)
+        self.sock.close()
+        if self.req is not None:
+            self.srv.finish(self.req, aborted=True)
+            self.req = None
+
+
+class Server:
+    """The per-process server: accepts connections, answers requests, emits tokens on schedule, keeps the log."""
+
+    def __init__(self, ttft_ms: float, itl_ms: float, model: str, fail_every: int, reasoning: bool) -> None:
+        self.ttft, self.itl = ttft_ms / 1000.0, itl_ms / 1000.0
+        self.model, self.fail_every, self.reasoning = model, fail_every, reasoning
+        self.seq = 0
+        self.log: list[dict[str, Any]] = []
+        self.loop = asyncio.get_event_loop()
+        self.conns: set[_Conn] = set()
+        self.wheel: dict[int, list[tuple[float, _Conn]]] = {}  # ms slot -> (due time, connection)
+        self.done = int(perf_counter() * 1000.0)  # every slot <= this has been run
+        self.armed = 1 << 62  # the slot the pending timer is for (0: a turn is running; 1 << 62: none)
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- connections and requests --
+    def serve(self, lsock: socket.socket) -> None:
+        self.lsock = lsock
+        self.loop.add_reader(lsock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                pass  # no kernel stamps here: reads are stamped in user space
+            self.conns.add(_Conn(self, sock))
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.lsock.fileno())
+        for c in list(self.conns):
+            c.close()
+
+    def _reply(self, conn: _Conn, status: str, obj: Any) -> None:
         payload = json.dumps(obj).encode()
-        self.transport.write(  # type: ignore[union-attr]
+        conn.write(
             f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
-        t_recv = perf_counter()
+    def handle(
+        self, conn: _Conn, t_recv: float, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> None:
         if method == "GET" and path in ("/health", "/v1/health"):
-            return self._reply("200 OK", {"status": "ok"})
+            return self._reply(conn, "200 OK", {"status": "ok"})
         if method == "GET" and path == "/v1/models":
             return self._reply(
-                "200 OK", {"object": "list", "data": [{"id": self.srv.model, "object": "model"}]}
+                conn, "200 OK", {"object": "list", "data": [{"id": self.model, "object": "model"}]}
             )
         if method != "POST" or path not in ("/v1/completions", "/v1/chat/completions"):
-            return self._reply("404 Not Found", {"error": {"message": f"no route {method} {path}"}})
+            return self._reply(conn, "404 Not Found", {"error": {"message": f"no route {method} {path}"}})
         try:
             req = json.loads(body)
         except ValueError:
-            return self._reply("400 Bad Request", {"error": {"message": "body is not JSON"}})
+            return self._reply(conn, "400 Bad Request", {"error": {"message": "body is not JSON"}})
         if not req.get("stream"):
-            return self._reply("400 Bad Request", {"error": {"message": "this server only streams"}})
+            return self._reply(conn, "400 Bad Request", {"error": {"message": "this server only streams"}})
         r = _Req()
-        r.rid = headers.get("x-request-id") or f"gt-{self.srv.seq}"
-        self.srv.seq += 1
+        r.rid = headers.get("x-request-id") or f"gt-{self.seq}"
+        self.seq += 1
         r.t_recv = t_recv
         r.n = int(req.get("max_tokens") or 16)
         r.left = r.n
@@ -112,18 +224,18 @@ class GtProtocol(asyncio.Protocol):
         r.usage = bool((req.get("stream_options") or {}).get("include_usage"))
         prompt = req.get("prompt") if r.api == "completions" else json.dumps(req.get("messages"))
         r.prompt_tokens = len(str(prompt).split())
-        r.fail_at = r.n // 2 if self.srv.fail_every and self.srv.seq % self.srv.fail_every == 0 else -1
-        r.reasoning = self.srv.reasoning
+        r.fail_at = r.n // 2 if self.fail_every and self.seq % self.fail_every == 0 else -1
+        r.reasoning = self.reasoning
         r.prefix = (
             b'data: {"id":"%s","object":"text_completion","model":"%s","choices":[{"index":0,"text":" t'
             % (
                 r.rid.encode(),
-                self.srv.model.encode(),
+                self.model.encode(),
             )
         )
-        self.req = r
-        self.transport.write(HEAD_OK)  # type: ignore[union-attr]
-        self.srv.at(t_recv + self.srv.ttft, self)
+        conn.req = r
+        conn.write(HEAD_OK)
+        self.at(t_recv + self.ttft, conn)
 
     def _token(self, r: _Req, i: int) -> bytes:
         if r.api == "completions":  # the hot case: no JSON encoder per chunk
@@ -135,21 +247,20 @@ class GtProtocol(asyncio.Protocol):
         obj = {
             "id": r.rid,
             "object": "chat.completion.chunk",
-            "model": self.srv.model,
+            "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
         }
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
-    def tick(self, when: float) -> None:
-        r, tr = self.req, self.transport
-        if r is None or tr is None:
+    def tick(self, conn: _Conn, when: float) -> None:
+        r = conn.req
+        if r is None or conn.closed:
             return
         i = r.n - r.left
         if i == r.fail_at:
             payload = (
                 _chunk(
-                    b'data: {"error":{"message":"injected failure","type":"InternalServerError",'
-                    b'"code":500}}\n\n'
+                    b'data: {"error":{"message":"injected failure","type":"InternalServerError","code":500}}\n\n'
                 )
                 + _chunk(b"data: [DONE]\n\n")
                 + b"0\r\n\r\n"
@@ -160,86 +271,60 @@ class GtProtocol(asyncio.Protocol):
             r.left -= 1
             if r.left == 0:
                 if r.usage:
-                    usage = {
-                        "prompt_tokens": r.prompt_tokens,
-                        "completion_tokens": r.n,
-                        "total_tokens": r.prompt_tokens + r.n,
-                    }
-                    payload += _chunk(
-                        b"data: "
-                        + json.dumps({"id": r.rid, "choices": [], "usage": usage}).encode()
-                        + b"\n\n"
-                    )
+                    usage = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.n,
+                             "total_tokens": r.prompt_tokens + r.n}  # fmt: skip
+                    payload += _chunk(b"data: " + json.dumps({"id": r.rid, "choices": [], "usage": usage}).encode()
+                                      + b"\n\n")  # fmt: skip
                 payload += _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
         t = perf_counter()
-        tr.write(payload)
-        r.sent.append(t)
-        if tr.get_write_buffer_size():
+        if conn.write(payload):
             r.queued += 1
+        r.sent.append(t)
         if r.left == 0:
-            self.srv.finish(r)
-            self.req = None
+            self.finish(r)
+            conn.req = None
             return
-        self.srv.at(when + self.srv.itl, self)
+        self.at(when + self.itl, conn)
 
-
-class Server:
-    """The per-process server state: timing, the log, counters."""
-
-    def __init__(self, ttft_ms: float, itl_ms: float, model: str, fail_every: int, reasoning: bool) -> None:
-        self.ttft, self.itl = ttft_ms / 1000.0, itl_ms / 1000.0
-        self.model, self.fail_every, self.reasoning = model, fail_every, reasoning
-        self.seq = 0
-        self.log: list[dict[str, Any]] = []
-        self.loop = asyncio.get_event_loop()
-        self.wheel: dict[int, list[tuple[float, GtProtocol]]] = {}  # ms slot -> (due time, stream)
-        self.k = 0  # the slot the pending turn is for
-        self.handle: asyncio.TimerHandle | None = None
-        self.turning = False
-
-    def at(self, when: float, proto: GtProtocol) -> None:
-        """Run proto.tick(when) in the first 1 ms slot at or after `when`: one timer for all streams instead of
-        one per chunk. Nominal times stay exact (no drift builds up) and the log keeps the real send times."""
-        key = int(when * 1000.0) + 1
+    # -- the timing wheel: one timer for all streams --
+    def at(self, when: float, conn: _Conn) -> None:
+        """Run tick(conn, when) in the first 1 ms slot at or after `when` (never a slot already run). Nominal
+        times stay exact (no drift builds up); the log keeps the real send times."""
+        key = max(int(when * 1000.0) + 1, self.done + 1)
         slot = self.wheel.get(key)
         if slot is None:
-            self.wheel[key] = [(when, proto)]
+            self.wheel[key] = [(when, conn)]
+            if key < self.armed:  # (inside a turn `armed` is 0: the turn arms the earliest slot when it ends)
+                self._arm(key)
         else:
-            slot.append((when, proto))
-        if not self.turning and (self.handle is None or key < self.k):
-            self._arm(key)
+            slot.append((when, conn))
 
     def _arm(self, key: int) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        self.k = key
-        self.handle = self.loop.call_later(max(0.0, key / 1000.0 - perf_counter()), self._turn)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.armed = key
+        self.timer = self.loop.call_later(max(0.0, key / 1000.0 - perf_counter()), self._turn)
 
     def _turn(self) -> None:
-        self.handle = None
-        self.turning = True
-        try:
-            now = int(perf_counter() * 1000.0)
-            wheel = self.wheel
-            for key in sorted(k for k in wheel if k <= now):
-                for when, proto in wheel.pop(key):
-                    proto.tick(when)
-        finally:
-            self.turning = False
-        if self.wheel:
-            self._arm(min(self.wheel))
+        self.timer, self.armed = None, 0
+        now = int(perf_counter() * 1000.0)
+        wheel = self.wheel
+        while wheel:
+            key = min(wheel)
+            if key > now:
+                break
+            self.done = key
+            for when, conn in wheel.pop(key):
+                self.tick(conn, when)  # schedules into slots > self.done
+        self.done = max(self.done, now)
+        if wheel:
+            self._arm(min(wheel))
+        else:
+            self.armed = 1 << 62
 
     def finish(self, r: _Req, aborted: bool = False) -> None:
-        self.log.append(
-            {
-                "id": r.rid,
-                "t_recv": r.t_recv,
-                "sent": r.sent,
-                "queued": r.queued,
-                "aborted": aborted,
-                "n": r.n,
-            }
-        )
+        self.log.append({"id": r.rid, "t_recv": r.t_recv, "sent": r.sent, "queued": r.queued, "aborted": aborted,
+                         "n": r.n})  # fmt: skip
 
 
 def _serve(sock: socket.socket, args: argparse.Namespace, log_path: str | None) -> None:
@@ -252,12 +337,12 @@ def _serve(sock: socket.socket, args: argparse.Namespace, log_path: str | None) 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     srv = Server(args.ttft_ms, args.itl_ms, args.model, args.fail_every, args.reasoning)
-    server = loop.run_until_complete(loop.create_server(lambda: GtProtocol(srv), sock=sock, backlog=8192))
+    srv.serve(sock)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.run_until_complete(stop.wait())
-    server.close()
+    srv.close()
     if log_path:
         with open(log_path, "w") as f:
             f.write(

@@ -135,7 +135,7 @@ def run_point(
     keep_records: bool = True,
     verify_tls: bool = True,
     start_delay_s: float = 0.2,
-    kernel_stamps: bool = False,
+    kernel_stamps: bool = True,
 ) -> PointResult:
     """Run `shape` against `url` with request bodies `(json bytes, input tokens)`; append records to `out`
     (a requests.jsonl path). `workers` 0 picks a count from the shape."""

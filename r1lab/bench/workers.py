@@ -4,15 +4,20 @@ streams raw results to the parent in batches; it never parses. The parent (`load
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import pickle
+import socket
+import struct
 import time
+from collections import deque
 from typing import Any
 
 from r1lab.bench.client import Client, Raw
 
 perf_counter = time.perf_counter
 FLUSH_S = 0.02
+_HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header (messages < 2 GiB)
 
 
 def _pack(raw: Raw) -> tuple:
@@ -71,7 +76,7 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
         api_key=os.environ.get(plan["api_key_env"]) if plan.get("api_key_env") else None,
         timeout_s=plan["timeout_s"],
         verify_tls=plan.get("verify_tls", True),
-        kernel_stamps=plan.get("kernel_stamps", False),
+        kernel_stamps=plan.get("kernel_stamps", True),
     )
     bodies: list[tuple[bytes, int]] = plan["bodies"]
     path, prefix, w, nworkers = plan["path"], plan["prefix"], plan["worker"], plan["workers"]
@@ -88,14 +93,35 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
     t0 = msg[1]
     results: list[Raw] = []
     lag = _Lag(loop)
+    # Batches go out on a non-blocking duplicate of the pipe, framed as multiprocessing's Connection frames them
+    # (4-byte big-endian length, then the pickle): a parent that is slow to read never stalls this event loop.
+    out = socket.socket(fileno=os.dup(conn.fileno()))
+    out.setblocking(False)
+    frames: deque[bytes] = deque()
+    wake = asyncio.Event()
+
+    def frame(obj: object) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        frames.append(_HEADER.pack(len(data)) + data)
+        wake.set()
 
     def flush() -> None:
         if results:
-            try:
-                conn.send_bytes(pickle.dumps([_pack(r) for r in results], protocol=pickle.HIGHEST_PROTOCOL))
-            except OSError:  # the parent is gone: nobody records what we measure, so stop loading the server
-                os._exit(3)
+            frame([_pack(r) for r in results])
             results.clear()
+
+    async def sender() -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            while frames:
+                try:
+                    await loop.sock_sendall(out, frames[0])
+                except (
+                    OSError
+                ):  # the parent is gone: nobody records what we measure, so stop loading the server
+                    os._exit(3)
+                frames.popleft()
 
     async def flusher() -> None:
         while True:
@@ -114,8 +140,12 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
         results.append(raw)
 
     await asyncio.sleep(max(0.0, t0 - perf_counter()))
+    gc.collect()
+    gc.freeze()  # what exists now is never scanned again
+    gc.disable()  # no collector pauses while streams run (the hot path makes no reference cycles)
     lag.start()
     ftask = asyncio.ensure_future(flusher())
+    stask = asyncio.ensure_future(sender())
     deadline = t0 + plan["duration_s"] if plan["duration_s"] is not None else None
     if plan["kind"] == "concurrency":
         count = plan["requests"]
@@ -156,7 +186,11 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
             await asyncio.gather(*list(tasks))
     ftask.cancel()
     flush()
-    conn.send(("done", lag.stop()))
+    frame(("done", lag.stop()))
+    while frames:
+        await asyncio.sleep(0.005)
+    stask.cancel()
+    out.close()
     client.close()
 
 
