@@ -142,7 +142,10 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
     await asyncio.sleep(max(0.0, t0 - perf_counter()))
     gc.collect()
     gc.freeze()  # what exists now is never scanned again
-    gc.disable()  # no collector pauses while streams run (the hot path makes no reference cycles)
+    # No collector pauses while streams run: the hot path makes no reference cycles (measured: gc.collect() found
+    # 0 unreachable objects after 30 s at 1,024 streams); an error's traceback cycle lives until this worker exits
+    # at the end of its load point.
+    gc.disable()
     lag.start()
     ftask = asyncio.ensure_future(flusher())
     stask = asyncio.ensure_future(sender())
