@@ -182,8 +182,18 @@ class Connection(asyncio.Protocol):
 
 
 SO_TIMESTAMPNS = getattr(_socket, "SO_TIMESTAMPNS", 35)
-_CMSG_SPACE = _socket.CMSG_SPACE(16) if hasattr(_socket, "CMSG_SPACE") else 0
+CMSG_SPACE = _socket.CMSG_SPACE(16) if hasattr(_socket, "CMSG_SPACE") else 0  # recvmsg's ancillary room
 _TIMESPEC = _struct.Struct("@qq")
+
+
+def kernel_receive_time(anc: list[tuple[int, int, bytes]], rt_to_perf: float) -> float | None:
+    """The kernel's receive stamp in a recvmsg's ancillary data (SO_TIMESTAMPNS, CLOCK_REALTIME) as a
+    perf_counter time (`rt_to_perf` = time.time() - perf_counter()), or None when the read carried none."""
+    for level, kind, payload in anc:
+        if level == _socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(payload)
+            return sec + nsec * 1e-9 - rt_to_perf
+    return None
 
 
 class StampedConnection:
@@ -228,7 +238,7 @@ class StampedConnection:
 
     def _readable(self) -> None:
         try:
-            data, anc, _, _ = self.sock.recvmsg(65536, _CMSG_SPACE)
+            data, anc, _, _ = self.sock.recvmsg(65536, CMSG_SPACE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -237,14 +247,11 @@ class StampedConnection:
         if not data:
             self._lost(None)
             return
-        t = None
-        for level, kind, payload in anc:
-            if level == _socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
-                sec, nsec = _TIMESPEC.unpack_from(payload)
-                t = sec + nsec * 1e-9 - self.rt_to_perf
-                self.kernel_stamps += 1
+        t = kernel_receive_time(anc, self.rt_to_perf)
         if t is None:
             t = perf_counter()
+        else:
+            self.kernel_stamps += 1
         raw = self.raw
         if raw is None or (self.waiter is not None and self.waiter.done()):
             self.close()  # bytes nobody asked for: the connection is not in a known state

@@ -16,13 +16,14 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from r1lab.bench.client import CMSG_SPACE, SO_TIMESTAMPNS, kernel_receive_time
 
 perf_counter = time.perf_counter
 HEAD_OK = (
@@ -44,18 +45,13 @@ class _Req:
         self.queued = 0
 
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_CMSG_SPACE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
-_TIMESPEC = struct.Struct("@qq")
-
-
 class _Conn:
     """One client connection on a raw non-blocking socket: the hot path is one send() per chunk.
 
     Requests are read with recvmsg, so each carries the kernel's arrival time (SO_TIMESTAMPNS): the truth's TTFT
     starts when the request reached this machine, not when this (possibly busy) process got round to it."""
 
-    __slots__ = ("srv", "sock", "fd", "buf", "out", "req", "closed", "writing")
+    __slots__ = ("srv", "sock", "fd", "buf", "out", "req", "closed")
 
     def __init__(self, srv: Server, sock: socket.socket) -> None:
         self.srv, self.sock, self.fd = srv, sock, sock.fileno()
@@ -63,12 +59,11 @@ class _Conn:
         self.out = b""
         self.req: _Req | None = None
         self.closed = False
-        self.writing = False
         srv.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
         try:
-            data, anc, _, _ = self.sock.recvmsg(65536, _CMSG_SPACE)
+            data, anc, _, _ = self.sock.recvmsg(65536, CMSG_SPACE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -78,11 +73,10 @@ class _Conn:
             self.close()
             return
         t = perf_counter()
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
-                sec, nsec = _TIMESPEC.unpack_from(payload)
-                # CLOCK_REALTIME -> CLOCK_MONOTONIC with an offset taken now (a clock step cannot skew it)
-                t = min(t, sec + nsec * 1e-9 - (time.time() - perf_counter()))
+        # realtime -> perf_counter with an offset taken now (a step of the wall clock cannot skew it)
+        arrived = kernel_receive_time(anc, time.time() - t)
+        if arrived is not None:
+            t = min(t, arrived)
         self.buf += data
         while not self.closed:
             i = self.buf.find(b"\r\n\r\n")
@@ -117,10 +111,8 @@ class _Conn:
             return False
         if n == len(data):
             return False
-        self.out = data[n:]
-        if not self.writing:
-            self.writing = True
-            self.srv.loop.add_writer(self.fd, self._writable)
+        self.out = data[n:]  # (a writer is registered exactly while `out` holds bytes)
+        self.srv.loop.add_writer(self.fd, self._writable)
         return True
 
     def _writable(self) -> None:
@@ -133,7 +125,6 @@ class _Conn:
             return
         self.out = self.out[n:]
         if not self.out:
-            self.writing = False
             self.srv.loop.remove_writer(self.fd)
 
     def close(self) -> None:
@@ -141,7 +132,7 @@ class _Conn:
             return
         self.closed = True
         self.srv.loop.remove_reader(self.fd)
-        if self.writing:
+        if self.out:
             self.srv.loop.remove_writer(self.fd)
         self.sock.close()
         if self.req is not None:

@@ -10,7 +10,6 @@ import pickle
 import socket
 import struct
 import time
-from collections import deque
 from typing import Any
 
 from r1lab.bench.client import Client, Raw
@@ -97,13 +96,11 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
     # (4-byte big-endian length, then the pickle): a parent that is slow to read never stalls this event loop.
     out = socket.socket(fileno=os.dup(conn.fileno()))
     out.setblocking(False)
-    frames: deque[bytes] = deque()
-    wake = asyncio.Event()
+    frames: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the last frame has been queued
 
     def frame(obj: object) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        frames.append(_HEADER.pack(len(data)) + data)
-        wake.set()
+        frames.put_nowait(_HEADER.pack(len(data)) + data)
 
     def flush() -> None:
         if results:
@@ -111,17 +108,11 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
             results.clear()
 
     async def sender() -> None:
-        while True:
-            await wake.wait()
-            wake.clear()
-            while frames:
-                try:
-                    await loop.sock_sendall(out, frames[0])
-                except (
-                    OSError
-                ):  # the parent is gone: nobody records what we measure, so stop loading the server
-                    os._exit(3)
-                frames.popleft()
+        while (data := await frames.get()) is not None:
+            try:
+                await loop.sock_sendall(out, data)
+            except OSError:  # the parent is gone: nobody records what we measure, so stop loading the server
+                os._exit(3)
 
     async def flusher() -> None:
         while True:
@@ -190,9 +181,8 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
     ftask.cancel()
     flush()
     frame(("done", lag.stop()))
-    while frames:
-        await asyncio.sleep(0.005)
-    stask.cancel()
+    frames.put_nowait(None)
+    await stask  # every frame handed to the kernel
     out.close()
     client.close()
 
