@@ -4,12 +4,17 @@ accuracy benchmark (benchmarks/loadgen_capacity.py) must itself be checked."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import time
 
 from r1lab.bench import gtserver
 from r1lab.bench.client import Client, Raw, completion_body
+from r1lab.bench.records import build_record
 
 
 def _stream(url: str, n: int, tokens: int) -> list[Raw]:
@@ -37,6 +42,8 @@ def test_every_stream_keeps_its_schedule_and_the_log_matches_what_arrived(tmp_pa
         assert r.error is None, r.error_detail
         t = truth[r.request_id]
         assert len(t["sent"]) == 12 and not t["aborted"]
+        rec = build_record(r, scenario="s", point="p", worker=0, concurrency=64, rate=None, offset=0.0)
+        assert len(rec["chunk_t"]) == len(t["sent"])  # one client chunk per logged write
         first_late.append((t["sent"][0] - t["t_recv"] - 0.030) * 1e3)
         gap_late += [(b - a - 0.010) * 1e3 for a, b in zip(t["sent"], t["sent"][1:], strict=False)]
         assert t["t_recv"] <= r.t_send + 0.05  # (the request's kernel arrival precedes the server's reply)
@@ -48,11 +55,6 @@ def test_request_arrival_is_stamped_by_the_kernel_not_when_the_server_reads_it(t
     """A request that sits in the server's socket while its event loop is busy keeps its arrival time: the
     server is stopped (SIGSTOP) for 300 ms while the request arrives, and the truth's TTFT still starts at the
     arrival, so the first chunk is logged ~TTFT after the client sent, not TTFT after the server woke."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     log = tmp_path / "t"
     proc = subprocess.Popen(
         [sys.executable, "-m", "r1lab.bench.gtserver", "--ttft-ms", "20", "--itl-ms", "5", "--log", str(log)],
