@@ -171,34 +171,10 @@ def _points(exp: Any) -> list[dict[str, Any]]:
     for sc in exp.load.scenarios:
         isl, isl_r = _length(sc.input_tokens)
         osl, osl_r = _length(sc.output_tokens)
-        if sc.shape == "poisson":
-            for r in sc.rate:
-                pts.append(
-                    dict(
-                        scenario=sc.name,
-                        isl=isl,
-                        osl=osl,
-                        isl_r=isl_r,
-                        osl_r=osl_r,
-                        conc=None,
-                        rate=r,
-                        n=sc.requests_per_point,
-                    )
-                )
-        else:
-            for c in sc.concurrency:
-                pts.append(
-                    dict(
-                        scenario=sc.name,
-                        isl=isl,
-                        osl=osl,
-                        isl_r=isl_r,
-                        osl_r=osl_r,
-                        conc=c,
-                        rate=None,
-                        n=sc.requests_per_point,
-                    )
-                )
+        loads = [(None, r) for r in sc.rate] if sc.shape == "poisson" else [(c, None) for c in sc.concurrency]
+        for conc, rate in loads:
+            pts.append(dict(scenario=sc.name, isl=isl, osl=osl, isl_r=isl_r, osl_r=osl_r, conc=conc, rate=rate,
+                            n=sc.requests_per_point))  # fmt: skip
     if not pts:
         pts.append(
             dict(scenario="default", isl=1024, osl=1024, isl_r=None, osl_r=None, conc=16, rate=None, n=None)

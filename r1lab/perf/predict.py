@@ -22,7 +22,7 @@ from typing import Any
 
 from r1lab.model import ModelSpec, Parallelism
 from r1lab.perf import hardware, network
-from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, memory_plan
+from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, MemoryPlan, memory_plan
 from r1lab.perf.ops import Deployment, StepModel
 from r1lab.perf.profile import Efficiency, load_profile, reference_profiles
 from r1lab.perf.simulate import (
@@ -179,37 +179,16 @@ def predict(
     )
     if used != gpus:
         raise ValueError(f"{par.label()} uses {used} GPUs but gpus={gpus} was given")
-    mem = memory_plan(
-        hw.runpod_id,
-        par,
-        kv_dtype,
-        gpu_memory_utilization,
-        max_num_batched_tokens,
-        max_num_seqs,
-        DEFAULT_BLOCK_SIZE,
-        isl,
-        osl,
-        max_model_len,
-        num_speculative_tokens,
-        spec,
-    )
+
+    def plan_memory(p: Parallelism, speculative_tokens: int) -> MemoryPlan:
+        return memory_plan(hw.runpod_id, p, kv_dtype, gpu_memory_utilization, max_num_batched_tokens,
+                           max_num_seqs, DEFAULT_BLOCK_SIZE, isl, osl, max_model_len, speculative_tokens, spec)  # fmt: skip
+
+    mem = plan_memory(par, num_speculative_tokens)
     fits, reason = mem.fits, mem.reason
     pre_mem = None
     if pd is not None:
-        pre_mem = memory_plan(
-            hw.runpod_id,
-            pd.prefill,
-            kv_dtype,
-            gpu_memory_utilization,
-            max_num_batched_tokens,
-            max_num_seqs,
-            DEFAULT_BLOCK_SIZE,
-            isl,
-            osl,
-            max_model_len,
-            0,
-            spec,
-        )
+        pre_mem = plan_memory(pd.prefill, 0)
         if not pre_mem.fits:
             fits, reason = False, f"prefill instance: {pre_mem.reason}"
     memory = mem.as_dict()
