@@ -512,27 +512,18 @@ class _Renderer:
                 "layer (slow); vLLM's guidance is TP = GPUs per node, PP = nodes, or DP + EP"
             )
         ready = Ready(self.ports.vllm, "/health", completion=True)
-        serve_env = {**nccl_env(self.exp), **self._vllm_env(head)}
+
+        def ray_serve(node_args: list[str], note: str = "") -> list[Command]:
+            """The Ray cluster's commands, then `vllm serve` on the head with the Ray token."""
+            argv = vllm_serve_argv(spec, host=self._bind(), port=self.ports.vllm, node_args=node_args)
+            env = {**nccl_env(self.exp), **self._vllm_env(head), "RAY_AUTH_MODE": "token"}
+            return [*self.ray(), Command("vllm-serve", head.name, argv, env=env,
+                                         secrets={**key, RAY_TOKEN_ENV: RAY_TOKEN_ENV}, ready=ready, note=note)]  # fmt: skip
+
         if s.data_parallel > 1:
             topo = f"DP{s.data_parallel} x TP{s.tensor_parallel}{' + EP' if s.expert_parallel else ''}"
             if s.distributed_backend == "ray":
-                cmds += self.ray()
-                argv = vllm_serve_argv(
-                    spec,
-                    host=self._bind(),
-                    port=self.ports.vllm,
-                    node_args=["--data-parallel-backend", "ray", "--data-parallel-address", head.address],
-                )
-                cmds.append(
-                    Command(
-                        "vllm-serve",
-                        head.name,
-                        argv,
-                        env={**serve_env, "RAY_AUTH_MODE": "token"},
-                        secrets={**key, RAY_TOKEN_ENV: RAY_TOKEN_ENV},
-                        ready=ready,
-                    )
-                )
+                cmds += ray_serve(["--data-parallel-backend", "ray", "--data-parallel-address", head.address])
                 topo += " (Ray DP backend)"
             else:
                 per = s.data_parallel // len(self.nodes)
@@ -559,23 +550,8 @@ class _Renderer:
                     ))  # fmt: skip
                 topo += f" over {len(self.nodes)} nodes (headless DP ranks)"
         elif s.distributed_backend == "ray":
-            cmds += self.ray()
-            argv = vllm_serve_argv(
-                spec,
-                host=self._bind(),
-                port=self.ports.vllm,
-                node_args=["--distributed-executor-backend", "ray"],
-            )
-            cmds.append(
-                Command(
-                    "vllm-serve",
-                    head.name,
-                    argv,
-                    env={**serve_env, "RAY_AUTH_MODE": "token"},
-                    secrets={**key, RAY_TOKEN_ENV: RAY_TOKEN_ENV},
-                    ready=ready,
-                    note="run after every node has joined the Ray cluster",
-                )
+            cmds += ray_serve(
+                ["--distributed-executor-backend", "ray"], "run after every node has joined the Ray cluster"
             )
             topo = f"Ray TP{s.tensor_parallel}xPP{s.pipeline_parallel} on {len(self.nodes)} nodes"
         else:  # nnodes (or mp, which config allows only with Dynamo P/D): torch.distributed without Ray
