@@ -35,7 +35,15 @@ class RunFailed(RuntimeError):
 
 
 class Terminated(BaseException):
-    """SIGTERM, turned into an exception so `finally` blocks (teardown) run."""
+    """SIGTERM, SIGHUP or SIGQUIT, turned into an exception so `finally` blocks (teardown) run."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"signal {signal.Signals(signum).name}")
+
+
+# A closed terminal (SIGHUP), Ctrl-\ (SIGQUIT) and a polite kill (SIGTERM) all tear down like Ctrl-C.
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 @dataclass
@@ -108,6 +116,14 @@ def render_html(ipynb: Path, hide_code: bool = False) -> Path:
     return out
 
 
+def _say(text: str) -> None:
+    """Print to stderr; a terminal that is gone (SIGHUP: writes fail with EIO) must not stop a teardown."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def _failure_from(exc: Exception, step: Step) -> str:
     """One clear line: notebook, cell, error."""
     cell = getattr(exc, "exec_count", None) or getattr(exc, "cell_index", None)
@@ -117,16 +133,17 @@ def _failure_from(exc: Exception, step: Step) -> str:
 
 @contextmanager
 def _signals_raise() -> Iterator[None]:
-    """SIGTERM raises Terminated (so finally runs); SIGINT stays KeyboardInterrupt."""
+    """SIGTERM, SIGHUP and SIGQUIT raise Terminated (so finally runs); SIGINT stays KeyboardInterrupt."""
 
     def on_term(signum: int, frame: Any) -> None:
-        raise Terminated(f"signal {signum}")
+        raise Terminated(signum)
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    old = {sig: signal.signal(sig, on_term) for sig in TERMINATING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -134,19 +151,17 @@ def _shielded() -> Iterator[None]:
     """During teardown, Ctrl-C and SIGTERM are acknowledged but do not interrupt it."""
 
     def refuse(signum: int, frame: Any) -> None:
-        print(
+        _say(
             "\nr1lab: teardown in progress; interrupting it could leave paid resources running. "
-            "Waiting for it to finish...",
-            file=sys.stderr,
-            flush=True,
+            "Waiting for it to finish..."
         )
 
-    old_int, old_term = signal.signal(signal.SIGINT, refuse), signal.signal(signal.SIGTERM, refuse)
+    old = {sig: signal.signal(sig, refuse) for sig in (signal.SIGINT, *TERMINATING_SIGNALS)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _start_provider(ctx: RunContext) -> dict[str, str]:
@@ -168,11 +183,11 @@ def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_nam
     for i, step in enumerate(steps, 1):
         out = ctx.run_dir / "notebooks" / f"{step.name}.ipynb"
         if step.name in done:
-            print(f"= {step.name}: complete in this run dir, skipped (--resume)", file=sys.stderr, flush=True)
+            _say(f"= {step.name}: complete in this run dir, skipped (--resume)")
             continue
         if out.exists():  # a failed earlier attempt (resume): keep it, never overwrite
             out.rename(out.with_name(f"{step.name}.failed-{int(time.time())}.ipynb"))
-        print(f"▶ [{i}/{len(steps)}] {step.name}", file=sys.stderr, flush=True)
+        _say(f"▶ [{i}/{len(steps)}] {step.name}")
         log.write("notebook_started", notebook=step.name)
         start = time.monotonic()
         env_backup = dict(os.environ)
@@ -202,7 +217,7 @@ def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_nam
         elapsed = time.monotonic() - start
         render_html(out, step.name in HIDE_CODE)
         log.write("notebook_completed", notebook=step.name, seconds=round(elapsed, 1))
-        print(f"✓ {step.name} ({elapsed:.1f}s)", file=sys.stderr, flush=True)
+        _say(f"✓ {step.name} ({elapsed:.1f}s)")
 
 
 def run(
@@ -211,30 +226,31 @@ def run(
     """Run the suite; returns the context and an exit code. Teardown always happens."""
     ctx = open_run(params, resume_dir or "")
     log = EventLog(ctx.run_dir)
-    print(f"run directory: {ctx.run_dir}", file=sys.stderr, flush=True)
+    _say(f"run directory: {ctx.run_dir}")
     log.write("run_started", params=str(params), only=only, resume=bool(resume_dir))
     code = 0
     try:
         with _signals_raise():
             execute(ctx, select(discover_notebooks(notebook_dir), only), resume=bool(resume_dir))
     except RunFailed as exc:
-        print(f"✗ {exc}", file=sys.stderr, flush=True)
+        _say(f"✗ {exc}")
         code = 1
     except (KeyboardInterrupt, Terminated) as exc:
-        print(f"\n✗ interrupted ({type(exc).__name__}); tearing down", file=sys.stderr, flush=True)
-        log.write("run_interrupted", reason=type(exc).__name__)
-        code = 130
+        reason = signal.Signals(exc.signum).name if isinstance(exc, Terminated) else type(exc).__name__
+        _say(f"\n✗ interrupted ({reason}); tearing down")
+        log.write("run_interrupted", reason=reason)
+        # the shell's convention: 128 + the signal's number (Ctrl-C 130, SIGHUP 129, SIGQUIT 131, SIGTERM 143)
+        code = 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
     finally:
         with _shielded():
+            log.write("teardown_started")
             report = teardown_run(ctx.run_dir)
             log.write("teardown", deleted=len(report.deleted), failed=len(report.failed))
-            print(str(report), file=sys.stderr, flush=True)
+            _say(str(report))
             if not report.ok:
-                print(
+                _say(
                     f"  some resources may still exist: `r1lab reap --run {ctx.run_id}` retries; check the "
-                    "provider's console",
-                    file=sys.stderr,
-                    flush=True,
+                    "provider's console"
                 )
                 code = code or 2
     log.write("run_finished", code=code)
@@ -257,5 +273,8 @@ def cli_main(argv: list[str]) -> int:
     except ParamsError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    print(ctx.run_dir)
+    try:
+        print(ctx.run_dir)
+    except OSError:  # stdout was a terminal that is gone (SIGHUP)
+        pass
     return code

@@ -88,7 +88,10 @@ def test_failing_notebook_is_reported_and_torn_down(
     assert started.count("00_first") == 1
 
 
-@pytest.mark.parametrize("sig,expected_code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
+@pytest.mark.parametrize(
+    "sig,expected_code",
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGQUIT, 131)],
+)
 def test_signal_tears_down(suite: tuple[Path, Path], tmp_path: Path, sig: int, expected_code: int) -> None:
     nbdir, marker = suite
     _nb(
