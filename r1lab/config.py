@@ -55,10 +55,16 @@ class Provider(Strict):
     cloud_type: Literal["SECURE", "COMMUNITY"] = "SECURE"
     network: Literal["none", "global-networking", "instant-cluster", "infiniband"] = "none"
     budget_usd: float = Field(
-        50.0, gt=0, description="Tear everything down when the run's cost reaches this."
+        50.0, gt=0, le=100_000, description="Tear everything down when the run's cost reaches this."
     )
-    budget_hours: float = Field(4.0, gt=0, description="Tear everything down after this many hours.")
-    pod_deadline_hours: float = Field(6.0, gt=0, description="Pod-side self-stop, if this machine dies.")
+    budget_hours: float = Field(4.0, gt=0, le=168, description="Tear everything down after this many hours.")
+    pod_deadline_hours: float = Field(
+        6.0, gt=0, le=168, description="Pod-side self-stop, if this machine dies (at most a week)."
+    )
+    heartbeat_timeout_s: int = Field(
+        600, ge=0, le=7200,
+        description="Pod-side self-stop when this machine sent no heartbeat for this long (0: off).",
+    )  # fmt: skip
     ssh_public_key: str | None = Field(
         None, description="Path to a public key; default: a fresh key per run."
     )
@@ -70,7 +76,28 @@ class Provider(Strict):
                 "provider.data_center",
                 f"expected a RunPod data-center id like 'EU-RO-1' (upper case), got {self.data_center!r}",
             )
+        known = data_centers()
+        if self.data_center not in known:
+            close = difflib.get_close_matches(self.data_center, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise _Rule(
+                "provider.data_center",
+                f"RunPod has no data center {self.data_center!r}; {hint}RunPod's ids: {', '.join(known)}",
+            )
+        if 0 < self.heartbeat_timeout_s < 120:
+            raise _Rule(
+                "provider.heartbeat_timeout_s",
+                f"{self.heartbeat_timeout_s} s is shorter than the pod watchdog can judge (it polls every 30 s, "
+                "heartbeats come every 60 s): give at least 120, or 0 to switch the heartbeat check off",
+            )
         return self
+
+
+def data_centers() -> list[str]:
+    """RunPod's data-center ids (r1lab/data/runpod/data_centers.txt)."""
+    path = Path(__file__).parent / "data" / "runpod" / "data_centers.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [x.strip() for x in lines if x.strip() and not x.startswith("#")]
 
 
 # RunPod's v2 API cannot override an image's ENTRYPOINT, only pass `args`; r1lab's start command (sshd + the
@@ -87,7 +114,7 @@ class Pod(Strict):
         None, description="RunPod GPU type id, e.g. 'NVIDIA H100 NVL'; null: CPU pod."
     )
     gpu_count: int = Field(0, ge=0, le=8)
-    count: PositiveInt = 1
+    count: int = Field(1, ge=1, le=64)
     image: str = Field(
         DEFAULT_IMAGE, description="Must run its args as a command (RunPod official images do)."
     )
@@ -95,7 +122,7 @@ class Pod(Strict):
         default_factory=list, description="Shell commands run once on each pod, e.g. installs."
     )
     volume_mount: str | None = "/workspace"
-    container_disk_gb: PositiveInt = 50
+    container_disk_gb: int = Field(50, ge=10, le=4096)
     serves: bool = Field(True, description="Whether serving processes run on this pod.")
 
     @model_validator(mode="after")
@@ -119,7 +146,7 @@ class Pod(Strict):
 class Volume(Strict):
     """The network volume that holds the weights (lives in one data center)."""
 
-    size_gb: PositiveInt = 1000
+    size_gb: int = Field(1000, ge=10, le=4096, description="RunPod's network volumes: 10 to 4096 GB.")
     mount: str = "/workspace"
 
 
@@ -182,14 +209,16 @@ class Serving(Strict):
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "bfloat16"] = "auto"
     max_model_len: int | None = Field(None, ge=256, le=163840, description="null: the planner's KV capacity.")
     gpu_memory_utilization: float = Field(0.90, gt=0.0, le=0.98)
-    max_num_seqs: PositiveInt = 256
-    max_num_batched_tokens: PositiveInt = 8192
+    max_num_seqs: int = Field(256, ge=1, le=16384)
+    max_num_batched_tokens: int = Field(8192, ge=1, le=1_048_576)
     enable_chunked_prefill: bool = True
     num_speculative_tokens: int = Field(0, ge=0, le=4, description="MTP draft tokens (0: off).")
     reasoning_parser: str | None = "deepseek_r1"
     port: int = Field(8000, ge=1024, le=65535)
     extra_args: list[str] = Field(default_factory=list)
-    speedup_ratio: float = Field(1.0, gt=0, description="Twin only: the mocker runs this many times faster.")
+    speedup_ratio: float = Field(
+        1.0, gt=0, le=1000, description="Twin only: the mocker runs this many times faster."
+    )
 
     @model_validator(mode="after")
     def _extra_args(self) -> Serving:
@@ -215,8 +244,8 @@ class Dynamo(Strict):
     enabled: bool = False
     router_mode: Literal["round-robin", "random", "kv", "least-loaded", "power-of-two"] = "kv"
     disaggregated: bool = False
-    prefill_workers: int = Field(1, ge=0)
-    decode_workers: PositiveInt = 1
+    prefill_workers: int = Field(1, ge=0, le=64)
+    decode_workers: int = Field(1, ge=1, le=64)
     prefill_role: str | None = None
     decode_role: str | None = None
     kv_transfer_gbps: float | None = Field(
@@ -254,22 +283,37 @@ class Scenario(Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")
     shape: Literal["concurrency", "poisson", "ramp", "stress"] = "concurrency"
-    concurrency: list[PositiveInt] = Field(default_factory=lambda: [1])
-    rate: list[float] = Field(default_factory=list, description="Requests/s, for poisson.")
+    concurrency: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        default_factory=lambda: [1], max_length=100
+    )
+    rate: list[Annotated[float, Field(gt=0, le=100_000)]] = Field(
+        default_factory=list, max_length=100, description="Requests/s, for poisson."
+    )
     input_tokens: Length = 1024
     output_tokens: Length = 1024
-    requests_per_point: PositiveInt | None = Field(
-        None, description="Requests per load point (default 64 when no duration_s is given)."
+    requests_per_point: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Requests per load point (default 64 when no duration_s is given).",
     )
     duration_s: float | None = Field(
-        None, gt=0, description="Seconds per load point (ramp: per step; stress: the whole phase)."
+        None, gt=0, le=86_400, description="Seconds per load point (ramp: per step; stress: the whole phase)."
     )
-    warmup_requests: int = Field(0, ge=0)
-    warmup_s: float = Field(0.0, ge=0, description="Requests sent this early in a point are left out.")
-    max_concurrency: PositiveInt | None = Field(None, description="poisson: at most this many in flight.")
-    burstiness: float = Field(1.0, gt=0, description="poisson: gamma shape of inter-arrivals (1: Poisson).")
-    timeout_s: float = Field(600.0, gt=0, description="Per request; slower ones are recorded as timeouts.")
-    trend_window_s: float = Field(30.0, gt=0, description="stress: window of the trend checks.")
+    warmup_requests: int = Field(0, ge=0, le=1_000_000)
+    warmup_s: float = Field(
+        0.0, ge=0, le=86_400, description="Requests sent this early in a point are left out."
+    )
+    max_concurrency: int | None = Field(
+        None, ge=1, le=100_000, description="poisson: at most this many in flight."
+    )
+    burstiness: float = Field(
+        1.0, gt=0, le=1000, description="poisson: gamma shape of inter-arrivals (1: Poisson)."
+    )
+    timeout_s: float = Field(
+        600.0, gt=0, le=86_400, description="Per request; slower ones are recorded as timeouts."
+    )
+    trend_window_s: float = Field(30.0, gt=0, le=86_400, description="stress: window of the trend checks.")
     endpoint: Literal["chat", "completions"] = "completions"
     ignore_eos: bool = True
 
@@ -296,12 +340,12 @@ class Load(Strict):
     scenarios: list[Scenario] = Field(default_factory=list)
     slo: SLO = Field(default_factory=SLO)
     run_on: Literal["local", "pod"] = Field("local", description="Run the generator here or on the head pod.")
-    processes: int = Field(0, ge=0, description="Client worker processes; 0: automatic.")
+    processes: int = Field(0, ge=0, le=256, description="Client worker processes; 0: automatic.")
     seed: int = 0
 
 
 class Price(Strict):
-    usd_per_gpu_hour: float = Field(gt=0)
+    usd_per_gpu_hour: float = Field(gt=0, le=1000)
     date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     source: str = ""
 
@@ -322,7 +366,7 @@ class Cost(Strict):
             ),
         }
     )
-    volume_usd_per_gb_month: float = Field(0.07, ge=0)
+    volume_usd_per_gb_month: float = Field(0.07, ge=0, le=100)
 
 
 class Outputs(Strict):
@@ -430,6 +474,12 @@ class Experiment(Strict):
             role = getattr(d, key)
             if role is not None and role not in roles:
                 raise _Rule(f"dynamo.{key}", f"no pod has role {role!r}; roles are {roles}")
+            if role is not None and role not in {p.role for p in serving}:
+                raise _Rule(
+                    f"dynamo.{key}",
+                    f"pod {role!r} serves nothing (no GPUs, or serves: false): Dynamo workers run on serving "
+                    f"pods; use one of {[p.role for p in serving]}",
+                )
         if self.provider.kind == "runpod" and s.engine == "mocker":
             raise _Rule("serving.engine", "'mocker' simulates GPUs on the twin; on RunPod use 'vllm'")
         if self.model.repo_id == "deepseek-ai/DeepSeek-R1":
@@ -445,6 +495,13 @@ class Experiment(Strict):
                 raise _Rule(
                     "model.exclude", "excluding *.safetensors excludes every weight shard of DeepSeek-R1"
                 )
+            need_gb = _r1_volume_gb()
+            if "*.safetensors" in self.model.include and self.volume.size_gb < need_gb:
+                raise _Rule(
+                    "volume.size_gb",
+                    f"{self.volume.size_gb} GB cannot hold DeepSeek-R1's weights (688.6 GB of safetensors plus "
+                    f"download headroom): set volume.size_gb to at least {need_gb}",
+                )
         for i, sc in enumerate(self.load.scenarios):
             for length_key in ("input_tokens", "output_tokens"):
                 top = _length_max(getattr(sc, length_key))
@@ -457,6 +514,17 @@ class Experiment(Strict):
         if len(set(names)) != len(names):
             raise _Rule("load.scenarios", "scenario names must be unique")
         return self
+
+
+def _r1_volume_gb() -> int:
+    """The smallest volume (GB, rounded up to 10) that holds R1's checkpoint with the download's headroom (2%,
+    at least 5 GB: the rule r1lab.hub.plan applies to the real file list)."""
+    import math
+
+    from r1lab.model import ModelSpec  # lazy: model stands above config
+
+    total = ModelSpec.deepseek_r1().checkpoint_bytes()
+    return 10 * math.ceil((total + max(5e9, total * 0.02)) / 1e9 / 10)
 
 
 def _length_max(length: Length) -> int:
@@ -568,10 +636,38 @@ def _find_secrets(data: Any, prefix: str = "") -> list[str]:
     return found
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        self.key, self.line, self.first = key, line, first
+        super().__init__(f"duplicate key {key!r} (first given on line {first})")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML lets the last one win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                raise DuplicateKeyError(str(key), key_node.start_mark.line + 1, seen[key])
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_experiment(text: str, source: str = "<params>") -> Experiment:
     """Validate params text; raise ParamsError with one line per problem."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ParamsError(
+            source,
+            [f"{source}:{exc.line}: {exc.key}: given twice (first on line {exc.first}); keep one of them"],
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

@@ -27,9 +27,11 @@ def secret_values() -> list[str]:
     return [v for n in SECRET_ENV_VARS if (v := get_secret(n)) and len(v) >= 6]
 
 
-_KEY_PATTERNS = [  # Hugging Face and RunPod API keys by their shape
-    re.compile(r"\b(hf_)[A-Za-z0-9]{20,}"),
-    re.compile(r"\b(rpa_)[A-Za-z0-9]{20,}"),
+# Hugging Face (hf_ + 34 today) and RunPod (rpa_ ...) API keys by their shape, short ones too: 8+ characters
+# after the prefix with at least one digit or capital, so package names (hf_transfer, hf_xet) are not keys.
+_KEY_PATTERNS = [
+    re.compile(r"\b(hf_)(?=[A-Za-z0-9]*[A-Z0-9])[A-Za-z0-9]{8,}"),
+    re.compile(r"\b(rpa_)(?=[A-Za-z0-9]*[A-Z0-9])[A-Za-z0-9]{8,}"),
 ]
 _TOKEN_PATTERNS = [
     re.compile(r"(Authorization:\s*Bearer\s+)\S+", re.IGNORECASE),

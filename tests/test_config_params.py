@@ -107,6 +107,65 @@ BAD_CASES = [
     ),
     ("not YAML", ("serving:", "serving: [unclosed"), ["bad.yaml", "not valid YAML"]),
     (
+        "duplicate key (YAML would let the last one win)",
+        ("data_center: EU-RO-1}", "data_center: EU-RO-1, budget_usd: 5}\nprovider2: 1\nname: again"),
+        ["bad.yaml:5", "name", "given twice", "first on line 2"],
+    ),
+    (
+        "duplicate key in a nested mapping",
+        ("data_center: EU-RO-1}", "data_center: EU-RO-1, budget_usd: 5, budget_usd: 5000}"),
+        ["bad.yaml:3", "budget_usd", "given twice"],
+    ),
+    (
+        "pod deadline of 100000 hours",
+        ("data_center: EU-RO-1}", "data_center: EU-RO-1, pod_deadline_hours: 100000}"),
+        ["bad.yaml:3", "provider.pod_deadline_hours", "168", "100000"],
+    ),
+    (
+        "heartbeat timeout too short for the watchdog",
+        ("data_center: EU-RO-1}", "data_center: EU-RO-1, heartbeat_timeout_s: 30}"),
+        ["provider.heartbeat_timeout_s", "at least 120", "0 to switch"],
+    ),
+    (
+        "a load point that never ends",
+        ("serving:", "load: {scenarios: [{name: s, duration_s: 1e9}]}\nserving:"),
+        ["load.scenarios[0].duration_s", "86400"],
+    ),
+    (
+        "unknown data center",
+        ("data_center: EU-RO-1}", "data_center: XX-NOPE-9}"),
+        ["bad.yaml:3", "provider.data_center", "no data center 'XX-NOPE-9'", "EU-RO-1", "US-KS-2"],
+    ),
+    (
+        "data center typo",
+        ("data_center: EU-RO-1}", "data_center: EU-RO-2}"),
+        ["provider.data_center", "did you mean 'EU-RO-1'"],
+    ),
+    (
+        "volume smaller than the weights",
+        ("serving:", "volume: {size_gb: 600}\nserving:"),
+        ["volume.size_gb", "600 GB cannot hold", "at least 710"],
+    ),
+    (
+        "volume larger than RunPod allows",
+        ("serving:", "volume: {size_gb: 5000}\nserving:"),
+        ["volume.size_gb", "4096"],
+    ),
+    (
+        "prefill on the CPU utility pod",
+        (
+            "serving:",
+            "  - {role: utility, gpu_count: 0, serves: false}\n"
+            "dynamo: {enabled: true, disaggregated: true, prefill_role: utility}\nserving:",
+        ),
+        ["dynamo.prefill_role", "'utility' serves nothing", "['head']"],
+    ),
+    (
+        "a short Hugging Face token in a setup line",
+        ("gpu_count: 8}", "gpu_count: 8, setup: ['HF_TOKEN=hf_Ab12cd34Z pip install x']}"),
+        ["pods[0].setup[0]", "looks like a secret"],
+    ),
+    (
         "missing pods",
         ("pods:\n  - {role: head, gpu_type: NVIDIA H100 NVL, gpu_count: 8}\n", ""),
         ["pods", "required key is missing"],
