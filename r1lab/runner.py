@@ -173,9 +173,25 @@ def _start_provider(ctx: RunContext) -> dict[str, str]:
     return runner_hooks.start_for_run(ctx)
 
 
-def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_name: str = "python3") -> None:
+def kernel_config() -> Any:
+    """Kernels get CurveZMQ keys from the manager (no "running over TCP without encryption" warnings)."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
+def default_kernel() -> str:
+    """The project's kernel (`r1lab`, installed by bootstrap) when this Python has it; else `python3`."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return "r1lab" if "r1lab" in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_name: str | None = None) -> None:
     """Execute the steps in order into ctx.run_dir; raise RunFailed naming the notebook and cell."""
     import papermill as pm
+
+    kernel_name = kernel_name or default_kernel()
 
     log = EventLog(ctx.run_dir)
     done = log.completed() if resume else set()
@@ -203,6 +219,7 @@ def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_nam
                 progress_bar=False,
                 log_output=False,
                 request_save_on_cell_execute=True,
+                config=kernel_config(),
             )
         except Exception as exc:  # papermill's PapermillExecutionError, kernel deaths, ...
             elapsed = time.monotonic() - start
