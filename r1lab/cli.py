@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "twin": ("r1lab.cloud.twin.cli", "cli_main", "the local twin: up | down | status"),
     "reap": ("r1lab.cloud.ledger", "cli_main", "delete every r1lab resource of a run (or all) and prove it"),
+    "runs": ("r1lab.runs", "cli_main", "list run directories with their state (and the current run)"),
     "teardown": ("r1lab.teardown_cli", "cli_main", "tear down what one run directory's ledger still holds"),
     "download": ("r1lab.hub", "cli_main", "download and verify model weights onto a volume"),
     "bench": ("r1lab.bench.cli", "cli_main", "run load scenarios against an OpenAI-compatible endpoint"),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.config import Experiment, load_experiment
+from r1lab.runs import current_run, outputs_root, params_key, record_join, run_state, set_current
 from r1lab.teardown import Ledger
 
 SCHEMA_VERSION = 1
@@ -179,8 +180,8 @@ def new_run(params_path: str | Path, root: str | Path | None = None, run_id: str
     params_path = Path(params_path).resolve()
     exp = load_experiment(params_path)
     # R1LAB_OUTPUTS overrides the params' outputs.root (tests, shared machines)
-    root = root or os.environ.get("R1LAB_OUTPUTS") or exp.outputs.root
-    base = Path(root) if Path(root).is_absolute() else REPO_ROOT / root
+    base = Path(root) if root else outputs_root(exp.outputs.root)
+    base = base if base.is_absolute() else REPO_ROOT / base
     run_dir = base / exp.name / (run_id or new_run_id())
     run_dir.mkdir(parents=True, exist_ok=False)
     for sub in ("commands", "logs", "notebooks", "charts"):
@@ -204,6 +205,7 @@ def new_run(params_path: str | Path, root: str | Path | None = None, run_id: str
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
+    set_current(run_dir, params_path)
     return ctx
 
 
@@ -215,21 +217,70 @@ def resolve_params(params_path: str | Path) -> Path:
     return p
 
 
-def open_run(params_path: str | Path, run_dir: str | Path = "") -> RunContext:
-    """What each notebook calls first. With the runner's run_dir: that run; empty: a fresh run (JupyterLab)."""
+def open_run(params_path: str | Path, run_dir: str | Path = "", step: str | None = None) -> RunContext:
+    """What each notebook calls first, with its own name as `step` (e.g. "05_load_test").
+
+    With a run_dir (the runner's, or one you pass): that run. Empty, as when stepping through notebooks by hand in
+    JupyterLab: 00_plan starts a new run, which becomes the current run of the params file; every later notebook
+    joins the current run while nothing has torn it down (06_report joins it in any state: it only reads files).
+    The first output says which run it is. Without `step` (library callers), empty run_dir means a new run.
+    """
     _notebook_setup()
     params_path = resolve_params(params_path)
-    if not run_dir:
+    if run_dir:
+        run_dir = Path(run_dir)
+        if not (run_dir / "run.json").exists():
+            raise RunDirError(
+                f"{run_dir} is not a run directory (no run.json): pass one created by `r1lab run`, "
+                "or leave run_dir empty to join the current run of the params file"
+            )
+        ctx = RunContext(load_experiment(params_path), Path(params_path).resolve(), run_dir)
+        if step:
+            print(f"{step}: run {_short(ctx)} ({run_state(run_dir).describe()})")
+        return ctx
+    if step is None:
         ctx = new_run(params_path)
         print(f"new run directory: {ctx.run_dir}")
         return ctx
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists():
-        raise RunDirError(
-            f"{run_dir} is not a run directory (no run.json): pass one created by `r1lab run`, "
-            "or leave run_dir empty for a fresh run"
+    exp = load_experiment(params_path)
+    current = current_run(outputs_root(exp.outputs.root) / exp.name, params_path)
+    state = run_state(current) if current else None
+    first = step[:2] == "00"
+    if current and state and not first and (state.joinable or step[:2] == "06"):
+        ctx = RunContext(exp, Path(params_path).resolve(), current)
+        print(
+            f"{step}: joined the current run of {params_key(params_path)}: {_short(ctx)} ({state.describe()})"
         )
-    return RunContext(load_experiment(params_path), Path(params_path).resolve(), run_dir)
+    else:
+        why = (
+            "00_plan starts a run"
+            if first
+            else f"the current run {current.name} is {state.state}"
+            if current and state
+            else "no run yet"
+        )
+        ctx = new_run(params_path)
+        print(f"{step}: new run {_short(ctx)} ({why}); it is now the current run of {params_key(params_path)}, "
+              "which the next notebooks join")  # fmt: skip
+        if current and state and state.live:
+            print(f"  the previous run {current.name} still holds {state.live} resource(s): "
+                  f"`r1lab teardown {current}` deletes them")  # fmt: skip
+    record_join(ctx.run_dir, step, "by hand")
+    _join_provider(ctx, step)
+    return ctx
+
+
+def _short(ctx: RunContext) -> str:
+    return f"{ctx.exp.name}/{ctx.run_id} in {ctx.run_dir.parent}"
+
+
+def _join_provider(ctx: RunContext, step: str) -> None:
+    """Stepping by hand on the twin: find (or start, recorded in this run's ledger) the twin, as the runner does."""
+    if ctx.exp.provider.kind != "twin" or os.environ.get("RUNPOD_API_BASE") or step[:2] in ("00", "06"):
+        return
+    from r1lab.cloud.twin import runner_hooks  # only the twin: real providers need nothing started
+
+    os.environ.update(runner_hooks.start_for_run(ctx))
 
 
 def _notebook_setup() -> None:

@@ -38,10 +38,15 @@ def test_notebook_is_committed_clean_and_thin(path: Path) -> None:
     tree = ast.parse(params[0].source)
     names = set()
     for stmt in tree.body:
-        assert isinstance(stmt, ast.Assign), f"{path.name}: the parameters cell holds assignments only"
-        ast.literal_eval(stmt.value)  # literals only: papermill overrides them
-        names |= {t.id for t in stmt.targets if isinstance(t, ast.Name)}
+        # typed (papermill --help-notebook shows the type) assignments of literals only: papermill overrides them
+        assert isinstance(stmt, ast.AnnAssign), (
+            f"{path.name}: the parameters cell holds typed assignments only"
+        )
+        ast.literal_eval(stmt.value)
+        names.add(stmt.target.id)
     assert {"params_path", "run_dir"} <= names
+    # the notebook says which run it joins: open_run gets its own name as step
+    assert f'r1lab.open_run(params_path, run_dir, step="{path.stem}")' in "".join(c.source for c in code)
     assert any(c.cell_type == "markdown" for c in nb.cells), f"{path.name}: no narrative"
     for cell in code:
         src = cell.source
@@ -53,3 +58,18 @@ def test_notebook_is_committed_clean_and_thin(path: Path) -> None:
         assert "teardown" not in src or "teardown_run" not in src, (
             f"{path.name}: teardown belongs to the runner"
         )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_papermill_help_shows_typed_parameters(path: Path) -> None:
+    """What `papermill --help-notebook` prints: every parameter with its type (not "Unknown type") and help."""
+    import papermill as pm
+
+    params = pm.inspect_notebook(str(path))
+    assert (
+        params["params_path"]["inferred_type_name"] == "str"
+        and params["run_dir"]["inferred_type_name"] == "str"
+    )
+    for name, p in params.items():
+        assert p["inferred_type_name"] not in ("None", ""), f"{path.name}: {name} has no type"
+        assert p["help"], f"{path.name}: {name} has no help comment"
