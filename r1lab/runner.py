@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.config import ParamsError
+from r1lab.progress import fmt_duration, relay
 from r1lab.rundir import REPO_ROOT, RunContext, open_run
 from r1lab.secrets import redact
 from r1lab.teardown import teardown_run
@@ -210,17 +211,18 @@ def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_nam
         os.environ.update(env_extra)
         os.environ["PAPERMILL_EXECUTION"] = "1"
         try:
-            pm.execute_notebook(
-                str(step.path),
-                str(out),
-                parameters={"params_path": str(ctx.params_path), "run_dir": str(ctx.run_dir)},
-                kernel_name=kernel_name,
-                cwd=str(REPO_ROOT),
-                progress_bar=False,
-                log_output=False,
-                request_save_on_cell_execute=True,
-                config=kernel_config(),
-            )
+            with relay(f"[{i}/{len(steps)}] {step.name}", ctx.run_dir / "logs" / "progress.jsonl"):
+                pm.execute_notebook(
+                    str(step.path),
+                    str(out),
+                    parameters={"params_path": str(ctx.params_path), "run_dir": str(ctx.run_dir)},
+                    kernel_name=kernel_name,
+                    cwd=str(REPO_ROOT),
+                    progress_bar=False,
+                    log_output=False,
+                    request_save_on_cell_execute=True,
+                    config=kernel_config(),
+                )
         except Exception as exc:  # papermill's PapermillExecutionError, kernel deaths, ...
             elapsed = time.monotonic() - start
             reason = redact(_failure_from(exc, step))
@@ -234,7 +236,7 @@ def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_nam
         elapsed = time.monotonic() - start
         render_html(out, step.name in HIDE_CODE)
         log.write("notebook_completed", notebook=step.name, seconds=round(elapsed, 1))
-        _say(f"✓ {step.name} ({elapsed:.1f}s)")
+        _say(f"✓ {step.name} ({fmt_duration(elapsed)})")
 
 
 def run(
@@ -290,6 +292,10 @@ def cli_main(argv: list[str]) -> int:
     except ParamsError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
+    if (ctx.run_dir / "summary.json").exists():
+        from r1lab.demo import summary_lines  # the same summary block `make demo` prints
+
+        _say("\n" + "\n".join(summary_lines(ctx.run_dir)))
     try:
         print(ctx.run_dir)
     except OSError:  # stdout was a terminal that is gone (SIGHUP)

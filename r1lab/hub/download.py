@@ -12,7 +12,6 @@ import base64
 import json
 import shlex
 import subprocess
-import sys
 import time
 import zlib
 from collections import deque
@@ -23,7 +22,7 @@ from typing import Any, Protocol
 
 from r1lab.execution import kill_child_group
 from r1lab.hub.plan import DownloadPlan, HubError, fmt_bytes, plan_download
-from r1lab.progress import Progress
+from r1lab.progress import Progress, say
 from r1lab.secrets import SECRET_ENV_VARS, get_secret, redact, scrubbed_env
 
 PREFIX = "@r1lab "
@@ -281,7 +280,7 @@ def download_to_volume(
     from the network volume: use "fast" to re-check a volume this code filled). Events go to `log_path` (JSON lines, redacted).
     Raises HubError (or PatternError) with the pod's reason.
     """
-    show = show or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    show = show or say  # stdout in a notebook, stderr in a terminal
     if plan is None:
         plan = plan_download(repo_id, revision, patterns, exclude or (), endpoint=endpoint)
     show(plan.space_report(volume_size_gb))
