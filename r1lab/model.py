@@ -28,17 +28,24 @@ KV_DTYPE_BYTES = {"auto": 2, "bf16": 2, "bfloat16": 2, "fp16": 2, "fp8": 1, "fp8
 @dataclass(frozen=True)
 class Parallelism:
     """tp: tensor parallel (attention heads, dense layers); pp: pipeline stages; dp: data-parallel replicas of
-    attention; ep: routed experts spread over tp*dp ranks (vLLM --enable-expert-parallel) instead of TP-split."""
+    attention; ep: routed experts spread over tp*dp ranks (vLLM --enable-expert-parallel) instead of TP-split;
+    moe_ep: with ep, the experts spread over this many ranks only, each expert TP-split over the tp*dp/moe_ep
+    ranks that share it (TensorRT-LLM's moe_tensor_parallel x moe_expert_parallel); 0 = all ranks."""
 
     tp: int = 8
     pp: int = 1
     dp: int = 1
     ep: bool = False
+    moe_ep: int = 0
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Parallelism.{name} must be >= 1, got {getattr(self, name)}")
+        if self.moe_ep and (not self.ep or (self.tp * self.dp) % self.moe_ep):
+            raise ValueError(
+                f"Parallelism.moe_ep={self.moe_ep} needs ep=True and must divide tp*dp={self.tp * self.dp}"
+            )
 
     @property
     def gpus(self) -> int:
@@ -46,7 +53,12 @@ class Parallelism:
 
     @property
     def ep_size(self) -> int:
-        return self.tp * self.dp if self.ep else 1
+        return (self.moe_ep or self.tp * self.dp) if self.ep else 1
+
+    @property
+    def moe_tp(self) -> int:
+        """Ranks each routed expert is split over (1 under full EP)."""
+        return (self.tp * self.dp) // self.ep_size if self.ep else self.tp
 
     def label(self) -> str:
         s = f"TP{self.tp}"
@@ -269,7 +281,7 @@ class ModelSpec:
         dense_layer = self.expert_bytes(self.intermediate_size) / tp
         shared_layer = self.n_shared_experts * self.expert_bytes(self.moe_intermediate_size) / tp
         all_routed = self.n_routed_experts * self.expert_bytes(self.moe_intermediate_size)
-        routed_layer = all_routed / par.ep_size if par.ep else all_routed / tp
+        routed_layer = all_routed / (par.ep_size * par.moe_tp) if par.ep else all_routed / tp
         router_layer = 2.0 * self.n_routed_experts * h + 4.0 * self.n_routed_experts
         vocab_shard = 2.0 * self.vocab_size * h / tp
         mtp = 0.0

@@ -190,3 +190,20 @@ def test_model_uses_the_profile_it_is_given(tmp_path):
     assert math.isfinite(ours.tpot_ms["mean"]) and slower.tpot_ms["mean"] > 1.5 * ours.tpot_ms["mean"]
     # issue 3's model made this profile the H200 default once it charged per-kernel floors (NARRATIVE.md (a), (b))
     assert ours.tpot_ms["mean"] == default.tpot_ms["mean"]
+
+
+def test_summary_skips_unsupported_shapes_with_their_reason():
+    """fp8_block at m=1 raises CUBLAS_STATUS_NOT_SUPPORTED on cuBLAS 13: the summary names it, never NaN."""
+    from r1lab.calibrate.gpu_bench import print_summary
+
+    base = {"kind": "gemm", "dtype": "fp8_block", "name": "lm_head", "tp": 8, "k": 7168, "n": 16160}
+    records = [
+        {**base, "m": 1, "error": "unsupported: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasLtMatmul"},
+        {**base, "m": 64, "seconds": 2e-5, "tflops": 740.0, "weight_tb_s": 3.1},
+    ]
+    lines: list[str] = []
+    print_summary(records, lines.append)
+    text = "\n".join(lines)
+    assert "nan" not in text.lower()
+    assert "m=1 skipped (unsupported: CUBLAS_STATUS_NOT_SUPPORTED" in text
+    assert "m>=4096 not measured" in text

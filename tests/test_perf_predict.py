@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -96,3 +97,52 @@ def test_speed_of_one_prediction():
     t0 = time.perf_counter()
     predict("H200", 8, "TP8", "vllm", 1024, 1024, 64)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_tp_x_ep_parallelism():
+    p = parse_parallelism("TP8 EP4")
+    assert p == Parallelism(8, ep=True, moe_ep=4) and p.ep_size == 4 and p.moe_tp == 2
+    assert p.label() == "TP8 EP4"
+    assert parse_parallelism("TP1 DP8 EP8") == Parallelism(1, 1, 8, True)  # EP over every rank: moe_ep unset
+    with pytest.raises(ValueError, match="moe_ep=3"):
+        Parallelism(8, ep=True, moe_ep=3)
+    a = predict("H200", 8, "TP8 EP4", "trtllm", 1024, 64, 4)
+    b = predict("H200", 8, "TP8 EP8", "trtllm", 1024, 64, 4)
+    # the same routed-expert bytes per GPU either way: 1/4 of the experts, each split in 2, or 1/8 whole
+    assert a.memory["weights_by_component"]["routed_experts"] == pytest.approx(
+        b.memory["weights_by_component"]["routed_experts"]
+    )
+    assert StepModel(Deployment("H200", p)).moe_tp == 2
+
+
+def test_pd_prefill_pool_is_shared_and_queues():
+    """One prefill instance serving four decode instances sees four times the prompts: TTFT queues."""
+    one = predict("H200", 16, "TP8", "sglang", 2048, 256, 32, network_name="infiniband",
+                  disaggregation=Disaggregation(Parallelism(8), 1, 1, "infiniband"))  # fmt: skip
+    four = predict("H200", 40, "TP8", "sglang", 2048, 256, 128, network_name="infiniband",
+                   disaggregation=Disaggregation(Parallelism(8), 1, 4, "infiniband"))  # fmt: skip
+    assert four.ttft_ms["mean"] > 1.5 * one.ttft_ms["mean"]
+    more = predict("H200", 64, "TP8", "sglang", 2048, 256, 128, network_name="infiniband",
+                   disaggregation=Disaggregation(Parallelism(8), 4, 4, "infiniband"))  # fmt: skip
+    assert more.ttft_ms["mean"] < 0.6 * four.ttft_ms["mean"]
+
+
+def test_multi_node_pd_instances_use_the_fabric():
+    """H100 SXM needs 16 GPUs (2 nodes) per instance: the prefill instance spans nodes over the P/D network
+    (it was built with network 'none' and divided by zero bandwidth)."""
+    pd = Disaggregation(Parallelism(16), 1, 1, "infiniband")
+    p = predict("H100 SXM", 32, "TP16", "sglang", 1024, 128, 8, disaggregation=pd)
+    assert p.fits and math.isfinite(p.ttft_ms["mean"]) and p.ttft_ms["mean"] > 0
+    with pytest.raises(ValueError, match="spans 2 nodes"):
+        predict("H100 SXM", 16, "TP16", "sglang", 1024, 128, 8)
+
+
+def test_attention_dp_ranks_wait_for_each_other():
+    """Under EP every attention-DP rank meets at the MoE all-to-all: a step lasts as long as the slowest rank's,
+    so one rank's prefill stalls every rank's decode (ranks simulated apart would not see it)."""
+    sm = StepModel(Deployment("H200", Parallelism(1, 1, 8, True), "sglang"))
+    wl = dict(isl=(1024, 4096), osl=(128, 512), num_requests=256, seed=1)
+    together = simulate(sm, Workload(concurrency=64, **wl), ranks=8)
+    apart = simulate(sm, Workload(concurrency=8, num_requests=32, isl=(1024, 4096), osl=(128, 512), seed=1))
+    assert statistics.fmean(together.tpot_s) > 1.15 * statistics.fmean(apart.tpot_s)
+    assert together.requests == 256

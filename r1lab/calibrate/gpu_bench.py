@@ -1124,11 +1124,17 @@ def print_summary(records: list[dict[str, Any]], out: Callable[[str], None]) -> 
             best = max(rows, key=lambda r: r["tflops"])
             big = [r["tflops"] for r in rows if r["m"] >= 4096]
             m1 = [r for r in rows if r["m"] == 1]
-            wbw = max((r["weight_tb_s"] for r in m1), default=float("nan"))
-            out(
-                f"gemm {dtype}: max {best['tflops']:.0f} TFLOPS ({best['name']} tp{best['tp']} m={best['m']}), "
-                f"median m>=4096 {median(big) if big else float('nan'):.0f}, m=1 best weight stream {wbw:.2f} TB/s"
+            line = (
+                f"gemm {dtype}: max {best['tflops']:.0f} TFLOPS ({best['name']} tp{best['tp']} m={best['m']})"
             )
+            line += f", median m>=4096 {median(big):.0f}" if big else ", m>=4096 not measured"
+            if m1:
+                line += f", m=1 best weight stream {max(r['weight_tb_s'] for r in m1):.2f} TB/s"
+            else:  # a shape the library cannot run is skipped with its reason, never summarised as NaN
+                why = sorted({str(r["error"]) for r in records if r.get("kind") == "gemm" and r.get("dtype") == dtype
+                              and r.get("m") == 1 and str(r.get("error", "")).startswith("unsupported")})  # fmt: skip
+                line += f", m=1 skipped ({why[0][:120] if why else 'not measured'})"
+            out(line)
     for r in ok:
         if r["kind"] == "kv_read":
             out(f"kv_read {r['dtype']} {r['layout']} {r['tokens']} tok: {r['tb_s']:.2f} TB/s")

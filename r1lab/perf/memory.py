@@ -38,7 +38,7 @@ def activation_peak_bytes(
     (top-k copies of the hidden state and of the sharded expert intermediate) and the expanded MLA prefill
     q/k/v of this rank's heads; plus the sampler's dummy run (full-vocabulary fp32 logits and probabilities)."""
     h, k = spec.hidden_size, spec.num_experts_per_tok
-    inter = spec.moe_intermediate_size / (1 if par.ep else par.tp)
+    inter = spec.moe_intermediate_size / par.moe_tp
     heads = spec.num_attention_heads / par.tp
     per_token = (
         4 * h * 2 + k * h * 2 + k * 2 * inter * 2 + heads * (spec.qk_head_dim * 2 + spec.v_head_dim) * 2

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism
 from r1lab.perf import hardware, network
+from r1lab.perf.kernels import KernelTable
 from r1lab.perf.profile import Efficiency, load_profile
 
 KERNEL_MIN_US = 2.5  # shortest kernel inside a CUDA graph (launch gaps + tail), documented, not fitted
@@ -193,10 +194,30 @@ class StepModel:
         self.vocab_shard = s.vocab_size / self.tp
         self.kv_layer_bytes = s.kv_latent_dim * self.kv_elem
         self.mtp = dep.num_speculative_tokens
+        # kernels timed on the GPU itself (split-K decode GEMMs, the fused MoE's stream): perf/kernels.py
+        self.kt = KernelTable.for_gpu(hw.short) if self.eff.timing == "queued" else None
+        self._attn_rate = self.eff.bf16_curve[-1][1] * 1e12  # attention kernels run at the bf16 plateau
+        self._cache: dict[tuple, dict[str, float]] = {}
+        # TP x EP: experts spread over ep_size ranks, each expert split over the moe_tp ranks that share it
+        self.moe_tp = par.moe_tp
 
     # -- primitives ----------------------------------------------------------------------------------------
     def _g(self, m: float, k: float, n: float, dtype: str = "fp8") -> float:
-        return max(self.eff.gemm_s(m, k, n, dtype=dtype), KERNEL_MIN_US * 1e-6)
+        t = self.eff.gemm_s(m, k, n, dtype=dtype)
+        if self.kt is not None and dtype == "fp8":
+            tuned = self.kt.gemm_s(m, k, n)  # the faster measured kernel, as an engine picks one per shape
+            if tuned is not None:
+                t = min(t, tuned)
+        return max(t, KERNEL_MIN_US * 1e-6)
+
+    def _expert_stream_s(self, touched: float, wbytes: float) -> float:
+        """Routed experts' weights streamed by the grouped GEMMs: the fused MoE measured on the GPU where there
+        is a table for it (fixed launch cost + touched experts' bytes at its rate), else the profile's rate."""
+        if self.kt is not None and touched > 0:
+            t = self.kt.moe_s(touched, wbytes / touched)
+            if t is not None:
+                return t
+        return wbytes / (self.eff.weight_tb_s * 1e12)
 
     def _grouped_expert_s(self, rows: float, touched: float, flops: float) -> float:
         """Compute leg of the routed experts on one GPU: one grouped GEMM launch per projection over all touched
@@ -204,7 +225,7 @@ class StepModel:
         them (gate_up h x 2I/tp, down I/tp x h; whole experts under EP), their rate at `rows` rows is used: a
         grouped launch fills the GPU like one GEMM of that many rows, at the efficiency of the thin per-expert
         shape. Otherwise the best rate at the per-expert row count stands in (weight-streaming-bound regime)."""
-        split = 1 if self.dep.par.ep else self.tp
+        split = self.moe_tp if self.dep.par.ep else self.tp
         gate_up = (self.h, 2 * self.I / split)
         down = (self.I / split, self.h)
         key_up = ("fp8", round(gate_up[0]), round(gate_up[1]))
@@ -231,9 +252,60 @@ class StepModel:
 
     # -- per-layer parts -------------------------------------------------------------------------------------
     def parts(
-        self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float, n_logits: float | None = None
+        self,
+        n_dec: float,
+        ctx_sum: float,
+        n_pre: float,
+        pre_pairs: float,
+        n_logits: float | None = None,
+        moe_tokens: float | None = None,
     ) -> dict[str, float]:
-        """Seconds per step of the heaviest pipeline stage (one microbatch holding everything), by component."""
+        """Seconds per step of the heaviest pipeline stage (one microbatch holding everything), by component.
+
+        moe_tokens: tokens of every attention-DP rank that meet at this rank's experts (EP); default: every
+        rank carries this rank's batch. Only the MLA core depends on the context: the rest is computed once per
+        (batch, prefill tokens, logits, expert tokens) and kept (a simulation asks for the same batches often)."""
+        key = (n_dec, n_pre, n_logits, moe_tokens)
+        base = self._cache.get(key)
+        if base is None:
+            base = self._parts(n_dec, 0.0, n_pre, 0.0, n_logits, moe_tokens)
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[key] = base
+        if not base:
+            return {}
+        out = dict(base)
+        core = self.layers * self._attn_core(n_dec, ctx_sum, n_pre, pre_pairs)
+        out["attention_core"] = core
+        if self.mtp and ctx_sum:  # each draft pass reads the latent cache once more (cached with no context)
+            kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
+            floor = KERNEL_MIN_US * 1e-6
+            out["mtp_draft"] += self.mtp * (max(kv_read / (1 + self.mtp), floor) - floor)
+        if self.eng.schedule_ahead_steps:
+            gpu = sum(v for k, v in out.items() if k != "engine_overhead")
+            out["engine_overhead"] = max(0.0, self.eng.step_overhead_s - gpu)
+        return out
+
+    def _attn_core(self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float) -> float:
+        """MLA core of one layer: decode reads the latent cache (q queries per seq), prefill computes causal
+        attention."""
+        q = 1 + self.mtp
+        kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
+        dec_flops = 2.0 * self.heads * (self.spec.kv_latent_dim + self.spec.kv_lora_rank) * ctx_sum * q
+        pre_flops = 2.0 * self.heads * (self.spec.qk_head_dim + self.spec.v_head_dim) * pre_pairs
+        attn_core = max(kv_read, dec_flops / self._attn_rate) if n_dec else 0.0
+        attn_core += pre_flops / self._attn_rate if n_pre else 0.0
+        return max(attn_core, KERNEL_MIN_US * 1e-6)
+
+    def _parts(
+        self,
+        n_dec: float,
+        ctx_sum: float,
+        n_pre: float,
+        pre_pairs: float,
+        n_logits: float | None = None,
+        moe_tokens: float | None = None,
+    ) -> dict[str, float]:
         q = 1 + self.mtp
         m = n_dec * q + n_pre
         if m <= 0:
@@ -243,25 +315,19 @@ class StepModel:
         attn_lin = (
             self._g(m, *self.a_rep) + self._g(m, *self.a_qb) + self._g(m, *self.a_kvb) + self._g(m, *self.a_o)
         )
-        # MLA core: decode reads the latent cache (q queries per seq), prefill computes causal attention
+        attn_core = self._attn_core(n_dec, ctx_sum, n_pre, pre_pairs)
         kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
-        dec_flops = 2.0 * self.heads * (self.spec.kv_latent_dim + self.spec.kv_lora_rank) * ctx_sum * q
-        pre_flops = 2.0 * self.heads * (self.spec.qk_head_dim + self.spec.v_head_dim) * pre_pairs
-        attn_rate = self.eff.bf16_curve[-1][1] * 1e12  # attention kernels run at the bf16 plateau
-        attn_core = max(kv_read, dec_flops / attn_rate) if n_dec else 0.0
-        attn_core += pre_flops / attn_rate if n_pre else 0.0
-        attn_core = max(attn_core, KERNEL_MIN_US * 1e-6)
         # MLPs
         dense = self._g(m, self.h, 2 * self.dense_i) + self._g(m, self.dense_i, self.h)
         shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
         router = self._g(m, self.h, self.E, "bf16")
         if self.dep.par.ep:
-            tokens = m * self.dp  # every DP replica's tokens meet at the experts
+            tokens = m * self.dp if moe_tokens is None else moe_tokens  # every DP rank's tokens meet here
             local = self.E / self.dep.par.ep_size
             touched = local * (1.0 - (1.0 - self.k / self.E) ** tokens)
             rows = tokens * self.k / self.dep.par.ep_size
-            wbytes = touched * self.expert_bytes_full
-            flops = 2.0 * rows * 3 * self.h * self.I
+            wbytes = touched * self.expert_bytes_full / self.moe_tp
+            flops = 2.0 * rows * 3 * self.h * self.I / self.moe_tp
             a2a_bytes = m * self.k * self.h * (1 + 2)  # dispatch fp8, combine bf16
             if self.ep_remote > 0:
                 comm_ep = self.ep_link.transfer_s(a2a_bytes * self.ep_remote)
@@ -274,7 +340,7 @@ class StepModel:
             flops = 2.0 * rows * 3 * self.h * self.I / self.tp
             comm_ep = 0.0
         routed = max(
-            wbytes / (self.eff.weight_tb_s * 1e12),
+            self._expert_stream_s(touched, wbytes),
             self._grouped_expert_s(rows, touched, flops),
             2 * KERNEL_MIN_US * 1e-6,
         )
@@ -306,13 +372,22 @@ class StepModel:
                     self.E
                     * (1 - (1 - self.k / self.E) ** n_dec)
                     * self.expert_bytes_full
-                    / (self.tp if not self.dep.par.ep else self.dep.par.ep_size)
+                    / (self.tp if not self.dep.par.ep else self.dep.par.ep_size * self.moe_tp)
                     / (self.eff.weight_tb_s * 1e12),
                     2 * KERNEL_MIN_US * 1e-6,
                 )
                 + self._g(n_dec, self.h, self.vocab_shard, "bf16")
                 + 2 * self.allreduce_s(n_dec * self.h * 2)
             )
+        gpu = (
+            L * (attn_lin + attn_core + ar) + Ld * dense + Lm * (routed + shared + router + comm_ep) + head
+            + mtp_draft + kernels
+        )  # fmt: skip
+        # overlap scheduling (schedule_ahead_steps >= 1) prepares the next step on the CPU while this one runs:
+        # only the part of the CPU's step work longer than the GPU's is exposed
+        overhead = self.eng.step_overhead_s
+        if self.eng.schedule_ahead_steps:
+            overhead = max(0.0, overhead - gpu)
         return {
             "attention_gemm": L * attn_lin,
             "attention_core": L * attn_core,
@@ -323,19 +398,27 @@ class StepModel:
             "lm_head": head,
             "mtp_draft": mtp_draft,
             "small_kernels": kernels,
-            "engine_overhead": self.eng.step_overhead_s,
+            "engine_overhead": overhead,
         }
 
-    def step_s(self, n_dec: float, ctx_sum: float, n_pre: float = 0.0, pre_pairs: float = 0.0) -> float:
+    def step_s(
+        self,
+        n_dec: float,
+        ctx_sum: float,
+        n_pre: float = 0.0,
+        pre_pairs: float = 0.0,
+        moe_tokens: float | None = None,
+    ) -> float:
         """One engine step: every running sequence advances (decode) and prefill chunks are processed.
 
         With PP p, the batch runs as p microbatches in flight; a token of any sequence takes the whole pipe:
         p x stage time of a 1/p microbatch plus (p - 1) activation sends."""
         p = self.pp
         if p == 1:
-            return sum(self.parts(n_dec, ctx_sum, n_pre, pre_pairs).values())
+            return sum(self.parts(n_dec, ctx_sum, n_pre, pre_pairs, moe_tokens=moe_tokens).values())
         mb = self._microbatches(n_dec, n_pre)
-        parts = self.parts(n_dec / mb, ctx_sum / mb, n_pre / mb, pre_pairs / mb)
+        mt = None if moe_tokens is None else moe_tokens / mb
+        parts = self.parts(n_dec / mb, ctx_sum / mb, n_pre / mb, pre_pairs / mb, moe_tokens=mt)
         stage = sum(v for k, v in parts.items() if k != "engine_overhead")
         tokens = (n_dec * (1 + self.mtp) + n_pre) / mb
         return p * stage + (p - 1) * self.p2p_s(tokens) + self.eng.step_overhead_s

@@ -43,15 +43,19 @@ def _rate(link: network.Link) -> str:
 
 
 def parse_parallelism(text: str | Parallelism) -> Parallelism:
-    """'TP8', 'TP8xPP2', 'TP8 PP2', 'TP1 DP8 EP8', 'TP8 DP2 EP' -> Parallelism."""
+    """'TP8', 'TP8xPP2', 'TP8 PP2', 'TP1 DP8 EP8', 'TP8 DP2 EP', 'TP8 EP4' (experts over 4 ranks, each split
+    over 2: TP x EP) -> Parallelism."""
     if isinstance(text, Parallelism):
         return text
     t = text.upper()
-    vals = {k: int(v) for k, v in re.findall(r"(TP|PP|DP)\s*=?\s*(\d+)", t)}
+    vals = {k: int(v) for k, v in re.findall(r"(TP|PP|DP|EP)\s*=?\s*(\d+)", t)}
     ep = "EP" in t
     if not vals and not ep:
         raise ValueError(f"cannot read parallelism {text!r}: expected e.g. 'TP8', 'TP8xPP2', 'TP1 DP8 EP8'")
-    return Parallelism(tp=vals.get("TP", 1), pp=vals.get("PP", 1), dp=vals.get("DP", 1), ep=ep)
+    tp, dp = vals.get("TP", 1), vals.get("DP", 1)
+    ep_n = vals.get("EP", 0)
+    moe_ep = ep_n if ep_n and ep_n != tp * dp else 0
+    return Parallelism(tp=tp, pp=vals.get("PP", 1), dp=dp, ep=ep, moe_ep=moe_ep)
 
 
 @dataclass(frozen=True)
@@ -222,27 +226,45 @@ def predict(
             bottleneck={"component": "memory", "detail": reason},
             step_breakdown_ms={},
         )
+
+    def fabric(p: Parallelism, role: str) -> str:
+        """The network joining the nodes an instance spans (an instance inside one node needs none)."""
+        if p.gpus <= gpus_per_node or network_name != "none":
+            return network_name
+        if pd is not None and pd.network in network.NETWORK_TO_LINK and pd.network != "none":
+            return pd.network  # P/D pools on one fabric: the instance spans nodes over the pools' network
+        raise ValueError(
+            f"the {role} instance ({p.label()}, {p.gpus} GPUs) spans {-(-p.gpus // gpus_per_node)} nodes of "
+            f"{gpus_per_node} GPUs but no network joins them: pass network_name (e.g. 'infiniband')"
+        )
+
     dep = Deployment(
         hw.runpod_id,
         par,
         engine,
         kv_dtype,
         gpus_per_node,
-        network_name,
+        fabric(par, "decode" if pd else "serving"),
         num_speculative_tokens,
         profile,
         spec,
     )
     sm = _step_model(dep)
+    # who is simulated: P/D -> every decode rank of every decode instance against the one shared prefill pool;
+    # attention-DP under EP -> the instance's DP ranks in lock-step (they meet at every MoE all-to-all);
+    # otherwise one replica of the independent ones (data parallel without EP)
+    coupled = pd is not None or (par.ep and par.dp > 1)
     replicas = par.dp * (pd.decode_instances if pd else 1)
-    conc = None if concurrency is None else max(1, math.ceil(concurrency / replicas))
-    r_rate = None if rate is None else rate / replicas
+    ranks = replicas if coupled else 1
+    split = 1 if coupled else replicas
+    conc = None if concurrency is None else max(1, math.ceil(concurrency / split))
+    r_rate = None if rate is None else rate / split
     wl = Workload(
         isl=isl_range or isl,
         osl=osl_range or osl,
         concurrency=conc,
         rate=r_rate,
-        num_requests=None if num_requests is None else max(1, math.ceil(num_requests / replicas)),
+        num_requests=None if num_requests is None else max(1, math.ceil(num_requests / split)),
         seed=seed,
     )
     sched = SchedulerConfig(
@@ -256,14 +278,21 @@ def predict(
             link = network.Link(
                 f"{link.name} @ {pd.kv_transfer_gb_s} GB/s", pd.kv_transfer_gb_s, link.latency_us
             )
+        if link.gb_s <= 0:
+            raise ValueError(f"P/D needs a link between the pools: network {pd.network!r} carries no bytes")
         pre_dep = Deployment(
-            hw.runpod_id, pd.prefill, engine, kv_dtype, gpus_per_node, "none", 0, profile, spec
+            hw.runpod_id, pd.prefill, engine, kv_dtype, gpus_per_node, fabric(pd.prefill, "prefill"), 0,
+            profile, spec,
+        )  # fmt: skip
+        # one shared pool: every prefill rank (instances x their DP ranks) serves every decode rank, FIFO
+        pdc = PDConfig(
+            _step_model(pre_dep), link, pd.prefill_instances * pd.prefill.dp, max_num_batched_tokens
         )
-        share = max(1, round(pd.prefill_instances / pd.decode_instances))
-        pdc = PDConfig(_step_model(pre_dep), link, share, max_num_batched_tokens)
         kv_ms = pdc.prefill.kv_transfer_s(isl, link) * 1e3
-    res = simulate(sm, wl, sched, pdc)
-    busy = replicas if concurrency is None else min(replicas, concurrency / conc)  # replicas with work
+    res = simulate(sm, wl, sched, pdc, ranks=ranks, ranks_per_instance=par.dp)
+    busy = (
+        1.0 if coupled else (replicas if concurrency is None else min(replicas, concurrency / conc))
+    )  # replicas with work
     out_tok_s = res.output_tokens / res.duration_s * busy
     in_tok_s = res.input_tokens / res.duration_s * busy
     tpot = _stats(res.tpot_s)

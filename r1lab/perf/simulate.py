@@ -105,10 +105,39 @@ def _length(v: int | tuple[int, int], rng: random.Random) -> int:
     return v if isinstance(v, int) else rng.randint(v[0], v[1])
 
 
+class _Rank:
+    """One engine rank's scheduler state (vLLM V1: running first, then waiting; blocks allocated as computed)."""
+
+    __slots__ = ("arrivals", "waiting", "running", "free_blocks", "plan")
+
+    def __init__(self, num_blocks: int) -> None:
+        self.arrivals: list[tuple[float, int, _Req]] = []  # heap (time it reaches this rank, id, request)
+        self.waiting: deque[_Req] = deque()
+        self.running: list[_Req] = []
+        self.free_blocks = num_blocks
+        self.plan: tuple[list[_Req], list[tuple[_Req, int]]] | None = None
+
+    def load(self) -> int:
+        return len(self.running) + len(self.waiting) + len(self.arrivals)
+
+    def idle(self) -> bool:
+        return not self.running and not self.waiting
+
+
 def simulate(
-    step: StepModel, wl: Workload, sched: SchedulerConfig | None = None, pd: PDConfig | None = None
+    step: StepModel,
+    wl: Workload,
+    sched: SchedulerConfig | None = None,
+    pd: PDConfig | None = None,
+    ranks: int = 1,
+    ranks_per_instance: int | None = None,
 ) -> SimResult:
-    """Run one load point to completion; every request is measured (no warm-up cut)."""
+    """Run one load point to completion; every request is measured (no warm-up cut).
+
+    `ranks` engine ranks step in lock-step (attention-DP ranks of one instance meet at every MoE all-to-all, so
+    each step lasts as long as the slowest rank's: a rank's prefill chunk stalls every rank's decode). A new
+    request goes to the rank with the least work (closed loop: a client sends its next request when its last one
+    ends). Under EP the experts of one instance see the tokens of its `ranks_per_instance` ranks (default: all)."""
     sched = sched or SchedulerConfig()
     rng = random.Random(wl.seed)
     n_total = wl.n()
@@ -116,8 +145,10 @@ def simulate(
     q = 1 + step.mtp
     bs = sched.block_size
     overhead = step.eng.request_overhead_s
+    rpi = ranks_per_instance or ranks
+    coupled_moe = ranks > 1 and step.dep.par.ep
+    rk = [_Rank(sched.num_blocks) for _ in range(ranks)]
     issued = 0
-    arrivals: list[tuple[float, int, _Req]] = []  # heap of (time, id) ready to be scheduled by this replica
 
     def new_request(t: float) -> _Req:
         nonlocal issued
@@ -126,14 +157,18 @@ def simulate(
         issued += 1
         return r
 
-    # prefill pool for P/D
+    def route(r: _Req, t: float) -> None:
+        dest = rk[0] if ranks == 1 else min(rk, key=_Rank.load)
+        heapq.heappush(dest.arrivals, (t, r.rid, r))
+
+    # prefill pool for P/D: shared by every decode rank
     p_free = [0.0] * (pd.prefill_instances if pd else 0)
     p_queue: deque[_Req] = deque()
     link_free = [0.0]
 
     def submit(r: _Req) -> None:
         if pd is None:
-            heapq.heappush(arrivals, (r.arrival, r.rid, r))
+            route(r, r.arrival)
         else:
             p_queue.append(r)
 
@@ -155,19 +190,19 @@ def simulate(
                 batch.append(r)
                 tokens += r.isl
                 pairs += r.isl * (r.isl + 1) / 2
-            done = start + pd.prefill.step_s(0, 0, tokens, pairs)
-            p_free[i] = done
+            done_at = start + pd.prefill.step_s(0, 0, tokens, pairs)
+            p_free[i] = done_at
             for r in batch:
                 # the link carries one KV cache at a time (FIFO): transfers queue behind each other; the
                 # client's first token comes from the decode worker once the KV cache has landed
-                ready = max(done, link_free[0]) + pd.prefill.kv_transfer_s(r.isl, pd.link)
+                ready = max(done_at, link_free[0]) + pd.prefill.kv_transfer_s(r.isl, pd.link)
                 link_free[0] = ready
                 r.first = ready + overhead
                 r.last_t = r.first
                 r.generated = 1
                 r.computed = r.prompt = r.isl
                 r.admitted_remote = True
-                heapq.heappush(arrivals, (ready, r.rid, r))
+                route(r, ready)
 
     # initial load
     if wl.concurrency:
@@ -181,9 +216,6 @@ def simulate(
             submit(new_request(t_arr))
 
     t = 0.0
-    waiting: deque[_Req] = deque()
-    running: list[_Req] = []
-    free_blocks = sched.num_blocks
     peak_blocks = 0
     done: list[_Req] = []
     preemptions = 0
@@ -191,14 +223,71 @@ def simulate(
     batch_sum = 0.0
     max_tokens = sched.max_num_batched_tokens
 
-    def finish(r: _Req, t_end: float) -> None:
-        nonlocal free_blocks
+    def finish(x: _Rank, r: _Req, t_end: float) -> None:
         r.end = t_end + overhead  # the client sees every token shifted by the request overhead
-        free_blocks += r.blocks
+        x.free_blocks += r.blocks
         r.blocks = 0
         done.append(r)
         if wl.concurrency and issued < n_total:
             submit(new_request(r.end))
+
+    def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, int]]]:
+        """One rank's batch for this step (running first, then waiting); preempts the newest when short."""
+        nonlocal preemptions
+        budget = max_tokens
+        decodes = [r for r in x.running if r.computed >= r.prompt]
+        budget -= len(decodes) * q
+        chunks: list[tuple[_Req, int]] = []
+        for r in x.running:
+            if r.computed < r.prompt and budget > 0:
+                c = min(r.prompt - r.computed, budget)
+                if not sched.enable_chunked_prefill and c < r.prompt - r.computed:
+                    continue
+                chunks.append((r, c))
+                budget -= c
+        while x.waiting and len(x.running) < sched.max_num_seqs and budget > 0:
+            r = x.waiting[0]
+            need_tokens = r.prompt - r.computed
+            c = min(need_tokens, budget)
+            if not sched.enable_chunked_prefill and c < need_tokens:
+                break
+            need_blocks = math.ceil((r.computed + max(c, 1)) / bs) - r.blocks
+            if need_blocks > x.free_blocks:
+                break
+            x.waiting.popleft()
+            x.running.append(r)
+            if c > 0:
+                chunks.append((r, c))
+                budget -= c
+            else:
+                decodes.append(r)
+                budget -= q
+        while True:
+            need = 0
+            for r in decodes:
+                need += max(0, math.ceil((r.computed + q) / bs) - r.blocks)
+            for r, c in chunks:
+                need += max(0, math.ceil((r.computed + c) / bs) - r.blocks)
+            if need <= x.free_blocks or len(x.running) <= 1:
+                break
+            victim = x.running.pop()
+            x.free_blocks += victim.blocks
+            victim.blocks = 0
+            victim.prompt = victim.isl + int(victim.generated)
+            victim.computed = 0
+            victim.preempted += 1
+            preemptions += 1
+            x.waiting.appendleft(victim)
+            decodes = [r for r in decodes if r is not victim]
+            chunks = [(r, c) for r, c in chunks if r is not victim]
+        if not decodes and not chunks and (x.running or x.waiting):
+            # cannot make progress (a single prompt larger than the cache): fail it loudly
+            r = x.running[0] if x.running else x.waiting[0]
+            raise RuntimeError(
+                f"request of {r.isl} input tokens cannot be scheduled: KV cache holds "
+                f"{sched.num_blocks * bs} tokens"
+            )
+        return decodes, chunks
 
     ahead = step.eng.schedule_ahead_steps
     last_step_start = 0.0
@@ -212,140 +301,123 @@ def simulate(
         # an engine that schedules ahead (overlap scheduling) has already formed the next batch when the
         # current one ends: a request that arrived during the last step joins one step later; an idle engine
         # takes it at once
-        visible = t if not running or ahead == 0 else last_step_start
-        while arrivals and arrivals[0][0] <= visible:
-            waiting.append(heapq.heappop(arrivals)[2])
-        if not running and not waiting and arrivals and arrivals[0][0] <= t:
-            waiting.append(heapq.heappop(arrivals)[2])
-        if not running and not waiting:
-            nxt = [arrivals[0][0]] if arrivals else []
+        for x in rk:
+            visible = t if not x.running or ahead == 0 else last_step_start
+            while x.arrivals and x.arrivals[0][0] <= visible:
+                x.waiting.append(heapq.heappop(x.arrivals)[2])
+            if not x.running and not x.waiting and x.arrivals and x.arrivals[0][0] <= t:
+                x.waiting.append(heapq.heappop(x.arrivals)[2])
+        if all(x.idle() for x in rk):
+            nxt = [x.arrivals[0][0] for x in rk if x.arrivals]
             if pd is not None and p_queue:
                 nxt.append(max(min(p_free), p_queue[0].arrival))
             if not nxt:
                 raise RuntimeError("simulation stalled: nothing running, waiting or arriving")
             t = max(t, min(nxt))
             continue
-        # --- schedule one step (vLLM V1: running first, then waiting) ---
-        budget = max_tokens
-        decodes = [r for r in running if r.computed >= r.prompt]
-        budget -= len(decodes) * q
-        chunks: list[tuple[_Req, int]] = []
-        for r in running:
-            if r.computed < r.prompt and budget > 0:
-                c = min(r.prompt - r.computed, budget)
-                if not sched.enable_chunked_prefill and c < r.prompt - r.computed:
-                    continue
-                chunks.append((r, c))
-                budget -= c
-        while waiting and len(running) < sched.max_num_seqs and budget > 0:
-            r = waiting[0]
-            need_tokens = r.prompt - r.computed
-            c = min(need_tokens, budget)
-            if not sched.enable_chunked_prefill and c < need_tokens:
-                break
-            need_blocks = math.ceil((r.computed + max(c, 1)) / bs) - r.blocks
-            if need_blocks > free_blocks:
-                break
-            waiting.popleft()
-            running.append(r)
-            if c > 0:
-                chunks.append((r, c))
-                budget -= c
-            else:
-                decodes.append(r)
-                budget -= q
-        # blocks for this step's tokens; preempt the newest running request if short
-        while True:
-            need = 0
-            for r in decodes:
-                need += max(0, math.ceil((r.computed + q) / bs) - r.blocks)
-            for r, c in chunks:
-                need += max(0, math.ceil((r.computed + c) / bs) - r.blocks)
-            if need <= free_blocks or len(running) <= 1:
-                break
-            victim = running.pop()
-            free_blocks += victim.blocks
-            victim.blocks = 0
-            victim.prompt = victim.isl + int(victim.generated)
-            victim.computed = 0
-            victim.preempted += 1
-            preemptions += 1
-            waiting.appendleft(victim)
-            decodes = [r for r in decodes if r is not victim]
-            chunks = [(r, c) for r, c in chunks if r is not victim]
-        if not decodes and not chunks:
-            # cannot make progress (a single prompt larger than the cache): fail it loudly
-            r = running[0] if running else waiting[0]
-            raise RuntimeError(
-                f"request of {r.isl} input tokens cannot be scheduled: KV cache holds "
-                f"{sched.num_blocks * bs} tokens"
+        # --- schedule one step on every rank ---
+        plans = [schedule(x) if not x.idle() else ([], []) for x in rk]
+        per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
+        for decodes, chunks in plans:
+            per.append(
+                (
+                    len(decodes),
+                    float(sum(r.computed for r in decodes)),
+                    sum(c for _, c in chunks),
+                    sum(c * r.computed + c * (c + 1) / 2 for r, c in chunks),
+                )
             )
-        n_dec = len(decodes)
-        ctx_sum = float(sum(r.computed for r in decodes))
-        n_pre = sum(c for _, c in chunks)
-        pairs = sum(c * r.computed + c * (c + 1) / 2 for r, c in chunks)
+        moe_tok = None
+        if coupled_moe:
+            moe_tok = [0.0] * ranks
+            for g0 in range(0, ranks, rpi):
+                tot = sum(per[i][0] * q + per[i][2] for i in range(g0, min(ranks, g0 + rpi)))
+                for i in range(g0, min(ranks, g0 + rpi)):
+                    moe_tok[i] = tot
+        any_chunks = any(chunks for _, chunks in plans)
+
+        def rank_dt(
+            i: int, ctx_shift: float = 0.0, per: list = per, moe_tok: list[float] | None = moe_tok
+        ) -> float:
+            n_dec, ctx_sum, n_pre, pairs = per[i]
+            if n_dec == 0 and n_pre == 0:
+                return 0.0  # an idle rank joins the all-to-all; the busy ranks' steps set the time
+            return step.step_s(
+                n_dec, ctx_sum + n_dec * ctx_shift, n_pre, pairs, None if moe_tok is None else moe_tok[i]
+            )
+
         # --- epoch length: pure decode stretches advance k steps at once ---
         k = 1
-        if not chunks and n_dec:
-            k = min(math.ceil((r.osl - r.generated) / tps) for r in decodes)
-            if waiting and len(running) < sched.max_num_seqs:
-                head = waiting[0]
-                c0 = min(head.prompt - head.computed, max_tokens - len(decodes) * q)
-                if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= free_blocks:
-                    k = 1  # it can be admitted next step
-            if arrivals:
-                k = min(k, max(1, int((arrivals[0][0] - t) / max(step.step_s(n_dec, ctx_sum), 1e-9))))
+        if not any_chunks:
+            dt0 = max(rank_dt(i) for i in range(ranks))
+            k = 1 << 60
+            for i, x in enumerate(rk):
+                decodes = plans[i][0]
+                if not decodes:
+                    continue
+                k = min(k, min(math.ceil((r.osl - r.generated) / tps) for r in decodes))
+                if x.waiting and len(x.running) < sched.max_num_seqs:
+                    head = x.waiting[0]
+                    c0 = min(head.prompt - head.computed, max_tokens - len(decodes) * q)
+                    if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
+                        k = 1  # it can be admitted next step
+                if x.arrivals:
+                    k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
+                # free blocks bound: the longest stretch whose new blocks fit in the free ones
+                k = max(1, k)
+                if _block_needs(decodes, k, q, bs) > x.free_blocks:
+                    lo, hi = 1, k
+                    while lo < hi:
+                        mid = (lo + hi + 1) // 2
+                        if _block_needs(decodes, mid, q, bs) <= x.free_blocks:
+                            lo = mid
+                        else:
+                            hi = mid - 1
+                    k = lo
+            if k == 1 << 60:
+                k = 1
+            for x in rk:
+                if x.idle() and x.arrivals:
+                    k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
             if pd is not None and p_queue:
-                k = min(
-                    k, max(1, int((max(min(p_free), p_queue[0].arrival) - t) / step.step_s(n_dec, ctx_sum)))
-                )
-            # free blocks bound: the longest stretch whose new blocks fit in the free ones
-            k = max(1, k)
-            if _block_needs(decodes, k, q, bs) > free_blocks:
-                lo, hi = 1, k
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if _block_needs(decodes, mid, q, bs) <= free_blocks:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                k = lo
-        mid_ctx = ctx_sum + n_dec * tps * (k - 1) / 2.0
-        dt = step.step_s(n_dec, mid_ctx, n_pre, pairs)
+                k = min(k, max(1, int((max(min(p_free), p_queue[0].arrival) - t) / max(dt0, 1e-9))))
+        dt = max(rank_dt(i, tps * (k - 1) / 2.0) for i in range(ranks))
         t_next = t + k * dt
         last_step_start = t_next - dt
         steps += k
-        batch_sum += k * (n_dec + len(chunks))
         # --- apply ---
-        for r in decodes:
-            gained = min(k * tps, r.osl - r.generated)
-            r.generated += gained
-            r.computed += gained
-            nb = math.ceil(r.computed / bs)
-            free_blocks -= nb - r.blocks
-            r.blocks = nb
-            chunks_out = max(1.0, math.ceil(gained / tps))
-            r.gaps.append((dt, chunks_out))
-            r.last_t = t_next
-        for r, c in chunks:
-            r.computed += c
-            nb = math.ceil(r.computed / bs)
-            free_blocks -= nb - r.blocks
-            r.blocks = nb
-            if r.computed >= r.prompt:
-                if r.first is None:
-                    r.first = t_next + overhead
-                    r.generated = 1
+        for x, (decodes, chunks) in zip(rk, plans, strict=True):
+            batch_sum += k * (len(decodes) + len(chunks)) / ranks
+            for r in decodes:
+                gained = min(k * tps, r.osl - r.generated)
+                r.generated += gained
+                r.computed += gained
+                nb = math.ceil(r.computed / bs)
+                x.free_blocks -= nb - r.blocks
+                r.blocks = nb
+                chunks_out = max(1.0, math.ceil(gained / tps))
+                r.gaps.append((dt, chunks_out))
                 r.last_t = t_next
-        peak_blocks = max(peak_blocks, sched.num_blocks - free_blocks)
+            for r, c in chunks:
+                r.computed += c
+                nb = math.ceil(r.computed / bs)
+                x.free_blocks -= nb - r.blocks
+                r.blocks = nb
+                if r.computed >= r.prompt:
+                    if r.first is None:
+                        r.first = t_next + overhead
+                        r.generated = 1
+                    r.last_t = t_next
+            peak_blocks = max(peak_blocks, sched.num_blocks - x.free_blocks)
         t = t_next
-        still = []
-        for r in running:
-            if r.first is not None and r.generated >= r.osl and r.computed >= r.prompt:
-                finish(r, max(t, r.first - overhead))
-            else:
-                still.append(r)
-        running = still
+        for x in rk:
+            still = []
+            for r in x.running:
+                if r.first is not None and r.generated >= r.osl and r.computed >= r.prompt:
+                    finish(x, r, max(t, r.first - overhead))
+                else:
+                    still.append(r)
+            x.running = still
 
     ttft = [r.first - r.arrival for r in done]  # type: ignore[operator]
     e2e = [r.end - r.arrival for r in done]  # type: ignore[operator]

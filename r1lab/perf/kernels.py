@@ -1,0 +1,123 @@
+"""Kernel times measured on the GPU itself (r1lab/calibrate/layer_bench.py), used where they beat the profile.
+
+The reference profiles time block-FP8 GEMMs through cuBLAS, which at decode sizes (m <= 64) streams a thin TP8
+shard's weights at 0.2-1.5 TB/s (and cannot run m=1). Engines pick a faster kernel per shape (split-K Triton,
+CUTLASS, DeepGEMM); `layer_bench.py --tuned-only` measured the fastest of 15 split-K Triton configurations per shape
+and m on the lent H200 (2026-12-01): that time, where measured, caps the profile's. The routed experts' grouped
+GEMMs (a vLLM-style fused MoE: one launch per projection over a grid padded for every expert) were measured at the
+TP8-slice shape (256 experts x 2I/8) and the EP8 whole-expert shape; their time is, by least squares over the
+stream-bound points (m <= 64), `fixed + experts touched x expert bytes / rate`.
+
+Other GPUs: times scale by the HBM datasheet ratio (the measured regimes are bandwidth-bound), stated as such.
+
+Public interface: `KernelTable.for_gpu(gpu_short) -> KernelTable | None`, `.gemm_s(m, k, n)`, `.moe_s(...)`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from r1lab.perf import hardware
+
+MEASURED = {"H200": "h200-kernels-2026-12-01.json"}
+STREAM_MAX_M = (
+    64  # measured points used for the MoE stream fit (above it the grouped GEMMs turn compute-bound)
+)
+
+
+def _load(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("r1lab").joinpath("data", "kernels", name).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class MoeFit:
+    """Grouped routed-expert GEMMs (gate_up + down) of one layout: fixed_s + touched x bytes / (tb_s 1e12)."""
+
+    layout: str
+    expert_bytes: float  # one expert's weights as one GPU holds them (fp8)
+    fixed_s: float
+    tb_s: float
+
+    def seconds(self, touched: float, expert_bytes: float, scale: float) -> float:
+        return self.fixed_s + touched * expert_bytes / (self.tb_s * scale * 1e12)
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    gpu: str
+    source: str
+    scale: float  # HBM ratio target / measured GPU
+    gemm: dict[tuple[int, int], tuple[tuple[float, float], ...]]  # (k, n) -> ((m, seconds), ...)
+    moe: tuple[MoeFit, ...]
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def for_gpu(gpu_short: str) -> KernelTable | None:
+        """The measured table for this GPU, or one measured on another Hopper part scaled by HBM bandwidth."""
+        dst = hardware.gpu(gpu_short)
+        name = MEASURED.get(dst.short)
+        src_short = dst.short
+        if name is None:
+            if not dst.short.startswith(("H100", "H200")):
+                return None
+            src_short, name = next(iter(MEASURED.items()))
+        data = _load(name)
+        scale = dst.hbm_tb_s / hardware.gpu(src_short).hbm_tb_s
+        gemm: dict[tuple[int, int], dict[float, float]] = {}
+        for r in data["records"]:
+            if r["kind"] == "gemm_tuned" and r.get("rel_error", 1.0) < 1e-2:
+                d = gemm.setdefault((r["k"], r["n"]), {})
+                d[r["m"]] = min(d.get(r["m"], math.inf), r["seconds"] / scale)  # same shape measured twice
+        moe = []
+        for layout, inter_split in (("tp8-slice", 8), ("ep8-whole", 1)):
+            pts = [r for r in data["records"] if r["kind"] == "moe_tuned" and r["shape"] == layout]
+            pts = [r for r in pts if r["m"] <= STREAM_MAX_M]
+            if len(pts) < 2:
+                continue
+            eb = 3 * 7168 * 2048 / inter_split
+            xs = [r["experts_touched"] * eb for r in pts]
+            ys = [r["gate_up_s"] + r["down_s"] for r in pts]
+            n = len(xs)
+            mx, my = sum(xs) / n, sum(ys) / n
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+                (x - mx) ** 2 for x in xs
+            )
+            moe.append(MoeFit(layout, eb, max(0.0, my - slope * mx), 1.0 / slope / 1e12))
+        return KernelTable(
+            dst.short,
+            f"{data['source'].split(':')[0]} ({data['measured']})"
+            + ("" if src_short == dst.short else f", scaled from {src_short} by HBM bandwidth x{scale:.2f}"),
+            scale,
+            {key: tuple(sorted(v.items())) for key, v in gemm.items()},
+            tuple(moe),
+        )
+
+    def gemm_s(self, m: float, k: float, n: float) -> float | None:
+        """Measured time of the block-FP8 GEMM (k, n) at m rows (log-log between measured m), None if unmeasured
+        or beyond the largest measured m."""
+        pts = self.gemm.get((round(k), round(n)))
+        if not pts or m > pts[-1][0]:
+            return None
+        if m == pts[-1][0]:
+            return pts[-1][1]
+        if m <= pts[0][0]:
+            return pts[0][1]
+        ms = [p[0] for p in pts]
+        i = bisect.bisect_right(ms, m)
+        (m0, t0), (m1, t1) = pts[i - 1], pts[i]
+        f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
+        return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
+
+    def moe_s(self, touched: float, expert_bytes: float) -> float | None:
+        """Stream time of the routed experts' grouped GEMMs: the fit of the layout whose per-expert bytes are
+        nearest (a TP-split slice or a whole expert)."""
+        if not self.moe:
+            return None
+        fit = min(self.moe, key=lambda f: abs(math.log(f.expert_bytes / expert_bytes)))
+        return fit.seconds(touched, expert_bytes, self.scale)
