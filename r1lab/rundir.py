@@ -284,7 +284,8 @@ def _join_provider(ctx: RunContext, step: str) -> None:
 
 
 def _notebook_setup() -> None:
-    """Inside a kernel: plotly figures embed plotly.js (rendered HTML opens offline, no CDN)."""
+    """Inside a kernel: plotly figures embed plotly.js and load nothing from a CDN (not even MathJax), so the
+    rendered HTML opens offline."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -292,9 +293,20 @@ def _notebook_setup() -> None:
     if get_ipython() is None:
         return
     import plotly.io as pio
+    from plotly.io._base_renderers import NotebookRenderer
 
-    pio.renderers.default = (
-        "plotly_mimetype+notebook_connected"
-        if os.environ.get("R1LAB_PLOTLY_CDN")
-        else "plotly_mimetype+notebook"
-    )
+    class OfflineNotebookRenderer(NotebookRenderer):
+        """plotly's notebook renderer, without the MathJax <script> it always loads from cdnjs."""
+
+        def to_mimebundle(self, fig_dict: dict) -> dict:
+            html = pio.to_html(fig_dict, config=self.config, auto_play=self.auto_play, include_plotlyjs=False,
+                               include_mathjax=False, post_script=self.post_script, full_html=False,
+                               animation_opts=self.animation_opts, default_width="100%", default_height=525,
+                               validate=False)  # fmt: skip
+            return {"text/html": html}
+
+    if os.environ.get("R1LAB_PLOTLY_CDN"):
+        pio.renderers.default = "plotly_mimetype+notebook_connected"
+        return
+    pio.renderers["r1lab_notebook"] = OfflineNotebookRenderer()
+    pio.renderers.default = "plotly_mimetype+r1lab_notebook"

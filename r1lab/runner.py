@@ -28,6 +28,7 @@ from r1lab.secrets import redact
 from r1lab.teardown import teardown_run
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NBCONVERT_TEMPLATES = Path(__file__).parent / "data" / "nbconvert"  # r1lab: JupyterLab's, without CDN scripts
 HIDE_CODE = {"06_report"}  # shared as a report: rendered without code cells
 
 
@@ -109,8 +110,9 @@ def render_html(ipynb: Path, hide_code: bool = False) -> Path:
 
     nb = nbformat.read(ipynb, as_version=4)
     exporter = HTMLExporter(
-        exclude_input=hide_code, exclude_input_prompt=hide_code, exclude_output_prompt=hide_code
-    )
+        exclude_input=hide_code, exclude_input_prompt=hide_code, exclude_output_prompt=hide_code,
+        template_name="r1lab", extra_template_basedirs=[str(NBCONVERT_TEMPLATES)],
+    )  # fmt: skip
     body, _ = exporter.from_notebook_node(nb)
     out = ipynb.with_suffix(".html")
     out.write_text(redact(body), encoding="utf-8")

@@ -13,8 +13,9 @@ from r1lab.report.charts import summary_frame
 from r1lab.report.compare import compare_runs
 from r1lab.report.data import ReportError, RunData, load_run
 from r1lab.report.render import check_report
+from r1lab.report.tables import display_table
 
 __all__ = [
-    "Finding", "Report", "ReportError", "RunData", "build_report", "check_report", "compare_runs", "findings",
+    "Finding", "Report", "ReportError", "RunData", "build_report", "check_report", "compare_runs", "display_table", "findings",
     "load_run", "predicted_vs_measured", "summary_frame",
 ]  # fmt: skip

@@ -207,7 +207,7 @@ color:#222;padding:0 16px} h1{margin-bottom:0} .sub{color:#666;margin-top:4px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 6px;text-align:right}
 th{background:#f3f6fa} td:first-child,th:first-child{text-align:left} .chart{margin:18px 0;min-height:300px}
 .tag{display:inline-block;padding:1px 6px;border-radius:8px;font-size:11px;background:#eef;color:#335}
-.yes{color:#b00;font-weight:600} .no{color:#070} .unknown{color:#777} .note{color:#666;font-size:13px}
+.table-wrap{max-width:100%;overflow-x:auto} .yes{color:#b00;font-weight:600} .no{color:#070} .unknown{color:#777} .note{color:#666;font-size:13px}
 """
 
 # After every plot has drawn, record each chart container's box and what it drew (read by r1lab.report.render
@@ -244,7 +244,29 @@ SECTIONS = [
 
 
 def _table(df: Any) -> str:
-    return df.to_html(index=False, border=0, na_rep="", escape=True, float_format=lambda v: f"{v:,.3g}")
+    """Formatted numbers and human headers (r1lab.report.tables), in a box that scrolls rather than overflows."""
+    from r1lab.report.tables import html_table
+
+    return f"<div class='table-wrap'>{html_table(df)}</div>"
+
+
+def _pvm_display(pvm: Any) -> Any:
+    """Measured against predicted, one column per metric: "measured / predicted (ratio)" fits a page."""
+    import pandas as pd
+
+    from r1lab.report.tables import fmt_number
+
+    rows = []
+    for _, r in pvm.iterrows():
+        row = {"scenario": r["scenario"], "concurrency": r["concurrency"]}
+        for key, label in (("ttft_ms_p50", "TTFT p50 (ms)"), ("tpot_ms_p50", "TPOT p50 (ms)"),
+                           ("e2el_ms_p50", "E2E p50 (ms)"), ("output_tok_s", "output tok/s")):  # fmt: skip
+            m, p, q = r.get(f"{key}_measured"), r.get(f"{key}_predicted"), r.get(f"{key}_ratio")
+            ratio = f" (×{q:.2f})" if isinstance(q, float) and q == q else ""
+            row[f"{label}: measured / predicted"] = f"{fmt_number(m) or '–'} / {fmt_number(p) or '–'}{ratio}"
+        row["source"] = r.get("source")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, str], found: list[A.Finding],
@@ -298,7 +320,7 @@ def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, 
         if section == "Measured against the plan":
             pvm = A.predicted_vs_measured(data)
             if not pvm.empty:
-                body.append(_table(pvm.round(3)))
+                body.append(_table(_pvm_display(pvm)))
         for n in present:
             if n == "summary_table":
                 continue  # shown as the HTML table above; the chart file is in charts/

@@ -105,3 +105,66 @@ def _unescape(text: str) -> str:
     import html
 
     return html.unescape(text)
+
+
+_HOOK_LAYOUT = """
+<script>
+window.addEventListener('load', function () {
+  setTimeout(function () {
+    var vw = document.documentElement.clientWidth, wide = [];
+    document.querySelectorAll('body *').forEach(function (el) {
+      var r = el.getBoundingClientRect();
+      if (r.width > 0 && r.right > vw + 1 && getComputedStyle(el).display !== 'none') {
+        // an element sticking out of the viewport counts unless an ancestor clips or scrolls it
+        for (var p = el.parentElement; p && p !== document.body; p = p.parentElement) {
+          var o = getComputedStyle(p).overflowX;
+          if (o === 'auto' || o === 'scroll' || o === 'hidden') return;
+        }
+        wide.push((el.tagName + '.' + (el.className && el.className.baseVal === undefined ? el.className : '')).slice(0, 80)
+                  + ' ' + Math.round(r.right) + 'px');
+      }
+    });
+    var out = {scroll_width: document.documentElement.scrollWidth, viewport: vw, wide: wide.slice(0, 20),
+               height: document.documentElement.scrollHeight,
+               stderr_blocks: document.querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"]').length,
+               external_scripts: Array.from(document.scripts).map(function (s) { return s.src; })
+                                      .filter(function (s) { return /^https?:/.test(s); }),
+               math: document.querySelectorAll('.MathJax, mjx-container, .MathJax_Display, span.math').length};
+    var pre = document.createElement('pre');
+    pre.id = 'r1lab-layout-check'; pre.style.display = 'none';
+    pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+  }, 1500);
+});
+</script>
+"""
+
+
+def check_layout(html_path: str | Path, screenshot: str | Path | None = None, width: int = 1400,
+                 timeout: float = 180) -> dict:  # fmt: skip
+    """Open a page (report.html, a rendered notebook) in headless Chromium at `width` px: its scroll width, the
+    elements that stick out of the viewport, stderr output blocks, scripts loaded from the network, math
+    typeset; and a full-page screenshot if asked for. Network access is off: a CDN script cannot load."""
+    src = Path(html_path).resolve()
+    with tempfile.TemporaryDirectory(prefix="r1lab-layout-") as tmp:
+        page = Path(tmp) / src.name
+        page.write_text(src.read_text(encoding="utf-8").replace("</body>", _HOOK_LAYOUT + "</body>"), "utf-8")
+        offline = [
+            "--disable-background-networking",
+            "--proxy-server=127.0.0.1:9",
+            "--proxy-bypass-list=<-loopback>",
+        ]
+        dom = _chromium(
+            [*offline, f"--window-size={width},1200", "--dump-dom", page.as_uri()], f"{tmp}/p1", timeout
+        )
+        m = re.search(r'<pre id="r1lab-layout-check"[^>]*>(.*?)</pre>', dom.stdout, re.S)
+        if not m:
+            raise RuntimeError(
+                f"chromium rendered no layout data for {src} (exit {dom.returncode}): {dom.stderr[-800:]}"
+            )
+        info = json.loads(_unescape(m.group(1)))
+        if screenshot:
+            height = min(int(info["height"]) + 40, 16000)
+            _chromium([*offline, f"--window-size={width},{height}", f"--screenshot={Path(screenshot).resolve()}",
+                       page.as_uri()], f"{tmp}/p2", timeout)  # fmt: skip
+        return info
