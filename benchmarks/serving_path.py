@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="serving_path.json")
     ap.add_argument("--requests", type=int, default=12)
     ap.add_argument("--lengths", type=int, nargs="+", default=[16, 1024, 4096])
+    ap.add_argument("--vllm", default="", help="the vllm executable (default: .venv-vllm/bin/vllm)")
     a = ap.parse_args(argv)
-    vllm = REPO / ".venv-vllm" / "bin" / "vllm"
+    vllm = Path(a.vllm) if a.vllm else REPO / ".venv-vllm" / "bin" / "vllm"
     if not vllm.exists():
         print("no .venv-vllm (scripts/bootstrap.sh --vllm)", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@ queued (launch-free) timings, the small kernels of a step, and an engine that sc
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import statistics
@@ -150,10 +151,21 @@ def test_accuracy_benchmark_replays_each_source_as_documented():
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
-    ix = mod.setup_for({"source": "SemiAnalysisAI/InferenceX issue 870", "parallelism": "TP8"})
+    ix = mod.SETUPS["inferencex"]
     assert (ix.range_ratio, ix.max_num_batched_tokens, ix.max_num_seqs) == (0.8, 32768, 512)
-    mtp = mod.setup_for({"source": "NVIDIA/TensorRT-LLM docs/x.md", "parallelism": "TP8 EP4 MTP-3"})
-    dp = mod.setup_for({"source": "NVIDIA/TensorRT-LLM docs/x.md", "parallelism": "TP8 EP8 attention-DP"})
-    assert (mtp.max_num_seqs, mtp.requests, mtp.per_user_with_context) == (1, 10, True)
-    assert (dp.max_num_seqs, dp.max_num_batched_tokens, dp.requests) == (128, 1151, 5120)
-    assert mod.setup_for({"source": "elsewhere", "parallelism": "TP8"}).range_ratio == 1.0
+    mtp, dp = mod.SETUPS["trtllm_min_latency"], mod.SETUPS["trtllm_max_throughput"]
+    assert (mtp.max_num_seqs, mtp.per_user_with_context) == (1, True)
+    assert (dp.max_num_seqs, dp.max_num_batched_tokens) == (128, 1151)
+    rows = list(csv.DictReader(mod.DEFAULT_ANCHORS.open(encoding="utf-8")))
+    assert all(r["setup"] in mod.SETUPS or r["setup"] == "out_of_scope" for r in rows)
+    assert all(
+        r["url"].startswith("https://") and r["date"] for r in rows
+    )  # every figure says where it is from
+    inscope = [r for r in rows if mod.scope(r)[0] is not None]
+    assert len(inscope) >= 30
+    assert {r["hardware"] for r in inscope} >= {"H100", "H200"}
+    assert {r["engine"].split()[0] for r in inscope} >= {"sglang", "trtllm", "vllm"}
+    pd_rows = [r for r in inscope if mod.scope(r)[1] is not None]
+    assert pd_rows and mod.scope(pd_rows[0])[1].decode_instances == 1
+    tpxep = next(r for r in inscope if r["parallelism"] == "TP8 EP4")
+    assert mod.scope(tpxep)[0].moe_tp == 2

@@ -43,6 +43,9 @@ class MoeFit:
     expert_bytes: float  # one expert's weights as one GPU holds them (fp8)
     fixed_s: float
     tb_s: float
+    rows_s: tuple[
+        tuple[float, float], ...
+    ] = ()  # (token-expert rows, seconds of gate_up + down) at prefill sizes
 
     def seconds(self, touched: float, expert_bytes: float, scale: float) -> float:
         return self.fixed_s + touched * expert_bytes / (self.tb_s * scale * 1e12)
@@ -53,6 +56,7 @@ class KernelTable:
     gpu: str
     source: str
     scale: float  # HBM ratio target / measured GPU
+    flops_scale: float  # FP8 datasheet ratio target / measured GPU (for the compute-bound prefill points)
     gemm: dict[tuple[int, int], tuple[tuple[float, float], ...]]  # (k, n) -> ((m, seconds), ...)
     moe: tuple[MoeFit, ...]
 
@@ -88,12 +92,20 @@ class KernelTable:
             slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
                 (x - mx) ** 2 for x in xs
             )
-            moe.append(MoeFit(layout, eb, max(0.0, my - slope * mx), 1.0 / slope / 1e12))
+            # prefill sizes: the layer forwards' grouped GEMMs (tp8: m tokens x 8 experts; ep8: 8 ranks' rows)
+            cfg = {"tp8-slice": "tp8", "ep8-whole": "dp8ep8"}[layout]
+            rows = sorted(
+                (r["m"] * 8, r["parts"]["moe gate_up grouped GEMM"] + r["parts"]["moe down grouped GEMM"])
+                for r in data["records"]
+                if r["kind"] == "layer" and r["config"] == cfg and r["mode"] == "prefill" and "parts" in r
+            )
+            moe.append(MoeFit(layout, eb, max(0.0, my - slope * mx), 1.0 / slope / 1e12, tuple(rows)))
         return KernelTable(
             dst.short,
             f"{data['source'].split(':')[0]} ({data['measured']})"
             + ("" if src_short == dst.short else f", scaled from {src_short} by HBM bandwidth x{scale:.2f}"),
             scale,
+            dst.fp8_tflops / hardware.gpu(src_short).fp8_tflops,
             {key: tuple(sorted(v.items())) for key, v in gemm.items()},
             tuple(moe),
         )
@@ -113,6 +125,24 @@ class KernelTable:
         (m0, t0), (m1, t1) = pts[i - 1], pts[i]
         f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
         return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
+
+    def moe_rows_s(self, rows: float, expert_bytes: float) -> float | None:
+        """Measured time of the routed experts' grouped GEMMs at `rows` token-expert rows (prefill sizes, log-log
+        between measured points, proportional above), None below the smallest measured size."""
+        if not self.moe:
+            return None
+        fit = min(self.moe, key=lambda f: abs(math.log(f.expert_bytes / expert_bytes)))
+        pts = fit.rows_s
+        if not pts or rows < pts[0][0]:
+            return None
+        scale = fit.expert_bytes / expert_bytes  # fewer bytes per expert slice: proportionally less work
+        if rows >= pts[-1][0]:
+            return pts[-1][1] * rows / pts[-1][0] / scale / self.flops_scale
+        ms = [p[0] for p in pts]
+        i = bisect.bisect_right(ms, rows)
+        (r0, t0), (r1, t1) = pts[i - 1], pts[i]
+        f = (math.log(rows) - math.log(r0)) / (math.log(r1) - math.log(r0))
+        return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0))) / scale / self.flops_scale
 
     def moe_s(self, touched: float, expert_bytes: float) -> float | None:
         """Stream time of the routed experts' grouped GEMMs: the fit of the layout whose per-expert bytes are

@@ -247,6 +247,17 @@ class StepModel:
         alpha_us = max(self.tp_link.latency_us, (alpha or 0.0) * 1e6)
         return network.ring_allreduce_s(nbytes, self.tp, self.tp_link, alpha_us)
 
+    def _allreduce_world(self, nbytes: float, world: int) -> float:
+        """All-reduce of nbytes over `world` ranks of this node (measured curve where NVSwitch-joined)."""
+        if world <= 1:
+            return 0.0
+        if self.dep.hw.nvlink_all_pairs and world <= self.dep.gpus_per_node:
+            t = self.eff.allreduce_s(nbytes, world)
+            if t is not None:
+                return t
+        link = network.LINKS[self.dep.hw.intranode] if world <= self.dep.gpus_per_node else self.tp_link
+        return network.ring_allreduce_s(nbytes, world, link)
+
     def p2p_s(self, tokens: float) -> float:
         return self.pp_link.transfer_s(tokens * 2 * self.h * 2)
 
@@ -329,18 +340,32 @@ class StepModel:
             wbytes = touched * self.expert_bytes_full / self.moe_tp
             flops = 2.0 * rows * 3 * self.h * self.I / self.moe_tp
             a2a_bytes = m * self.k * self.h * (1 + 2)  # dispatch fp8, combine bf16
-            if self.ep_remote > 0:
+            if self.dep.par.ep_size == 1:
+                comm_ep = 0.0  # no expert is split across ranks by expert id: no dispatch
+            elif self.ep_remote > 0:
                 comm_ep = self.ep_link.transfer_s(a2a_bytes * self.ep_remote)
             else:
                 comm_ep = network.all_to_all_s(a2a_bytes, self.dep.par.ep_size, self.ep_link)
+            # experts split over ranks that hold different attention-DP batches (sglang --enable-dp-attention
+            # with TP MoE): those ranks all-gather their tokens before the experts and reduce-scatter after,
+            # together one all-reduce of the gathered hidden states
+            g = min(self.moe_tp, self.dp)
+            if g > 1:
+                comm_ep += self._allreduce_world(tokens * g / self.dp * self.h * 2, g)
         else:
             touched = self.E * (1.0 - (1.0 - self.k / self.E) ** m)
             rows = m * self.k
             wbytes = touched * self.expert_bytes_full / self.tp
             flops = 2.0 * rows * 3 * self.h * self.I / self.tp
             comm_ep = 0.0
+        measured_rows = (
+            self.kt.moe_rows_s(rows, wbytes / max(touched, 1e-9))
+            if self.kt is not None and touched > 0
+            else None
+        )
         routed = max(
             self._expert_stream_s(touched, wbytes),
+            measured_rows or 0.0,
             self._grouped_expert_s(rows, touched, flops),
             2 * KERNEL_MIN_US * 1e-6,
         )
