@@ -8,9 +8,12 @@ in the run's ledger before anything waits on it, so the runner's teardown remove
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shlex
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -104,15 +107,68 @@ def ensure_pods(ctx: RunContext, roles: list[str]) -> Pods:
 
 
 def _run_setup(ctx: RunContext, pods: Pods) -> None:
-    """Each pod group's `setup` commands, once per pod (a marker on the pod makes reruns free)."""
+    """Each pod group's `setup` commands, once per pod (a marker on the pod makes reruns free), pods in parallel.
+
+    On the twin's bare pods, what needs a GPU is taken out of the lines and resolved for the real pod instead
+    (`r1lab.cloud.twin.setuplines`); both are recorded in `setup/<role>.json` and printed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
     for role, ex in pods.executors.items():
         commands = _pod_group(ctx.exp, role).setup
-        if not commands:
-            continue
-        marker = "/tmp/r1lab-setup-" + str(abs(hash(tuple(commands))))
+        if commands:
+            jobs.append((role, ex, _setup_commands(ctx, role, commands)))
+    if not jobs:
+        return
+
+    def run(job: tuple[str, Any, list[str]]) -> None:
+        role, ex, commands = job
+        digest = hashlib.sha256("\n".join(commands).encode()).hexdigest()[:16]
+        marker = f"/tmp/r1lab-setup-{digest}"
         script = f"test -f {marker} && exit 0; set -e; " + "; ".join(commands) + f"; touch {marker}"
-        with step(f"setting up {role} ({len(commands)} command(s))"):
-            ex.run(script, timeout=3600, on_line=lambda line, r=role: print(f"[{r}] {line}"))
+        t0 = time.monotonic()
+        ex.run(script, timeout=3600, on_line=lambda line, r=role: print(f"[{r}] {line}"))
+        print(f"[{role}] setup done in {time.monotonic() - t0:.1f} s", flush=True)
+
+    with step(f"setting up {', '.join(r for r, _, _ in jobs)} (each pod's setup lines, over SSH)"):
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            list(pool.map(run, jobs))
+
+
+def _setup_commands(ctx: RunContext, role: str, commands: list[str]) -> list[str]:
+    """The lines to run on the pod: as written, except on the twin's bare pods (see `_run_setup`)."""
+    if ctx.exp.provider.kind != "twin" or not _twin_bare():
+        return list(commands)
+    from r1lab.cloud.twin import setuplines
+
+    plans = [setuplines.plan_line(c, ctx.exp.serving.engine) for c in commands]
+    reqs = [r for p in plans for r in p.requirements]
+    python = setuplines.image_python(_pod_group(ctx.exp, role).image)
+    resolution = setuplines.resolve(reqs, python) if reqs else None
+    rec = {"role": role, "lines": [p.as_dict() for p in plans], "resolution_for_real_pod": resolution}
+    out = ctx.run_dir / "setup" / f"{role}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
+    for p in plans:
+        for sub in p.substituted:
+            print(f"[{role}] TWIN SUBSTITUTION: {sub}", flush=True)
+    if resolution is not None:
+        where = f"CPython {python}, {resolution['platform']}, PyPI"
+        if not resolution["ok"]:
+            raise RuntimeError(
+                f"pods[role={role}].setup does not resolve on the real pod ({where}): {resolution['error']}\n"
+                f"Fix: change the pins in pods[].setup of the params file ({out})"
+            )
+        print(f"[{role}] setup requirements resolve for the real pod ({where}): {len(resolution['pins'])} "
+              f"pinned distributions, recorded in {out}", flush=True)  # fmt: skip
+    return [p.ran for p in plans]
+
+
+def _twin_bare() -> bool:
+    from r1lab.cloud.twin.api import Twin
+
+    twin = Twin.find(os.environ.get("R1LAB_TWIN_DIR"))
+    return bool(twin is not None and twin.info.get("pods") == "bare")
 
 
 # --- 01: environment ------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ VLLM_ONLY=0
 for a in "$@"; do case "$a" in --vllm) WANT_VLLM=1 ;; --vllm-only) WANT_VLLM=1; VLLM_ONLY=1 ;; *) echo "bootstrap: unknown option $a" >&2; exit 2 ;; esac; done
 
 PY=${PYTHON:-python3}
-DEB_PACKAGES=(openssh-server etcd-server nats-server chromium prometheus prometheus-node-exporter iproute2 iptables procps psmisc)
-DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/sbin/nats-server /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/ip /usr/sbin/iptables /usr/bin/pkill /usr/bin/killall)
+DEB_PACKAGES=(openssh-server etcd-server nats-server chromium prometheus prometheus-node-exporter iproute2 iptables procps psmisc debootstrap dpkg-dev)
+DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/sbin/nats-server /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/ip /usr/sbin/iptables /usr/bin/pkill /usr/bin/killall /usr/sbin/debootstrap /usr/bin/dpkg-scanpackages)
 
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 

@@ -40,6 +40,15 @@ def default_state_dir() -> Path:
     return Path(env) if env else Path.home() / ".local" / "state" / "r1lab" / "twin"
 
 
+def prepare_bare() -> None:
+    """What bare pods need before the twin starts: every supported base image, and the filled package sources."""
+    from r1lab.cloud.twin import baseimage, sources
+
+    for image in sorted(baseimage.manifests()):
+        baseimage.ensure(image)
+    sources.ensure()
+
+
 def check_root() -> None:
     """The twin makes network namespaces, a bridge, veths and tc/iptables rules: that needs root."""
     if os.geteuid() != 0:
@@ -145,6 +154,8 @@ class Twin:
         if twin.running():
             return twin
         check_root()
+        if (os.environ.get("R1LAB_TWIN_PODS") or "host") == "bare":
+            prepare_bare()  # base images and package sources, built once (minutes the first time) with progress
         twin.state_dir.mkdir(parents=True, exist_ok=True)
         with open(twin.state_dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two kernels starting the same twin at once: one daemon

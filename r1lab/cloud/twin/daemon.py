@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--provision-s", type=float, default=1.0)
     ap.add_argument("--start-s", type=float, default=0.5)
     ap.add_argument("--ports-delay-s", type=float, default=0.5)
+    ap.add_argument(
+        "--pods",
+        choices=["host", "bare"],
+        default=os.environ.get("R1LAB_TWIN_PODS") or "host",
+        help="bare: pods with their own root filesystem, as on RunPod (default: $R1LAB_TWIN_PODS)",
+    )
     args = ap.parse_args(argv)
     state: Path = args.state_dir
     key = (state / "api_key").read_text().strip()
@@ -54,8 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     _write(state / "twin.json", info)
     emu = None
+    srcs = None
     try:
-        hosts = PodHosts(state, net)
+        pod_sources = None
+        if args.pods == "bare":  # the apt repository and package index the pods' setup lines install from
+            from r1lab.cloud.twin import sources
+
+            srcs = sources.Sources(sources.ensure(), net.host_ip).start()
+            pod_sources = srcs.pod_config()
+            info.update(pods="bare", sources=pod_sources)
+        hosts = PodHosts(state, net, pods=args.pods, sources=pod_sources)
         emu = Emulator(
             api_key=key,
             backend=hosts,
@@ -73,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         _write(state / "twin.json", info)
         if emu is not None:
             emu.stop()  # closes the backend: every pod terminated
+        if srcs is not None:
+            srcs.stop()
         net.destroy()
         release_mountpoints(inst)
         info["phase"] = "down"

@@ -6,6 +6,14 @@ volume (a shared directory under the twin's state dir) bound at the pod's mount 
 and an SSH session environment with the project's venv on PATH and the pod's declared GPUs (`RUNPOD_GPU_COUNT`,
 `R1LAB_GPU_TYPE`, as RunPod injects them). There is no nvidia-smi: GPUs are declared, never faked.
 
+Two kinds of pod, chosen by `pods=` (default: $R1LAB_TWIN_PODS, else "host"):
+- "bare": as on RunPod. The pod's own root filesystem (an overlay over the base image standing in for its
+  `image`, `baseimage`), RunPod's injected environment (PUBLIC_KEY, RUNPOD_*, PRIMARY_ADDR/NODE_RANK/... in
+  Instant Clusters), its `args` run as the container's command (r1lab's start script: sshd, watchdog), apt and
+  pip pointed at the twin's package sources (`sources`), the interface named as on RunPod (`ens1` in clusters);
+- "host": the older kind, a private /tmp and home over the host's root, with the project's venv on PATH and sshd
+  run by the twin.
+
 Layout under the state dir: `hosts` (the twin's /etc/hosts: `<ip> <podId> <podId>.runpod.internal`),
 `volumes/<volumeId>/`, `pods/<podId>/{pod.json, home/, tmp/, sshd/, init.log}`.
 """
@@ -69,9 +77,20 @@ def _tmp_through() -> list[str]:
 class PodHosts:
     """`PodBackend` of the twin: one namespace host per emulator pod."""
 
-    def __init__(self, state_dir: Path | str, net: TwinNet, sshd: str | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | str,
+        net: TwinNet,
+        sshd: str | None = None,
+        pods: str | None = None,
+        sources: dict[str, str] | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.net = net
+        self.kind = pods or os.environ.get("R1LAB_TWIN_PODS") or "host"
+        if self.kind not in ("host", "bare"):
+            raise ValueError(f"R1LAB_TWIN_PODS / pods must be 'host' or 'bare', got {self.kind!r}")
+        self.sources = sources or {}  # {"apt": deb line, "pypi": simple index url}
         self.sshd = sshd or shutil.which("sshd") or "/usr/sbin/sshd"
         self._lock = threading.RLock()
         self._pods: dict[str, dict[str, Any]] = {}  # pod id -> {index, ns, ip, dir, proc}
@@ -91,12 +110,17 @@ class PodHosts:
             if info is None:
                 used = {p["index"] for p in self._pods.values()} | set(pod_indices(self.net.inst))
                 index = next(i for i in range(1, 251) if i not in used)
-                ns, ip = self.net.add_pod(index)
-                info = {"index": index, "ns": ns, "ip": ip, "dir": self.state_dir / "pods" / pod_id}
+                ifname = "ens1" if pod.get("cluster") and self.kind == "bare" else "eth0"
+                ns, ip = self.net.add_pod(index, ifname=ifname)
+                info = {"index": index, "ns": ns, "ip": ip, "dir": self.state_dir / "pods" / pod_id,
+                        "cluster": pod.get("cluster")}  # fmt: skip
                 self._pods[pod_id] = info
                 self._write_hosts()
             self._kill(pod_id)
-            self._launch(pod, public_keys, info)
+            if self.kind == "bare":
+                self._launch_bare(pod, public_keys, info)
+            else:
+                self._launch(pod, public_keys, info)
         ports = {p: int(p.split("/")[0]) for p in pod.get("ports") or []}
         ports.setdefault("22/tcp", 22)
         gpu = pod.get("gpu") or {}
@@ -105,7 +129,7 @@ class PodHosts:
             ports=ports,
             username="root",
             private_ip=info["ip"],
-            meta={"netns": info["ns"], "dir": str(info["dir"]), "gpu": gpu},
+            meta={"netns": info["ns"], "dir": str(info["dir"]), "gpu": gpu, "kind": self.kind},
         )
 
     def stop(self, pod_id: str) -> None:
@@ -226,6 +250,105 @@ class PodHosts:
         raise PodStartError(
             f"pod {pod['id']}: sshd did not answer on {info['ip']}:22 within 20 s; log:\n{tail}"
         )
+
+    def _launch_bare(self, pod: dict[str, Any], public_keys: list[str], info: dict[str, Any]) -> None:
+        """A pod with its own root (see the module docstring); waits until the pod's own sshd answers."""
+        from r1lab.cloud.twin import baseimage
+
+        d: Path = info["dir"]
+        lower = baseimage.ensure(pod.get("image") or "")
+        # container disk is fresh at every start (RunPod keeps only volumes across a stop)
+        for sub in ("upper", "work"):
+            shutil.rmtree(d / sub, ignore_errors=True)
+        for sub in ("upper", "work", "root"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        files = {"/etc/resolv.conf": "# the twin's pods resolve names through /etc/hosts only\n"}
+        remove = []
+        if self.sources.get("apt"):
+            files["/etc/apt/sources.list"] = f"# the twin's apt repository (offline)\n{self.sources['apt']}\n"
+            remove.append("/etc/apt/sources.list.d/debian.sources")
+        if self.sources.get("pypi"):
+            url = self.sources["pypi"]
+            host = url.split("//", 1)[1].split("/", 1)[0].split(":")[0]
+            files["/etc/pip.conf"] = f"[global]\nindex-url = {url}\ntrusted-host = {host}\n"
+            files["/etc/uv/uv.toml"] = f'[[index]]\nurl = "{url}"\ndefault = true\n'
+        init_cfg = {
+            "bare": True,
+            "hostname": pod["id"],
+            "root": str(d / "root"),
+            "lower": str(lower),
+            "upper": str(d / "upper"),
+            "work": str(d / "work"),
+            "shm_size": os.environ.get("R1LAB_TWIN_SHM", "64m"),
+            "hosts_file": str(self.hosts_file),
+            "mounts": [[str(src), dst] for src, dst in self._volume_mounts(pod, d)],
+            "files": files,
+            "remove": remove,
+            "args": pod.get("args") or "",
+            "env": self.runpod_env(pod, info, public_keys),
+        }
+        (d / "init.json").write_text(json.dumps(init_cfg, indent=1), encoding="utf-8")
+        os.chmod(d / "init.json", 0o600)  # PUBLIC_KEY and the create request's env
+        (d / "pod.json").write_text(json.dumps(pod, indent=1, default=str), encoding="utf-8")
+        with open(d / "init.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", info["ns"], "unshare", "--pid", "--uts", "--mount", "--fork",
+                 "--mount-proc", sys.executable, "-m", "r1lab.cloud.twin.podinit", str(d / "init.json")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd="/", env={"PATH": STD_PATH, "PYTHONPATH": _package_root()},
+            )  # fmt: skip
+        info["proc"] = proc
+        from r1lab.cloud.emulator.backends import wait_sshd
+
+        if wait_sshd(info["ip"], 22, proc, 60):
+            return
+        tail = (d / "init.log").read_text(errors="replace")[-1500:]
+        self._kill(pod["id"], info)
+        raise PodStartError(
+            f"pod {pod['id']}: its start command brought no sshd up on {info['ip']}:22 within 60 s "
+            f"(RunPod runs the pod's args as the container's command: they must start sshd); log:\n{tail}"
+        )
+
+    def runpod_env(self, pod: dict[str, Any], info: dict[str, Any], public_keys: list[str]) -> dict[str, str]:
+        """The container environment RunPod gives a pod: the image's ENV, the create request's `env`, RUNPOD_*,
+        PUBLIC_KEY, and in Instant Clusters PRIMARY_ADDR/NODE_ADDR/NODE_RANK/... (docs: pods/references/
+        environment-variables, instant-clusters/configuration)."""
+        gpu = pod.get("gpu") or {}
+        env = {"PATH": STD_PATH, "HOME": "/root", "LANG": "C.UTF-8", "SHELL": "/bin/bash"}
+        env.update({str(k): str(v) for k, v in (pod.get("env") or {}).items()})
+        ports = [p for p in pod.get("ports") or [] if p.endswith("/tcp")] or ["22/tcp"]
+        env.update(
+            {
+                "RUNPOD_POD_ID": pod["id"],
+                "RUNPOD_POD_HOSTNAME": pod["id"],
+                "RUNPOD_GPU_COUNT": str(gpu.get("count", 0) if gpu else 0),
+                "RUNPOD_CPU_COUNT": str(os.cpu_count() or 1),
+                "RUNPOD_PUBLIC_IP": info["ip"],
+                "RUNPOD_DC_ID": str(pod.get("dataCenterId") or ""),
+                "PUBLIC_KEY": "\n".join(k.strip() for k in public_keys if k.strip()),
+                **{f"RUNPOD_TCP_PORT_{p.split('/')[0]}": p.split("/")[0] for p in ports},
+            }
+        )
+        cl = pod.get("cluster")
+        if cl:
+            members = [v for v in self._pods.values() if (v.get("cluster") or {}).get("id") == cl.get("id")]
+            primary = next((v["ip"] for v in members if v["cluster"].get("rank") == 0), info["ip"])
+            count = gpu.get("count", 0) if gpu else 0
+            env.update(
+                {
+                    "PRIMARY_ADDR": primary,
+                    "MASTER_ADDR": primary,
+                    "PRIMARY_PORT": "29500",
+                    "MASTER_PORT": "29500",
+                    "NODE_ADDR": info["ip"],
+                    "NODE_RANK": str(cl.get("rank", 0)),
+                    "NUM_TRAINERS": str(count),
+                    "HOST_NODE_ADDR": f"{primary}:29500",
+                }
+            )
+            if cl.get("nodes"):
+                env.update(NUM_NODES=str(cl["nodes"]), WORLD_SIZE=str(int(cl["nodes"]) * count))
+        return {k: v for k, v in env.items()}
 
     def session_env(self, pod: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
         """What an SSH session in the pod sees, as in a RunPod container (RUNPOD_*), plus the twin's labels."""

@@ -176,8 +176,9 @@ class TwinNet:
             ["-o", self.bridge, "!", "-i", self.bridge, *c],
         ]
 
-    def add_pod(self, index: int) -> tuple[str, str]:
-        """Create the pod's namespace and link; returns (netns name, pod ip)."""
+    def add_pod(self, index: int, ifname: str = "eth0") -> tuple[str, str]:
+        """Create the pod's namespace and link, named `ifname` in the pod (RunPod: eth0; Instant Clusters: ens1);
+        returns (netns name, pod ip)."""
         ns, veth, peer = (
             netns_name(self.inst, index),
             veth_name(self.inst, index),
@@ -191,9 +192,9 @@ class TwinNet:
             sh("ip", "link", "set", veth, "master", self.bridge)
             sh("ip", "link", "set", veth, "up")
             sh("ip", "link", "set", "lo", "up", netns=ns)
-            sh("ip", "link", "set", peer, "name", "eth0", netns=ns)
-            sh("ip", "addr", "add", f"{ip}/24", "dev", "eth0", netns=ns)
-            sh("ip", "link", "set", "eth0", "up", netns=ns)
+            sh("ip", "link", "set", peer, "name", ifname, netns=ns)
+            sh("ip", "addr", "add", f"{ip}/24", "dev", ifname, netns=ns)
+            sh("ip", "link", "set", ifname, "up", netns=ns)
             sh("ip", "route", "add", "default", "via", self.host_ip, netns=ns)
             # inside the pod, anything not for the twin is refused at once (the host would drop it silently:
             # DNS lookups and connects to the outside would hang for their full timeouts instead of failing)

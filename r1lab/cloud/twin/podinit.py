@@ -1,5 +1,14 @@
 """PID 1 of a twin pod: sets up the pod's private view of the machine, runs sshd, reaps orphans.
 
+Two kinds of pod (`cfg["bare"]`):
+- bare (`setup_bare`): the pod's own root filesystem, as on RunPod. An overlay over the cached base image that
+  stands in for the params' image (`baseimage`), with its own /proc, /sys, a minimal /dev, /dev/shm, /run, the
+  twin's /etc/hosts, the network volume at its mount path, apt and pip pointed at the twin's package sources;
+  then `pivot_root` into it, so nothing of the host's files is left in view. The pod's `args` run as the
+  container's command with the environment RunPod injects (r1lab's start script: sshd, watchdog); PID 1 stops
+  the pod when that command exits, as a container does.
+- host (`setup`, the older kind):
+
 Started by `netns.PodHosts` as
 `ip netns exec <ns> unshare --pid --uts --mount --fork --mount-proc python -m r1lab.cloud.twin.podinit CFG`,
 so it runs in the pod's own network, PID, UTS and mount namespaces. In the (private) mount namespace it mounts:
@@ -57,8 +66,57 @@ def setup(cfg: dict) -> None:
     _mount("--rbind", stage["tmp"], "/tmp")
 
 
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def setup_bare(cfg: dict) -> None:
+    """Mount the pod's own root (overlay over the base image) and pivot into it; see the module docstring."""
+    socket.sethostname(cfg["hostname"])
+    root = cfg["root"]
+    lower, upper, work = cfg["lower"], cfg["upper"], cfg["work"]
+    _mount("-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", root)
+    r = Path(root)
+    _mount("-t", "proc", "-o", "nosuid,nodev,noexec", "proc", f"{root}/proc")
+    _mount("-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", f"{root}/sys")
+    _mount("-t", "tmpfs", "-o", "mode=0755,nosuid", "tmpfs", f"{root}/dev")
+    for node in DEV_NODES:
+        (r / "dev" / node).touch()
+        _mount("--bind", f"/dev/{node}", f"{root}/dev/{node}")
+    for d in ("pts", "shm"):
+        (r / "dev" / d).mkdir()
+    _mount("-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts", f"{root}/dev/pts")
+    os.symlink("pts/ptmx", f"{root}/dev/ptmx")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        os.symlink(target, f"{root}/dev/{name}")
+    _mount("-t", "tmpfs", "-o", f"mode=1777,nosuid,nodev,size={cfg['shm_size']}", "tmpfs", f"{root}/dev/shm")
+    _mount("-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs", f"{root}/run")
+    (r / "etc/hosts").touch()  # debootstrap leaves none; a container runtime provides it
+    _mount("--bind", cfg["hosts_file"], f"{root}/etc/hosts")
+    (r / "etc/hostname").write_text(cfg["hostname"] + "\n")
+    for rel, text in (cfg.get("files") or {}).items():  # apt/pip sources of the twin, resolv.conf
+        f = r / rel.lstrip("/")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    for rel in cfg.get("remove") or []:
+        (r / rel.lstrip("/")).unlink(missing_ok=True)
+    for src, dst in cfg.get("mounts", []):
+        (r / dst.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        _mount("--bind", src, f"{root}/{dst.lstrip('/')}")
+    os.chdir(root)
+    os.makedirs(".oldroot", exist_ok=True)
+    subprocess.run(
+        ["pivot_root", ".", ".oldroot"], check=True
+    )  # the host's binary, resolved before the pivot
+    os.chdir("/")
+    subprocess.run(["umount", "-l", "/.oldroot"], check=True)  # the pod's own umount from here on
+    os.rmdir("/.oldroot")
+
+
 def main(argv: list[str]) -> int:
     cfg = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    if cfg.get("bare"):
+        return main_bare(cfg)
     setup(cfg)
     stopping = False
 
@@ -88,6 +146,43 @@ def main(argv: list[str]) -> int:
             break
         time.sleep(0.5)
     return 0
+
+
+def main_bare(cfg: dict) -> int:
+    """Bare pod: set up the root, run the pod's command (RunPod's `args`) as the container's, reap orphans."""
+    setup_bare(cfg)
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    argv = ["/bin/sh", "-c", cfg["args"]] if cfg.get("args") else ["sleep", "infinity"]
+    main_proc = subprocess.Popen(argv, env=cfg["env"], cwd="/", stdin=subprocess.DEVNULL)
+    print(f"pod {cfg['hostname']}: own root, command pid {main_proc.pid}", flush=True)
+    code = 0
+    while not stopping:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        if pid == main_proc.pid:
+            code = os.waitstatus_to_exitcode(status)
+            print(f"pod command exited {code}; pod stops", flush=True)
+            break
+        if pid == 0:
+            time.sleep(0.2)
+    if stopping:
+        print("SIGTERM to the pod's PID 1: pod stops", flush=True)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(-1, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    return code
 
 
 if __name__ == "__main__":

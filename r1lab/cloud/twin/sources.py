@@ -1,0 +1,241 @@
+"""The twin's package sources: an apt repository and a Python package index, served offline on its bridge.
+
+Filled once (`fill()`, `python -m r1lab.cloud.twin.sources fill`) under `root()` (default
+/var/cache/r1lab/sources, outside the repository):
+- `apt/`: the Debian packages the pods' setup lines may install (`APT_PACKAGES`), downloaded by apt inside a copy
+  of the base image (so their dependencies are what that image lacks), indexed with dpkg-scanpackages;
+- `wheels/` + `simple/`: the wheels of `PY_REQUIREMENTS` for the twin pods' platform (CPython 3.11, manylinux
+  x86_64: the base image's Python), downloaded by pip through the host's caches and PyPI, with a PEP 503 index.
+Then `Sources.start(host)` serves both over HTTP on the twin's host address; pods see them as their only apt
+source and their pip/uv index (`netns.PodHosts`). Nothing outside the twin is reached after the fill.
+
+What needs a GPU (the CUDA build of vLLM, CUDA torch) is not filled: `resolve.py` resolves it for the real pod's
+platform and the twin substitutes its own engine, recorded in the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import functools
+import hashlib
+import html
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+APT_PACKAGES = ["etcd-server", "etcd-client", "nats-server"]
+# What r1lab's pods install on the twin: Ray as the params pin it, Dynamo's runtime with the deps of its
+# `ai-dynamo` package (installed --no-deps: facts.md), the hub client the utility pod uses, the remote load
+# generator's numpy/uvloop/orjson. `ai-dynamo` itself is fetched without dependencies (NO_DEPS).
+PY_REQUIREMENTS = [
+    "ray[default]==2.60.0",
+    "ai-dynamo-runtime==1.6.1",
+    "aiohttp>=3.14.3,<4",
+    "kubernetes>=32.0.1,<33",
+    "msgspec>=0.19",
+    "prometheus-client>=0.23.1,<1",
+    "pyzmq>=26",
+    "redis>=6.2,<9",
+    "tqdm",
+    "transformers>=4.56",
+    "typing-extensions>=4.10",
+    "zstandard>=0.23,<1",
+    "certifi",
+    "huggingface_hub[hf_xet]>=0.34",
+    "numpy>=1.26",
+    "uvloop>=0.19",
+    "orjson>=3.10",
+    "pip",
+    "setuptools",
+    "wheel",
+]
+NO_DEPS = ["ai-dynamo==1.6.1"]
+POD_PYTHON = "3.11"
+POD_PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"]
+FILL_FORMAT = 1
+
+
+class SourcesError(RuntimeError):
+    """The sources could not be filled or served; names what and the fix."""
+
+
+def root() -> Path:
+    return Path(os.environ.get("R1LAB_TWIN_SOURCES", "/var/cache/r1lab/sources"))
+
+
+def fill_key() -> str:
+    blob = json.dumps([APT_PACKAGES, PY_REQUIREMENTS, NO_DEPS, POD_PYTHON, FILL_FORMAT])
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _say(msg: str) -> None:
+    print(f"twin sources: {msg}", file=sys.stderr, flush=True)
+
+
+def ensure(image: str = "runpod/base:0.6.2-cpu") -> Path:
+    """The filled sources dir (filled first when missing or stale); a file lock serialises fillers."""
+    d = root()
+    if _filled(d):
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _filled(d):
+            fill(d, image)
+    return d
+
+
+def _filled(d: Path) -> bool:
+    try:
+        return json.loads((d / "fill.json").read_text())["key"] == fill_key()
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def fill(d: Path, image: str) -> dict:
+    t0 = time.monotonic()
+    info = {"key": fill_key(), "apt": fill_apt(d / "apt", image), "apt_s": round(time.monotonic() - t0, 1)}
+    t1 = time.monotonic()
+    info["wheels"] = fill_wheels(d / "wheels")
+    info["wheels_s"] = round(time.monotonic() - t1, 1)
+    write_simple_index(d / "wheels", d / "simple")
+    info["filled_at"] = time.time()
+    (d / "fill.json").write_text(json.dumps(info, indent=1) + "\n")
+    _say(f"filled in {time.monotonic() - t0:.0f} s: {len(info['apt'])} debs, {len(info['wheels'])} wheels")
+    return info
+
+
+def fill_apt(out: Path, image: str) -> list[str]:
+    """apt-get download APT_PACKAGES and what the base image lacks of their dependencies (inside an overlay of
+    the base, so the base stays untouched); then a Packages index."""
+    from r1lab.cloud.twin import baseimage
+
+    base = baseimage.ensure(image)
+    work = out.parent / "apt-work"
+    shutil.rmtree(work, ignore_errors=True)
+    for sub in ("upper", "work", "root"):
+        (work / sub).mkdir(parents=True)
+    r = work / "root"
+    _say(f"downloading {' '.join(APT_PACKAGES)} with apt in the base image")
+    script = (
+        f"mount -t overlay overlay -o lowerdir={base},upperdir={work}/upper,workdir={work}/work {r} && "
+        f"cp /etc/resolv.conf {r}/etc/resolv.conf && mount -t proc proc {r}/proc && "
+        f"chroot {r} sh -c 'apt-get update -qq && apt-get install -y -qq --download-only --no-install-recommends "
+        f"{' '.join(APT_PACKAGES)}'"
+    )
+    p = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SourcesError(f"apt download in the base image failed: {(p.stderr or p.stdout)[-1500:]}")
+    out.mkdir(parents=True, exist_ok=True)
+    debs = sorted((work / "upper/var/cache/apt/archives").glob("*.deb"))
+    for deb in debs:
+        shutil.copy2(deb, out / deb.name)
+    shutil.rmtree(work, ignore_errors=True)
+    idx = subprocess.run(
+        ["dpkg-scanpackages", "--multiversion", "."], cwd=out, capture_output=True, text=True
+    )
+    if idx.returncode != 0:
+        raise SourcesError(f"dpkg-scanpackages failed: {idx.stderr[-800:]}")
+    (out / "Packages").write_text(idx.stdout)
+    return [d.name for d in debs]
+
+
+def _pip_download(out: Path, reqs: list[str], no_deps: bool) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "-d", str(out), "--only-binary=:all:",
+           "--python-version", POD_PYTHON, "--implementation", "cp"]  # fmt: skip
+    for plat in POD_PLATFORMS:
+        cmd += ["--platform", plat]
+    if no_deps:
+        cmd.append("--no-deps")
+    p = subprocess.run(cmd + reqs, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SourcesError(f"pip download {' '.join(reqs)} failed: {(p.stderr or p.stdout)[-1500:]}")
+
+
+def fill_wheels(out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    _say(f"downloading {len(PY_REQUIREMENTS) + len(NO_DEPS)} requirements and their dependencies (cp311)")
+    _pip_download(out, PY_REQUIREMENTS, no_deps=False)
+    _pip_download(out, NO_DEPS, no_deps=True)
+    return sorted(p.name for p in out.glob("*.whl"))
+
+
+def _project(wheel: str) -> str:
+    return re.sub(r"[-_.]+", "-", wheel.split("-")[0]).lower()
+
+
+def write_simple_index(wheels: Path, simple: Path) -> None:
+    """PEP 503: simple/<project>/index.html linking each wheel (with its sha256) under ../../wheels/."""
+    shutil.rmtree(simple, ignore_errors=True)
+    simple.mkdir(parents=True)
+    by: dict[str, list[Path]] = {}
+    for w in sorted(wheels.glob("*.whl")):
+        by.setdefault(_project(w.name), []).append(w)
+    for proj, files in by.items():
+        (simple / proj).mkdir()
+        links = []
+        for w in files:
+            h = hashlib.sha256(w.read_bytes()).hexdigest()
+            links.append(
+                f'<a href="../../wheels/{html.escape(w.name)}#sha256={h}">{html.escape(w.name)}</a><br>'
+            )
+        (simple / proj / "index.html").write_text(
+            "<!DOCTYPE html><html><body>\n" + "\n".join(links) + "\n</body></html>\n"
+        )
+    index = "".join(f'<a href="{p}/">{p}</a><br>\n' for p in sorted(by))
+    (simple / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{index}</body></html>\n")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class Sources:
+    """The filled sources served over HTTP on `host` (the twin's bridge address): `/apt/`, `/simple/`."""
+
+    def __init__(self, d: Path, host: str, port: int = 0) -> None:
+        handler = functools.partial(_Quiet, directory=str(d))
+        self.server = http.server.ThreadingHTTPServer((host, port), handler)
+        self.host, self.port = host, self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> Sources:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def pod_config(self) -> dict[str, str]:
+        """What `netns.PodHosts(sources=...)` writes into every pod."""
+        base = f"http://{self.host}:{self.port}"
+        return {"apt": f"deb [trusted=yes] {base}/apt ./", "pypi": f"{base}/simple/"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m r1lab.cloud.twin.sources", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("cmd", choices=["fill"])
+    ap.parse_args(argv)
+    try:
+        d = ensure()
+    except SourcesError as exc:
+        print(f"r1lab twin sources: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"dir": str(d), **json.loads((d / "fill.json").read_text())}, indent=1)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
