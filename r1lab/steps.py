@@ -116,8 +116,9 @@ def _run_setup(ctx: RunContext, pods: Pods) -> None:
     jobs = []
     for role, ex in pods.executors.items():
         commands = _pod_group(ctx.exp, role).setup
+        commands = _setup_commands(ctx, role, commands) if commands else []
         if commands:
-            jobs.append((role, ex, _setup_commands(ctx, role, commands)))
+            jobs.append((role, ex, commands))
     if not jobs:
         return
 
@@ -137,8 +138,12 @@ def _run_setup(ctx: RunContext, pods: Pods) -> None:
 
 def _setup_commands(ctx: RunContext, role: str, commands: list[str]) -> list[str]:
     """The lines to run on the pod: as written, except on the twin's bare pods (see `_run_setup`)."""
-    if ctx.exp.provider.kind != "twin" or not _twin_bare():
+    if ctx.exp.provider.kind != "twin":
         return list(commands)
+    if not _twin_bare():
+        print(f"[{role}] twin pods of kind 'host' share this machine's files (R1LAB_TWIN_PODS=bare gives them their "
+              "own): setup lines not run", flush=True)  # fmt: skip
+        return []
     from r1lab.cloud.twin import setuplines
 
     plans = [setuplines.plan_line(c, ctx.exp.serving.engine) for c in commands]

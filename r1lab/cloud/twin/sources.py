@@ -24,6 +24,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -58,9 +59,7 @@ PY_REQUIREMENTS = [
     "wheel",
 ]
 NO_DEPS = ["ai-dynamo==1.6.1"]
-POD_PYTHON = "3.11"
-POD_PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"]
-FILL_FORMAT = 1
+FILL_FORMAT = 2
 
 
 class SourcesError(RuntimeError):
@@ -72,7 +71,7 @@ def root() -> Path:
 
 
 def fill_key() -> str:
-    blob = json.dumps([APT_PACKAGES, PY_REQUIREMENTS, NO_DEPS, POD_PYTHON, FILL_FORMAT])
+    blob = json.dumps([APT_PACKAGES, PY_REQUIREMENTS, NO_DEPS, FILL_FORMAT])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -104,7 +103,7 @@ def fill(d: Path, image: str) -> dict:
     t0 = time.monotonic()
     info = {"key": fill_key(), "apt": fill_apt(d / "apt", image), "apt_s": round(time.monotonic() - t0, 1)}
     t1 = time.monotonic()
-    info["wheels"] = fill_wheels(d / "wheels")
+    info["wheels"] = fill_wheels(d / "wheels", image)
     info["wheels_s"] = round(time.monotonic() - t1, 1)
     write_simple_index(d / "wheels", d / "simple")
     info["filled_at"] = time.time()
@@ -113,27 +112,37 @@ def fill(d: Path, image: str) -> dict:
     return info
 
 
-def fill_apt(out: Path, image: str) -> list[str]:
-    """apt-get download APT_PACKAGES and what the base image lacks of their dependencies (inside an overlay of
-    the base, so the base stays untouched); then a Packages index."""
+def _in_base(image: str, work: Path, script: str, binds: dict[str, str] | None = None) -> None:
+    """Run `script` in a throwaway overlay of the base image (chroot, the host's DNS; the base stays untouched),
+    so apt and pip compute dependencies as the pods' own OS and Python see them."""
     from r1lab.cloud.twin import baseimage
 
     base = baseimage.ensure(image)
-    work = out.parent / "apt-work"
     shutil.rmtree(work, ignore_errors=True)
     for sub in ("upper", "work", "root"):
         (work / sub).mkdir(parents=True)
     r = work / "root"
-    _say(f"downloading {' '.join(APT_PACKAGES)} with apt in the base image")
-    script = (
-        f"mount -t overlay overlay -o lowerdir={base},upperdir={work}/upper,workdir={work}/work {r} && "
-        f"cp /etc/resolv.conf {r}/etc/resolv.conf && mount -t proc proc {r}/proc && "
-        f"chroot {r} sh -c 'apt-get update -qq && apt-get install -y -qq --download-only --no-install-recommends "
-        f"{' '.join(APT_PACKAGES)}'"
-    )
-    p = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True)
+    mounts = [
+        f"mount -t overlay overlay -o lowerdir={base},upperdir={work}/upper,workdir={work}/work {r}",
+        f"cp /etc/resolv.conf {r}/etc/resolv.conf",
+        f"cp -L /etc/ssl/certs/ca-certificates.crt {r}/etc/ssl/certs/",  # the host's CAs (a TLS proxy's too)
+        f"mount -t proc proc {r}/proc",
+    ]
+    for src, dst in (binds or {}).items():
+        Path(src).mkdir(parents=True, exist_ok=True)
+        mounts += [f"mkdir -p {r}{dst}", f"mount --bind {shlex.quote(src)} {r}{dst}"]
+    full = " && ".join(mounts) + f" && chroot {r} sh -c {shlex.quote(script)}"
+    p = subprocess.run(["unshare", "--mount", "sh", "-c", full], capture_output=True, text=True)
     if p.returncode != 0:
-        raise SourcesError(f"apt download in the base image failed: {(p.stderr or p.stdout)[-1500:]}")
+        raise SourcesError(f"in the base image, `{script[:200]}` failed: {(p.stderr or p.stdout)[-1500:]}")
+
+
+def fill_apt(out: Path, image: str) -> list[str]:
+    """apt-get download APT_PACKAGES and what the base image lacks of their dependencies; a Packages index."""
+    work = out.parent / "apt-work"
+    _say(f"downloading {' '.join(APT_PACKAGES)} with apt in the base image")
+    _in_base(image, work, "apt-get update -qq && apt-get install -y -qq --download-only --no-install-recommends "
+                          + " ".join(APT_PACKAGES))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     debs = sorted((work / "upper/var/cache/apt/archives").glob("*.deb"))
     for deb in debs:
@@ -148,23 +157,20 @@ def fill_apt(out: Path, image: str) -> list[str]:
     return [d.name for d in debs]
 
 
-def _pip_download(out: Path, reqs: list[str], no_deps: bool) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "-d", str(out), "--only-binary=:all:",
-           "--python-version", POD_PYTHON, "--implementation", "cp"]  # fmt: skip
-    for plat in POD_PLATFORMS:
-        cmd += ["--platform", plat]
-    if no_deps:
-        cmd.append("--no-deps")
-    p = subprocess.run(cmd + reqs, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SourcesError(f"pip download {' '.join(reqs)} failed: {(p.stderr or p.stdout)[-1500:]}")
-
-
-def fill_wheels(out: Path) -> list[str]:
+def fill_wheels(out: Path, image: str = "runpod/base:0.6.2-cpu") -> list[str]:
+    """pip download (the base image's own pip and Python, so markers such as python_full_version are the
+    pods') of PY_REQUIREMENTS with dependencies and NO_DEPS without, through the host's pip cache."""
     out.mkdir(parents=True, exist_ok=True)
-    _say(f"downloading {len(PY_REQUIREMENTS) + len(NO_DEPS)} requirements and their dependencies (cp311)")
-    _pip_download(out, PY_REQUIREMENTS, no_deps=False)
-    _pip_download(out, NO_DEPS, no_deps=True)
+    _say(
+        f"downloading {len(PY_REQUIREMENTS) + len(NO_DEPS)} requirements and their dependencies in the base image"
+    )
+    dl = "python3 -m pip download -q --disable-pip-version-check --only-binary=:all: -d /r1lab-wheels"
+    script = f"{dl} {shlex.join(PY_REQUIREMENTS)} && {dl} --no-deps {shlex.join(NO_DEPS)}"
+    cache = Path(os.environ.get("PIP_CACHE_DIR", Path.home() / ".cache" / "pip"))
+    _in_base(
+        image, out.parent / "pip-work", script, {str(out): "/r1lab-wheels", str(cache): "/root/.cache/pip"}
+    )
+    shutil.rmtree(out.parent / "pip-work", ignore_errors=True)
     return sorted(p.name for p in out.glob("*.whl"))
 
 
@@ -219,7 +225,10 @@ class Sources:
     def pod_config(self) -> dict[str, str]:
         """What `netns.PodHosts(sources=...)` writes into every pod."""
         base = f"http://{self.host}:{self.port}"
-        return {"apt": f"deb [trusted=yes] {base}/apt ./", "pypi": f"{base}/simple/"}
+        return {
+            "apt": f"deb [trusted=yes] {base}/apt ./",
+            "pypi": f"{base}/simple/",
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
