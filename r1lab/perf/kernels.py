@@ -95,9 +95,16 @@ class KernelTable:
             # prefill sizes: the layer forwards' grouped GEMMs (tp8: m tokens x 8 experts; ep8: 8 ranks' rows)
             cfg = {"tp8-slice": "tp8", "ep8-whole": "dp8ep8"}[layout]
             rows = sorted(
-                (r["m"] * 8, r["parts"]["moe gate_up grouped GEMM"] + r["parts"]["moe down grouped GEMM"])
-                for r in data["records"]
-                if r["kind"] == "layer" and r["config"] == cfg and r["mode"] == "prefill" and "parts" in r
+                [
+                    (r["m"] * 8, r["parts"]["moe gate_up grouped GEMM"] + r["parts"]["moe down grouped GEMM"])
+                    for r in data["records"]
+                    if r["kind"] == "layer" and r["config"] == cfg and r["mode"] == "prefill" and "parts" in r
+                ]
+                + [  # the tuned decode sweep where it turns compute-bound (m >= 64)
+                    (r["rows"], r["gate_up_s"] + r["down_s"])
+                    for r in data["records"]
+                    if r["kind"] == "moe_tuned" and r["shape"] == layout and r["m"] >= STREAM_MAX_M
+                ]
             )
             moe.append(MoeFit(layout, eb, max(0.0, my - slope * mx), 1.0 / slope / 1e12, tuple(rows)))
         return KernelTable(

@@ -92,6 +92,8 @@ class EngineConstants:
     request_overhead_s: float
     mtp_acceptance: float = 0.85
     schedule_ahead_steps: int = 0
+    frontend_s: float = 0.0  # serving front end's CPU work per request, served FIFO (r1lab.perf.serving)
+    frontend_per_token_s: float = 0.0  # ... and per prompt token (tokenisation)
 
 
 ENGINES: dict[str, EngineConstants] = {

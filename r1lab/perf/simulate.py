@@ -78,6 +78,7 @@ class _Req:
     gaps: list[tuple[float, float]] = field(default_factory=list)  # (gap seconds, number of chunks)
     preempted: int = 0
     admitted_remote: bool = False
+    at_engine: float = 0.0  # when the front end handed it to the engine (arrival + queue + its CPU work)
 
 
 @dataclass
@@ -166,9 +167,18 @@ def simulate(
     p_queue: deque[_Req] = deque()
     link_free = [0.0]
 
+    fe_free = [0.0]
+    fe_fixed, fe_tok = step.eng.frontend_s, step.eng.frontend_per_token_s
+
     def submit(r: _Req) -> None:
+        # the serving front end (HTTP, chat template, tokeniser, admission) is one process: its CPU work per
+        # request is served FIFO, so a burst of requests waits for it before any reaches the engine
+        r.at_engine = r.arrival
+        if fe_fixed or fe_tok:
+            r.at_engine = max(r.arrival, fe_free[0]) + fe_fixed + fe_tok * r.isl
+            fe_free[0] = r.at_engine
         if pd is None:
-            route(r, r.arrival)
+            route(r, r.at_engine)
         else:
             p_queue.append(r)
 
@@ -177,13 +187,13 @@ def simulate(
         assert pd is not None
         while p_queue:
             i = min(range(len(p_free)), key=p_free.__getitem__)
-            start = max(p_free[i], p_queue[0].arrival)
+            start = max(p_free[i], p_queue[0].at_engine)
             if start > until:
                 return
             batch, tokens, pairs = [], 0, 0.0
             while (
                 p_queue
-                and p_queue[0].arrival <= start
+                and p_queue[0].at_engine <= start
                 and (not batch or tokens + p_queue[0].isl <= pd.max_num_batched_tokens)
             ):
                 r = p_queue.popleft()
@@ -310,7 +320,7 @@ def simulate(
         if all(x.idle() for x in rk):
             nxt = [x.arrivals[0][0] for x in rk if x.arrivals]
             if pd is not None and p_queue:
-                nxt.append(max(min(p_free), p_queue[0].arrival))
+                nxt.append(max(min(p_free), p_queue[0].at_engine))
             if not nxt:
                 raise RuntimeError("simulation stalled: nothing running, waiting or arriving")
             t = max(t, min(nxt))
@@ -380,7 +390,7 @@ def simulate(
                 if x.idle() and x.arrivals:
                     k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
             if pd is not None and p_queue:
-                k = min(k, max(1, int((max(min(p_free), p_queue[0].arrival) - t) / max(dt0, 1e-9))))
+                k = min(k, max(1, int((max(min(p_free), p_queue[0].at_engine) - t) / max(dt0, 1e-9))))
         dt = max(rank_dt(i, tps * (k - 1) / 2.0) for i in range(ranks))
         t_next = t + k * dt
         last_step_start = t_next - dt
