@@ -24,6 +24,23 @@ COMPONENTS = [
 ]
 
 
+# one distinct colour per stacked component (plotly's default colorway has 10 and repeats them)
+MEMORY_COLORS = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#8c564b", "#c49c94",
+                 "#9467bd", "#c5b0d5", "#7f7f7f", "#17becf"]  # fmt: skip
+
+
+def _wrap(label: str, width: int = 18) -> str:
+    """A topology label over a few short lines (x tick labels must not run into each other or the legend)."""
+    words, lines, cur = label.split(), [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return "<br>".join([*lines, cur])
+
+
 def _plan_dict(plan: Any) -> dict[str, Any]:
     return plan.as_dict() if hasattr(plan, "as_dict") else plan
 
@@ -31,22 +48,23 @@ def _plan_dict(plan: Any) -> dict[str, Any]:
 def memory_chart(plan: Any) -> go.Figure:
     d = _plan_dict(plan)
     topos = [t for t in d["topologies"] if t["memory"]]
-    labels = [("* " if t["is_params"] else "") + t["label"] for t in topos]
+    labels = [_wrap(("* " if t["is_params"] else "") + t["label"]) for t in topos]
     fig = go.Figure()
+    color = iter(MEMORY_COLORS)
     for key, name in COMPONENTS:
         vals = []
         for t in topos:
             w = t["memory"]["weights_by_component"]
             v = w.get(key, 0.0) + (w.get("norms", 0.0) if key == "router" else 0.0)
             vals.append(v / GIB)
-        fig.add_bar(name=name, x=labels, y=vals)
+        fig.add_bar(name=name, x=labels, y=vals, marker_color=next(color))
     for key, name in [
         ("activation_bytes", "activations"),
         ("cudagraph_bytes", "CUDA graphs"),
         ("non_torch_bytes", "CUDA ctx + NCCL"),
         ("kv_bytes", "KV cache"),
     ]:
-        fig.add_bar(name=name, x=labels, y=[t["memory"][key] / GIB for t in topos])
+        fig.add_bar(name=name, x=labels, y=[t["memory"][key] / GIB for t in topos], marker_color=next(color))
     fig.add_scatter(
         name="vLLM budget (util x total)",
         x=labels,
@@ -64,9 +82,16 @@ def memory_chart(plan: Any) -> go.Figure:
     fig.update_layout(
         barmode="stack",
         title="Memory per GPU by component (modelled)",
-        yaxis_title="GiB",
-        legend={"orientation": "h"},
-        height=520,
+        yaxis_title="GiB per GPU",
+        legend={
+            "orientation": "v",
+            "x": 1.02,
+            "y": 1,
+            "xanchor": "left",
+        },  # beside the bars, never over labels
+        xaxis={"tickangle": 0, "automargin": True},
+        margin={"b": 120, "r": 190},
+        height=600,
     )
     return fig
 

@@ -317,6 +317,11 @@ def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, 
         if section == "Summary per load point":
             df = C.summary_frame(data)
             body.append(_table(df) if not df.empty else "<p class='note'>no load points</p>")
+            few = C.small_samples(data)
+            if few:
+                body.append(f"<p class='note'>⚠ p99 (and p90) from fewer than {C.MIN_P99_SAMPLES} requests is close to "
+                            "the slowest request, not a percentile: " + e(", ".join(f"{a} {b} ({n} requests)" for a, b, n in few))
+                            + ". Raise <code>requests_per_point</code> for tail latencies.</p>")  # fmt: skip
         if section == "Measured against the plan":
             pvm = A.predicted_vs_measured(data)
             if not pvm.empty:

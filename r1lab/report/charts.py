@@ -27,11 +27,94 @@ def _title(text: str, source: str) -> dict[str, Any]:
 def _layout(fig: go.Figure, title: str, source: str, height: int = 480) -> go.Figure:
     fig.update_layout(template=TEMPLATE, title=_title(title, source), height=height,
                       margin={"l": 70, "r": 30, "t": 90, "b": 60}, legend={"orientation": "v"})  # fmt: skip
+    tidy_axes(fig)
     return fig
 
 
 def _conc_axis(fig: go.Figure, **kw: Any) -> None:
-    fig.update_xaxes(type="log", title_text="concurrency", dtick=math.log10(2), tickformat="d", **kw)
+    fig.update_xaxes(type="log", title_text="concurrency", **kw)  # ticks: the sweep's own points (tidy_axes)
+
+
+MIN_P99_SAMPLES = 100  # below this, a "p99" is the slowest request or close to it
+
+
+def fmt_tick(v: float) -> str:
+    """A tick label in few characters: 20k, 1.5M, 0.5, 3."""
+    a = abs(v)
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= div:
+            return f"{v / div:g}{suffix}"
+    return f"{v:g}"
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks between lo and hi (powers of ten only when that would be more than 9 ticks)."""
+    k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    vals = [m * 10.0**k for k in range(k0, k1 + 1) for m in (1, 2, 5)]
+    inside = [v for v in vals if lo / 1.001 <= v <= hi * 1.001]
+    if len(inside) > 9:
+        inside = [v for v in inside if math.log10(v).is_integer()]
+    if len(inside) < 3:  # a narrow range (within a decade or so): finer round ticks
+        fine = [m * 10.0**k for k in range(k0, k1 + 1) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)]
+        inside = [v for v in fine if lo / 1.001 <= v <= hi * 1.001] or inside
+    return [float(f"{v:.6g}") for v in inside]
+
+
+def _axis_values(fig: go.Figure) -> dict[str, list[float]]:
+    """Positive finite data values per layout axis name (xaxis, yaxis2, ...)."""
+    out: dict[str, list[float]] = {}
+    for tr in fig.data:
+        for letter in ("x", "y"):
+            ref = getattr(tr, f"{letter}axis", None) or letter
+            vals = getattr(tr, letter, None)
+            if vals is None:
+                continue
+            name = f"{letter}axis{ref[1:]}"
+            for v in vals:
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+                    out.setdefault(name, []).append(float(v))
+    return out
+
+
+def tidy_axes(fig: go.Figure) -> go.Figure:
+    """Readable axes: log axes get 1-2-5 ticks in human units (no minor-tick labels; concurrency gets the sweep's
+    own points), a second y axis gets its own round ticks instead of ticks synced to the first one's grid."""
+    values = _axis_values(fig)
+    for name in [k for k in fig.layout.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]:
+        ax = fig.layout[name]
+        if ax.overlaying:
+            ax.update(tickmode="auto", nticks=6)
+        vals = values.get(name)
+        if ax.type != "log" or not vals or ax.tickvals is not None:
+            continue
+        title = (ax.title.text or "") if ax.title else ""
+        if title == "concurrency":
+            ticks = sorted(set(vals))
+            text = [f"{v:g}" for v in ticks]
+        else:
+            ticks = log_ticks(min(vals), max(vals))
+            text = [fmt_tick(v) for v in ticks]
+        ax.update(tickmode="array", tickvals=ticks, ticktext=text, minor={"showgrid": False}, dtick=None)
+    return fig
+
+
+def small_samples(data: RunData) -> list[tuple[str, str, int]]:
+    """Load points whose p99 comes from fewer than MIN_P99_SAMPLES requests: (scenario, point, requests)."""
+    out = []
+    for p in data.points:
+        n = int(p.get("requests") or 0) - int(p.get("errors") or 0)
+        if 0 < n < MIN_P99_SAMPLES:
+            out.append((str(p.get("scenario")), str(p.get("point")), n))
+    return out
+
+
+def _sample_warning(fig: go.Figure, data: RunData, y: float = -0.16) -> None:
+    few = small_samples(data)
+    if few:
+        listed = ", ".join(f"{s} {p} (n={n})" for s, p, n in few[:6]) + (" ..." if len(few) > 6 else "")
+        fig.add_annotation(text=f"⚠ p99 from fewer than {MIN_P99_SAMPLES} requests (close to the slowest one): {listed}",
+                           xref="paper", yref="paper", x=0, y=y, showarrow=False, align="left",
+                           font={"size": 11, "color": "#b35900"})  # fmt: skip
 
 
 def latency_vs_concurrency(data: RunData) -> go.Figure | None:
@@ -57,8 +140,9 @@ def latency_vs_concurrency(data: RunData) -> go.Figure | None:
                 ), row=mi // 2 + 1, col=mi % 2 + 1)  # fmt: skip
     _conc_axis(fig)
     fig.update_yaxes(type="log", title_text="ms")
+    _sample_warning(fig, data, y=-0.1)
     return _layout(fig, "Latency percentiles against concurrency (p50 solid, p90 dashed, p99 dotted)",
-                   data.source_label, 720)  # fmt: skip
+                   data.source_label, 740)  # fmt: skip
 
 
 def throughput_vs_concurrency(data: RunData) -> go.Figure | None:

@@ -124,7 +124,18 @@ window.addEventListener('load', function () {
                   + ' ' + Math.round(r.right) + 'px');
       }
     });
-    var out = {scroll_width: document.documentElement.scrollWidth, viewport: vw, wide: wide.slice(0, 20),
+    var charts = [];
+    document.querySelectorAll('[data-chart], .js-plotly-plot').forEach(function (box) {
+      var ticks = [];
+      box.querySelectorAll('g.xtick text, g.ytick text, g.y2tick text, g.x2tick text, g.y3tick text, g.y4tick text')
+        .forEach(function (t) {
+          ticks.push([t.parentNode.getAttribute('class'), t.textContent,
+                      parseFloat(getComputedStyle(t).fontSize) || parseFloat(t.style.fontSize) || 0]);
+        });
+      var notes = Array.from(box.querySelectorAll('g.annotation-text-g text')).map(function (t) { return t.textContent; });
+      charts.push({id: box.getAttribute('data-chart') || box.id, ticks: ticks, notes: notes});
+    });
+    var out = {scroll_width: document.documentElement.scrollWidth, viewport: vw, wide: wide.slice(0, 20), charts: charts,
                height: document.documentElement.scrollHeight,
                stderr_blocks: document.querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"]').length,
                external_scripts: Array.from(document.scripts).map(function (s) { return s.src; })
