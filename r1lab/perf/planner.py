@@ -532,40 +532,11 @@ def plan_experiment(exp: Any, prices: dict[str, Any] | None = None, include_stan
     )
 
 
-def render_text(plan: Plan) -> str:
-    d = plan.as_dict()
-    lines = [f"Plan for {d['experiment']} (modelled by {d['model_version']}; nothing here is measured)", ""]
-    for t in d["topologies"]:
-        mark = "*" if t["is_params"] else " "
-        lines.append(f"{mark} {t['label']}  [{t['id']}]")
-        m = t["memory"]
-        if m:
-            lines.append(
-                f"    memory/GPU: weights {m['weights_gib']:.1f} GiB, activations {m['activation_gib']:.1f}, "
-                f"graphs {m['cudagraph_gib']:.1f}, CUDA/NCCL {m['non_torch_gib']:.1f}, KV {m['kv_gib']:.1f} "
-                f"of {m['budget_gib']:.1f} GiB ({m['gpu_memory_utilization']} x {m['total_gib']:.1f})"
-            )
-        if not t["fits"]:
-            lines.append(f"    DOES NOT FIT: {t['reason']}")
-            continue
-        price = f"${t['usd_per_hour']:.2f}/h" if t["usd_per_hour"] else "no price"
-        lines.append(
-            f"    KV tokens/replica {t['kv_tokens']:,}; max concurrency {t['max_concurrency']}; {price}"
-        )
-        b = t["bottleneck"]
-        lines.append(f"    bottleneck: {b.get('component')}: {b.get('detail') or ''}".rstrip(": "))
-        for p in t["points"]:
-            cost = f" ${p['usd_per_mtok_out']:.2f}/Mtok" if p["usd_per_mtok_out"] else ""
-            lines.append(
-                f"    {p['scenario']:<18} c={p['concurrency']!s:<4} TTFT {p['ttft_ms']['mean']:>8.0f} ms  "
-                f"TPOT {p['tpot_ms']['mean']:>6.1f} ms  {p['output_tok_s']:>7.0f} tok/s "
-                f"({p['tok_s_per_gpu']:.0f}/GPU){cost}"
-            )
-    lines += ["", "Problems of the original plan and of these params:"]
-    for pr in d["problems"]:
-        lines.append(f"  [{pr['status']}/{pr['severity']}] {pr['title']}: {pr['detail']}  Fix: {pr['fix']}")
-    lines += ["", f"Commands ({d['commands']['source']}):"] + [f"  {c}" for c in d["commands"]["lines"]]
-    return "\n".join(lines)
+def render_text(plan: Plan, exp: Any = None) -> str:
+    """The plan as text for a person (r1lab.perf.plan_text): recommendation, budget, each topology once."""
+    from r1lab.perf.plan_text import render_text as _render  # noqa: PLC0415
+
+    return _render(plan, exp)
 
 
 def cli_main(argv: list[str]) -> int:
@@ -602,7 +573,7 @@ def cli_main(argv: list[str]) -> int:
             return 1
         target.write_text(json.dumps(plan.as_dict(), indent=1) + "\n", encoding="utf-8")
         write_charts(plan, out / "charts")
-    print(json.dumps(plan.as_dict(), indent=1) if a.json else render_text(plan))
+    print(json.dumps(plan.as_dict(), indent=1) if a.json else render_text(plan, exp))
     return 0
 
 
