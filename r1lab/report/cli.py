@@ -54,7 +54,10 @@ def report_main(argv: list[str]) -> int:
 def compare_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="r1lab compare", description="Compare several runs side by side.")
     ap.add_argument("runs", nargs="+")
-    ap.add_argument("--out", default="compare.html")
+    ap.add_argument(
+        "--out",
+        help="an .html file, or a directory for compare-<time>.html (default: the outputs root's compare/)",
+    )
     a = ap.parse_args(argv)
     from r1lab.report.compare import compare_runs
 
