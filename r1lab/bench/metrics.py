@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-PERCENTILES = (50, 90, 99)
+PERCENTILES = (50, 90, 95, 99)
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,13 @@ class Slo:
 
 
 def stats_ms(values_s: Iterable[float]) -> dict[str, float | None]:
-    """mean, p50, p90, p99 in milliseconds (None when there are no values)."""
+    """mean, std (population, as numpy and `vllm bench serve`), p50, p90, p95, p99 in milliseconds (None when
+    there are no values)."""
     a = np.asarray(list(values_s), dtype=float) * 1000.0
     if a.size == 0:
-        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    return {"mean": float(a.mean()), **{f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES}}
+        return {"mean": None, "std": None, **{f"p{p}": None for p in PERCENTILES}}
+    return {"mean": float(a.mean()), "std": float(a.std()),
+            **{f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES}}  # fmt: skip
 
 
 def request_latencies(r: dict[str, Any]) -> dict[str, Any]:

@@ -194,6 +194,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, png: boo
         found = A.findings(data)
     with step(f"writing {len(charts)} charts{' + PNG' if png else ''}"):
         files = write_charts(charts, out / "charts", png=png)
+    from r1lab.report.vllm_bench import export_run  # each load point also as `vllm bench serve` JSON
+
+    export_run(data, out)
     html_text = render_html(data, charts, missing, found, costs)
     (out / "report.html").write_text(redact(html_text), encoding="utf-8")
     return Report(out / "report.html", charts, files, found, missing, data.notes, data, costs)
