@@ -24,3 +24,7 @@ def venv_python() -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("R1LAB_PROGRESS", "plain")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import procguard  # every server a test starts dies with this process (see procguard.py)
+
+    procguard.start()

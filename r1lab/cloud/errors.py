@@ -6,6 +6,17 @@ from typing import Any
 
 from r1lab.secrets import redact
 
+# RunPod's capacity refusal. The v2 spec says so itself (createPod: "capacity exhaustion currently carries no
+# machine-readable code of its own -- only a human-readable `detail`", always with status 400), so this is the one
+# place r1lab reads a detail string. The texts, as RunPod has answered them:
+# - "There are no longer any instances available with the requested specifications. Please refresh and try
+#   again." (a v2 400 problem body recorded from a live call on 2026-08-20 in a public recorded-payload test; the
+#   same text from the GraphQL API in runpod/runpodctl#189, runpod/runpod-python#314, mlabonne/llm-autoeval#3)
+# - "There are no longer any instances available with the request specifications. Please try again later."
+#   (dstackai/dstack#1740)
+# - "There are no longer any instances available with enough disk space." (runpod/runpod-python#297)
+CAPACITY_DETAIL_PREFIX = "There are no longer any instances available"
+
 
 class CloudError(Exception):
     """Base class: a failure talking to RunPod (or the twin's emulator of it)."""
@@ -82,6 +93,22 @@ class RequestInvalidError(RunPodAPIError):
 
 class RateLimitedError(RunPodAPIError):
     pass
+
+
+def is_capacity_refusal(error: RunPodAPIError) -> bool:
+    """A 400 whose detail is RunPod's capacity text (see CAPACITY_DETAIL_PREFIX); any other 400 breaks a rule."""
+    return error.status == 400 and error.detail.strip().lower().startswith(CAPACITY_DETAIL_PREFIX.lower())
+
+
+class RequestRejectedError(RunPodAPIError):
+    """400 that is not a capacity refusal: the request breaks one of RunPod's rules (it fails the same way on
+    every data center and GPU, so retrying elsewhere does not help)."""
+
+    def __str__(self) -> str:
+        return redact(
+            f"RunPod {self.operation}: HTTP 400 {self.detail}: RunPod refuses this request by its rules "
+            "(not for capacity). Fix: change what the detail names in the params file."
+        )
 
 
 class TransientError(RunPodAPIError):

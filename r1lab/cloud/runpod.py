@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -36,20 +35,16 @@ from r1lab.cloud.errors import (
     PodFailedError,
     RateLimitedError,
     ReadyTimeoutError,
+    RequestRejectedError,
     RunPodAPIError,
     TransientError,
     VolumeDataCenterError,
+    is_capacity_refusal,
 )
 from r1lab.secrets import get_secret, redact
 
 DEFAULT_API_BASE = "https://api.runpod.io"
 TERMINAL_STATES = frozenset({"ERROR", "EXITED", "TERMINATED"})
-_CAPACITY = re.compile(
-    r"no (longer any )?(instances?|machines?|capacity|gpus?)|not enough|insufficient capacity|"
-    r"could not (be )?place|unavailable|out of stock",
-    re.IGNORECASE,
-)
-_VOLUME_DC = re.compile(r"volume.*data ?center|data ?center.*volume", re.IGNORECASE)
 
 
 @dataclass
@@ -65,7 +60,8 @@ class RetryPolicy:
 
 @dataclass
 class PodSpec:
-    """What to create; `to_request()` gives the exact CreatePodRequest body."""
+    """What to create; `to_request()` gives the exact CreatePodRequest body. A pod without `gpu_type` is a CPU
+    pod (`cpu_flavor` x `vcpu_count`); the combinations RunPod refuses are refused here, before any request."""
 
     name: str
     image: str
@@ -83,6 +79,16 @@ class PodSpec:
     disk_gb: int = 50
     global_networking: bool = False
     start_ssh: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.gpu_type:
+            if self.global_networking:
+                raise ValueError(
+                    f"pod {self.name}: global networking needs an NVIDIA GPU pod (RunPod refuses it on CPU pods). "
+                    "Fix: set gpu_type, or global_networking=False (provider.network in the params file)."
+                )
+            if self.vcpu_count < 2 or self.vcpu_count & (self.vcpu_count - 1):
+                raise ValueError(f"pod {self.name}: vcpu_count {self.vcpu_count} must be a power of two >= 2")
 
     def to_request(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -374,11 +380,9 @@ class RunPodClient:
                     raise
                 self._sleep(self.retry.backoff(attempts))
             except RunPodAPIError as exc:
-                if exc.status == 400 and spec.volume_id and _VOLUME_DC.search(exc.detail):
-                    raise VolumeDataCenterError(
-                        spec.volume_id, _dc_in(exc.detail) or "another data center", spec.data_centers
-                    ) from None
-                if exc.status == 400 and _CAPACITY.search(exc.detail):
+                if exc.status != 400:
+                    raise
+                if is_capacity_refusal(exc):
                     gpu = spec.gpu_type or f"CPU {spec.cpu_flavor}"
                     raise NoCapacityError(
                         gpu,
@@ -390,7 +394,16 @@ class RunPodClient:
                         if spec.gpu_type
                         else [],
                     ) from None
-                raise
+                if spec.volume_id and spec.data_centers:  # the volume's own record says where it lives
+                    try:
+                        volume_dc = self.get_volume(spec.volume_id)["dataCenter"]
+                    except CloudError:
+                        volume_dc = None
+                    if volume_dc and volume_dc not in spec.data_centers:
+                        raise VolumeDataCenterError(spec.volume_id, volume_dc, spec.data_centers) from None
+                raise RequestRejectedError(
+                    exc.status, exc.title, exc.detail, exc.operation, exc.errors, exc.headers
+                ) from None
 
     def _find_after_lost_create(self, finder: Callable[[str], list[dict[str, Any]]], name: str) -> Any:
         try:
@@ -468,6 +481,7 @@ class RunPodClient:
     # --- instant clusters -----------------------------------------------------------------------------------
 
     def create_cluster(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create an Instant Cluster; a 400 reads as NoCapacityError only when it is RunPod's capacity refusal."""
         try:
             return self.request("POST", "/v2/clusters", body, operation="createCluster")
         except (TransientError, NetworkError):
@@ -475,6 +489,19 @@ class RunPodClient:
             if found:
                 return found
             raise
+        except RunPodAPIError as exc:
+            if exc.status != 400:
+                raise
+            if is_capacity_refusal(exc):
+                compute = body.get("compute") or {}
+                per_pod, pods = compute.get("gpuCountPerPod", 1), compute.get("podCount", 1)
+                raise NoCapacityError(
+                    f"{compute.get('gpuTypeId')} (cluster of {pods} pods)", per_pod * pods,
+                    list(body.get("dataCenterIds") or []), "SECURE", exc.detail, [],
+                ) from None  # fmt: skip
+            raise RequestRejectedError(
+                exc.status, exc.title, exc.detail, exc.operation, exc.errors, exc.headers
+            ) from None
 
     def list_clusters(self) -> list[dict[str, Any]]:
         return self.request("GET", "/v2/clusters", operation="listClusters")["clusters"]
@@ -508,11 +535,6 @@ def _retry_after(headers: dict[str, str], default: float) -> float:
             except ValueError:
                 return default
     return default
-
-
-def _dc_in(text: str) -> str | None:
-    m = re.search(r"\b[A-Z]{2}-[A-Z]{2,4}-\d+\b", text)
-    return m.group(0) if m else None
 
 
 __all__ = [

@@ -27,6 +27,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from r1lab.cloud.emulator.backends import PodBackend, RecordOnlyBackend
+from r1lab.cloud.emulator.catalog import (
+    CAPACITY_DETAIL,
+    CPU_CATALOG,
+    DATA_CENTERS,
+    GPU_CATALOG,
+    cpu_flavor,
+    cuda_ok,
+    data_center,
+    gpu_type,
+)
+from r1lab.cloud.emulator.ratelimit import DEFAULT_POLICY, RateLimiter
 from r1lab.cloud.emulator.spec import Spec, load_spec
 
 
@@ -83,27 +94,6 @@ FAULT_KINDS = {
     "stuck_provisioning",
 }
 
-# Catalog: prices from facts.md (2026-11-09 copies of the pricing page) where known; community prices of
-# H100 SXM / H200 and the RTX 4090 row are illustrative values for the emulator only.
-GPU_CATALOG: list[dict[str, Any]] = [
-    {"id": "NVIDIA H100 NVL", "name": "H100 NVL", "pool": "HOPPER_141", "memory": 94,
-     "price": {"secure": 3.19, "community": 2.59}, "maxCount": {"secure": 8, "community": 8}},
-    {"id": "NVIDIA H100 80GB HBM3", "name": "H100 SXM", "pool": "HOPPER_80", "memory": 80,
-     "price": {"secure": 3.99, "community": 2.99}, "maxCount": {"secure": 8, "community": 8}},
-    {"id": "NVIDIA H200", "name": "H200 SXM", "pool": "HOPPER_141", "memory": 141,
-     "price": {"secure": 4.59, "community": 3.59}, "maxCount": {"secure": 8, "community": 8}},
-    {"id": "NVIDIA GeForce RTX 4090", "name": "RTX 4090", "pool": "ADA_24", "memory": 24,
-     "price": {"secure": 0.69, "community": 0.34}, "maxCount": {"secure": 8, "community": 8}},
-]  # fmt: skip
-DATA_CENTERS: list[dict[str, Any]] = [
-    {"id": "EU-RO-1", "name": "EU Romania 1", "region": "EUROPE", "globalNetwork": True},
-    {"id": "EU-SE-1", "name": "EU Sweden 1", "region": "EUROPE", "globalNetwork": True},
-    {"id": "US-KS-2", "name": "US Kansas 2", "region": "NORTH_AMERICA", "globalNetwork": True},
-    {"id": "US-TX-3", "name": "US Texas 3", "region": "NORTH_AMERICA", "globalNetwork": False},
-]
-CPU_USD_PER_VCPU_HOUR = 0.03
-CAPACITY_DETAIL = "There are no longer any instances available with the requested specifications."
-
 
 def _iso(t: float | None) -> str | None:
     if t is None:
@@ -129,10 +119,14 @@ _TITLES = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    405: "Method Not Allowed",
     409: "Conflict",
+    414: "URI Too Long",
     422: "Unprocessable Entity",
     429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
 }
 
 
@@ -150,7 +144,10 @@ class Emulator:
         port: int = 0,
         stock: int = 16,
         spec: Spec | None = None,
+        rate_limits: tuple[tuple[str, int, int], ...] | list | None = DEFAULT_POLICY,
     ) -> None:
+        """`rate_limits`: (window name, quota, seconds) per window, counted per API key on the emulator's clock
+        (default: the quota the emulator announces, 600/minute, 30,000/hour, 500,000/day); () turns it off."""
         self.api_key = api_key
         self.backend = backend or RecordOnlyBackend()
         self.timings = timings or Timings()
@@ -165,6 +162,8 @@ class Emulator:
         self.faults: list[Fault] = []
         self.spec_violations: list[str] = []
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status): what clients did
+        self.request_log: list[tuple[float, str, str, int]] = []  # the same, with the clock's time
+        self.limiter = RateLimiter(() if rate_limits is None else rate_limits, self.clock.now)
         # free GPUs per (gpu id, data center); both clouds share it
         self.stock: dict[tuple[str, str], int] = {
             (g["id"], d["id"]): stock for g in GPU_CATALOG for d in DATA_CENTERS
@@ -357,12 +356,15 @@ class Emulator:
             self.stock[key] = self.stock.get(key, 0) + rec["gpu"]["count"]
             rec["holds_stock"] = False
 
-    def _allocate(self, gpu: dict[str, Any] | None, wanted_dcs: list[str]) -> str:
-        """Pick a data center with free GPUs; raise the RunPod capacity 400 when there is none."""
+    def _allocate(self, gpu: dict[str, Any] | None, wanted_dcs: list[str], cuda: tuple | None = None) -> str:
+        """Pick a data center with free GPUs (on a host whose CUDA version meets `cuda` = (allowed, minimum));
+        raise RunPod's capacity 400 when there is none."""
         dcs = wanted_dcs or [d["id"] for d in DATA_CENTERS]
         if gpu is None:
             return dcs[0]
         for dc in dcs:
+            if cuda and not any(cuda_ok(v, *cuda) for v in data_center(dc)["cuda"]):
+                continue
             if self.stock.get((gpu["id"], dc), 0) >= gpu.get("count", 1):
                 self.stock[(gpu["id"], dc)] -= gpu.get("count", 1)
                 return dc
@@ -421,8 +423,8 @@ class Emulator:
             "registry": None,
             "cloud": rec["cloud"],
             "dataCenterId": rec["dataCenterId"],
-            "cudaVersion": "12.8" if rec.get("gpu") else None,
-            "ssh": {"proxy": None, "direct": direct},
+            "cudaVersion": rec.get("cuda", "12.8") if rec.get("gpu") else None,
+            "ssh": {"proxy": self._proxy(rec), "direct": direct},
             "template": None,
             "cost": self._pod_cost(rec) if status in ("PROVISIONING", "STARTING", "RUNNING") else 0.0,
             "locked": False,
@@ -439,12 +441,20 @@ class Emulator:
             pod["cluster"] = dict(rec["cluster"])
         return pod
 
+    @staticmethod
+    def _proxy(rec: dict[str, Any]) -> dict[str, Any]:
+        """RunPod's SSH proxy endpoint: filled from the machine assignment on (recorded v2 answers carry it even
+        while `direct` is still null). An interactive shell only; r1lab never uses it."""
+        user = rec.get("proxy_user") or f"{rec['id']}-{rec['id'][:8]}"
+        return {"host": "ssh.runpod.io", "port": 22, "username": user, "command": f"ssh {user}@ssh.runpod.io"}
+
     def _pod_cost(self, rec: dict[str, Any]) -> float:
         if rec.get("gpu"):
-            g = next((g for g in GPU_CATALOG if g["id"] == rec["gpu"]["id"]), None)
+            g = gpu_type(rec["gpu"]["id"])
             per = g["price"]["secure" if rec["cloud"] == "SECURE" else "community"] if g else 0.0
             return round(per * rec["gpu"]["count"], 4)
-        return round(CPU_USD_PER_VCPU_HOUR * rec["cpu"]["vcpuCount"], 4)
+        flavor = cpu_flavor(rec["cpu"]["id"])
+        return round((flavor["price"]["securePerVcpu"] if flavor else 0.0) * rec["cpu"]["vcpuCount"], 4)
 
     def render_cluster(self, c: dict[str, Any]) -> dict[str, Any]:
         members = [self.pods[p] for p in c["pod_ids"] if p in self.pods]
@@ -471,21 +481,59 @@ class Emulator:
 
     # --- operations -----------------------------------------------------------------------------------------
 
-    def create_pod(self, body: dict[str, Any], cluster: dict[str, Any] | None = None) -> dict[str, Any]:
+    def check_pod_rules(self, body: dict[str, Any]) -> None:
+        """The rules the spec states in prose for a create body that matches its schema (400 each, as RunPod's
+        handler answers), and the references it names (a template that does not exist: 404)."""
         if ("gpu" in body) == ("cpu" in body):
             raise ApiError(400, "exactly one of gpu or cpu must be set")
         mounts = body.get("mounts") or {}
-        if "persistent" in mounts and mounts.get("network"):
+        if "persistent" in mounts and "network" in mounts:
             raise ApiError(400, "mounts.persistent and mounts.network are mutually exclusive")
-        gpu = body.get("gpu")
-        if gpu and gpu.get("allowedCudaVersions") and gpu.get("minCudaVersion"):
-            raise ApiError(400, "allowedCudaVersions and minCudaVersion are mutually exclusive")
-        if gpu and not any(g["id"] == gpu["id"] for g in GPU_CATALOG):
-            raise ApiError(400, f"unknown GPU type {gpu['id']!r}")
-        wanted = list(body.get("dataCenterIds") or [])
-        unknown = [d for d in wanted if d not in {x["id"] for x in DATA_CENTERS}]
+        for port in body.get("ports") or []:
+            number, _, proto = port.partition("/")
+            if not (number.isdigit() and 1 <= int(number) <= 65535 and proto in ("tcp", "http")):
+                raise ApiError(
+                    400,
+                    f"invalid port {port!r}: ports are formatted as port/protocol, e.g. 22/tcp or 8888/http",
+                )
+        if body.get("templateId"):
+            raise ApiError(404, f"template {body['templateId']} not found")
+        cloud = body.get("cloud", "SECURE").lower()
+        if gpu := body.get("gpu"):
+            if gpu.get("allowedCudaVersions") and gpu.get("minCudaVersion"):
+                raise ApiError(400, "allowedCudaVersions and minCudaVersion are mutually exclusive")
+            g = gpu_type(gpu["id"])
+            if g is None:
+                raise ApiError(400, f"unknown GPU type {gpu['id']!r}: see GET /v2/catalog/gpus")
+            if gpu.get("count", 1) > g["maxCount"][cloud]:
+                raise ApiError(
+                    400,
+                    f"gpu.count {gpu['count']} is above the maximum of {g['maxCount'][cloud]} for {g['id']} on {cloud} cloud",
+                )
+        if cpu := body.get("cpu"):
+            if body.get("globalNetworking"):
+                raise ApiError(
+                    400, "global networking requires an NVIDIA GPU: it is not available on CPU pods"
+                )
+            if "persistent" in mounts:
+                raise ApiError(400, "mounts.persistent is invalid on CPU pods: use a network volume")
+            flavor = cpu_flavor(cpu["id"])
+            if flavor is None:
+                raise ApiError(400, f"unknown CPU flavor {cpu['id']!r}: see GET /v2/catalog/cpus")
+            n, lo, hi = cpu["vcpuCount"], flavor["vcpu"]["min"], flavor["vcpu"]["max"]
+            if n & (n - 1):
+                raise ApiError(400, f"cpu.vcpuCount {n} must be a power of two")
+            if not lo <= n <= hi:
+                raise ApiError(400, f"cpu.vcpuCount {n} is not valid for CPU flavor {cpu['id']} ({lo}..{hi})")
+        unknown = [d for d in body.get("dataCenterIds") or [] if data_center(d) is None]
         if unknown:
             raise ApiError(400, f"unknown data center(s): {', '.join(unknown)}")
+
+    def create_pod(self, body: dict[str, Any], cluster: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.check_pod_rules(body)
+        mounts = body.get("mounts") or {}
+        gpu = body.get("gpu")
+        wanted = list(body.get("dataCenterIds") or [])
         for m in mounts.get("network") or []:
             vol = self.volumes.get(m["volumeId"])
             if vol is None:
@@ -505,7 +553,9 @@ class Emulator:
         if self._take_fault("createPod", {"no_capacity"}):
             raise ApiError(400, CAPACITY_DETAIL)
         gpu_cfg = {"id": gpu["id"], "count": gpu.get("count", 1)} if gpu else None
-        dc = self._allocate(gpu_cfg, wanted)
+        cuda = (gpu.get("allowedCudaVersions") or None, gpu.get("minCudaVersion")) if gpu else None
+        dc = self._allocate(gpu_cfg, wanted, cuda)
+        host_cuda = max((v for v in data_center(dc)["cuda"] if not cuda or cuda_ok(v, *cuda)), key=lambda v: tuple(map(int, v.split("."))))  # fmt: skip
         fault = None
         if self._take_fault("createPod", {"stuck_provisioning"}):
             fault = "stuck"
@@ -513,6 +563,11 @@ class Emulator:
             fault = "error"
         now = self.clock.now()
         pod_id = _new_id()
+        cpu = None
+        if body.get("cpu"):
+            flavor = cpu_flavor(body["cpu"]["id"])
+            memory = max(1, int(body["cpu"]["vcpuCount"] * flavor["ramGbPerVcpu"]))
+            cpu = {"id": body["cpu"]["id"], "vcpuCount": body["cpu"]["vcpuCount"], "memory": memory}
         rec = {
             "id": pod_id,
             "name": body["name"],
@@ -525,7 +580,9 @@ class Emulator:
             "cloud": body.get("cloud", "SECURE"),
             "dataCenterId": dc,
             "gpu": gpu_cfg,
-            "cpu": dict(body["cpu"]) | {"memory": body["cpu"]["vcpuCount"] * 2} if body.get("cpu") else None,
+            "cpu": cpu,
+            "cuda": host_cuda,
+            "proxy_user": f"{pod_id}-{secrets.token_hex(4)}",
             "globalNetworking": bool(body.get("globalNetworking")),
             "gn_ip": f"10.65.{len(self.pods) // 250}.{len(self.pods) % 250 + 2}",
             "status": "PROVISIONING",
@@ -583,15 +640,18 @@ class Emulator:
         return rec
 
     def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
-        dc = next((d for d in DATA_CENTERS if d["id"] == body["dataCenter"]), None)
+        dc = data_center(body["dataCenter"])
         if dc is None:
             raise ApiError(400, f"unknown data center {body['dataCenter']!r}")
+        kind = body.get("type") or dc["networkVolumeTypes"][0]  # omitted: the data center's primary tier
+        if kind not in dc["networkVolumeTypes"]:
+            raise ApiError(400, f"data center {dc['id']} offers no {kind} network volumes")
         vol = {
             "id": _new_id()[:10],
             "name": body["name"],
             "size": body["size"],
             "dataCenter": body["dataCenter"],
-            "type": body.get("type", "STANDARD"),
+            "type": kind,
         }
         self.volumes[vol["id"]] = vol
         self._save()
@@ -612,15 +672,37 @@ class Emulator:
 
     def create_cluster(self, body: dict[str, Any]) -> dict[str, Any]:
         compute = body["compute"]
+        g = gpu_type(compute["gpuTypeId"])
+        if g is None:
+            raise ApiError(400, f"unknown GPU type {compute['gpuTypeId']!r}: see GET /v2/catalog/gpus")
+        if not g["cluster"]:
+            offered = ", ".join(x["id"] for x in GPU_CATALOG if x["cluster"])
+            raise ApiError(400, f"Instant Clusters do not offer {g['id']}; cluster GPU types: {offered}")
+        if compute["gpuCountPerPod"] > g["maxCount"]["secure"]:
+            raise ApiError(
+                400,
+                f"compute.gpuCountPerPod {compute['gpuCountPerPod']} is above the maximum of {g['maxCount']['secure']} for {g['id']}",
+            )
         cid = "cl" + _new_id()[:12]
         pod_body = {k: v for k, v in body.items() if k in ("image", "args", "disk", "env", "ports", "mounts")}
         pod_body |= {"name": body["name"], "startSsh": body.get("startSsh", False)}
         pod_body["gpu"] = {"id": compute["gpuTypeId"], "count": compute["gpuCountPerPod"]}
-        if body.get("dataCenterIds"):
-            pod_body["dataCenterIds"] = body["dataCenterIds"]
-        # a cluster is placed within one data center: find one that holds every node
+        pod_body.setdefault("image", "")
+        self.check_pod_rules(pod_body | {"dataCenterIds": body.get("dataCenterIds") or []})
+        # a cluster is placed within one data center: its volume's if it mounts one, else one that holds every node
+        dcs = list(body.get("dataCenterIds") or []) or [d["id"] for d in DATA_CENTERS]
+        for m in (body.get("mounts") or {}).get("network") or []:
+            vol = self.volumes.get(m["volumeId"])
+            if vol is None:
+                raise ApiError(400, f"network volume {m['volumeId']} not found")
+            if vol["dataCenter"] not in dcs:
+                raise ApiError(
+                    400,
+                    f"network volume {vol['id']} is in data center {vol['dataCenter']}; the cluster must be "
+                    f"placed in the volume's data center",
+                )
+            dcs = [vol["dataCenter"]]
         need = compute["gpuCountPerPod"] * compute["podCount"]
-        dcs = pod_body.get("dataCenterIds") or [d["id"] for d in DATA_CENTERS]
         dc = next((d for d in dcs if self.stock.get((compute["gpuTypeId"], d), 0) >= need), None)
         if dc is None:
             raise ApiError(400, CAPACITY_DETAIL)
@@ -673,6 +755,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, str]] = [
         ("GET", "/v2/network-volumes/{id}", "getNetworkVolume"),
         ("DELETE", "/v2/network-volumes/{id}", "deleteNetworkVolume"),
         ("GET", "/v2/catalog/gpus", "listGpuTypes"),
+        ("GET", "/v2/catalog/cpus", "listCpuTypes"),
         ("GET", "/v2/catalog/datacenters", "listDataCenters"),
         ("GET", "/v2/clusters", "listClusters"),
         ("POST", "/v2/clusters", "createCluster"),
@@ -682,7 +765,21 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, str]] = [
     ]
 ]
 
-RATE_POLICY = '"minute";q=600;w=60, "hour";q=30000;w=3600, "day";q=500000;w=86400'
+_HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+_SPEC_PATHS: list[tuple[str, re.Pattern[str]]] = [
+    (p, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", p) + "$")) for p in load_spec().doc["paths"]
+]
+
+
+def _integral(value: Any) -> Any:
+    """JSON numbers with no fraction as ints: JSON Schema's `integer` accepts 2.0, so the API must too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -706,6 +803,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
+
+    def __getattr__(self, name: str) -> Any:
+        """Any other method (TRACE, OPTIONS, HEAD, FOO...) goes through the same routing: 405 + Allow as JSON."""
+        if name.startswith("do_") and name[3:].isupper():
+            return lambda: self._dispatch(name[3:])
+        raise AttributeError(name)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own refusals (malformed request line, oversized headers) in RFC 9457 JSON, not HTML."""
+        self.close_connection = True
+        body = (
+            None
+            if getattr(self, "command", None) == "HEAD"
+            else self._problem(code, message or explain or "")
+        )
+        try:
+            self._send(code, body, "application/problem+json")
+        except OSError:
+            pass
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
@@ -767,6 +883,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         with self.emu.lock:
             self.emu.requests.append((method, urlparse(self.path).path, status))
+            self.emu.request_log.append((self.emu.clock.now(), method, urlparse(self.path).path, status))
         self._send(status, body, ctype, headers)
 
     def _dispatch(self, method: str) -> None:
@@ -775,22 +892,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self._control(method, url.path[len("/_emulator/") :])
         route = next(((p, op, m.groupdict()) for rm, rx, p, op in _ROUTES if rm == method and (m := rx.match(url.path))), None)  # fmt: skip
         if route is None:
-            body = self._read_body_safely()
-            del body
-            known = any(rx.match(url.path) for _, rx, _, _ in _ROUTES)
-            return self._send(
-                405 if known else 404,
-                self._problem(405 if known else 404, f"no operation {method} {url.path}"),
-                "application/problem+json",
-            )
+            return self._no_route(method, url.path)
         spec_path, op, path_args = route
         emu = self.emu
-        rl = {"RateLimit": '"minute";r=599;t=60', "RateLimit-Policy": RATE_POLICY}
         auth = self.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not secrets.compare_digest(auth[7:].strip(), emu.api_key):
             self._read_body_safely()
             detail = "missing bearer token" if not auth.startswith("Bearer ") else "invalid API key"
             return self._respond(spec_path, method, 401, self._problem(401, detail))
+        allowed, rl = emu.limiter.take(emu.api_key)
+        if not allowed:
+            self._read_body_safely()
+            window = next((n for n, q, w in emu.limiter.policy if f'"{n}";r=0;' in rl["RateLimit"]), "minute")
+            problem = self._problem(429, f"rate limit exceeded for the {window} window")
+            return self._respond(spec_path, method, 429, problem, rl)
         try:
             body = self._read_body()
             fault = emu._take_fault(op, {"rate_limit", "server_error"})
@@ -808,15 +923,16 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             if fault and fault.kind == "server_error":
                 return self._respond(spec_path, method, 500, self._problem(500, "upstream error"), rl)
+            query, errors = emu.spec.query(spec_path, method, parse_qs(url.query, keep_blank_values=True))
             req_ptr = emu.spec.request_pointer(spec_path, method)
             if req_ptr is not None:
                 if body is None:
-                    raise ApiError(422, "Request validation failed.", ["$: request body is required"])
-                errors = emu.spec.errors(req_ptr, body)
-                if errors:
-                    raise ApiError(422, "Request validation failed.", errors)
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            status, out = self._operation(op, path_args, query, body)
+                    errors.append("$: request body is required")
+                else:
+                    errors += emu.spec.errors(req_ptr, body)
+            if errors:
+                raise ApiError(422, "Request validation failed.", errors)
+            status, out = self._operation(op, path_args, query, _integral(body))
         except ApiError as exc:
             return self._respond(
                 spec_path,
@@ -835,13 +951,32 @@ class _Handler(BaseHTTPRequestHandler):
             )
         self._respond(spec_path, method, status, out, rl)
 
+    def _no_route(self, method: str, path: str) -> None:
+        """RFC 9457 answers for what no emulated operation serves: a method the path does not have is 405 with
+        `Allow` (the spec's methods for it), a spec operation the emulator does not implement is 501, any other
+        path 404."""
+        self._read_body_safely()
+        spec_path = next((p for p, rx in _SPEC_PATHS if rx.match(path)), None)
+        if spec_path is None:
+            status, detail, headers = 404, f"no resource at {path}", {}
+        else:
+            methods = [m.upper() for m in self.emu.spec.doc["paths"][spec_path] if m in _HTTP_METHODS]
+            if method in methods:
+                op = self.emu.spec.operation(spec_path, method).get("operationId", method)
+                status, detail, headers = 501, f"operation {op} is not emulated", {}
+            else:
+                status, detail = 405, "The requested method is not allowed for this path."
+                headers = {"Allow": ", ".join(methods)}
+        body = None if method == "HEAD" else self._problem(status, detail)
+        self._send(status, body, "application/problem+json", headers)
+
     def _read_body_safely(self) -> Any:
         try:
             return self._read_body()
         except ApiError:
             return None
 
-    def _operation(self, op: str, args: dict[str, str], query: dict[str, str], body: Any) -> tuple[int, Any]:
+    def _operation(self, op: str, args: dict[str, str], query: dict[str, Any], body: Any) -> tuple[int, Any]:
         emu = self.emu
         emu.tick()
         with emu.lock:
@@ -852,7 +987,7 @@ class _Handler(BaseHTTPRequestHandler):
                 emu._save()
                 return 200, {"keys": list(emu.ssh_keys)}
             if op == "listPods":
-                include = query.get("includeClusterPods", "false") == "true"
+                include = query.get("includeClusterPods", False)
                 pods = [emu.render_pod(r) for r in emu.pods.values() if include or not r.get("cluster")]
                 return 200, {"pods": pods}
             if op == "createPod":
@@ -884,6 +1019,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return 204, None
             if op == "listGpuTypes":
                 return 200, {"gpus": self._gpus(query)}
+            if op == "listCpuTypes":
+                return 200, {"cpus": self._cpus(query)}
             if op == "listDataCenters":
                 return 200, {"dataCenters": self._dcs(query)}
             if op == "listClusters":
@@ -920,15 +1057,27 @@ class _Handler(BaseHTTPRequestHandler):
             return "NONE"
         return "HIGH" if free >= 4 * wanted else "MEDIUM" if free >= 2 * wanted else "LOW"
 
-    def _gpus(self, query: dict[str, str]) -> list[dict[str, Any]]:
-        include = query.get("include", "")
-        if include and "AVAILABILITY" not in include.split(","):
-            raise ApiError(400, f"unsupported include {include!r}")
+    @staticmethod
+    def _availability_params(query: dict[str, Any], filters: tuple[str, ...]) -> bool:
+        """The catalog's include/product rules (400 each, as the spec's parameter descriptions state)."""
+        include = "AVAILABILITY" in query.get("include", [])
         if include and not query.get("product"):
             raise ApiError(400, "product is required with include=AVAILABILITY")
-        if query.get("product") and not include:
-            raise ApiError(400, "product is valid only with include=AVAILABILITY")
-        count = int(query.get("count", "1"))
+        for name in ("product", *filters):
+            if name in query and not include:
+                raise ApiError(400, f"{name} is valid only with include=AVAILABILITY")
+        if "cudaVersions" in query and "minCudaVersion" in query:
+            raise ApiError(400, "cudaVersions and minCudaVersion are mutually exclusive")
+        return include
+
+    def _gpus(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        filters = ("count", "cloud", "countryCodes", "cudaVersions", "minCudaVersion")
+        include = self._availability_params(query, filters)
+        count = query.get("count", 1)
+        cloud = query.get("cloud", "SECURE").lower()
+        countries = query.get("countryCodes")
+        allowed, minimum = query.get("cudaVersions"), query.get("minCudaVersion")
+        dcs_in_scope = [d for d in DATA_CENTERS if not countries or d["country"] in countries]
         out = []
         for g in GPU_CATALOG:
             item = {
@@ -943,29 +1092,73 @@ class _Handler(BaseHTTPRequestHandler):
                 "maxCount": dict(g["maxCount"]),
             }
             if include:
-                dcs = []
-                for d in DATA_CENTERS:
-                    level = self._level(self.emu.stock.get((g["id"], d["id"]), 0), count)
+                fits = count <= g["maxCount"][cloud]  # no machine holds more GPUs of this type than maxCount
+                dcs, versions = [], {}
+                for d in dcs_in_scope:
+                    cudas = [v for v in d["cuda"] if cuda_ok(v, allowed, minimum)]
+                    free = self.emu.stock.get((g["id"], d["id"]), 0) if fits else 0
+                    level = self._level(free, count) if cudas else "NONE"
+                    for v in cudas:
+                        versions[v] = versions.get(v, False) or level != "NONE"
                     if level != "NONE":
                         dcs.append({"id": d["id"], "name": d["name"], "availability": level})
                 order = ["NONE", "LOW", "MEDIUM", "HIGH"]
+                if countries and not dcs_in_scope:
+                    continue  # the list drops a GPU type with no data center in those countries
                 item["availability"] = max((x["availability"] for x in dcs), key=order.index, default="NONE")
                 if dcs:
                     item["dataCenters"] = dcs
-                item["cudaVersions"] = [{"version": "12.8", "available": bool(dcs)}]
+                item["cudaVersions"] = [
+                    {"version": v, "available": versions[v]}
+                    for v in sorted(versions, key=lambda v: tuple(map(int, v.split("."))))
+                ]
             out.append(item)
         return out
 
-    def _dcs(self, query: dict[str, str]) -> list[dict[str, Any]]:
-        include = query.get("include", "").split(",") if query.get("include") else []
+    def _cpus(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        include = self._availability_params(query, ("vcpuCount",))
+        n = query.get("vcpuCount")
+        if n is not None and n & (n - 1):
+            raise ApiError(400, f"vcpuCount {n} must be a power of two")
+        out = []
+        for c in CPU_CATALOG:
+            item = {k: (dict(v) if isinstance(v, dict) else v) for k, v in c.items()}
+            if include:
+                fits = n is None or c["vcpu"]["min"] <= n <= c["vcpu"]["max"]
+                dcs = (
+                    [{"id": d["id"], "name": d["name"], "availability": "HIGH"} for d in DATA_CENTERS]
+                    if fits
+                    else []
+                )
+                item["availability"] = "HIGH" if dcs else "NONE"
+                if dcs:
+                    item["dataCenters"] = dcs
+            out.append(item)
+        return out
+
+    def _dcs(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        include = query.get("include", [])
         out = []
         for d in DATA_CENTERS:
-            item = dict(d) | {"networkVolumeTypes": ["STANDARD"], "compliance": []}
+            if query.get("regions") and d["region"] not in query["regions"]:
+                continue
+            if not set(query.get("networkVolumeTypes", [])) <= set(d["networkVolumeTypes"]):
+                continue
+            if not set(query.get("compliance", [])) <= set(d["compliance"]):
+                continue
+            if "globalNetwork" in query and d["globalNetwork"] != query["globalNetwork"]:
+                continue
+            item = {k: d[k] for k in ("id", "name", "region", "globalNetwork")}
+            item |= {"networkVolumeTypes": list(d["networkVolumeTypes"]), "compliance": list(d["compliance"])}
             if "GPU_AVAILABILITY" in include:
                 item["gpuAvailability"] = [
                     {"id": g["id"], "name": g["name"], "availability": self._level(self.emu.stock.get((g["id"], d["id"]), 0), 1)}
                     for g in GPU_CATALOG
                 ]  # fmt: skip
+            if "CPU_AVAILABILITY" in include:
+                item["cpuAvailability"] = [
+                    {"id": c["id"], "name": c["name"], "availability": "HIGH"} for c in CPU_CATALOG
+                ]
             out.append(item)
         return out
 

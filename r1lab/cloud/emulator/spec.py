@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -39,12 +40,87 @@ class Spec:
             self._validators[pointer] = v
         return v
 
-    def errors(self, pointer: str, instance: Any) -> list[str]:
-        """Every violation, as '$.path: message' strings (the form the API's 422 `errors` uses)."""
+    def errors(self, pointer: str, instance: Any, prefix: str = "$") -> list[str]:
+        """Every violation, as '$.path: message' strings (the form the API's 422 `errors` uses).
+
+        Unknown fields read as RunPod writes them ("$: additional properties 'bogus' not allowed") and name only
+        the fields no subschema declares (jsonschema's `unevaluatedProperties` also counts the fields of a
+        subschema that failed for another reason, e.g. a nested unknown field)."""
         out = []
-        for e in sorted(self.validator(pointer).iter_errors(instance), key=lambda e: list(e.path)):
-            out.append(f"{e.json_path}: {e.message}")
+        for e in sorted(
+            self.validator(pointer).iter_errors(instance), key=lambda e: [str(p) for p in e.path]
+        ):
+            path = prefix + e.json_path[1:]
+            if e.validator in ("unevaluatedProperties", "additionalProperties") and isinstance(
+                e.instance, dict
+            ):
+                declared = self._declared(e.schema)
+                extra = [k for k in e.instance if k not in declared]
+                if extra:
+                    names = ", ".join(f"'{k}'" for k in extra)
+                    out.append(f"{path}: additional properties {names} not allowed")
+                continue
+            out.append(f"{path}: {e.message}")
         return out
+
+    def _resolve(self, node: Any) -> Any:
+        while isinstance(node, dict) and isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/"):
+            target: Any = self.doc
+            for part in node["$ref"][2:].split("/"):
+                target = target[part.replace("~1", "/").replace("~0", "~")]
+            node = target
+        return node
+
+    def _declared(self, schema: Any) -> set[str]:
+        """Property names a schema declares, through $ref, allOf/anyOf/oneOf and if/then/else."""
+        schema = self._resolve(schema)
+        if not isinstance(schema, dict):
+            return set()
+        names = set(schema.get("properties") or {}) | set(schema.get("patternProperties") or {})
+        for key in ("allOf", "anyOf", "oneOf"):
+            for sub in schema.get(key) or []:
+                names |= self._declared(sub)
+        for key in ("if", "then", "else"):
+            if key in schema:
+                names |= self._declared(schema[key])
+        return names
+
+    def parameters(self, path: str, method: str) -> list[tuple[dict[str, Any], str]]:
+        """(parameter, pointer to its schema) for every parameter of an operation, path-level ones included."""
+        out = []
+        item = self.doc["paths"][path]
+        for where, params in (((path,), item.get("parameters") or []), ((path, method.lower()), self.operation(path, method).get("parameters") or [])):  # fmt: skip
+            for i, p in enumerate(params):
+                if "$ref" in p:
+                    name = p["$ref"].rsplit("/", 1)[1]
+                    out.append((self.doc["components"]["parameters"][name], _ptr("components", "parameters", name, "schema")))  # fmt: skip
+                else:
+                    out.append((p, _ptr("paths", *where, "parameters", str(i), "schema")))
+        return out
+
+    def query(self, path: str, method: str, raw: dict[str, list[str]]) -> tuple[dict[str, Any], list[str]]:
+        """Parse the query string by the spec's parameters (form style; arrays comma-separated unless exploded)
+        and validate each value against its schema: (typed values, '$query.name: message' errors).
+        Parameters the spec does not name are ignored, as HTTP APIs do."""
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for param, pointer in self.parameters(path, method):
+            if param.get("in") != "query" or param["name"] not in raw:
+                continue
+            name, texts = param["name"], raw[param["name"]]
+            schema = self._resolve(param.get("schema") or {})
+            if schema.get("type") == "array":
+                items = self._resolve(schema.get("items") or {})
+                parts = texts if param.get("explode", True) and len(texts) > 1 else texts[-1].split(",")
+                value: Any = [_coerce(items, t) for t in parts]
+            else:
+                value = _coerce(schema, texts[-1])
+            problems = self.errors(pointer, value, prefix=f"$query.{name}")
+            if problems:
+                errors += problems
+            else:
+                values[name] = value
+        return values, errors
 
     def operation(self, path: str, method: str) -> dict[str, Any]:
         return self.doc["paths"][path][method.lower()]
@@ -73,6 +149,21 @@ class Spec:
             return None, None
         ctype = next(iter(content))
         return _ptr(*base, "content", ctype, "schema"), ctype
+
+
+def _coerce(schema: dict[str, Any], text: str) -> Any:
+    """A query string's text as the JSON value its schema's type names (left a string when it is not one)."""
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if "integer" in kinds and re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if "number" in kinds and re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", text):
+        return float(text)
+    if "boolean" in kinds and text in ("true", "false"):
+        return text == "true"
+    if "null" in kinds and text == "null":
+        return None
+    return text
 
 
 @cache
