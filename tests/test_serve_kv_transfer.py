@@ -1,0 +1,49 @@
+"""Unit tests: the KV-transfer proof's parsing of vLLM's metrics, the per-TP-rank prediction, the config switch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from r1lab.config import ParamsError, parse_experiment
+from r1lab.model import ModelSpec
+from r1lab.serve.kv_transfer import DecodeCounters, parse_metrics, predicted_kv_bytes
+from r1lab.tinymodel import write_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+TEXT = """# HELP vllm:nixl_bytes_transferred Histogram of bytes transferred per NIXL Transfer.
+vllm:nixl_bytes_transferred_count{engine="0",model_name="tiny-r1"} 2.0
+vllm:nixl_bytes_transferred_sum{engine="0",model_name="tiny-r1"} 1327104.0
+vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny-r1",source="external_kv_transfer"} 384.0
+vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny-r1",source="local_compute"} 3.0
+vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny-r1",source="local_cache_hit"} 0.0
+vllm:cache_config_info{block_size="128",engine="0"} 1.0
+"""
+
+
+def test_decode_counters_from_vllm_metrics() -> None:
+    c = DecodeCounters.of(parse_metrics(TEXT))
+    assert (c.nixl_transfers, c.nixl_bytes) == (2.0, 1327104.0)
+    assert (c.tokens_external, c.tokens_local, c.tokens_cached) == (384.0, 3.0, 0.0)
+    assert c.minus(c) == DecodeCounters(0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_prediction_whole_blocks_one_mla_copy_per_decode_rank(tmp_path: Path) -> None:
+    tiny = ModelSpec.from_config_json(write_tiny_model(tmp_path / "m") / "config.json")
+    assert tiny.kv_bytes_per_token("auto") == 3 * 576 * 2  # 3 layers x (512 + 64) x bf16
+    assert predicted_kv_bytes(tiny, 300, block_size=128) == 3 * 128 * 3456
+    assert predicted_kv_bytes(tiny, 256, block_size=128, decode_tp=8) == 8 * 2 * 128 * 3456
+    r1 = ModelSpec.deepseek_r1()
+    assert predicted_kv_bytes(r1, 64, block_size=64, decode_tp=8, kv_dtype="fp8") == 8 * 64 * 35136
+
+
+def test_real_engine_requests_only_on_the_twin_with_pd() -> None:
+    data = yaml.safe_load((REPO / "params" / "twin.yaml").read_text())
+    data["dynamo"]["real_engine_requests"] = 2
+    assert parse_experiment(yaml.safe_dump(data), "twin+real").dynamo.real_engine_requests == 2
+    data["dynamo"]["disaggregated"] = False
+    with pytest.raises(ParamsError, match="dynamo.real_engine_requests"):
+        parse_experiment(yaml.safe_dump(data), "twin-agg+real")
