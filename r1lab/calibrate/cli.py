@@ -29,7 +29,9 @@ OUTPUT_FILES = ("records.jsonl", "topology.txt")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="r1lab calibrate", description=__doc__.split("\n")[0])
+    intro, _, rest = __doc__.partition("\n\n")  # the whole first paragraph, then the examples and exit codes
+    p = argparse.ArgumentParser(prog="r1lab calibrate", description=intro, epilog=rest,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", action="store_true", help="this machine's CUDA GPUs")
     where.add_argument("--pod", metavar="HOST[:PORT]", help="a GPU pod reachable over SSH (port default 22)")
