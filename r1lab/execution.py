@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 from r1lab.secrets import redact
 
 LineSink = Callable[[str], None]
+ACCOUNT_SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "RUNPOD_API_KEY")
 
 
 class CommandError(RuntimeError):
@@ -160,14 +161,17 @@ class LocalExecutor:
         return Result(code, output)
 
     def start(self, command: str, *, log: str, env: dict[str, str] | None = None) -> Background:
+        """Detached (Prometheus, exporters, ...): without the account secrets of this process (HF_TOKEN,
+        RUNPOD_API_KEY), which no background program needs; pass them in `env` where one does."""
         Path(log).parent.mkdir(parents=True, exist_ok=True)
+        inherited = {k: v for k, v in os.environ.items() if k not in ACCOUNT_SECRETS}
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 ["bash", "-c", f"exec {command}"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
+                env={**inherited, **(env or {})},
                 start_new_session=True,
             )
         return Background(self.name, proc.pid, log, command)

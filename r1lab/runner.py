@@ -36,6 +36,15 @@ class RunFailed(RuntimeError):
     """A notebook failed: names the notebook, the cell and the error."""
 
 
+class RunRefused(RuntimeError):
+    """The run cannot succeed (the plan says the deployment does not fit, or nothing would be measured):
+    refused before anything is rented."""
+
+
+class BudgetStopped(BaseException):
+    """The budget guard tore the run down at its cap; raised in the main thread to stop the notebook."""
+
+
 class Terminated(BaseException):
     """SIGTERM, SIGHUP or SIGQUIT, turned into an exception so `finally` blocks (teardown) run."""
 
@@ -46,6 +55,18 @@ class Terminated(BaseException):
 
 # A closed terminal (SIGHUP), Ctrl-\ (SIGQUIT) and a polite kill (SIGTERM) all tear down like Ctrl-C.
 TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+BUDGET_SIGNAL = signal.SIGUSR1  # the guard's thread -> the main thread: stop the notebook now
+EXIT_BUDGET = 3  # the run stopped at its budget cap (torn down)
+# Notebooks that rent (pods, a volume) and what each one's attempt writes: on --resume an unfinished attempt's
+# outputs are moved aside to attempts/<notebook>-<n>/ before the retry, so attempts never mix.
+RENTING = {"01", "02", "03", "04", "05"}
+ATTEMPT_OUTPUTS = {
+    "05": ("load", "summary.json", "summary.csv", "requests.parquet", "metrics.parquet", "prometheus")
+}
+# Secrets a notebook's kernel (and whatever it starts: Prometheus, exporters, load workers, Chromium) gets only
+# when it needs them: HF_TOKEN only where the weights are downloaded.
+HF_SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+NEEDS_HF_TOKEN = {"01"}
 
 
 @dataclass
@@ -141,7 +162,11 @@ def _signals_raise() -> Iterator[None]:
     def on_term(signum: int, frame: Any) -> None:
         raise Terminated(signum)
 
+    def on_budget(signum: int, frame: Any) -> None:
+        raise BudgetStopped()
+
     old = {sig: signal.signal(sig, on_term) for sig in TERMINATING_SIGNALS}
+    old[BUDGET_SIGNAL] = signal.signal(BUDGET_SIGNAL, on_budget)
     try:
         yield
     finally:
@@ -160,6 +185,7 @@ def _shielded() -> Iterator[None]:
         )
 
     old = {sig: signal.signal(sig, refuse) for sig in (signal.SIGINT, *TERMINATING_SIGNALS)}
+    old[BUDGET_SIGNAL] = signal.signal(BUDGET_SIGNAL, signal.SIG_IGN)
     try:
         yield
     finally:
@@ -190,30 +216,130 @@ def default_kernel() -> str:
     return "r1lab" if "r1lab" in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+def refuse_to_rent(ctx: RunContext, steps: list[Step]) -> None:
+    """Raise RunRefused, before anything is created, when the run cannot succeed: a step rents and the planner
+    says the params' deployment does not fit, or the load test runs and there is nothing to measure."""
+    keys = {s.key for s in steps}
+    exp = ctx.exp
+    if "05" in keys and not exp.load.scenarios:
+        raise RunRefused(
+            f"{ctx.params_path}: load.scenarios is empty: the run would rent pods and measure nothing. "
+            "Fix: add at least one scenario (see params/twin.yaml), or run without the load test: --only 00,01,02"
+        )
+    if keys & RENTING:
+        from r1lab.perf.planner import evaluate_topology, params_topology
+
+        verdict = evaluate_topology(params_topology(exp), exp)
+        if not verdict["fits"]:
+            raise RunRefused(
+                f"{ctx.params_path}: the plan says this deployment DOES NOT FIT: {verdict['reason']}. Nothing was "
+                f"rented. Fix the params (see `r1lab plan {ctx.params_path}` for topologies that fit)"
+            )
+
+
+def _set_aside(ctx: RunContext, step: Step) -> Path | None:
+    """Move an unfinished earlier attempt's outputs of this step to attempts/<step>-<n>/ (never merged, never
+    deleted); returns where they went."""
+    present = [ctx.run_dir / n for n in ATTEMPT_OUTPUTS.get(step.key, ()) if (ctx.run_dir / n).exists()]
+    if not present:
+        return None
+    n = 1
+    while (ctx.run_dir / "attempts" / f"{step.name}-{n}").exists():
+        n += 1
+    dest = ctx.run_dir / "attempts" / f"{step.name}-{n}"
+    dest.mkdir(parents=True)
+    for p in present:
+        p.rename(dest / p.name)
+    return dest
+
+
+def _mark_notebook(out: Path, text: str, hide_code: bool) -> None:
+    """Append a markdown cell saying why the notebook stopped here (budget, signal) and re-render it."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(out, as_version=4)
+        nb.cells.append(nbformat.v4.new_markdown_cell(f"**r1lab run stopped here:** {text}"))
+        nbformat.write(nb, out)
+        render_html(out, hide_code)
+    except Exception:  # noqa: BLE001 - a torn notebook must not stop the teardown that follows
+        pass
+
+
+def _kernel_manager(log: Path) -> type:
+    """A kernel manager whose kernel writes its own log (IPKernelApp messages, a ZMQError when the runner goes)
+    to `log` instead of the runner's terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):  # type: ignore[misc]
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as f:  # the kernel holds its own copy of the descriptor
+                kw["stdout"] = kw["stderr"] = f
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggedKernelManager
+
+
+def _kernel_env(step: Step, env_extra: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **env_extra, "PAPERMILL_EXECUTION": "1"}
+    if step.key not in NEEDS_HF_TOKEN:
+        for name in HF_SECRETS:
+            env.pop(name, None)
+    return env
+
+
+def _budget_guard(ctx: RunContext) -> Any:
+    """The run's budget guard (every provider rents: RunPod bills, the twin's pods are priced as RunPod's)."""
+    from r1lab.cloud.budget import BudgetGuard
+
+    hours = ctx.exp.provider.budget_hours
+    poll = min(30.0, max(1.0, hours * 3600 / 100))
+
+    def stop_main(status: Any) -> None:
+        _say(f"\n✗ budget guard: {status.tripped}; torn down")
+        os.kill(os.getpid(), BUDGET_SIGNAL)
+
+    return BudgetGuard(ctx.run_dir, ctx.exp, poll_s=poll, on_trip=stop_main)
+
+
 def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_name: str | None = None) -> None:
     """Execute the steps in order into ctx.run_dir; raise RunFailed naming the notebook and cell."""
-    import papermill as pm
-
     kernel_name = kernel_name or default_kernel()
-
     log = EventLog(ctx.run_dir)
     done = log.completed() if resume else set()
+    refuse_to_rent(ctx, [s for s in steps if s.name not in done])
     env_extra = _start_provider(ctx)
-    for i, step in enumerate(steps, 1):
-        out = ctx.run_dir / "notebooks" / f"{step.name}.ipynb"
-        if step.name in done:
-            _say(f"= {step.name}: complete in this run dir, skipped (--resume)")
-            continue
-        if out.exists():  # a failed earlier attempt (resume): keep it, never overwrite
-            out.rename(out.with_name(f"{step.name}.failed-{int(time.time())}.ipynb"))
-        _say(f"▶ [{i}/{len(steps)}] {step.name}")
-        log.write("notebook_started", notebook=step.name)
-        start = time.monotonic()
-        env_backup = dict(os.environ)
-        os.environ.update(env_extra)
-        os.environ["PAPERMILL_EXECUTION"] = "1"
+    with _budget_guard(ctx):
+        for i, step in enumerate(steps, 1):
+            if step.name in done:
+                _say(f"= {step.name}: complete in this run dir, skipped (--resume)")
+                continue
+            _execute_one(ctx, step, f"[{i}/{len(steps)}]", env_extra, log, kernel_name)
+
+
+def _execute_one(
+    ctx: RunContext, step: Step, counter: str, env_extra: dict[str, str], log: EventLog, kernel_name: str
+) -> None:
+    import papermill as pm
+
+    out = ctx.run_dir / "notebooks" / f"{step.name}.ipynb"
+    if out.exists():  # a failed earlier attempt (resume): keep it, never overwrite
+        out.rename(out.with_name(f"{step.name}.failed-{int(time.time())}.ipynb"))
+    aside = _set_aside(ctx, step)
+    if aside is not None:
+        _say(f"  {step.name}: the earlier attempt's outputs are kept aside in {aside}")
+        log.write("attempt_set_aside", notebook=step.name, path=str(aside))
+    _say(f"▶ {counter} {step.name}")
+    log.write("notebook_started", notebook=step.name)
+    start = time.monotonic()
+    env_backup, kernel_env = dict(os.environ), _kernel_env(step, env_extra)
+    os.environ.clear()
+    os.environ.update(kernel_env)
+    kernel_log = ctx.run_dir / "logs" / "kernels" / f"{step.name}.log"
+    try:
         try:
-            with relay(f"[{i}/{len(steps)}] {step.name}", ctx.run_dir / "logs" / "progress.jsonl"):
+            with relay(f"{counter} {step.name}", ctx.run_dir / "logs" / "progress.jsonl"):
                 pm.execute_notebook(
                     str(step.path),
                     str(out),
@@ -224,21 +350,42 @@ def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_nam
                     log_output=False,
                     request_save_on_cell_execute=True,
                     config=kernel_config(),
+                    kernel_manager_class=_kernel_manager(kernel_log),
                 )
-        except Exception as exc:  # papermill's PapermillExecutionError, kernel deaths, ...
-            elapsed = time.monotonic() - start
-            reason = redact(_failure_from(exc, step))
-            log.write("notebook_failed", notebook=step.name, seconds=round(elapsed, 1), error=reason)
-            if out.exists():
-                render_html(out, step.name in HIDE_CODE)
-            raise RunFailed(f"{reason}\n  executed notebook (with the error): {out}") from None
         finally:
             os.environ.clear()
             os.environ.update(env_backup)
+    except Exception as exc:  # papermill's PapermillExecutionError, kernel deaths, ...
         elapsed = time.monotonic() - start
-        render_html(out, step.name in HIDE_CODE)
-        log.write("notebook_completed", notebook=step.name, seconds=round(elapsed, 1))
-        _say(f"✓ {step.name} ({fmt_duration(elapsed)})")
+        reason = redact(_failure_from(exc, step))
+        log.write("notebook_failed", notebook=step.name, seconds=round(elapsed, 1), error=reason)
+        if out.exists():
+            render_html(out, step.name in HIDE_CODE)
+        raise RunFailed(f"{reason}\n  executed notebook (with the error): {out}") from None
+    # a signal or the budget guard: say so in the executed notebook, then go on up
+    except BaseException as exc:
+        if out.exists():
+            budget = ctx.run_dir / "budget.json"
+            if isinstance(exc, BudgetStopped) and budget.exists():
+                why = "the budget guard tore the run down: " + json.loads(budget.read_text())["tripped"]
+            else:
+                name = signal.Signals(exc.signum).name if isinstance(exc, Terminated) else "SIGINT"
+                why = f"interrupted ({name})"
+            _mark_notebook(out, why + "; every resource in the ledger is torn down.", step.name in HIDE_CODE)
+        raise
+    finally:
+        _redact_file(kernel_log)
+    elapsed = time.monotonic() - start
+    render_html(out, step.name in HIDE_CODE)
+    log.write("notebook_completed", notebook=step.name, seconds=round(elapsed, 1))
+    _say(f"✓ {step.name} ({fmt_duration(elapsed)})")
+
+
+def _redact_file(path: Path) -> None:
+    if path.exists():
+        text = path.read_text(errors="replace")
+        if redact(text) != text:
+            path.write_text(redact(text))
 
 
 def run(
@@ -256,6 +403,13 @@ def run(
     except RunFailed as exc:
         _say(f"✗ {exc}")
         code = 1
+    except RunRefused as exc:
+        _say(f"✗ refused: {exc}")
+        log.write("run_refused", reason=str(exc))
+        code = 1
+    except BudgetStopped:
+        log.write("run_stopped_by_budget")
+        code = EXIT_BUDGET
     except (KeyboardInterrupt, Terminated) as exc:
         reason = signal.Signals(exc.signum).name if isinstance(exc, Terminated) else type(exc).__name__
         _say(f"\n✗ interrupted ({reason}); tearing down")

@@ -49,6 +49,7 @@ def provisioner(ctx: RunContext) -> Any:
     exp = ctx.exp
     return Provisioner(
         ctx.run_dir, ctx.run_id, pod_deadline_hours=exp.provider.pod_deadline_hours,
+        heartbeat_timeout_s=exp.provider.heartbeat_timeout_s,
         fallback_prices={k: v.model_dump() for k, v in exp.cost.prices.items()},
     )  # fmt: skip
 
@@ -94,6 +95,11 @@ def ensure_pods(ctx: RunContext, roles: list[str]) -> Pods:
             rp.role = role
     else:
         ready = prov.pods(plans, volume=volume)
+    if ctx.exp.provider.heartbeat_timeout_s:
+        from r1lab.cloud.heartbeat import keep_alive
+
+        for rp in ready:  # while this kernel lives, the pods' watchdogs hear from it (setup may take long)
+            keep_alive(ctx.run_dir, rp.id, rp.ssh)
     pods = Pods()
     for rp in ready:
         ex = SshExecutor.for_pod(rp.pod, prov.key, prov.known_hosts, rp.role,

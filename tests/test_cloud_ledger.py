@@ -18,8 +18,10 @@ from r1lab.cloud import ledger as cl
 from r1lab.cloud.budget import BudgetGuard
 from r1lab.cloud.emulator import Emulator, Timings
 from r1lab.cloud.pods import WATCHDOG, start_command, start_script
-from r1lab.cloud.pricing import gpu_price, run_cost
+from r1lab.cloud.pricing import gpu_price
 from r1lab.cloud.runpod import PodSpec, RunPodClient
+from r1lab.config import load_experiment
+from r1lab.cost import run_total
 
 KEY = "rpa_LEDGERTESTKEY0123456789abcdef"
 GPU = "NVIDIA H100 NVL"
@@ -104,6 +106,56 @@ def test_reap_by_run_all_and_dry_run(client, emu, tmp_path, capsys):
         cl.cli_main(["--run", "x", "--all"])
 
 
+def test_reap_reconciles_the_ledger_and_stops_local_processes(client, emu, tmp_path, capsys):
+    run_dir = tmp_path / "exp" / "rund"
+    run_dir.mkdir(parents=True)
+    led = core.Ledger(run_dir)
+    live = make(client, "rund", "head", led)
+    gone = make(client, "rund", "worker", led)
+    client.terminate_pod(gone["id"])  # deleted by the API already (a kill during teardown)
+    led.record("pod-process", "head:123", "rund-frontend", "twin", host="head", pid=123)
+    led.record("serve-daemons", "head:ray", "rund-ray", "twin", host="head", stop="ray stop")
+    prom = subprocess.Popen(
+        ["sleep", "300"], start_new_session=True
+    )  # stands for Prometheus: a local program
+    led.record("local-process", str(prom.pid), "rund-prometheus", "local", pid=prom.pid, pgid=prom.pid,
+               command="sleep 300")  # fmt: skip
+    reused = subprocess.Popen(
+        ["cat"], stdin=subprocess.PIPE, start_new_session=True
+    )  # a pid now someone else's
+    led.record("local-process", str(reused.pid), "rund-exporter", "local", pid=reused.pid, pgid=reused.pid,
+               command="/usr/bin/prometheus-node-exporter --web.listen-address=:9100")  # fmt: skip
+    try:
+        assert cl.cli_main(["--all", "--api-base", emu.url, "--outputs", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "listed again: 0 left" in out and live["id"] not in emu.pods
+        assert f"stopped local rund-prometheus (pid {prom.pid})" in out
+        assert f"local rund-exporter (pid {reused.pid}) already gone" in out
+        prom.wait(timeout=10)  # reap's kill_group reaped it already (so its status reads 0 here): it is gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(prom.pid, 0)
+        assert reused.poll() is None  # not ours any more: left alone
+        assert led.live() == []  # the pod the API had deleted, the pods' processes, the local processes
+        closed = {e["id"]: e["meta"].get("by") for e in led.entries() if e["event"] == "deleted"}
+        assert closed[gone["id"]] == "reap" and closed["head:123"] == "reap: its pod is gone"
+    finally:
+        for p in (prom, reused):
+            p.kill()
+            p.wait()
+
+
+def test_teardown_of_a_twin_run_whose_twin_is_gone(tmp_path):
+    """Resources on a twin that is down went with it: teardown says so and closes them, needing no key."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    led = core.Ledger(tmp_path)
+    led.record(cl.KIND_POD, "p1", "r1lab-x-head", "twin", api_base=dead)
+    led.record(cl.KIND_VOLUME, "v1", "r1lab-x-volume", "twin", api_base=dead)
+    report = core.teardown_run(tmp_path)
+    assert report.ok and len(report.deleted) == 2 and led.live() == []
+
+
 def test_reap_reports_what_is_left(client, emu, monkeypatch):
     make(client, "runc", "head")
     monkeypatch.setattr(RunPodClient, "terminate_pod", lambda self, pid: True)  # a delete that does nothing
@@ -130,7 +182,12 @@ def _at(h: float) -> str:
     return (base + dt.timedelta(hours=h)).isoformat()
 
 
+TWIN = load_experiment(Path(__file__).resolve().parent.parent / "params" / "twin.yaml")
+
+
 def test_run_cost_from_ledger():
+    """The one pricing function (the budget guard's and the report's): each pod at the rate recorded at
+    creation, from created to deleted (or now), the volume at its $/GB-month."""
     entries = [
         {"event": "created", "kind": "runpod-volume", "id": "v", "name": "r1lab-x-volume", "time": _at(0),
          "meta": {"size_gb": 1000}},
@@ -141,7 +198,7 @@ def test_run_cost_from_ledger():
          "meta": {"usd_per_hour": 10.0}},
     ]  # fmt: skip
     now = dt.datetime.fromisoformat(_at(4)).timestamp()
-    cost = run_cost(entries, now=now, volume_usd_per_gb_month=0.07)
+    cost = run_total(TWIN, entries, now=now)
     expected = 2 * 25.52 + 2 * 10.0 + 1000 * 0.07 * 4 / 730
     assert cost.usd == pytest.approx(expected) and cost.hours == pytest.approx(4.0)
 
@@ -150,13 +207,18 @@ def test_budget_guard_tears_down_at_the_cap(client, emu, tmp_path):
     led = core.Ledger(tmp_path)
     pod = make(client, "bud", "head", led)  # $25.52/h
     now = [time.time()]
-    guard = BudgetGuard(tmp_path, max_usd=5.0, max_hours=10, clock=lambda: now[0])
+    tripped = []
+    guard = BudgetGuard(
+        tmp_path, TWIN, max_usd=5.0, max_hours=10, clock=lambda: now[0], on_trip=tripped.append
+    )
     assert guard.check().tripped is None and emu.pods
     now[0] += 3600 * 0.25  # $6.38 spent
     st = guard.check()
     assert st.tripped and "cost $6.38" in st.tripped
     assert pod["id"] not in emu.pods and led.live() == []
-    assert json.loads((tmp_path / "budget.json").read_text())["tripped"] == st.tripped
+    budget = json.loads((tmp_path / "budget.json").read_text())
+    assert budget["tripped"] == st.tripped and budget["priced_by"] == "r1lab.cost.run_total"
+    assert [t.tripped for t in tripped] == [st.tripped]
     with pytest.raises(Exception, match="budget guard tore the run down"):
         guard.raise_if_tripped()
 
@@ -165,7 +227,7 @@ def test_budget_guard_time_cap_on_its_thread(client, emu, tmp_path):
     make(client, "bud2", "head", core.Ledger(tmp_path))
     beats = []
     with BudgetGuard(
-        tmp_path, max_usd=1e9, max_hours=0.3 / 3600, poll_s=0.1, heartbeats=[lambda: beats.append(1)]
+        tmp_path, TWIN, max_usd=1e9, max_hours=0.3 / 3600, poll_s=0.1, heartbeats=[lambda: beats.append(1)]
     ) as g:
         deadline = time.monotonic() + 5
         while not g.tripped and time.monotonic() < deadline:

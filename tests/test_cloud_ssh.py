@@ -123,6 +123,29 @@ def test_port_forward_reaches_a_private_port(env):
         srv.server_close()
 
 
+def test_heartbeats_reach_the_pod_while_it_is_live(env):  # before the host-key test replaces the pod's key
+    from r1lab.cloud import heartbeat
+    from r1lab.teardown import Ledger
+
+    pod = env["pod"]
+    marker = Path(
+        "/tmp/r1lab-pod/heartbeat"
+    )  # what the pod's watchdog reads (the local sshd pod is this host)
+    before = marker.stat().st_mtime if marker.exists() else 0.0
+    time.sleep(0.05)
+    heartbeat.keep_alive(env["run_dir"], pod.id, pod.ssh)
+    assert heartbeat.beat_once()[pod.id] == "ok"
+    assert marker.stat().st_mtime > before
+    # a pod the ledger no longer holds gets no more heartbeats (a released utility pod, a torn-down run)
+    other = env["run_dir"].parent / "hb-other"
+    other.mkdir(exist_ok=True)
+    heartbeat.keep_alive(other, "not-in-any-ledger", pod.ssh)
+    assert heartbeat.beat_once() == {pod.id: "ok", "not-in-any-ledger": "gone"}
+    assert Ledger(other).entries() == []
+    with heartbeat._LOCK:
+        heartbeat._PODS.pop(pod.id, None)
+
+
 def test_host_key_is_pinned_and_a_changed_key_refused(env):
     pod = env["pod"]
     pins = env["run_dir"] / "ssh" / "known_hosts.json"

@@ -124,3 +124,28 @@ def test_compare_runs(built, tmp_path: Path) -> None:
     assert rd.name in text and other.name in text and "Plotly.newPlot" in text
     assert r1lab_main(["compare", str(rd), str(other), "--out", str(out)]) == 1  # never overwritten
     assert compare_runs.__name__ == "compare_runs"
+
+
+def test_a_cut_short_run_says_so(tmp_path: Path) -> None:
+    rd = make_run(tmp_path, metrics=False, plan=False, seed=2)
+    events = [
+        {"event": "run_started"},
+        {"event": "notebook_started", "notebook": "05_load_test"},
+        {"event": "run_interrupted", "reason": "SIGHUP"},
+        {"event": "teardown_started"},
+        {"event": "run_finished", "code": 129},
+    ]
+    (rd / "runner.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    data = load_run(rd)
+    assert data.summary["run_outcome"]["complete"] is False
+    assert data.notes[0] == "this run was CUT SHORT: interrupted by SIGHUP during 05_load_test"
+    assert "summary.json stays" not in json.dumps(data.summary)  # the file on disk is untouched
+    assert "run_outcome" not in json.loads((rd / "summary.json").read_text())
+    rep = build_report(rd, png=False)
+    assert "This run was cut short" in rep.path.read_text()
+    # a killed runner (no run_finished) is cut short too; a finished one is not
+    (rd / "runner.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events[:2]))
+    assert "killed during 05_load_test" in load_run(rd).notes[0]
+    (rd / "runner.jsonl").write_text(json.dumps({"event": "run_started"}) + "\n" + json.dumps(
+        {"event": "run_finished", "code": 0}) + "\n")  # fmt: skip
+    assert load_run(rd).summary["run_outcome"]["complete"] is True

@@ -1,9 +1,11 @@
 """Budget guard: a run that reaches its cost or time cap is torn down.
 
-`BudgetGuard(run_dir, max_usd, max_hours)` prices the run from its ledger (r1lab.cloud.pricing.run_cost) every
-`poll_s` on a daemon thread (or on demand with `check()`); on a breach it writes `budget.json`, tears the run
-down (r1lab.teardown.teardown_run) and remembers why (`tripped`). Work in progress then fails on its next
-cloud call; the notebook raises BudgetExceededError from `raise_if_tripped()`.
+`BudgetGuard(run_dir, exp)` prices the run from its ledger with r1lab.cost.run_total (the one function the report
+prices a run with too) every `poll_s` on a daemon thread (or on demand with `check()`), against the params'
+`provider.budget_usd` and `provider.budget_hours`. On a breach it tears the run down (r1lab.teardown), writes
+`budget.json` (what was spent, the cap, the teardown) and calls `on_trip` (the runner stops the notebook that is
+running); `raise_if_tripped()` raises BudgetExceededError. `r1lab run` runs one for every run that rents (RunPod
+and the twin, whose pods are priced as the same pods on RunPod).
 
 It runs on the researcher's machine, so it dies with it: the pod-side watchdog (r1lab.cloud.pods.start_script:
 a hard deadline plus a heartbeat timeout) is the guard of last resort; `heartbeat` callables passed here are
@@ -18,9 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from r1lab.cloud.errors import BudgetExceededError
-from r1lab.cloud.pricing import VOLUME_USD_PER_GB_MONTH, run_cost
+from r1lab.cost import run_total
 from r1lab.teardown import Ledger
 
 
@@ -37,25 +40,29 @@ class BudgetGuard:
     def __init__(
         self,
         run_dir: Path | str,
-        max_usd: float,
-        max_hours: float,
+        exp: Any,
+        *,
+        max_usd: float | None = None,
+        max_hours: float | None = None,
         poll_s: float = 30.0,
-        volume_usd_per_gb_month: float = VOLUME_USD_PER_GB_MONTH,
         heartbeats: list[Callable[[], None]] | None = None,
         clock: Callable[[], float] = time.time,
+        on_trip: Callable[[BudgetStatus], None] | None = None,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.max_usd, self.max_hours, self.poll_s = max_usd, max_hours, poll_s
-        self.volume_rate = volume_usd_per_gb_month
+        self.run_dir, self.exp = Path(run_dir), exp
+        self.max_usd = exp.provider.budget_usd if max_usd is None else max_usd
+        self.max_hours = exp.provider.budget_hours if max_hours is None else max_hours
+        self.poll_s = poll_s
         self.heartbeats = list(heartbeats or [])
         self.clock = clock
+        self.on_trip = on_trip
         self.tripped: str | None = None
         self._started = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def status(self) -> BudgetStatus:
-        cost = run_cost(Ledger(self.run_dir).entries(), self.clock(), self.volume_rate)
+        cost = run_total(self.exp, Ledger(self.run_dir).entries(), now=self.clock())
         hours = max(cost.hours, (self.clock() - self._started) / 3600)
         return BudgetStatus(cost.usd, hours, self.max_usd, self.max_hours, self.tripped)
 
@@ -76,9 +83,12 @@ class BudgetGuard:
         from r1lab.cloud.ledger import teardown
 
         report = teardown(self.run_dir)
-        record = asdict(st) | {"time": time.time(), "teardown": str(report)}
+        record = asdict(st) | {"time": time.time(), "teardown": str(report), "priced_by": "r1lab.cost.run_total",
+                               "billed": self.exp.provider.kind == "runpod"}  # fmt: skip
         path = self.run_dir / "budget.json"
         path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        if self.on_trip is not None:
+            self.on_trip(st)
 
     def raise_if_tripped(self) -> None:
         if self.tripped:

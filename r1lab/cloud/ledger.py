@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import signal
+import socket
 import sys
 import time
 import urllib.parse
@@ -63,9 +64,62 @@ def record(
     return ledger.record(kind, id, name, provider_of(client.base_url), api_base=client.base_url, **meta)
 
 
-def client_for(entry: dict[str, Any]) -> RunPodClient:
-    """A client for the API the resource was created on (key from RUNPOD_API_KEY)."""
-    return RunPodClient(base_url=(entry.get("meta") or {}).get("api_base"))
+class ProviderGone(Exception):
+    """The twin that held a resource is no longer up: its pods, volumes and keys went with it."""
+
+
+def _twin_at(base_url: str, run_dir: Path | None) -> Any:
+    """The running twin serving `base_url` (the run's own, from its ledger, or the default one), or None."""
+    from r1lab.cloud.twin.api import Twin
+
+    dirs: list[str | None] = [None]
+    if run_dir is not None:
+        dirs = [e["meta"].get("state_dir") for e in Ledger(run_dir).entries() if e["kind"] == "twin"] + dirs
+    for d in dirs:
+        twin = Twin.find(d)
+        if twin is not None and twin.url.rstrip("/") == base_url.rstrip("/"):
+            return twin
+    return None
+
+
+def _listening(base_url: str) -> bool:
+    u = urllib.parse.urlparse(base_url)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 80), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def client_for(entry: dict[str, Any], run_dir: Path | None = None) -> RunPodClient:
+    """A client for the API the resource was created on. RunPod: the key from RUNPOD_API_KEY. The twin: its own
+    key when it is up (so `r1lab teardown` needs no twin environment); raises ProviderGone when nothing serves
+    that loopback address any more (a twin takes its pods, volumes and keys down with it)."""
+    base = (entry.get("meta") or {}).get("api_base")
+    if entry.get("provider") == "twin" and base:
+        twin = _twin_at(base, run_dir)
+        if twin is not None:
+            return RunPodClient(base_url=base, api_key=twin.api_key)
+        if not _listening(base):
+            raise ProviderGone(
+                f"nothing serves the twin's API at {base} any more, and {entry['name']} went with it"
+            )
+    return RunPodClient(base_url=base)
+
+
+def _gone_with_provider(handler: Any) -> Any:
+    """A handler for which a resource on a twin that is down is already gone (nothing to delete)."""
+
+    def wrapped(entry: dict[str, Any], run_dir: Path, *args: Any, **kw: Any) -> None:
+        try:
+            client = client_for(entry, run_dir)
+        except ProviderGone as exc:
+            print(f"  {exc}: nothing to delete", file=sys.stderr)
+            return
+        handler(entry, run_dir, client, *args, **kw)
+
+    wrapped.__name__, wrapped.__doc__ = handler.__name__, handler.__doc__
+    return wrapped
 
 
 # --- teardown handlers (fn(entry, run_dir)) -----------------------------------------------------------------
@@ -75,8 +129,8 @@ def _pending_name(entry: dict[str, Any]) -> str | None:
     return entry["name"] if str(entry["id"]).startswith("pending:") else None
 
 
-def delete_pod(entry: dict[str, Any], run_dir: Path) -> None:
-    client = client_for(entry)
+@_gone_with_provider
+def delete_pod(entry: dict[str, Any], run_dir: Path, client: RunPodClient) -> None:
     if (name := _pending_name(entry)) is not None:
         for pod in client.find_pods(name):
             client.terminate_pod(pod["id"])
@@ -85,7 +139,15 @@ def delete_pod(entry: dict[str, Any], run_dir: Path) -> None:
 
 
 def delete_volume(entry: dict[str, Any], run_dir: Path) -> None:
-    client = client_for(entry)
+    try:
+        client = client_for(entry, run_dir)
+    except ProviderGone as exc:
+        print(f"  {exc}: nothing to delete", file=sys.stderr)
+        return
+    _delete_volume(entry, client)
+
+
+def _delete_volume(entry: dict[str, Any], client: RunPodClient) -> None:
     ids = [v["id"] for v in client.find_volumes(n)] if (n := _pending_name(entry)) else [entry["id"]]
     for vid in ids:
         # a volume still attached to a terminating pod is refused for a moment: retry briefly
@@ -99,8 +161,8 @@ def delete_volume(entry: dict[str, Any], run_dir: Path) -> None:
                 time.sleep(min(5.0, 0.5 * 2**attempt))
 
 
-def delete_cluster(entry: dict[str, Any], run_dir: Path) -> None:
-    client = client_for(entry)
+@_gone_with_provider
+def delete_cluster(entry: dict[str, Any], run_dir: Path, client: RunPodClient) -> None:
     if (name := _pending_name(entry)) is not None:
         for c in client.find_clusters(name):
             client.delete_cluster(c["id"])
@@ -108,13 +170,13 @@ def delete_cluster(entry: dict[str, Any], run_dir: Path) -> None:
     client.delete_cluster(entry["id"])
 
 
-def delete_ssh_key(entry: dict[str, Any], run_dir: Path, settle_s: float = 3.0) -> None:
+@_gone_with_provider
+def delete_ssh_key(entry: dict[str, Any], run_dir: Path, client: RunPodClient, settle_s: float = 3.0) -> None:
     """Remove the run's public key from the account (hygiene; it costs nothing).
 
     The account's keys are one list that PUT replaces whole, so another r1lab process registering its key at the
     same moment can write ours back (a lost update the API gives no way to prevent). Check again for a few
     seconds and remove it again if it reappears; `r1lab reap` does the same."""
-    client = client_for(entry)
     fields = entry["meta"]["public_key"].strip().split()[:2]
     deadline = time.monotonic() + settle_s
     while True:
@@ -275,14 +337,20 @@ def _delete(client: RunPodClient, kind: str, rid: str, name: str) -> None:
         if key is not None:
             client.remove_ssh_key(key)
     else:
-        delete_volume({"id": rid, "name": name, "meta": {"api_base": client.base_url}}, Path("."))
+        _delete_volume({"id": rid, "name": name, "meta": {"api_base": client.base_url}}, client)
 
 
-def mark_reaped(outputs: Path, run_id: str | None, report: ReapReport) -> list[Path]:
-    """Append `deleted` events to the ledgers of the reaped run(s) for what is provably gone."""
+def mark_reaped(
+    outputs: Path, run_id: str | None, report: ReapReport, api_base: str | None = None
+) -> list[Path]:
+    """Reconcile the reaped run(s)' ledgers with what the API lists now (append `deleted` events, by="reap"):
+    a cloud resource on this API that it no longer lists is gone (reaped now, or deleted earlier: a kill during
+    teardown), one on a twin that is down went with it; processes on pods end with their pods, so once a run
+    holds no pod its pod-process and serve-daemons entries are closed too."""
     if report.dry_run:
         return []
-    gone = {(k, i) for k, i, _ in report.found} - {(k, i) for k, i, _ in report.remaining}
+    listed = {(k, i) for k, i, _ in report.remaining}
+    listed_names = {n for _, _, n in report.remaining}
     touched = []
     pattern = f"*/{run_id}/ledger.jsonl" if run_id else "*/*/ledger.jsonl"
     for path in sorted(Path(outputs).glob(pattern)):
@@ -291,15 +359,75 @@ def mark_reaped(outputs: Path, run_id: str | None, report: ReapReport) -> list[P
         for e in ledger.live():
             if not e["kind"].startswith("runpod-"):
                 continue
-            if (e["kind"], e["id"]) in gone or (
-                str(e["id"]).startswith("pending:")
-                and not any(n == e["name"] for _, _, n in report.remaining)
-            ):
-                ledger.deleted(e["kind"], e["id"], by="reap")
+            base = (e.get("meta") or {}).get("api_base") or ""
+            if api_base is not None and base.rstrip("/") == api_base.rstrip("/"):
+                pending = str(e["id"]).startswith("pending:")
+                gone = e["name"] not in listed_names if pending else (e["kind"], e["id"]) not in listed
+                why = "reap"
+            else:
+                gone = e.get("provider") == "twin" and bool(base) and not _listening(base)
+                why = "reap: its twin is down"
+            if gone:
+                ledger.deleted(e["kind"], e["id"], by=why)
                 changed = True
+        live = ledger.live()
+        if not any(e["kind"] in (KIND_POD, KIND_CLUSTER) for e in live):
+            for e in live:
+                if e["kind"] in ("pod-process", "serve-daemons"):
+                    ledger.deleted(e["kind"], e["id"], by="reap: its pod is gone")
+                    changed = True
         if changed:
             touched.append(path.parent)
     return touched
+
+
+def reap_local(outputs: Path, run_id: str | None = None, dry_run: bool = False) -> list[str]:
+    """Stop what runs on this machine for the run(s) under `outputs`: live `local-process` entries (Prometheus,
+    exporters, ...) whose process is still the one recorded (same program), then twins a run started (kind
+    `twin`: its daemon, namespaces and pod processes). Returns one line per thing handled."""
+    from r1lab.teardown import kill_local_process
+
+    done: list[str] = []
+    pattern = f"*/{run_id}/ledger.jsonl" if run_id else "*/*/ledger.jsonl"
+    ledgers = [Ledger(p.parent) for p in sorted(Path(outputs).glob(pattern))]
+    for ledger in ledgers:
+        for e in ledger.live():
+            if e["kind"] != "local-process":
+                continue
+            pid = int(e["meta"].get("pid") or e["id"])
+            ours = _same_program(pid, str(e["meta"].get("command", "")))
+            done.append(f"{'would stop' if dry_run else 'stopped'} local {e['name']} (pid {pid})"
+                        if ours else f"local {e['name']} (pid {pid}) already gone")  # fmt: skip
+            if dry_run:
+                continue
+            if ours:
+                kill_local_process(e, ledger.run_dir)
+            ledger.deleted(e["kind"], e["id"], by="reap")
+    for ledger in ledgers:
+        for e in ledger.live():
+            if e["kind"] != "twin":
+                continue
+            done.append(f"{'would take' if dry_run else 'took'} down the twin {e['name']} this run started")
+            if not dry_run:
+                from r1lab.cloud.twin.api import teardown_twin
+
+                teardown_twin(e, ledger.run_dir)
+                ledger.deleted(e["kind"], e["id"], by="reap")
+    return done
+
+
+def _same_program(pid: int, command: str) -> bool:
+    """Whether `pid` still runs the program recorded for it (a pid the kernel reused for another is not ours)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    if state == "Z":
+        return False
+    words = command.split()
+    program = Path(words[0]).name.encode() if words else b""
+    return bool(program) and any(Path(a.decode(errors="replace")).name.encode() == program for a in argv[:2])
 
 
 def cli_main(argv: list[str]) -> int:
@@ -316,12 +444,17 @@ def cli_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     try:
         client = RunPodClient(base_url=args.api_base)
+        twin = _twin_at(client.base_url, None) if provider_of(client.base_url) == "twin" else None
+        if twin is not None:  # the twin's own key: no twin environment needed
+            client = RunPodClient(base_url=client.base_url, api_key=twin.api_key)
         report = reap(client, run_id=args.run, dry_run=args.dry_run)
     except CloudError as exc:
         print(f"reap failed: {exc}", file=sys.stderr)
         return 2
     print(report)
-    mark_reaped(args.outputs, args.run, report)
+    mark_reaped(args.outputs, args.run, report, api_base=client.base_url)
+    for line in reap_local(args.outputs, args.run, dry_run=args.dry_run):
+        print(line)
     return 0 if report.ok else 1
 
 

@@ -281,6 +281,10 @@ def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, 
     exp = data.exp
     title = f"r1lab report: {exp.name if exp else data.run.get('experiment', '?')} / {data.run_id}"
     head = [f"<h1>{e(title)}</h1>"]
+    cut = data.summary.get("run_outcome") or {}
+    if cut and not cut.get("complete", True):
+        head.append(f"<p class='note'><b>This run was cut short</b>: {e(str(cut.get('reason')))}. The figures "
+                    "below cover only what was measured before it stopped.</p>")  # fmt: skip
     if exp is not None:
         s = exp.serving
         head.append(

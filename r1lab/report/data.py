@@ -131,6 +131,13 @@ def load_run(run_dir: str | Path) -> RunData:
         from r1lab.teardown import Ledger
 
         ledger = Ledger(rd).entries()
+    from r1lab.outcome import run_outcome
+
+    outcome = run_outcome(rd)
+    if outcome is not None:  # in memory: the report says how the run ended; summary.json stays as written
+        summary = {**summary, "run_outcome": outcome.as_dict()}
+        if not outcome.complete:
+            notes.insert(0, f"this run was {outcome.line()}")
     return RunData(rd, run, exp, summary, requests, metrics, plan, ledger, notes)
 
 
