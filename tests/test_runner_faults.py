@@ -156,7 +156,7 @@ def test_resume_keeps_attempts_apart_and_hf_token_stays_in_01(tmp_path: Path) ->
     cmd = [sys.executable, "-m", "r1lab.cli", "run", str(PARAMS), "--notebooks", str(nbdir)]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == -signal.SIGKILL, first.stderr
-    [run_dir] = list((tmp_path / "outputs").glob("*/*"))
+    [run_dir] = [p.parent for p in (tmp_path / "outputs").glob("*/*/run.json")]
     outcome = run_outcome(run_dir)
     assert outcome is not None and not outcome.complete and "killed during 05_load_test" in outcome.line()
     second = subprocess.run(
