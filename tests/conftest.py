@@ -28,3 +28,20 @@ def pytest_configure(config: pytest.Config) -> None:
     import procguard  # every server a test starts dies with this process (see procguard.py)
 
     procguard.start()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--faults",
+        action="store_true",
+        help="run the full fault matrix (tests marked `faults`); `make test` runs its bounded subset",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--faults") or os.environ.get("R1LAB_FAULTS") == "full":
+        return
+    skip = pytest.mark.skip(reason="the full fault matrix: pytest -m faults --faults (or R1LAB_FAULTS=full)")
+    for item in items:
+        if "faults" in item.keywords:
+            item.add_marker(skip)

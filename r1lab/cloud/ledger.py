@@ -442,17 +442,23 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--outputs", type=Path, default=Path("outputs"), help="where run directories live")
     ap.add_argument("--api-base", default=None, help="API base URL (default: RUNPOD_API_BASE or RunPod)")
     args = ap.parse_args(argv)
-    try:
-        client = RunPodClient(base_url=args.api_base)
-        twin = _twin_at(client.base_url, None) if provider_of(client.base_url) == "twin" else None
-        if twin is not None:  # the twin's own key: no twin environment needed
-            client = RunPodClient(base_url=client.base_url, api_key=twin.api_key)
-        report = reap(client, run_id=args.run, dry_run=args.dry_run)
-    except CloudError as exc:
-        print(f"reap failed: {exc}", file=sys.stderr)
-        return 2
-    print(report)
-    mark_reaped(args.outputs, args.run, report, api_base=client.base_url)
+    base = RunPodClient(base_url=args.api_base).base_url
+    if provider_of(base) == "twin" and not _listening(base):
+        # a twin that is down took its pods, volumes and keys with it: only the ledgers and this machine remain
+        print(f"reap: nothing serves the twin's API at {base}: none of its resources are left")
+        report = ReapReport(prefix=resource_name(args.run, "") if args.run else PREFIX, dry_run=args.dry_run)
+        mark_reaped(args.outputs, args.run, report)
+    else:
+        try:
+            twin = _twin_at(base, None) if provider_of(base) == "twin" else None
+            key = twin.api_key if twin is not None else None  # the twin's own key: no twin environment needed
+            client = RunPodClient(base_url=base, api_key=key)
+            report = reap(client, run_id=args.run, dry_run=args.dry_run)
+        except CloudError as exc:
+            print(f"reap failed: {exc}", file=sys.stderr)
+            return 2
+        print(report)
+        mark_reaped(args.outputs, args.run, report, api_base=base)
     for line in reap_local(args.outputs, args.run, dry_run=args.dry_run):
         print(line)
     return 0 if report.ok else 1
