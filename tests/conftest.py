@@ -41,7 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--faults") or os.environ.get("R1LAB_FAULTS") == "full":
         return
+    bounded = os.environ.get("R1LAB_FAULTS") == "bounded"
     skip = pytest.mark.skip(reason="the full fault matrix: pytest -m faults --faults (or R1LAB_FAULTS=full)")
     for item in items:
-        if "faults" in item.keywords:
+        if "faults" in item.keywords and not (bounded and "faults_bounded" in item.keywords):
             item.add_marker(skip)

