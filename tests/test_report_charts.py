@@ -62,6 +62,16 @@ def test_report_charts_in_chromium(tmp_path: Path) -> None:
     assert x == [1, 4, 16, 64], x  # the sweep's concurrencies, nothing else
     assert any("p99 from fewer than 100 requests" in n for n in lat["notes"]), lat["notes"]
     assert "p99 (and p90) from fewer than 100 requests" in rep.path.read_text()
+    for cid in (
+        "predicted_vs_measured",
+        "cost_vs_concurrency",
+        "latency_cdfs",
+    ):  # every log axis, every chart
+        ticks = [t for t in charts[cid]["ticks"]]
+        assert ticks and all(HUMAN.match(t[1]) for t in ticks), (cid, ticks)
+        assert len({t[2] for t in ticks}) == 1, (cid, "minor-tick labels in another size")
+    pvm = sorted({_value(t[1]) for t in charts["predicted_vs_measured"]["ticks"] if t[0].startswith("x")})
+    assert pvm and set(pvm) <= {1, 4, 16, 64}, pvm  # the compared points, no 2 3 5 6 7 8 9 minor digits
     thr = charts["throughput_vs_concurrency"]
     y2 = [_value(t[1]) for t in thr["ticks"] if t[0] == "y2tick"]
     assert len(y2) >= 3 and all(_round(v) for v in y2), y2

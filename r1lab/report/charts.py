@@ -5,6 +5,7 @@ come from: measured on twin, measured on GPU, or modelled. A builder returns Non
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -71,8 +72,8 @@ def _axis_values(fig: go.Figure) -> dict[str, list[float]]:
                 continue
             name = f"{letter}axis{ref[1:]}"
             for v in vals:
-                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
-                    out.setdefault(name, []).append(float(v))
+                if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+                    out.setdefault(name, []).append(float(v))  # numpy ints too (pandas columns)
     return out
 
 
