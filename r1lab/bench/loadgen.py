@@ -220,4 +220,21 @@ def run_point(
         for c in conns:
             c.close()
     result.wall_s = time.perf_counter() - t_start
+    write_client_stats(Path(out).parent / CLIENT_STATS, result)
     return result
+
+
+CLIENT_STATS = "client.jsonl"
+
+
+def write_client_stats(path: Path, result: PointResult) -> None:
+    """One line per point: what the generator itself did (loop lag, CPU), read back by the summary."""
+    line = {"scenario": result.scenario, "point": result.point, "workers": result.workers,
+            "loop_lag_p99_ms": result.loop_lag_p99_ms,
+            "loop_lag_max_ms": max((s.get("loop_lag_max_ms", 0.0) for s in result.worker_stats), default=0.0),
+            "client_cpu_s": result.client_cpu_s, "parse_cpu_s": result.parse_cpu_s, "wall_s": result.wall_s}  # fmt: skip
+    w = RecordWriter(path)
+    try:
+        w.write(line)
+    finally:
+        w.close()

@@ -173,8 +173,9 @@ class R1labUser(User):
             fire = events.request.fire
             fire(request_type="E2E", name=name, response_time=lat["e2el"] * 1e3,
                  response_length=rec["output_tokens"] or 0, exception=None, context={})  # fmt: skip
-            fire(request_type="TTFT", name=name, response_time=lat["ttft"] * 1e3, response_length=0,
-                 exception=None, context={})  # fmt: skip
+            if lat["ttft"] is not None:  # None: the first chunk's stamp is uncertain (read late)
+                fire(request_type="TTFT", name=name, response_time=lat["ttft"] * 1e3, response_length=0,
+                     exception=None, context={})  # fmt: skip
             if lat["tpot"] is not None:
                 fire(request_type="TPOT", name=name, response_time=lat["tpot"] * 1e3, response_length=0,
                      exception=None, context={})  # fmt: skip

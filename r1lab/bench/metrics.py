@@ -6,6 +6,13 @@ Over successful, non-warm-up requests (error is null and a token chunk arrived):
 - TPOT = (E2EL - TTFT) / (output_tokens - 1), only requests with more than one output token;
 - goodput = requests meeting every given SLO (TTFT, TPOT, E2EL; TPOT counted as 0 for <= 1 token) / duration.
 Duration is first send to last end of the measured requests. Percentiles are numpy's linear interpolation.
+
+Never silently wrong: a chunk whose stamp may be late (records' `stamp_uncertain`: delivered in one read with a
+later token chunk, so the client read late or a receive stamp was shared) is kept out of what it would bias: its
+gaps leave the ITL pool, a request whose first chunk is uncertain leaves TTFT and TPOT (a late first stamp makes
+TPOT look faster than the server ran; a late last stamp only makes it slower). When more than
+CLIENT_LIMITED_FRACTION of the requests or gaps are uncertain, or a worker's event loop lagged more than
+CLIENT_LAG_MS at p99, the point is `client_limited`, with the reason and the fix.
 Also: requests/s, input and output tokens/s, errors by kind, tok/s/GPU (output), tok/s/user (1000 / mean TPOT ms),
 and $/h -> $ per million output/input tokens from a price passed in (bench knows nothing of clouds).
 """
@@ -20,6 +27,13 @@ from typing import Any
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
+CLIENT_LIMITED_FRACTION = 0.01
+CLIENT_LAG_MS = 5.0
+CLIENT_FIX = (
+    "the load generator could not keep up, so some chunk times are late: run more worker processes "
+    "(load.processes), run the generator on a CPU pod next to the server (load.run_on: pod), or spread it over "
+    "Locust workers"
+)
 
 
 @dataclass(frozen=True)
@@ -42,17 +56,25 @@ def stats_ms(values_s: Iterable[float]) -> dict[str, float | None]:
 
 
 def request_latencies(r: dict[str, Any]) -> dict[str, Any]:
-    """ttft, e2el, tpot (or None), itls of one successful record, in seconds."""
-    ttft = r["t_first"] - r["t_send"]
-    e2el = r["chunk_t"][-1] - r["t_send"]
-    out = r.get("output_tokens") or 0
-    tpot = (e2el - ttft) / (out - 1) if out > 1 else None
+    """ttft, e2el, tpot (or None), itls of one successful record, in seconds; ttft and tpot are None when the
+    first chunk's stamp is uncertain, and uncertain gaps are left out of itl (see the module docstring)."""
     ct = r["chunk_t"]
+    u = r.get("stamp_uncertain")  # a list, or an array when read from parquet
+    unc = {int(i) for i in u} if u is not None else set()
+    first_ok = 0 not in unc
+    ttft = r["t_first"] - r["t_send"]
+    e2el = ct[-1] - r["t_send"]
+    out = r.get("output_tokens") or 0
+    tpot = (e2el - ttft) / (out - 1) if out > 1 and first_ok else None
     return {
-        "ttft": ttft,
+        "ttft": ttft if first_ok else None,
+        "ttft_upper": ttft,
         "e2el": e2el,
         "tpot": tpot,
-        "itl": [b - a for a, b in zip(ct, ct[1:], strict=False)],
+        "itl": [ct[i] - ct[i - 1] for i in range(1, len(ct)) if i not in unc and i - 1 not in unc],
+        "gaps": max(0, len(ct) - 1),
+        "uncertain": len(unc),
+        "first_uncertain": not first_ok,
     }
 
 
@@ -67,15 +89,17 @@ def summarize_point(
     gpus: int | None = None,
     usd_per_hour: float | None = None,
     source: str = "measured-twin",
+    client: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One summary entry (docs/architecture.md `summary.json` points) for the records of one load point."""
+    """One summary entry (docs/architecture.md `summary.json` points) for the records of one load point;
+    `client`: the point's load-generator stats (loop lag), when known."""
     measured = [r for r in records if not r.get("warmup")]
     ok = [r for r in measured if is_ok(r)]
     sends = [r["t_send"] for r in measured if r.get("t_send") is not None]
     ends = [r["t_end"] for r in measured if r.get("t_end") is not None]
     duration = (max(ends) - min(sends)) if sends and ends else 0.0
     lat = [request_latencies(r) for r in ok]
-    ttft = [x["ttft"] for x in lat]
+    ttft = [x["ttft"] for x in lat if x["ttft"] is not None]
     e2el = [x["e2el"] for x in lat]
     tpot = [x["tpot"] for x in lat if x["tpot"] is not None]
     itl = [g for x in lat for g in x["itl"]]
@@ -87,7 +111,7 @@ def summarize_point(
         good = 0
         for x in lat:
             checks = [
-                (slo.ttft_ms, x["ttft"]),
+                (slo.ttft_ms, x["ttft_upper"]),
                 (slo.tpot_ms, x["tpot"] if x["tpot"] is not None else 0.0),
                 (slo.e2el_ms, x["e2el"]),
             ]
@@ -97,6 +121,7 @@ def summarize_point(
     out_tok_s = per_s(out_tok)
     in_tok_s = per_s(in_tok)
     tpot_ms = stats_ms(tpot)
+    limited = client_limit(lat, ok, client)
 
     def usd_per_mtok(tok_s: float | None) -> float | None:
         if usd_per_hour is None or not tok_s:
@@ -128,7 +153,47 @@ def summarize_point(
         "usd_per_mtok_out": usd_per_mtok(out_tok_s),
         "usd_per_mtok_in": usd_per_mtok(in_tok_s),
         "source": source,
+        **limited,
     }
+
+
+def client_limit(lat: list[dict[str, Any]], ok: list[dict[str, Any]], client: dict[str, Any] | None) -> dict:
+    """The point's stamp-certainty figures and its client-limited flag (with why and the fix)."""
+    n = len(lat)
+    gaps = sum(x["gaps"] for x in lat)
+    kept = sum(len(x["itl"]) for x in lat)
+    first = sum(x["first_uncertain"] for x in lat)
+    reqs = sum(1 for x in lat if x["uncertain"])
+    bounds = [r.get("stamp_uncert_s") for r in ok if r.get("stamp_uncertain") is not None
+              and len(r["stamp_uncertain"])]  # fmt: skip
+    worst = None if any(b is None for b in bounds) else max(bounds, default=0.0)
+    why = []
+    if n and first / n > CLIENT_LIMITED_FRACTION:
+        why.append(
+            f"{first} of {n} requests' first chunk arrived in one read with later ones (TTFT, TPOT left out)"
+        )
+    if gaps and (gaps - kept) / gaps > CLIENT_LIMITED_FRACTION:
+        why.append(f"{gaps - kept} of {gaps} inter-token gaps are uncertain (left out of ITL)")
+    lag = (client or {}).get("loop_lag_p99_ms")
+    if lag is not None and lag > CLIENT_LAG_MS:
+        why.append(f"a worker's event loop lagged {lag:.1f} ms at p99")
+    return {
+        "stamp_uncertain_requests": reqs,
+        "ttft_uncertain_requests": first,
+        "itl_gaps_uncertain": gaps - kept,
+        "itl_gaps": gaps,
+        "stamp_uncert_max_ms": None if worst is None else worst * 1e3,
+        "client_loop_lag_p99_ms": lag,
+        "client_limited": bool(why),
+        "client_limited_why": "; ".join(why) or None,
+        "client_fix": CLIENT_FIX if why else None,
+    }
+
+
+def client_limit_of(records: list[dict[str, Any]], loop_lag_p99_ms: float | None = None) -> dict[str, Any]:
+    """`client_limit` straight from one point's records (for a warning as the point ends)."""
+    ok = [r for r in records if not r.get("warmup") and is_ok(r)]
+    return client_limit([request_latencies(r) for r in ok], ok, {"loop_lag_p99_ms": loop_lag_p99_ms})
 
 
 def group_points(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -18,12 +18,13 @@ except ImportError:  # pragma: no cover
 from pathlib import Path
 from typing import Any
 
-from r1lab.bench.sse import parse_response
+from r1lab.bench.sse import Stream, parse_response
 
 COLUMNS = [
     "scenario", "point", "request_id", "worker", "concurrency", "rate", "warmup",
     "t_sched", "t_send", "t_first", "t_end", "chunk_t", "chunk_tokens",
     "input_tokens", "output_tokens", "status", "error", "error_detail",
+    "stamp_uncertain", "stamp_uncert_s", "t_first_token", "t_first_answer", "reasoning_tokens", "answer_tokens",
 ]  # fmt: skip
 
 
@@ -48,8 +49,16 @@ def build_record(
     rate: float | None,
     offset: float,
 ) -> dict[str, Any]:
-    """Parse one raw result (client.Raw or the tuple workers send) into a record row."""
-    stream = parse_response(raw.reads) if raw.reads else None
+    """Parse one raw result (client.Raw or the tuple workers send) into a record row; never raises on what a
+    server sent (anything unparseable becomes the record's error).
+
+    stamp_uncertain: indices of chunks whose stamp may be late (delivered in one read with later events, see
+    sse.Stream); stamp_uncert_s: the largest such lateness bound (0.0: every stamp exact)."""
+    try:
+        stream = parse_response(raw.reads) if raw.reads else None
+    except Exception as exc:  # a parser defect must cost one request, not the load point
+        stream = Stream(status=0)
+        stream.fail("parse_error", f"{type(exc).__name__}: {exc}")
     error, detail = raw.error, raw.error_detail
     if stream is not None and error is None and stream.error is not None:
         error, detail = stream.error, stream.error_detail
@@ -61,6 +70,15 @@ def build_record(
 
     chunk_t = [t + offset for t in stream.chunk_t] if stream else []
     chunk_tokens = list(stream.chunk_tokens) if stream else []
+    uncertain = list(stream.uncertain) if stream else []
+    bound = 0.0
+    for i in uncertain:
+        b = stream.uncert_s[i]  # type: ignore[union-attr]
+        if b == float("inf"):  # no earlier read of the body: bounded by the send
+            b = (chunk_t[i] - ep(raw.t_send)) if raw.t_send is not None else None  # type: ignore[operator]
+        bound = None if b is None or bound is None else max(bound, b)
+    first_tok = next((t for t, n in zip(chunk_t, chunk_tokens, strict=False) if n > 0), None)
+    fa = stream.first_answer if stream else None
     out_tokens = None
     in_tokens = raw.input_tokens
     if stream is not None:
@@ -86,6 +104,12 @@ def build_record(
         "status": stream.status if stream else 0,
         "error": error,
         "error_detail": detail,
+        "stamp_uncertain": uncertain,
+        "stamp_uncert_s": bound,
+        "t_first_token": first_tok,
+        "t_first_answer": chunk_t[fa] if fa is not None else None,
+        "reasoning_tokens": stream.reasoning_tokens if stream and chunk_t else None,
+        "answer_tokens": stream.answer_tokens if stream and chunk_t else None,
     }
 
 
@@ -152,6 +176,8 @@ def arrow_schema():  # -> pyarrow.Schema
         ("chunk_t", pa.list_(pa.float64())), ("chunk_tokens", pa.list_(pa.int64())),
         ("input_tokens", pa.int64()), ("output_tokens", pa.int64()), ("status", pa.int32()),
         ("error", pa.string()), ("error_detail", pa.string()),
+        ("stamp_uncertain", pa.list_(pa.int32())), ("stamp_uncert_s", pa.float64()), ("t_first_token", pa.float64()),
+        ("t_first_answer", pa.float64()), ("reasoning_tokens", pa.int64()), ("answer_tokens", pa.int64()),
     ])  # fmt: skip
 
 

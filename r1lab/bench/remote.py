@@ -168,6 +168,13 @@ def run_remote(
         with dst.open("ab") as f:  # the scenario's own append log
             f.write(tmp.read_bytes())
         got.append(dst)
+        ctmp = stage / f"{name}.client.jsonl"
+        try:  # the generator's own stats per point (loop lag), for the client-limited flag
+            shell.get(f"{remote_dir}/load/{name}/client.jsonl", ctmp)
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            continue
+        with (dst.parent / "client.jsonl").open("ab") as f:
+            f.write(ctmp.read_bytes())
     if rc:
         raise RuntimeError(f"remote load generator failed (exit {rc}); records brought back: {len(got)} "
                            f"file(s); see logs/loadgen-remote.log:\n{out[-2000:]}")  # fmt: skip

@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from r1lab.bench.loadgen import run_point
-from r1lab.bench.metrics import Slo, flatten, group_points, summarize_point
-from r1lab.bench.records import load_records
+from r1lab.bench.loadgen import CLIENT_STATS, run_point
+from r1lab.bench.metrics import Slo, client_limit_of, flatten, group_points, summarize_point
+from r1lab.bench.records import load_records, read_jsonl
 from r1lab.bench.saturation import find_knee
 from r1lab.bench.shapes import Shape
 from r1lab.bench.trends import stress_checks
@@ -80,7 +80,6 @@ def run_scenario(
     server's address as seen from that pod."""
     out = Path(run_dir) / "load" / sc.name / "requests.jsonl"
     if shell is not None:
-        from r1lab.bench.records import read_jsonl
         from r1lab.bench.remote import run_remote
 
         pts = [{"scenario": sc.name, "shape": shape, "bodies": bodies(wl), "api": sc.endpoint,
@@ -93,10 +92,10 @@ def run_scenario(
     for i, (shape, wl) in enumerate(_workloads(sc, tokenizer, model, seed)):
         res = run_point(url, bodies(wl), shape, scenario=sc.name, out=out, api=sc.endpoint, workers=workers,
                         timeout_s=sc.timeout_s, seed=seed * 1000 + i, verify_tls=verify_tls)  # fmt: skip
-        if res.loop_lag_p99_ms > 5.0:
+        flag = client_limit_of(res.records, res.loop_lag_p99_ms)
+        if flag["client_limited"]:
             print(
-                f"warning: {sc.name} {res.point}: the client's event loop lagged {res.loop_lag_p99_ms:.1f} ms "
-                "(p99): its timings carry that error; use more worker processes or a bigger load machine"
+                f"warning: {sc.name} {res.point} is client-limited: {flag['client_limited_why']}; {flag['client_fix']}"
             )
         records += res.records
     return records
@@ -134,8 +133,9 @@ def summarize_run(
     per stress phase (`scenarios`: the config Scenarios, for shapes and trend windows)."""
     rd = Path(run_dir)
     records = load_records(rd)
-    points = [summarize_point(rs, slo=slo, gpus=gpus, usd_per_hour=usd_per_hour, source=source)
-              for rs in group_points(records).values()]  # fmt: skip
+    client = client_stats(rd)
+    points = [summarize_point(rs, slo=slo, gpus=gpus, usd_per_hour=usd_per_hour, source=source,
+                              client=client.get(key)) for key, rs in group_points(records).items()]  # fmt: skip
     by_name = {sc.name: sc for sc in scenarios or []}
     saturation, trends = {}, {}
     for name in dict.fromkeys(p["scenario"] for p in points):
@@ -151,6 +151,15 @@ def summarize_run(
     if write:
         write_summary(rd, summary)
     return summary
+
+
+def client_stats(run_dir: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The generator's own per-point stats (`load/<scenario>/client.jsonl`), by (scenario, point)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in sorted(Path(run_dir).glob(f"load/*/{CLIENT_STATS}")):
+        for r in read_jsonl(f):
+            out[(r["scenario"], r["point"])] = r
+    return out
 
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> tuple[Path, Path]:
@@ -200,5 +209,13 @@ def points_table(summary: dict[str, Any]):  # -> pandas.DataFrame
             "ttft_p50_ms": p["ttft_ms"]["p50"], "ttft_p99_ms": p["ttft_ms"]["p99"], "tpot_p50_ms": p["tpot_ms"]["p50"],
             "tpot_p99_ms": p["tpot_ms"]["p99"], "itl_p99_ms": p["itl_ms"]["p99"], "rps": p["rps"],
             "output_tok_s": p["output_tok_s"], "goodput_rps": p["goodput_rps"], "usd_per_mtok_out": p["usd_per_mtok_out"],
+            "client_limited": p.get("client_limited", False),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def client_limited_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per client-limited point (why, and the fix); one line saying none when none is."""
+    out = [f"{p['scenario']} {p['point']}: CLIENT-LIMITED: {p['client_limited_why']}; fix: {p['client_fix']}"
+           for p in summary["points"] if p.get("client_limited")]  # fmt: skip
+    return out or ["no point is client-limited: every reported chunk time is an exact receive stamp"]

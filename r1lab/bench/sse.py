@@ -89,6 +89,8 @@ class Framer:
                     raise FramingError("response head longer than 64 KiB")
                 self.pending = data
                 return False
+            if i > 65536:
+                raise FramingError("response head longer than 64 KiB")
             self._start_body(data[:i])
             pos = i + 4
             state = self.state
@@ -173,6 +175,7 @@ class Body:
     times: list[float] = field(default_factory=list)
     complete: bool = False
     framing_error: str | None = None
+    head_t: float | None = None  # time of the read that ended the response head
 
     def time_at(self, offset: int) -> float:
         """Time of the read that delivered body byte `offset - 1` (the end of a span)."""
@@ -194,12 +197,16 @@ def dechunk(reads: list[tuple[float, bytes]]) -> Body:
     if i < 0:
         out.framing_error = "no complete response head" if raw else None
         return out
+    if i > 65536:
+        out.framing_error = "response head longer than 64 KiB"
+        return out
     try:
         out.status, out.headers = _parse_head(raw[:i])
     except FramingError as exc:
         out.framing_error = str(exc)
         return out
     pos = i + 4
+    out.head_t = raw_times[bisect.bisect_right(raw_ends, i + 3)]
     pieces: list[bytes] = []
     body_ends: list[int] = []
     body_times: list[float] = []
@@ -265,23 +272,45 @@ _LINE = re.compile(rb"\r\n|\n|\r")
 
 @dataclass
 class Stream:
-    """An OpenAI streaming response, interpreted: token chunks with times, usage, and the first problem seen."""
+    """An OpenAI streaming response, interpreted: token chunks with times, usage, and the first problem seen.
+
+    Stamp certainty: a read's time is exact for the bytes that ended it (the kernel's stamp is the newest segment's
+    arrival). A token chunk followed in the same read by another chunk carrying tokens (several token events
+    delivered together: a client that read late, or one receive stamp shared by reads) arrived at or before its
+    stamp, no earlier than the previous read: `uncertain` lists those chunks, `uncert_s[i]` bounds how late the
+    stamp may be. Events that carry no tokens are taken as written with their neighbour (a role chunk right
+    before the first token, the usage chunk and [DONE] right after the last: vLLM and Dynamo write them so).
+    """
 
     status: int = 0
     chunk_t: list[float] = field(default_factory=list)
     chunk_tokens: list[int] = field(default_factory=list)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens_reported: int | None = None
     done: bool = False
     finish_reason: str | None = None
     error: str | None = None
     error_detail: str | None = None
     text_chars: int = 0
     reasoning_chars: int = 0
+    uncertain: list[int] = field(default_factory=list)
+    uncert_s: list[float | None] = field(default_factory=list)
+    chunk_reasoning: list[bool] = field(default_factory=list)
+    first_answer: int | None = None
 
     def fail(self, kind: str, detail: str) -> None:
         if self.error is None:
             self.error, self.error_detail = kind, detail[:500]
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Tokens in chunks that carried reasoning (`delta.reasoning` / `reasoning_content`)."""
+        return sum(n for n, r in zip(self.chunk_tokens, self.chunk_reasoning, strict=False) if r)
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(n for n, r in zip(self.chunk_tokens, self.chunk_reasoning, strict=False) if not r)
 
 
 def iter_events(data: bytes) -> list[tuple[int, str, bytes]]:
@@ -327,19 +356,43 @@ def _event(block: bytes) -> tuple[str, bytes] | None:
     return (name, b"\n".join(lines)) if lines else None
 
 
+class ShapeError(ValueError):
+    """A well-formed JSON event of a shape no OpenAI server sends."""
+
+
+def _str(v: object, what: str) -> str:
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise ShapeError(f"{what} is {type(v).__name__}, not a string")
+    return v
+
+
 def _delta_text(choice: dict) -> tuple[int, int]:
     """(content chars, reasoning chars) of one completion or chat choice."""
-    text = choice.get("text")
-    if text is not None:
-        return len(text), 0
-    delta = choice.get("delta") or {}
-    content = delta.get("content") or ""
-    reasoning = delta.get("reasoning") or delta.get("reasoning_content") or ""
+    if "text" in choice:
+        return len(_str(choice["text"], "choices[0].text")), 0
+    delta = choice.get("delta")
+    if delta is None:
+        delta = choice.get("message") or {}
+    if not isinstance(delta, dict):
+        raise ShapeError(f"choices[0].delta is {type(delta).__name__}, not an object")
+    content = _str(delta.get("content"), "delta.content")
+    reasoning = _str(delta.get("reasoning_content"), "delta.reasoning_content") or _str(
+        delta.get("reasoning"), "delta.reasoning"
+    )
     return len(content), len(reasoning)
 
 
+def _count(v: object, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ShapeError(f"{what} is {v!r}, not a token count")
+    return v
+
+
 def interpret(body: Body) -> Stream:
-    """Interpret a de-chunked body as an OpenAI completion/chat stream (or an error response)."""
+    """Interpret a de-chunked body as an OpenAI completion/chat stream (or an error response). Any event of an
+    unexpected shape makes the stream an error (`bad_shape`), never an exception."""
     s = Stream(status=body.status)
     if body.framing_error:
         s.fail("bad_http", body.framing_error)
@@ -351,9 +404,9 @@ def interpret(body: Body) -> Stream:
     if "text/event-stream" not in ctype:
         s.fail("not_a_stream", f"content-type {ctype!r}: {body.data[:300].decode('utf-8', 'replace')}")
         return s
-    last_usage_out = 0
-    ends, times = body.ends, body.times
-    k, nreads = 0, len(ends)
+    ends = body.ends
+    state = {"last_usage_out": 0, "k": 0}
+    reads_of: list[int] = []
     for end, name, data in iter_events(body.data):
         if data == b"[DONE]":
             s.done = True
@@ -366,41 +419,99 @@ def interpret(body: Body) -> Stream:
         if not isinstance(obj, dict):
             s.fail("bad_json", f"event is not an object: {data[:200].decode('utf-8', 'replace')}")
             continue
-        if name == "error" or "error" in obj or obj.get("object") == "error":
-            err = obj.get("error", obj)
-            msg = err.get("message") if isinstance(err, dict) else str(err)
-            s.fail("stream_error", str(msg or data[:300].decode("utf-8", "replace")))
+        try:
+            k = _event_into(s, obj, name, end, ends, state)
+        except (ShapeError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            s.fail("bad_shape", f"{exc}: {data[:200].decode('utf-8', 'replace')}")
             continue
-        usage = obj.get("usage")
-        choices = obj.get("choices")
-        if choices:
-            while k < nreads - 1 and ends[k] < end:  # events come in order: walk instead of bisecting
-                k += 1
-            t = times[k]
-            c0 = choices[0] if isinstance(choices[0], dict) else {}
-            nc, nr = _delta_text(c0)
-            s.text_chars += nc
-            s.reasoning_chars += nr
-            if c0.get("finish_reason"):
-                s.finish_reason = c0["finish_reason"]
-            if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-                tokens = int(usage["completion_tokens"]) - last_usage_out
-                last_usage_out = int(usage["completion_tokens"])
-            else:
-                tokens = 1 if (nc or nr or c0.get("token_ids")) else 0
-            s.chunk_t.append(t)
-            s.chunk_tokens.append(tokens)
-        if isinstance(usage, dict):
-            if usage.get("prompt_tokens") is not None:
-                s.prompt_tokens = int(usage["prompt_tokens"])
-            if usage.get("completion_tokens") is not None:
-                s.completion_tokens = int(usage["completion_tokens"])
+        if k is not None:
+            reads_of.append(k)
+    _certainty(s, reads_of, body)
     if s.error is None:
         if not s.chunk_t:
             s.fail("no_output", "the stream ended without a chunk carrying choices")
         elif not s.done:
             s.fail("incomplete", "the stream ended without data: [DONE]")
     return s
+
+
+def _event_into(s: Stream, obj: dict, name: str, end: int, ends: list[int], state: dict) -> int | None:
+    """Fold one JSON event into `s`; the index of the read that completed it when it is a token chunk."""
+    if name == "error" or "error" in obj or obj.get("object") == "error":
+        err = obj.get("error", obj)
+        msg = err.get("message") if isinstance(err, dict) else str(err)
+        s.fail("stream_error", str(msg or obj)[:300])
+        return None
+    usage = obj.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise ShapeError(f"usage is {type(usage).__name__}, not an object")
+    usage = usage or {}
+    choices = obj.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise ShapeError(f"choices is {type(choices).__name__}, not a list")
+    out_tok = _count(usage["completion_tokens"], "usage.completion_tokens") if usage.get(
+        "completion_tokens") is not None else None  # fmt: skip
+    in_tok = _count(usage["prompt_tokens"], "usage.prompt_tokens") if usage.get(
+        "prompt_tokens") is not None else None  # fmt: skip
+    k = None
+    if choices:
+        c0 = choices[0]
+        if not isinstance(c0, dict):
+            raise ShapeError(f"choices[0] is {type(c0).__name__}, not an object")
+        nc, nr = _delta_text(c0)
+        fr = c0.get("finish_reason")
+        if fr is not None and not isinstance(fr, str):
+            raise ShapeError(f"finish_reason is {fr!r}, not a string")
+        if out_tok is not None:
+            tokens = out_tok - state["last_usage_out"]
+            state["last_usage_out"] = out_tok
+        else:
+            tokens = 1 if (nc or nr or c0.get("token_ids")) else 0
+        k = state["k"]
+        nreads = len(ends)
+        while k < nreads - 1 and ends[k] < end:  # events come in order: walk instead of bisecting
+            k += 1
+        state["k"] = k
+        s.text_chars += nc
+        s.reasoning_chars += nr
+        if fr:
+            s.finish_reason = fr
+        s.chunk_t.append(0.0)  # the read's time, set by _certainty
+        s.chunk_tokens.append(tokens)
+        s.chunk_reasoning.append(nr > 0 and nc == 0)
+        if nc and s.first_answer is None:
+            s.first_answer = len(s.chunk_t) - 1
+        s.uncert_s.append(0.0)  # decided by _certainty once every event of the read is known
+    if in_tok is not None:
+        s.prompt_tokens = in_tok
+    if out_tok is not None:
+        s.completion_tokens = out_tok
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+        s.reasoning_tokens_reported = details["reasoning_tokens"]
+    return k
+
+
+def _certainty(s: Stream, reads_of: list[int], body: Body) -> None:
+    """Times of the token chunks, and which of them are late-biased (see Stream)."""
+    times = body.times
+    n = len(reads_of)
+    later = 0  # chunks with tokens after i in the same read
+    for i in range(n - 1, -1, -1):
+        k = reads_of[i]
+        s.chunk_t[i] = times[k]
+        if i + 1 < n and reads_of[i + 1] != k:
+            later = 0
+        exact = later == 0 or (later == 1 and s.chunk_tokens[i] == 0 and s.chunk_tokens[i + 1] > 0)
+        if s.chunk_tokens[i] > 0:
+            later += 1
+        if exact:
+            s.uncert_s[i] = 0.0
+            continue
+        prev = times[k - 1] if k > 0 else body.head_t
+        s.uncert_s[i] = (times[k] - prev) if prev is not None and prev < times[k] else float("inf")
+        s.uncertain.append(i)
+    s.uncertain.reverse()
 
 
 def parse_response(reads: list[tuple[float, bytes]]) -> Stream:

@@ -50,9 +50,10 @@ def windows(records: list[dict[str, Any]], window_s: float) -> list[dict[str, An
         ok = [r for r in b if is_ok(r)]
         lat = [request_latencies(r) for r in ok]
         tp = [x["tpot"] for x in lat if x["tpot"] is not None]
+        tt = [x["ttft"] for x in lat if x["ttft"] is not None]
         out.append({
             "t": t0 + (k + 0.5) * window_s, "requests": len(b), "error_rate": 1 - len(ok) / len(b),
-            "ttft_p50_ms": float(np.median([x["ttft"] for x in lat]) * 1e3) if lat else float("nan"),
+            "ttft_p50_ms": float(np.median(tt) * 1e3) if tt else float("nan"),
             "tpot_p50_ms": float(np.median(tp) * 1e3) if tp else float("nan"), "rps": len(b) / window_s,
         })  # fmt: skip
     return out

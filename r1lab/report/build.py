@@ -317,6 +317,9 @@ def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, 
                         f"({e(data.source_label)}).</p>")  # fmt: skip
         else:
             body.append(f"<p>Saturation ({e(name)}): not reached. {e(sat.get('note', ''))}</p>")
+    for p in (p for p in data.points if p.get("client_limited")):
+        body.append(f"<p class='warn'><b>Client-limited</b> {e(p.get('scenario'))} {e(p.get('point'))}: "
+                    f"{e(p.get('client_limited_why'))}. Fix: {e(p.get('client_fix'))}.</p>")  # fmt: skip
     body.append(_cost_html(costs, data))
     for section, names in SECTIONS:
         present = [n for n in names if n in charts]

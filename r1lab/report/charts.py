@@ -482,6 +482,7 @@ def summary_frame(data: RunData) -> pd.DataFrame:
             "goodput req/s": _fmt(p.get("goodput_rps"), 2), "tok/s/GPU": _fmt(p.get("tok_s_per_gpu"), 2),
             "tok/s/user": _fmt(p.get("tok_s_per_user")), "$/M out": _fmt(p.get("usd_per_mtok_out"), 2),
             "$/M in": _fmt(p.get("usd_per_mtok_in"), 2), "source": p.get("source"),
+            "client": "LIMITED" if p.get("client_limited") else "ok",
         })  # fmt: skip
     df = pd.DataFrame(rows)
     if not df.empty and df["rate"].isna().all():

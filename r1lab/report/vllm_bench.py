@@ -75,7 +75,7 @@ def point_result(records: list[dict[str, Any]], summary_point: dict[str, Any] | 
         "output_throughput": per_s(tout),
         "total_token_throughput": per_s(tin + tout),
     }
-    result.update(_stats("ttft", [x["ttft"] for x in lat]))
+    result.update(_stats("ttft", [x["ttft"] for x in lat if x["ttft"] is not None]))  # None: stamp uncertain
     result.update(_stats("tpot", [x["tpot"] for x in lat if x["tpot"] is not None]))
     result.update(_stats("itl", [g for x in lat for g in x["itl"]]))
     result.update(_stats("e2el", [x["e2el"] for x in lat]))
