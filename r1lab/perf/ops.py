@@ -25,6 +25,7 @@ from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism
 from r1lab.perf import hardware, network
 from r1lab.perf.kernels import KernelTable
 from r1lab.perf.profile import Efficiency, load_profile
+from r1lab.perf.serving import measured as measured_serving_path
 
 KERNEL_MIN_US = 2.5  # shortest kernel inside a CUDA graph (launch gaps + tail), documented, not fitted
 
@@ -77,7 +78,10 @@ class EngineConstants:
     """One documented set per engine (not fitted to any published row).
 
     step_overhead_s: CPU time per step not hidden behind the GPU (scheduling, sampling, output processing);
-    request_overhead_s: added once to TTFT (HTTP, tokenisation, detokenisation, streaming the first chunk);
+    request_overhead_s: added once to TTFT (vLLM: the engine side of the serving path, measured; others: an
+    estimate of HTTP, tokenisation, detokenisation, streaming the first chunk);
+    frontend_s / frontend_per_token_s: the API server's CPU work per request (and per prompt token), served FIFO
+    (vLLM: measured, r1lab.perf.serving; 0 where not measured);
     mtp_acceptance: chance each MTP draft token is accepted, given the previous one was (DeepSeek-V3 report:
     85-90 % for the second token);
     schedule_ahead_steps: steps the CPU scheduler runs ahead of the GPU (overlap scheduling: batch N+1 is formed
@@ -96,9 +100,24 @@ class EngineConstants:
     frontend_per_token_s: float = 0.0  # ... and per prompt token (tokenisation)
 
 
+def _vllm(name: str) -> EngineConstants:
+    """vLLM's constants: the serving path measured on vLLM's own API server (r1lab.perf.serving) where the data
+    file is present: its one-process front end served FIFO, the engine side as a delay; else a 10 ms estimate."""
+    sp = measured_serving_path()
+    if sp is None:
+        return EngineConstants(name, step_overhead_s=1.5e-3, request_overhead_s=10e-3)
+    return EngineConstants(
+        name,
+        step_overhead_s=1.5e-3,
+        request_overhead_s=sp.engine_side_s,
+        frontend_s=sp.fixed_s,
+        frontend_per_token_s=sp.per_token_s,
+    )
+
+
 ENGINES: dict[str, EngineConstants] = {
-    "vllm": EngineConstants("vllm", step_overhead_s=1.5e-3, request_overhead_s=10e-3),
-    "mocker": EngineConstants("mocker", step_overhead_s=1.5e-3, request_overhead_s=10e-3),  # times vLLM
+    "vllm": _vllm("vllm"),
+    "mocker": _vllm("mocker"),  # times vLLM
     "sglang": EngineConstants(
         "sglang", step_overhead_s=1.0e-3, request_overhead_s=10e-3, schedule_ahead_steps=1
     ),
