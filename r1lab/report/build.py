@@ -344,6 +344,7 @@ def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, 
         for n in names:
             if n in missing:
                 body.append(f"<p class='note'>{e(n)}: not drawn: {e(missing[n])}.</p>")
+    body.append(_real_engine_html(data.run_dir))
     if data.notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in data.notes) + "</ul>")
     body.append(f"<p class='note'>Rebuilt from the run directory's files alone: <code>r1lab report {e(str(data.run_dir))}"
@@ -355,6 +356,28 @@ def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, 
         + "\n".join(head + body)
         + _RENDER_HOOK
         + "</body></html>"
+    )
+
+
+def _real_engine_html(run_dir: Path) -> str:
+    """04's real-engine check (real-engine.json, dynamo.real_engine_requests): KV moved per request."""
+    p = Path(run_dir) / "real-engine.json"
+    if not p.exists():
+        return ""
+    e = html.escape
+    real = json.loads(p.read_text(encoding="utf-8"))
+    rows = "".join(
+        f"<tr><td>{r['prompt_tokens']}</td><td>{r['nixl_transfers']:.0f}</td><td>{r['nixl_bytes']:,.0f}</td>"
+        f"<td>{r['link_rx_bytes']:,}</td><td>{r['predicted_bytes']:,}</td><td>{r['tokens_external']:.0f}</td>"
+        f"<td>{r['tokens_local']:.0f}</td></tr>"
+        for r in real.get("requests", [])
+    )
+    return (
+        f"<h2>Real prefill/decode KV transfer</h2><p><span class='tag'>{e(real.get('engine', '?'))}</span> "
+        f"{e(real.get('topology', ''))}; started in {real.get('start_s', '?')} s. Predicted bytes: one MLA copy per "
+        "decode TP rank, whole KV blocks (modelled from the model's config).</p><table><tr><th>prompt tokens</th>"
+        "<th>NIXL transfers</th><th>NIXL bytes</th><th>decode pod link rx bytes</th><th>predicted bytes</th>"
+        f"<th>prompt tokens received</th><th>computed on decode</th></tr>{rows}</table>"
     )
 
 
