@@ -206,6 +206,7 @@ def test_runs_as_a_process_with_state_dir(tmp_path: Path):
         stderr=subprocess.PIPE,
         env=env,
         text=True,
+        start_new_session=True,  # its own process group, as every server a test starts (tests/procguard.py)
     )
     try:
         url = proc.stdout.readline().strip()

@@ -81,28 +81,27 @@ def test_integral_numbers_are_integers(emu):
 
 
 @pytest.mark.parametrize(
-    "query",
+    ("query", "name"),
     [
-        "/v2/catalog/gpus?include=AVAILABILITY&product=POD&count=1.5",
-        "/v2/catalog/gpus?include=AVAILABILITY&product=POD&count=abc",
-        "/v2/catalog/gpus?include=AVAILABILITY&product=POD&count=0",
-        "/v2/catalog/gpus?include=AVAILABILITY&product=POD&minCudaVersion=",
-        "/v2/catalog/gpus?include=AVAILABILITY&product=POD&minCudaVersion=12.x",
-        "/v2/catalog/gpus?include=AVAILABILITY&product=POD&cudaVersions=12",
-        "/v2/catalog/gpus?include=AVAILABILITY&product=POD&cloud=BOGUS",
-        "/v2/catalog/gpus?include=AVAILABILITY&product=POD&countryCodes=fr",
-        "/v2/catalog/gpus?include=SOMETHING&product=POD",
-        "/v2/catalog/gpus?include=AVAILABILITY&product=SPACESHIP",
-        "/v2/catalog/datacenters?regions=MARS",
-        "/v2/catalog/datacenters?globalNetwork=null",
-        "/v2/catalog/datacenters?include=EVERYTHING",
-        "/v2/catalog/cpus?include=AVAILABILITY&product=POD&vcpuCount=1",
-        "/v2/pods?includeClusterPods=none",
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=POD&count=1.5", "count"),
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=POD&count=abc", "count"),
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=POD&count=0", "count"),
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=POD&minCudaVersion=", "minCudaVersion"),
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=POD&minCudaVersion=12.x", "minCudaVersion"),
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=POD&cudaVersions=12", "cudaVersions"),
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=POD&cloud=BOGUS", "cloud"),
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=POD&countryCodes=fr", "countryCodes"),
+        ("/v2/catalog/gpus?include=SOMETHING&product=POD", "include"),
+        ("/v2/catalog/gpus?include=AVAILABILITY&product=SPACESHIP", "product"),
+        ("/v2/catalog/datacenters?regions=MARS", "regions"),
+        ("/v2/catalog/datacenters?globalNetwork=null", "globalNetwork"),
+        ("/v2/catalog/datacenters?include=EVERYTHING", "include"),
+        ("/v2/catalog/cpus?include=AVAILABILITY&product=POD&vcpuCount=1", "vcpuCount"),
+        ("/v2/pods?includeClusterPods=none", "includeClusterPods"),
     ],
 )
-def test_malformed_query_parameters_are_422(emu, query):
+def test_malformed_query_parameters_are_422(emu, query, name):
     problem = refused(emu, query, None, 422, "GET")
-    name = next(p for p in ("include", "product") if f"{p}=S" in query) if "=S" in query else query.rsplit("&", 1)[-1].split("?")[-1].split("=")[0]  # fmt: skip
     assert problem["detail"] == "Request validation failed." and any(
         f"$query.{name}" in e for e in problem["errors"]
     )
@@ -401,3 +400,14 @@ def test_threads_share_one_quota():
         assert sorted(codes).count(200) == 10 and codes.count(429) == 6
     finally:
         e.stop()
+
+
+def test_rate_limits_are_configurable_from_the_command_line():
+    from r1lab.cloud.emulator.__main__ import parse_rate_limits
+    from r1lab.cloud.emulator.ratelimit import DEFAULT_POLICY
+
+    assert parse_rate_limits(None) == DEFAULT_POLICY and parse_rate_limits("off") == ()
+    assert parse_rate_limits("minute=60/60, hour=3000/3600") == (("minute", 60, 60), ("hour", 3000, 3600))
+    for bad in ("minute=0/60", "minute=60", "=1/1", "minute=a/b"):
+        with pytest.raises(ValueError, match="NAME=QUOTA/SECONDS"):
+            parse_rate_limits(bad)

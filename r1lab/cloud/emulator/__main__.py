@@ -1,4 +1,4 @@
-"""`python -m r1lab.cloud.emulator --port 0 --state-dir DIR [--backend record|local-sshd|module:Class]`
+"""`python -m r1lab.cloud.emulator --port 0 --state-dir DIR [--backend record|local-sshd|module:Class] [--rate-limit ..]`
 
 Serves the emulator until SIGTERM/SIGINT and prints its URL on the first line of stdout. The API key it
 accepts is RUNPOD_API_KEY from the environment (or --key-file); it is never printed.
@@ -14,7 +14,28 @@ import threading
 from pathlib import Path
 
 from r1lab.cloud.emulator.backends import make_backend
+from r1lab.cloud.emulator.ratelimit import DEFAULT_POLICY
 from r1lab.cloud.emulator.server import Emulator, Timings
+
+
+def parse_rate_limits(text: str | None) -> tuple[tuple[str, int, int], ...]:
+    """'minute=600/60,hour=30000/3600' -> (("minute", 600, 60), ...); None -> the default; 'off' -> ()."""
+    if text is None:
+        return DEFAULT_POLICY
+    if text.strip().lower() == "off":
+        return ()
+    out = []
+    for part in text.split(","):
+        name, _, rest = part.strip().partition("=")
+        quota, _, seconds = rest.partition("/")
+        if not (
+            name.isidentifier() and quota.isdigit() and seconds.isdigit() and int(quota) and int(seconds)
+        ):
+            raise ValueError(
+                f"--rate-limit {part.strip()!r}: write NAME=QUOTA/SECONDS, e.g. minute=600/60, or off"
+            )
+        out.append((name, int(quota), int(seconds)))
+    return tuple(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-s", type=float, default=Timings.start_s)
     ap.add_argument("--ports-delay-s", type=float, default=Timings.ports_delay_s)
     ap.add_argument("--stock", type=int, default=16, help="free GPUs per GPU type and data center")
+    ap.add_argument(
+        "--rate-limit",
+        default=None,
+        help="request quotas per API key, NAME=QUOTA/SECONDS[,...] (default minute=600/60,hour=30000/3600,"
+        "day=500000/86400), or 'off'",
+    )
     args = ap.parse_args(argv)
+    try:
+        rate_limits = parse_rate_limits(args.rate_limit)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         ap.error("the emulator listens on loopback only")
     key = args.key_file.read_text().strip() if args.key_file else os.environ.get("RUNPOD_API_KEY", "").strip()
@@ -43,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         stock=args.stock,
+        rate_limits=rate_limits,
     )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
