@@ -337,7 +337,7 @@ def test_a_polling_loop_meets_a_natural_429_and_backs_off(monkeypatch):
         pod = client.create_pod(PodSpec(name="r1lab-rl-head", image="img", gpu_type=GPU, gpu_count=1))
         t0 = time.monotonic()
         ready = client.wait_ready(pod["id"], timeout_s=30, poll_s=0.02)  # ~50 polls/s against 6 per 2 s
-        assert ready["status"] == "RUNNING" and time.monotonic() - t0 >= 3.0
+        assert ready["status"] == "RUNNING" and time.monotonic() - t0 >= 2.5  # ports appear 3 s after create
     finally:
         e.stop()
     log = [r for r in e.request_log if r[2] == f"/v2/pods/{pod['id']}"]
