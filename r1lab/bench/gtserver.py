@@ -406,6 +406,15 @@ def read_truth(log: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def realtime_allowed() -> bool:
+    """Whether this process may start real-time (SCHED_RR) processes: root on Linux."""
+    return hasattr(os, "sched_setscheduler") and os.geteuid() == 0
+
+
+def _realtime() -> None:  # in the child, before exec: inherited by the server's processes
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+
+
 @contextmanager
 def running(
     ttft_ms: float = 50.0,
@@ -413,8 +422,11 @@ def running(
     procs: int = 1,
     log: str | Path | None = None,
     extra: list[str] | None = None,
+    realtime: bool = False,
 ):
-    """Start the server in its own process group; yields the base URL; stops it (and writes the log) on exit."""
+    """Start the server in its own process group; yields the base URL; stops it (and writes the log) on exit.
+    `realtime`: run it (and its processes) under SCHED_RR when this process may (root), so the truth's own
+    schedule is not what a busy machine delays; without the privilege it runs at normal priority."""
     cmd = (
         [
             sys.executable,
@@ -432,7 +444,8 @@ def running(
         + (["--log", str(log)] if log else [])
         + (extra or [])
     )
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    pre = _realtime if realtime and realtime_allowed() else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=pre)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         if not line.startswith("LISTENING"):
