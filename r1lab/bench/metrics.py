@@ -4,6 +4,9 @@ Over successful, non-warm-up requests (error is null and a token chunk arrived):
 - TTFT = first chunk with choices - send;  E2EL = last chunk with choices - send;
 - ITL = every gap between consecutive chunks with choices (all requests pooled);
 - TPOT = (E2EL - TTFT) / (output_tokens - 1), only requests with more than one output token;
+- TTFT (token) = first chunk carrying tokens (reasoning or answer) - send; TTFO = first chunk carrying answer content
+  (after the reasoning phase of a reasoning model: `delta.reasoning_content` / `delta.reasoning`) - send, as
+  aiperf's time to first output; reasoning and answer tokens per request (their mean and percentiles);
 - goodput = requests meeting every given SLO (TTFT, TPOT, E2EL; TPOT counted as 0 for <= 1 token) / duration.
 Duration is first send to last end of the measured requests. Percentiles are numpy's linear interpolation.
 
@@ -72,10 +75,28 @@ def request_latencies(r: dict[str, Any]) -> dict[str, Any]:
         "e2el": e2el,
         "tpot": tpot,
         "itl": [ct[i] - ct[i - 1] for i in range(1, len(ct)) if i not in unc and i - 1 not in unc],
+        "ttft_token": _since_send(r, "t_first_token", unc),
+        "ttfo": _since_send(r, "t_first_answer", unc),
         "gaps": max(0, len(ct) - 1),
         "uncertain": len(unc),
         "first_uncertain": not first_ok,
     }
+
+
+def _since_send(r: dict[str, Any], key: str, unc: set[int]) -> float | None:
+    """`r[key] - t_send`, or None when absent or when it may be a late-biased stamp (an uncertain chunk has it)."""
+    t = r.get(key)
+    if t is None or any(r["chunk_t"][i] == t for i in unc):
+        return None
+    return t - r["t_send"]
+
+
+def token_stats(values: Iterable[float]) -> dict[str, float | None]:
+    """mean, p50, p90, p99 of per-request token counts."""
+    a = np.asarray([v for v in values if v is not None], dtype=float)
+    if a.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    return {"mean": float(a.mean()), **{f"p{p}": float(np.percentile(a, p)) for p in (50, 90, 99)}}
 
 
 def is_ok(r: dict[str, Any]) -> bool:
@@ -144,6 +165,11 @@ def summarize_point(
         "ttft_ms": stats_ms(ttft),
         "tpot_ms": tpot_ms,
         "itl_ms": stats_ms(itl),
+        "ttft_token_ms": stats_ms(x["ttft_token"] for x in lat if x["ttft_token"] is not None),
+        "ttfo_ms": stats_ms(x["ttfo"] for x in lat if x["ttfo"] is not None),
+        "reasoning_tokens": token_stats(r.get("reasoning_tokens") for r in ok),
+        "answer_tokens": token_stats(r.get("answer_tokens") for r in ok),
+        "reasoning_requests": sum(1 for r in ok if (r.get("reasoning_tokens") or 0) > 0),
         "e2el_ms": stats_ms(e2el),
         "goodput_rps": per_s(good) if good is not None else None,
         "gpus": gpus,
@@ -210,7 +236,7 @@ def flatten(point: dict[str, Any]) -> dict[str, Any]:
 
     row: dict[str, Any] = {}
     for k, v in point.items():
-        if isinstance(v, dict) and k.endswith("_ms"):
+        if isinstance(v, dict) and (k.endswith("_ms") or k.endswith("_tokens")):
             for s, x in v.items():
                 row[f"{k}_{s}"] = x
         elif isinstance(v, dict):

@@ -126,6 +126,7 @@ def make_charts(data: RunData, costs: dict[str, Any]) -> tuple[dict[str, go.Figu
         "throughput_vs_concurrency": (lambda: C.throughput_vs_concurrency(data), "no concurrency-shaped load points"),
         "pareto": (lambda: C.pareto(data), "no point with tok/s/user and tok/s/GPU"),
         "latency_cdfs": (lambda: C.latency_cdfs(data), "no successful request records"),
+        "reasoning": (lambda: C.reasoning(data), "no request had a reasoning phase"),
         "server_timeseries": (lambda: C.server_timeseries(data), "metrics.parquet has no KV/queue series"),
         "cost_vs_concurrency": (lambda: C.cost_vs_concurrency(data, costs.get("usd_per_hour"), costs["price_label"]),
                                 "no price for this deployment"),
@@ -238,7 +239,7 @@ window.addEventListener('load', function () {
 
 SECTIONS = [
     ("Summary per load point", ["summary_table"]),
-    ("Latency", ["latency_vs_concurrency", "latency_cdfs"]),
+    ("Latency", ["latency_vs_concurrency", "latency_cdfs", "reasoning"]),
     ("Throughput and saturation", ["throughput_vs_concurrency", "pareto"]),
     ("Server state", ["server_timeseries", "gpu_memory"]),
     ("Cost", ["cost_vs_concurrency", "topology_cost"]),

@@ -146,6 +146,32 @@ def latency_vs_concurrency(data: RunData) -> go.Figure | None:
                    data.source_label, 740)  # fmt: skip
 
 
+def reasoning(data: RunData) -> go.Figure | None:
+    """A reasoning model's two phases per load point: time to first token vs to first answer token (p50, p99),
+    and reasoning vs answer tokens per request (mean)."""
+    pts = [p for p in data.points if p.get("reasoning_requests")]
+    if not pts:
+        return None
+    labels = [f"{p.get('scenario')} {p.get('point')}" for p in pts]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["time to first token / answer token (ms)",
+                                                        "tokens per request (mean)"])  # fmt: skip
+    for key, name, color in (
+        ("ttft_token_ms", "first token", COLORS[0]),
+        ("ttfo_ms", "first answer token", COLORS[1]),
+    ):
+        for pct, dash in (("p50", "solid"), ("p99", "dot")):
+            fig.add_trace(go.Scatter(x=labels, y=[(p.get(key) or {}).get(pct) for p in pts], mode="lines+markers",
+                                     name=f"{name} {pct}", line={"color": color, "dash": dash}), row=1, col=1)  # fmt: skip
+    for key, name, color in (
+        ("reasoning_tokens", "reasoning", COLORS[2]),
+        ("answer_tokens", "answer", COLORS[3]),
+    ):
+        fig.add_trace(go.Bar(x=labels, y=[(p.get(key) or {}).get("mean") for p in pts], name=name,
+                             marker_color=color), row=1, col=2)  # fmt: skip
+    fig.update_layout(barmode="stack")
+    return _layout(fig, "Reasoning phase: time to first answer token and tokens per phase", data.source_label)
+
+
 def throughput_vs_concurrency(data: RunData) -> go.Figure | None:
     sweeps = A.sweep_points(data)
     if not sweeps:
