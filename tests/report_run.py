@@ -39,7 +39,10 @@ def _requests(
                 "worker": client % 2, "concurrency": conc, "rate": None, "warmup": False, "t_sched": t,
                 "t_send": t, "t_first": first, "t_end": end, "chunk_t": [float(x) for x in chunks],
                 "chunk_tokens": [1] * osl, "input_tokens": isl, "output_tokens": osl, "status": 200,
-                "error": None, "error_detail": None,
+                "error": None, "error_detail": None, "stamp_uncertain": [], "stamp_uncert_s": 0.0,
+                # a reasoning model: the first third of the tokens think, the rest answer
+                "t_first_token": first, "t_first_answer": float(chunks[osl // 3]), "reasoning_tokens": osl // 3,
+                "answer_tokens": osl - osl // 3,
             })  # fmt: skip
             t = end + 0.001
             t_end_max = max(t_end_max, end)

@@ -22,7 +22,7 @@ needs_chromium = pytest.mark.skipif(
 )
 ALL_CHARTS = {
     "summary_table", "latency_vs_concurrency", "throughput_vs_concurrency", "pareto", "latency_cdfs",
-    "server_timeseries", "cost_vs_concurrency", "gpu_memory", "predicted_vs_measured", "topology_cost",
+    "server_timeseries", "cost_vs_concurrency", "gpu_memory", "predicted_vs_measured", "topology_cost", "reasoning",
 }  # fmt: skip
 
 
