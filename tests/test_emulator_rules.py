@@ -256,6 +256,16 @@ def test_ssh_proxy_is_filled_from_creation(emu):
     )
 
 
+def test_start_ssh_keys_follow_the_public_key_convention(emu):
+    keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILXGDN/SclOozk1xsDztpmhGiKkkrfQB9SKoO8dSIQQZ a@x"]
+    call(emu, "PUT", "/v2/account/ssh-keys", {"keys": keys})
+    own = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFTgbzSZe8gdcMsGzIfXncqMShEIg98uUqCFacJE3hmG b@y"
+    cases = [({"startSsh": True}, keys), ({}, []), ({"startSsh": True, "env": {"PUBLIC_KEY": own}}, [own])]
+    for i, (extra, expected) in enumerate(cases):
+        pod = call(emu, "POST", "/v2/pods", gpu_pod(name=f"k{i}", gpu={"id": GPU, "count": 1}) | extra)[1]
+        assert emu.pods[pod["id"]]["public_keys"] == expected
+
+
 def test_other_methods_are_rfc9457(emu):
     for method in ("TRACE", "OPTIONS", "FOO", "PATCH"):
         status, problem, headers = call(emu, method, "/v2/network-volumes")

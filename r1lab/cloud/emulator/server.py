@@ -591,12 +591,20 @@ class Emulator:
             "fault": fault,
             "host": None,
             "holds_stock": gpu_cfg is not None,
-            "public_keys": list(self.ssh_keys) if body.get("startSsh") else [],
+            "public_keys": self._pod_keys(body),
             "cluster": cluster,
         }
         self.pods[pod_id] = rec
         self._save()
         return rec
+
+    def _pod_keys(self, body: dict[str, Any]) -> list[str]:
+        """The keys a pod's sshd gets (RunPod's PUBLIC_KEY convention): the request's own PUBLIC_KEY if its env sets
+        one, else with startSsh the account's registered keys (none registered: no SSH access)."""
+        own = (body.get("env") or {}).get("PUBLIC_KEY")
+        if own is not None:
+            return [k.strip() for k in own.splitlines() if k.strip()]
+        return list(self.ssh_keys) if body.get("startSsh") else []
 
     def pod_or_404(self, pod_id: str, allow_cluster: bool = True) -> dict[str, Any]:
         rec = self.pods.get(pod_id)
