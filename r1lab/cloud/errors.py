@@ -123,13 +123,22 @@ class NoCapacityError(CloudError):
     """RunPod had no machine for the GPU type and count in the data centers asked for."""
 
     def __init__(
-        self, gpu: str, count: int, data_centers: list[str], cloud: str, detail: str, alternatives: list[str]
+        self,
+        gpu: str,
+        count: int,
+        data_centers: list[str],
+        cloud: str,
+        detail: str,
+        alternatives: list[str] | None,
     ) -> None:
+        """`alternatives`: where the catalog has stock now; None when it was not asked (e.g. for a cluster)."""
         self.gpu, self.count, self.data_centers, self.cloud = gpu, count, list(data_centers), cloud
-        self.detail, self.alternatives = detail, list(alternatives)
+        self.detail, self.alternatives = detail, list(alternatives or [])
         where = ", ".join(data_centers) or "any data center"
         alt = (
-            "; available now: " + ", ".join(alternatives[:8])
+            ""
+            if alternatives is None
+            else "; available now: " + ", ".join(alternatives[:8])
             if alternatives
             else "; the catalog lists no alternative with stock now"
         )

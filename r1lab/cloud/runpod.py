@@ -497,7 +497,7 @@ class RunPodClient:
                 per_pod, pods = compute.get("gpuCountPerPod", 1), compute.get("podCount", 1)
                 raise NoCapacityError(
                     f"{compute.get('gpuTypeId')} (cluster of {pods} pods)", per_pod * pods,
-                    list(body.get("dataCenterIds") or []), "SECURE", exc.detail, [],
+                    list(body.get("dataCenterIds") or []), "SECURE", exc.detail, None,
                 ) from None  # fmt: skip
             raise RequestRejectedError(
                 exc.status, exc.title, exc.detail, exc.operation, exc.errors, exc.headers
