@@ -159,7 +159,8 @@ def _setup_commands(ctx: RunContext, role: str, commands: list[str]) -> list[str
     rec = {"role": role, "lines": [p.as_dict() for p in plans], "resolution_for_real_pod": resolution}
     out = ctx.run_dir / "setup" / f"{role}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
+    if not out.exists():  # the same params give the same record: written once per run, never overwritten
+        out.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
     for p in plans:
         for sub in p.substituted:
             print(f"[{role}] TWIN SUBSTITUTION: {sub}", flush=True)
