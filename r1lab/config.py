@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from r1lab import gpus
 from r1lab.secrets import looks_like_api_key
 
 # --- errors -----------------------------------------------------------------------------------------------
@@ -363,15 +364,8 @@ class Cost(Strict):
 
     prices: dict[str, Price] = Field(
         default_factory=lambda: {
-            "NVIDIA H100 NVL": Price(
-                usd_per_gpu_hour=3.19, date="2026-11-09", source="runpod pricing page (secure)"
-            ),
-            "NVIDIA H100 80GB HBM3": Price(
-                usd_per_gpu_hour=3.99, date="2026-11-09", source="runpod pricing page (secure)"
-            ),
-            "NVIDIA H200": Price(
-                usd_per_gpu_hour=4.59, date="2026-11-09", source="runpod pricing page (secure)"
-            ),
+            gpu_id: Price(usd_per_gpu_hour=p.secure, date=p.date, source=p.source)
+            for gpu_id, p in gpus.fallback_prices().items()
         }
     )
     volume_usd_per_gb_month: float = Field(0.07, ge=0, le=100)
@@ -548,18 +542,8 @@ def _length_max(length: Length) -> int:
 
 
 def known_gpu_types() -> dict[str, str]:
-    """GPU type ids r1lab knows, from the performance model's hardware catalog (id -> short name)."""
-    try:
-        from r1lab.perf import hardware  # lazy: perf stands above config
-
-        return hardware.known_gpu_types()
-    except (ImportError, AttributeError):
-        return {
-            "NVIDIA H100 NVL": "H100 NVL",
-            "NVIDIA H100 80GB HBM3": "H100 SXM",
-            "NVIDIA H200": "H200",
-            "NVIDIA B200": "B200",
-        }
+    """GPU type ids r1lab knows, from the one GPU catalog (id -> short name)."""
+    return gpus.known_gpu_types()
 
 
 def _check_gpu_type(key: str, gpu_type: str) -> None:

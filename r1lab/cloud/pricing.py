@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from r1lab import gpus
 from r1lab.cloud.errors import CloudError
 from r1lab.cloud.runpod import RunPodClient
 
-# facts.md: third-party copies of RunPod's pricing page, seen 2026-11-09 (secure, community).
+# the catalog's dated fallbacks (r1lab.gpus), by cloud: {"SECURE": usd, ["COMMUNITY": usd,] "date": ...}
 FALLBACK_PRICES: dict[str, dict[str, Any]] = {
-    "NVIDIA H100 NVL": {"SECURE": 3.19, "COMMUNITY": 2.59, "date": "2026-11-09"},
-    "NVIDIA H100 80GB HBM3": {"SECURE": 3.99, "date": "2026-11-09"},
-    "NVIDIA H200": {"SECURE": 4.59, "date": "2026-11-09"},
+    gpu_id: {"SECURE": p.secure, **({"COMMUNITY": p.community} if p.community else {}), "date": p.date}
+    for gpu_id, p in gpus.fallback_prices().items()
 }
 
 

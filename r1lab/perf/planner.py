@@ -34,16 +34,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from r1lab import gpus
 from r1lab.model import Parallelism
 from r1lab.perf import hardware, network
 from r1lab.perf.predict import MODEL_VERSION, Disaggregation, predict
 
 SCHEMA_VERSION = 1
-# Dated fallbacks (facts.md, third-party copies of RunPod's pricing page, 2026-11-09); params and live prices win.
+# The catalog's dated fallbacks (r1lab.gpus, secure cloud); params and live prices win.
 FALLBACK_PRICES = {
-    "NVIDIA H100 NVL": {"usd_per_gpu_hour": 3.19, "date": "2026-11-09", "source": "facts.md (secure cloud)"},
-    "NVIDIA H100 80GB HBM3": {"usd_per_gpu_hour": 3.99, "date": "2026-11-09", "source": "facts.md (secure)"},
-    "NVIDIA H200": {"usd_per_gpu_hour": 4.59, "date": "2026-11-09", "source": "facts.md (secure cloud)"},
+    gpu_id: {"usd_per_gpu_hour": p.secure, "date": p.date, "source": p.source}
+    for gpu_id, p in gpus.fallback_prices().items()
 }
 
 

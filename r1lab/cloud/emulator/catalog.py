@@ -1,7 +1,8 @@
 """What the emulated RunPod account can rent: GPU types, CPU flavors, data centers, CUDA versions.
 
-Prices: facts.md (2026-11-09 copies of the pricing page) where known; community prices of H100 SXM / H200, the
-RTX 4090 row, the A100/B200 rows and the CPU flavors' figures are illustrative values for the emulator only.
+GPU types, their stock and prices come from the one GPU catalog (r1lab.gpus): secure prices are its dated fallbacks;
+community prices of H100 SXM / H200 / B200, the RTX 4090 and A100 rows and the CPU flavors' figures are
+illustrative values for the emulator only.
 CPU flavor ids and their vCPU ranges follow RunPod's published flavors (cpu3c/cpu3g/cpu3m, cpu5c/...; e.g.
 skypilot-org/skypilot-catalog#82 lists cpu3c at 2..32 vCPUs with 2 GB per vCPU).
 """
@@ -10,21 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from r1lab import gpus
+
+
+def _row(gpu_id: str, stock: gpus.Stock, cluster: bool) -> dict[str, Any]:
+    return {
+        "id": gpu_id, "name": stock.name, "pool": stock.pool, "memory": stock.memory_gb,
+        "price": {"secure": stock.prices[0], "community": stock.prices[1]},
+        "maxCount": {"secure": stock.max_count[0], "community": stock.max_count[1]}, "cluster": cluster,
+    }  # fmt: skip
+
+
+# The one GPU catalog's stock (r1lab.gpus), then the types the account offers that r1lab does not model.
 # `cluster`: offered for Instant Clusters (B200, H200, H100 SXM, A100; not H100 NVL: facts.md)
 GPU_CATALOG: list[dict[str, Any]] = [
-    {"id": "NVIDIA H100 NVL", "name": "H100 NVL", "pool": "HOPPER_141", "memory": 94,
-     "price": {"secure": 3.19, "community": 2.59}, "maxCount": {"secure": 8, "community": 8}, "cluster": False},
-    {"id": "NVIDIA H100 80GB HBM3", "name": "H100 SXM", "pool": "HOPPER_80", "memory": 80,
-     "price": {"secure": 3.99, "community": 2.99}, "maxCount": {"secure": 8, "community": 8}, "cluster": True},
-    {"id": "NVIDIA H200", "name": "H200 SXM", "pool": "HOPPER_141", "memory": 141,
-     "price": {"secure": 4.59, "community": 3.59}, "maxCount": {"secure": 8, "community": 8}, "cluster": True},
-    {"id": "NVIDIA B200", "name": "B200", "pool": "BLACKWELL_180", "memory": 180,
-     "price": {"secure": 5.99, "community": 5.49}, "maxCount": {"secure": 8, "community": 8}, "cluster": True},
-    {"id": "NVIDIA A100-SXM4-80GB", "name": "A100 SXM", "pool": "AMPERE_80", "memory": 80,
-     "price": {"secure": 1.74, "community": 1.39}, "maxCount": {"secure": 8, "community": 8}, "cluster": True},
-    {"id": "NVIDIA GeForce RTX 4090", "name": "RTX 4090", "pool": "ADA_24", "memory": 24,
-     "price": {"secure": 0.69, "community": 0.34}, "maxCount": {"secure": 8, "community": 4}, "cluster": False},
-]  # fmt: skip
+    *(_row(g.runpod_id, g.stock, g.instant_cluster) for g in gpus.GPUS.values() if g.stock is not None),
+    *(_row(gpu_id, stock, cluster) for gpu_id, stock, cluster in gpus.UNMODELLED_STOCK),
+]
 
 CPU_CATALOG: list[dict[str, Any]] = [
     {"id": "cpu3c", "name": "Compute-Optimized", "group": "Gen 3", "vcpu": {"min": 2, "max": 32},
