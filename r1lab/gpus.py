@@ -138,7 +138,12 @@ GPUS: dict[str, GPU] = {
         "NVIDIA HGX B200: 180 GB HBM3e, 8 TB/s, NVLink 5 1.8 TB/s; no measured profile yet (borrows H200's)",
         fastest_link_gb_s=900.0,
         instant_cluster=True,
-        stock=Stock("B200", "BLACKWELL_180", 180, (5.99, 5.49)),
+        price=FallbackPrice(
+            4.99,
+            "2026-12-02",
+            "runpod.io/articles/guides/nvidia-b200 (on-demand), stored copy read 2026-12-02",
+        ),
+        stock=Stock("B200", "BLACKWELL_180", 180, (4.99, 3.99)),
         profile_measured=False,
         notes=(
             "datasheet-derived: the H200 profile's efficiencies scaled by the B200 datasheet, not measured",

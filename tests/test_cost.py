@@ -27,8 +27,9 @@ def test_fallback_and_live_prices(exp) -> None:
 
 
 def test_missing_price_names_the_fix(exp) -> None:
+    unpriced = exp.cost.model_copy(update={"prices": {}})
     with pytest.raises(cost.PriceError, match=r"cost\.prices\['NVIDIA B200'\]"):
-        cost.quote("NVIDIA B200", exp.cost)
+        cost.quote("NVIDIA B200", unpriced)
 
 
 def test_usd_per_mtok() -> None:

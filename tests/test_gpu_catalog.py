@@ -11,7 +11,7 @@ from r1lab.cloud.emulator import catalog as emu_catalog
 from r1lab.perf import hardware, network, planner
 
 # GPU types r1lab models that calibrate/gpu_bench.py does not know yet (an entry here is a known gap)
-NOT_IN_GPU_BENCH: set[str] = {"B200"}
+NOT_IN_GPU_BENCH: set[str] = set()
 
 
 def test_gpu_bench_datasheet_agrees_with_the_catalog() -> None:

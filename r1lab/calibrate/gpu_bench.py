@@ -47,12 +47,14 @@ SCHEMA_VERSION = 1
 # NVLink multicast (NVLS) stays off: on shared hosts a program using it can take every GPU of the host down.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
-# Datasheet ceilings (dense rates; facts.md). link_gb_s: fastest GPU-to-GPU path, one direction (the quantity an
+# Datasheet ceilings (dense rates; facts.md): a standalone copy of r1lab.gpus (this file ships alone to pods;
+# tests/test_gpu_catalog.py checks that both agree). link_gb_s: fastest GPU-to-GPU path, one direction (the quantity an
 # all-reduce's bus bandwidth is compared with).
 DATASHEET: dict[str, dict[str, float]] = {
     "H100 NVL": {"hbm_tb_s": 3.9, "fp8_tflops": 1671.0, "bf16_tflops": 835.0, "link_gb_s": 300.0},
     "H100 SXM": {"hbm_tb_s": 3.35, "fp8_tflops": 1979.0, "bf16_tflops": 989.0, "link_gb_s": 450.0},
     "H200": {"hbm_tb_s": 4.8, "fp8_tflops": 1979.0, "bf16_tflops": 989.0, "link_gb_s": 450.0},
+    "B200": {"hbm_tb_s": 8.0, "fp8_tflops": 4500.0, "bf16_tflops": 2250.0, "link_gb_s": 900.0},
 }
 
 
@@ -65,6 +67,8 @@ def identify_gpu(device_name: str) -> str | None:
         return "H100 SXM"
     if "H200" in n and "NVL" not in n:
         return "H200"
+    if "B200" in n:
+        return "B200"
     return None
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from r1lab import gpus
 from r1lab.model import Parallelism
 from r1lab.perf import hardware, network
-from r1lab.perf.predict import MODEL_VERSION, Disaggregation, predict
+from r1lab.perf.predict import MODEL_VERSION, Disaggregation, _efficiency, predict
 
 SCHEMA_VERSION = 1
 # The catalog's dated fallbacks (r1lab.gpus, secure cloud); params and live prices win.
@@ -182,6 +182,16 @@ def _points(exp: Any) -> list[dict[str, Any]]:
     return pts
 
 
+def _profile_label(gpu_type: str) -> dict[str, Any]:
+    """Which hardware profile the figures come from; `scaled_from`: measured on that GPU, scaled by datasheet."""
+    eff = _efficiency(hardware.gpu(gpu_type).short, None)
+    return {
+        "name": eff.profile,
+        "scaled_from": eff.scaled_from,
+        "datasheet_derived": eff.scaled_from is not None,
+    }
+
+
 def evaluate_topology(topo: Topology, exp: Any, prices: dict[str, Any] | None = None) -> dict[str, Any]:
     """Memory, load points, cost and bottleneck of one topology under the params' serving settings."""
     s = exp.serving
@@ -273,6 +283,7 @@ def evaluate_topology(topo: Topology, exp: Any, prices: dict[str, Any] | None = 
         usd_per_hour=usd_h,
         price=price,
         bottleneck=bottleneck,
+        profile=_profile_label(topo.gpu_type),
         points=points,
     )
 
