@@ -325,9 +325,18 @@ class Scenario(Strict):
     trend_window_s: float = Field(30.0, gt=0, le=86_400, description="stress: window of the trend checks.")
     endpoint: Literal["chat", "completions"] = "completions"
     ignore_eos: bool = True
+    at_knee_of: str | None = Field(
+        None,
+        description="stress: hold the knee concurrency that this earlier concurrency sweep of the same run found "
+        "(`concurrency` is used, and the planner's estimate, when that sweep found no knee).",
+    )
 
     @model_validator(mode="after")
     def _shape_params(self) -> Scenario:
+        if self.at_knee_of is not None and self.shape != "stress":
+            raise _Rule(
+                "at_knee_of", "only a stress phase runs at a sweep's knee: set shape: stress or drop it"
+            )
         if self.shape == "poisson" and not self.rate:
             raise _Rule("rate", "a poisson scenario needs a list of request rates (requests/s)")
         if self.shape in ("ramp", "stress") and self.duration_s is None:
@@ -351,6 +360,19 @@ class Load(Strict):
     run_on: Literal["local", "pod"] = Field("local", description="Run the generator here or on the head pod.")
     processes: int = Field(0, ge=0, le=256, description="Client worker processes; 0: automatic.")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _knee_refs(self) -> Load:
+        seen: dict[str, Scenario] = {}
+        for sc in self.scenarios:
+            ref = sc.at_knee_of
+            if ref is not None:
+                src = seen.get(ref)
+                if src is None or src.shape != "concurrency" or len(src.concurrency) < 2:
+                    raise _Rule("scenarios", f"{sc.name}: at_knee_of {ref!r} must name a concurrency sweep (two or "
+                                "more concurrencies) listed before it")  # fmt: skip
+            seen[sc.name] = sc
+        return self
 
 
 class Price(Strict):

@@ -68,3 +68,43 @@ def test_cli_point_and_summarize(tmp_path, capsys):
     assert rc == 0 and '"errors": 0' in capsys.readouterr().out
     assert cli_main(["summarize", str(tmp_path / "run"), "--gpus", "1", "--usd-per-hour", "3.19"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["points"][0]["requests"] == 12
+
+
+def _sweep_records(run_dir, thr):
+    """Synthetic sweep records: at concurrency c, c streams of 10 tokens each taking e2el(c) seconds."""
+    from r1lab.bench.records import RecordWriter
+
+    with RecordWriter(run_dir / "load" / "sweep" / "requests.jsonl") as w:
+        for c, e2el in thr.items():
+            for k in range(c):
+                ct = [0.1 + i * (e2el - 0.1) / 9 for i in range(10)]
+                w.write({"scenario": "sweep", "point": f"c{c}", "request_id": f"c{c}-{k}", "concurrency": c,
+                         "rate": None, "warmup": False, "t_send": 0.0, "t_first": ct[0], "t_end": ct[-1],
+                         "chunk_t": ct, "chunk_tokens": [1] * 10, "output_tokens": 10, "error": None})  # fmt: skip
+
+
+def test_stress_runs_at_the_knee_the_sweep_found(tmp_path):
+    from r1lab.bench.scenarios import at_knee
+
+    stress = Scenario(name="stress", shape="stress", concurrency=[2], duration_s=60, at_knee_of="sweep")
+    # throughput (c * 10 tokens / e2el) doubles to c=8, then flattens while latency climbs: the knee is 8
+    _sweep_records(tmp_path, {1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0, 16: 1.9, 32: 3.9})
+    got = at_knee(stress, tmp_path)
+    assert got.concurrency == [8]
+    knee = json.loads((tmp_path / "load" / "stress" / "knee.json").read_text())
+    assert knee["from_knee"] and knee["concurrency"] == 8
+    # a sweep that still scales: the configured concurrency, and the file says why
+    other = tmp_path / "other"
+    _sweep_records(other, {1: 1.0, 2: 1.0, 4: 1.0})
+    assert at_knee(stress, other).concurrency == [2]
+    assert not json.loads((other / "load" / "stress" / "knee.json").read_text())["from_knee"]
+
+
+def test_at_knee_of_must_name_an_earlier_sweep():
+    sweep = Scenario(name="sweep", concurrency=[1, 2, 4])
+    stress = Scenario(name="stress", shape="stress", concurrency=[2], duration_s=60, at_knee_of="sweep")
+    assert Load(scenarios=[sweep, stress]).scenarios[1].at_knee_of == "sweep"
+    with pytest.raises(ValueError, match="at_knee_of"):
+        Load(scenarios=[stress, sweep])
+    with pytest.raises(ValueError, match="at_knee_of"):
+        Scenario(name="x", concurrency=[2], at_knee_of="sweep")

@@ -111,10 +111,39 @@ def run_load(
     done = {}
     for sc in load.scenarios:
         if only is None or sc.name in only:
+            if getattr(sc, "at_knee_of", None):
+                sc = at_knee(sc, run_dir)
             done[sc.name] = run_scenario(sc, url=url, tokenizer=tok, model=model, run_dir=run_dir,
                                          seed=load.seed, workers=load.processes, verify_tls=verify_tls,
                                          shell=shell)  # fmt: skip
     return done
+
+
+def knee_of(run_dir: str | Path, sweep: str) -> dict[str, Any]:
+    """find_knee over the points this run measured for `sweep` (from its records)."""
+    rs = load_records(run_dir, [sweep])
+    pts = [summarize_point(g) for g in group_points(rs).values()]
+    return find_knee(pts)
+
+
+def at_knee(sc: Any, run_dir: str | Path) -> Any:
+    """A stress scenario with `at_knee_of`: the same scenario at the knee concurrency that sweep found in this run
+    (written to load/<name>/knee.json); at its own `concurrency` when the sweep found none (said so)."""
+    sat = knee_of(run_dir, sc.at_knee_of)
+    knee = sat.get("knee_concurrency") if sat.get("saturated") else None
+    chosen = int(knee) if knee else sc.concurrency[0]
+    why = (
+        f"the knee of {sc.at_knee_of} in this run"
+        if knee
+        else f"{sc.at_knee_of} found no knee in this run ({sat.get('note', 'no points')}): the configured concurrency"
+    )
+    print(f"{sc.name}: stress at concurrency {chosen} ({why})")
+    d = Path(run_dir) / "load" / sc.name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "knee.json").write_text(json.dumps({"scenario": sc.name, "at_knee_of": sc.at_knee_of, "concurrency": chosen,
+                                             "from_knee": bool(knee), "why": why, "saturation": sat}, indent=1,
+                                            default=float) + "\n")  # fmt: skip
+    return sc.model_copy(update={"concurrency": [chosen]})
 
 
 def summarize_run(
