@@ -3,6 +3,7 @@ image manifests cover every image the params name; a real resolver finds conflic
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,36 @@ def test_conflicting_pins_fail_resolution_naming_both() -> None:
     assert "ai-dynamo" in r["error"]
     ok = resolve(["ray[default]==2.60.0"], "3.12")
     assert ok["ok"] and any(p.startswith("ray==2.60.0") for p in ok["pins"])
+
+
+def test_bare_twin_setup_runs_the_lines_without_gpu_builds_and_records_why(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """steps: on bare twin pods the head's lines run with vLLM/NIXL taken out, the resolution for the real pod
+    and the substitution land in setup/head.json and in what the notebook prints."""
+    from types import SimpleNamespace
+
+    from r1lab import steps
+
+    exp = load_experiment(REPO / "params/twin.yaml")
+    monkeypatch.setattr(steps, "_twin_bare", lambda: True)
+    monkeypatch.setattr(
+        "r1lab.cloud.twin.setuplines.resolve",
+        lambda reqs, python: {
+            "ok": True,
+            "platform": "x86_64-manylinux_2_28",
+            "pins": reqs,
+            "python": python,
+        },
+    )
+    ran = steps._setup_commands(SimpleNamespace(exp=exp, run_dir=tmp_path), "head", exp.pods[0].setup)
+    assert ran[0].startswith("apt-get update") and "etcd-server nats-server" in ran[0]
+    assert "vllm" not in ran[1] and "nixl" not in ran[1] and "'ray[default]==2.60.0'" in ran[1]
+    rec = json.loads((tmp_path / "setup" / "head.json").read_text())
+    assert rec["resolution_for_real_pod"]["python"] == "3.12"
+    assert "vllm==0.31.0" in rec["resolution_for_real_pod"]["pins"]
+    out = capsys.readouterr().out
+    assert "[head] TWIN SUBSTITUTION: vllm==0.31.0 -> not installed on the twin" in out
+    monkeypatch.setattr(steps, "_twin_bare", lambda: False)
+    assert steps._setup_commands(SimpleNamespace(exp=exp, run_dir=tmp_path), "head", exp.pods[0].setup) == []
+    assert "setup lines not run" in capsys.readouterr().out

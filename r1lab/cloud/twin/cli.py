@@ -1,6 +1,6 @@
 """`r1lab twin up | down | status`: the local twin from the command line.
 
-    r1lab twin up [--state-dir DIR] [--network global-networking] [--link-mbit N]
+    r1lab twin up [--state-dir DIR] [--network global-networking] [--link-mbit N] [--pods host|bare]
     r1lab twin status [--json]
     r1lab twin down
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ def cli_main(argv: list[str]) -> int:
     up.add_argument("--network", default="global-networking", choices=sorted(LINK_MBIT))
     up.add_argument("--link-mbit", type=float, default=None, help="override the modelled inter-pod rate")
     up.add_argument("--env", action="store_true", help="print only `export` lines (for eval)")
+    up.add_argument(
+        "--pods",
+        choices=["host", "bare"],
+        default=None,
+        help="bare: pods with their own root filesystem, as on RunPod (default: $R1LAB_TWIN_PODS or host)",
+    )
     st = sub.add_parser("status", help="what runs, and what is left on the machine")
     st.add_argument("--json", action="store_true")
     sub.add_parser("down", help="terminate every pod and remove the twin's network; prove nothing is left")
@@ -35,6 +42,8 @@ def cli_main(argv: list[str]) -> int:
     twin = Twin(Path(args.state_dir) if args.state_dir else default_state_dir())
     try:
         if args.cmd == "up":
+            if args.pods:
+                os.environ["R1LAB_TWIN_PODS"] = args.pods  # read by Twin.up and the daemon it starts
             twin = Twin.up(twin.state_dir, args.network, link_mbit=args.link_mbit)
             env = twin.client_env()
             if args.env:
