@@ -54,6 +54,7 @@ def loopback_ports(workers: int = 4) -> Ports:
         system_base=free_port_block(workers, below_32768=True),
         nixl_base=free_port_block(workers),
         bootstrap_base=free_port_block(workers),
+        kv_events_base=free_port_block(workers),
     )
 
 
