@@ -54,9 +54,12 @@ def cpu_spec(spec: VllmSpec) -> VllmSpec:
 
 
 def cpu_env(interface: str = POD_INTERFACE) -> dict[str, str]:
-    """Environment of a CPU engine on a twin pod: KV cache size, UCX over TCP on the pod's private link."""
+    """Environment of a CPU engine on a twin pod: KV cache size, UCX over TCP on the pod's private link, and no
+    OpenMP core binding: every engine's `auto` binding picks the same cores of the shared host (seen here: all
+    four workers of two runs pinned to core 1, decode at 0.1-0.5 tokens/s), so the kernel schedules them."""
     return {
         "VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB),
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "UCX_TLS": "tcp,self",
         "UCX_NET_DEVICES": interface,
         "HF_HUB_OFFLINE": "1",
