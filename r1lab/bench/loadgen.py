@@ -26,7 +26,12 @@ from r1lab.bench.shapes import Shape, arrivals, split
 from r1lab.bench.workers import unpack
 from r1lab.progress import progress
 
-STREAMS_PER_WORKER = 512
+# Per-worker capacity, measured (benchmarks/loadgen_capacity.py, hard schedule: every stream a chunk each 20 ms):
+# one worker process carries WORKER_CHUNKS_S chunks/s before its point is flagged client-limited. Workers are sized
+# from the chunk rate a shape asks for (streams x CHUNKS_PER_STREAM_S), not from a stream count alone.
+WORKER_CHUNKS_S = 25_600.0
+CHUNKS_PER_STREAM_S = 50.0  # a token every 20 ms per stream: faster than R1 decodes at any useful concurrency
+STREAMS_PER_WORKER = int(WORKER_CHUNKS_S / CHUNKS_PER_STREAM_S)
 RATE_PER_WORKER = 400.0
 API_KEY_ENV = "R1LAB_VLLM_API_KEY"
 
@@ -53,10 +58,13 @@ class PointResult:
         return max((s.get("loop_lag_p99_ms", 0.0) for s in self.worker_stats), default=0.0)
 
 
-def auto_workers(shape: Shape, max_workers: int | None = None) -> int:
-    """Enough processes that no event loop carries more than STREAMS_PER_WORKER streams (or RATE_PER_WORKER req/s)."""
+def auto_workers(
+    shape: Shape, max_workers: int | None = None, chunks_per_stream_s: float = CHUNKS_PER_STREAM_S
+) -> int:
+    """Enough processes that no event loop carries more than its measured WORKER_CHUNKS_S (streams x
+    `chunks_per_stream_s`), or RATE_PER_WORKER req/s; at most one per core."""
     cap = max_workers or os.cpu_count() or 1
-    need = math.ceil((shape.concurrency or 0) / STREAMS_PER_WORKER)
+    need = math.ceil((shape.concurrency or 0) * chunks_per_stream_s / WORKER_CHUNKS_S)
     if shape.kind == "poisson":
         need = max(need, math.ceil(shape.rate / RATE_PER_WORKER))  # type: ignore[operator]
     return max(1, min(cap, need))
