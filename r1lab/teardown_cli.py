@@ -10,6 +10,21 @@ from pathlib import Path
 from r1lab.teardown import Ledger, teardown_run
 
 
+def _attach_provider(run_dir: Path) -> None:
+    """A twin run torn down from a plain shell: its RunPod client must talk to the twin, with the twin's key."""
+    import json
+    import os
+
+    try:
+        kind = json.loads((run_dir / "run.json").read_text())["params"]["provider"]["kind"]
+    except (OSError, KeyError, ValueError):
+        return
+    if kind == "twin" and not os.environ.get("RUNPOD_API_BASE"):
+        from r1lab.cloud.twin.runner_hooks import attach
+
+        attach(run_dir)
+
+
 def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="r1lab teardown", description=__doc__)
     parser.add_argument("run_dir", type=Path)
@@ -25,6 +40,7 @@ def cli_main(argv: list[str]) -> int:
     if args.dry_run or not live:
         print(f"{len(live)} live resource(s)")
         return 0
+    _attach_provider(args.run_dir)
     report = teardown_run(args.run_dir)
     print(report)
     return 0 if report.ok else 2

@@ -18,3 +18,22 @@ def start_for_run(ctx: Any) -> dict[str, str]:
     if twin is None:
         return {}
     return {**twin.client_env(), "R1LAB_TWIN_DIR": str(twin.state_dir)}
+
+
+def attach(run_dir: Any) -> bool:
+    """Outside the runner (`r1lab teardown` of a run stepped through by hand): point this process's RunPod client
+    at the twin the run used (the one its ledger started, else the running one), as the runner's process is.
+    Returns False when no twin is running (then its pods are gone with it)."""
+    import os
+    from pathlib import Path
+
+    from r1lab.cloud.twin.api import Twin
+    from r1lab.teardown import Ledger
+
+    dirs = [e["meta"].get("state_dir") for e in Ledger(Path(run_dir)).entries() if e.get("kind") == "twin"]
+    for state_dir in [*[d for d in dirs if d], os.environ.get("R1LAB_TWIN_DIR")]:
+        twin = Twin.find(state_dir)
+        if twin is not None:
+            twin.activate()
+            return True
+    return False
