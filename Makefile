@@ -19,6 +19,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
+	@if grep -Eq '^[[:space:]]*real_engine_requests:[[:space:]]*[1-9]' $(PARAMS); then scripts/bootstrap.sh --dynamo-vllm; fi
 	@$(PY) -m r1lab.demo $(PARAMS)
 
 test:

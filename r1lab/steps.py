@@ -363,6 +363,12 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
     from r1lab.serve.kv_transfer import ENGINE_LABEL, prove_transfer
     from r1lab.tinymodel import write_tiny_model
 
+    py = cpu_engine_python()
+    if not py.exists():
+        raise RuntimeError(
+            f"dynamo.real_engine_requests: {n} needs the CPU engine's venv {py.parent.parent}: run "
+            "`scripts/bootstrap.sh --dynamo-vllm` (or set dynamo.real_engine_requests: 0)"
+        )
     roles = serving_roles(exp)
     pods = ensure_pods(ctx, roles)
     local = write_tiny_model(ctx.run_dir / "real-engine" / "tiny-model", weights=True, shards=1,
@@ -375,7 +381,7 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
     t0 = time.monotonic()
     with step("real engine: frontend + dynamo.vllm prefill and decode workers (vLLM CPU build, tiny model)"):
         launched = deploy(tiny, ctx.run_dir / "real-engine", "dynamo", pods.executors, engine="vllm",
-                          programs={"python": str(cpu_engine_python())}, deadline_s=600, audit=False)  # fmt: skip
+                          programs={"python": str(py)}, deadline_s=600, audit=False)  # fmt: skip
     start_s = time.monotonic() - t0
     try:
         dec = next(c for c in launched.deployment.to_run if "decode" in c.name)
