@@ -396,14 +396,10 @@ def gpu_memory(data: RunData) -> go.Figure | None:
 
 
 def _model_memory(data: RunData) -> dict[str, Any]:
-    from r1lab.model import Parallelism
-    from r1lab.perf.memory import memory_plan
+    """The planner's memory plan of the params' serving instance (the same one the plan's topology reports)."""
+    from r1lab.perf.planner import params_memory
 
-    exp = data.exp
-    s = exp.serving
-    par = Parallelism(s.tensor_parallel, s.pipeline_parallel, s.data_parallel, s.expert_parallel)
-    return memory_plan(exp.gpu_type, par, s.kv_cache_dtype, s.gpu_memory_utilization, s.max_num_batched_tokens,
-                       s.max_num_seqs, max_model_len=s.max_model_len).as_dict()  # fmt: skip
+    return params_memory(data.exp)
 
 
 def predicted_vs_measured(data: RunData) -> go.Figure | None:
