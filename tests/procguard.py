@@ -157,7 +157,7 @@ def reap(token: str, grace_s: float = GRACE_S, tree: Descendants | None = None) 
     return pids
 
 
-def _watch(pid: int, token: str, interval_s: float = 0.5) -> None:
+def _watch(pid: int, token: str, interval_s: float = 1.0) -> None:
     tree = Descendants(pid, token)
     try:
         fd = os.pidfd_open(pid)
