@@ -9,7 +9,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("r1lab.config", "cli_main", "check params files; every error names file, key and fix"),
     "plan": (
-        "r1lab.perf.planner",
+        "r1lab.plan_cli",
         "cli_main",
         "fit, KV capacity, predicted latency/throughput/cost per topology",
     ),

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from r1lab.config import load_experiment
-from r1lab.perf.planner import cli_main, plan_experiment
+from r1lab.perf.planner import plan_experiment
+from r1lab.plan_cli import cli_main
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 

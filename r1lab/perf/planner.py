@@ -1,4 +1,4 @@
-"""The capacity planner: `plan_experiment(exp) -> Plan` and `r1lab plan PARAMS [--json] [--out DIR]`.
+"""The capacity planner: `plan_experiment(exp) -> Plan` (the `r1lab plan` command is r1lab.plan_cli).
 
 For the params' own topology and the standard alternatives (1 x 8 H100 NVL TP8; 2 x 8 H100 NVL TP8xPP2, P/D
 and DP+EP over Global Networking; 2 x 8 H100 SXM Instant Cluster; 1 x 8 H100 SXM; 1 x 8 H200 TP8 and DP+EP) it
@@ -27,11 +27,8 @@ Latencies in ms, throughput in output tokens/s, money in USD. Every number is mo
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from r1lab import gpus
@@ -565,42 +562,4 @@ def render_text(plan: Plan, exp: Any = None) -> str:
     return _render(plan, exp)
 
 
-def cli_main(argv: list[str]) -> int:
-    """`r1lab plan PARAMS [--json] [--out DIR]`: 0 on success, 1 on bad params."""
-    import argparse
-
-    from r1lab.config import ParamsError, load_experiment
-
-    ap = argparse.ArgumentParser(
-        prog="r1lab plan", description="Fit, KV capacity, predicted performance, cost."
-    )
-    ap.add_argument("params")
-    ap.add_argument(
-        "--json", action="store_true", help="print the plan as JSON (schema in r1lab.perf.planner)"
-    )
-    ap.add_argument("--out", help="also write plan.json and charts (HTML) into this directory")
-    ap.add_argument("--only-params", action="store_true", help="skip the standard alternative topologies")
-    a = ap.parse_args(argv)
-    try:
-        exp = load_experiment(a.params)
-    except ParamsError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
-        return 1
-    plan = plan_experiment(exp, include_standard=not a.only_params)
-    if a.out:
-        from r1lab.perf.charts import write_charts  # noqa: PLC0415
-
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        target = out / "plan.json"
-        if target.exists():
-            print(f"{target} exists: results are never overwritten", file=sys.stderr)
-            return 1
-        target.write_text(json.dumps(plan.as_dict(), indent=1) + "\n", encoding="utf-8")
-        write_charts(plan, out / "charts")
-    print(json.dumps(plan.as_dict(), indent=1) if a.json else render_text(plan, exp))
-    return 0
-
-
-__all__ = ["Plan", "Topology", "STANDARD", "plan_experiment", "evaluate_topology", "cli_main", "network"]
+__all__ = ["Plan", "Topology", "STANDARD", "plan_experiment", "evaluate_topology", "network"]
