@@ -141,6 +141,11 @@ class Pod(Strict):
                 f"override, so r1lab's start command (sshd, self-stop) would never run: use "
                 f'{DEFAULT_IMAGE!r} with `setup: ["pip install vllm==0.33.0 ..."]`',
             )
+        from r1lab.pins import setup_conflict
+
+        conflict = setup_conflict(self.setup)
+        if conflict:
+            raise _Rule("setup", conflict)
         return self
 
 
@@ -466,6 +471,13 @@ class Experiment(Strict):
                 f"{self.nodes} serving pods must reach each other: set network to "
                 "'global-networking' (ordinary pods) or 'instant-cluster'",
             )
+        if self.provider.network == "instant-cluster":
+            from r1lab.cloud.offers import cluster_refusal
+
+            refusal = cluster_refusal(self.gpu_type, self.nodes)
+            if refusal:
+                i = next(i for i, p in enumerate(self.pods) if p in serving)
+                raise _Rule(f"pods[{i}].gpu_type", refusal)
         if (
             self.nodes > 1
             and s.distributed_backend == "mp"

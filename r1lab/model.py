@@ -6,6 +6,8 @@ Public interface (others depend on these names):
 - `ModelSpec.from_config_json(path)`: the same from any DeepSeek-V3-shaped config.json.
 - `ModelSpec.kv_bytes_per_token(dtype)`: MLA latent cache per token, all layers: 61 x (512 + 64) x bytes
   = 70,272 B for bf16 ("auto"), 35,136 B for fp8. vLLM keeps a full copy on every tensor-parallel rank.
+- `kv_transfer_copies(decode_tp)` / `ModelSpec.kv_transfer_bytes_per_token(dtype, decode_tp)`: P/D moves one
+  latent copy per decode TP rank (vLLM NixlConnector), e.g. 8 x 35,136 B per token for TP8 -> TP8 in fp8.
 - `ModelSpec.weight_bytes_per_gpu(Parallelism(...))` -> `WeightBytes`: bytes one GPU holds under
   TP/PP/DP/EP the way vLLM shards DeepSeek-V3 (largest pipeline stage).
 - `Parallelism(tp, pp, dp, ep)`: the layout; `ep=True` spreads routed experts over tp x dp ranks.
@@ -23,6 +25,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 KV_DTYPE_BYTES = {"auto": 2, "bf16": 2, "bfloat16": 2, "fp16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+
+
+def kv_transfer_copies(decode_tp: int, mla: bool = True) -> int:
+    """How many copies of a prompt's KV cache cross the link in P/D with vLLM's NixlConnector: each decode TP
+    rank pulls its KV from one prefill rank (`kv_connector/v1/nixl/tp_mapping.compute_tp_mapping`: for MLA,
+    `attn_ranks = [tp_rank * remote_tp // tp]`, read in full). MLA's latent cache is replicated on every TP
+    rank, so every decode rank pulls a whole copy: `decode_tp` copies, homogeneous or heterogeneous TP (read
+    in vLLM 0.32's source). Attention that splits KV heads across ranks moves one copy in all."""
+    if decode_tp < 1:
+        raise ValueError(f"decode_tp must be >= 1, got {decode_tp}")
+    return decode_tp if mla else 1
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,11 @@ class ModelSpec:
             raise ValueError(f"unknown kv_cache_dtype {dtype!r}; expected one of {sorted(KV_DTYPE_BYTES)}")
         n = self.num_hidden_layers if layers is None else layers
         return n * self.kv_latent_dim * KV_DTYPE_BYTES[dtype]
+
+    def kv_transfer_bytes_per_token(self, dtype: str = "auto", decode_tp: int = 1) -> int:
+        """KV bytes per prompt token that cross the link from a prefill to a decode instance (P/D), all layers:
+        `kv_transfer_copies(decode_tp)` copies of the MLA latent cache."""
+        return self.kv_bytes_per_token(dtype) * kv_transfer_copies(decode_tp)
 
     # parameter counts of each linear (k x n) per layer
     def attention_linears(self) -> dict[str, tuple[int, int]]:

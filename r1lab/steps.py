@@ -108,8 +108,19 @@ def ensure_pods(ctx: RunContext, roles: list[str]) -> Pods:
     known = ctx.state.get("pods", {})
     known.update({row["role"]: row for row in pods.summary()})
     ctx.state.set("pods", known)
+    for role, ex in pods.executors.items():
+        if _pod_group(ctx.exp, role).gpu_count:
+            ex.run(SHM_COMMAND, timeout=60, check=False)
     _run_setup(ctx, pods)
     return pods
+
+
+# RunPod's Ray/vLLM guide: /dev/shm >= 8 GB (a container's default is 64 MB). Where the pod may remount it, do;
+# where it may not, the preflight's /dev/shm check fails naming it.
+SHM_COMMAND = (
+    'test "$(df -B1 --output=size /dev/shm 2>/dev/null | tail -n1)" -ge 8000000000 2>/dev/null || '
+    "mount -o remount,size=16g /dev/shm 2>/dev/null || true"
+)
 
 
 def _run_setup(ctx: RunContext, pods: Pods) -> None:
@@ -236,6 +247,7 @@ def prepare_environment(ctx: RunContext) -> EnvironmentResult:
     utility = pods.ready[UTILITY_ROLE]
     endpoint, hub = _hub_for(ctx)
     try:
+        preflight(ctx, "environment", pods, weights_bytes=_weights_bytes(ctx, hub))
         with step(f"downloading {exp.model.repo_id}@{exp.model.revision} to {exp.model.path}"):
             manifest = download_to_volume(
                 ssh_exec(utility.ssh), exp.model.repo_id, exp.model.revision, exp.model.path,
@@ -258,6 +270,26 @@ def prepare_environment(ctx: RunContext) -> EnvironmentResult:
         "weights", {"path": exp.model.path, "commit": manifest.commit, "complete": manifest.complete}
     )
     return result
+
+
+def _weights_bytes(ctx: RunContext, hub: Any) -> float | None:
+    """What the download puts on the volume: the twin's fake repo, or DeepSeek-R1's checkpoint (~689 GB)."""
+    if hub is not None:
+        return float(sum(e.size for e in hub.repos[ctx.exp.model.repo_id].entries.values()))
+    if ctx.exp.model.repo_id == "deepseek-ai/DeepSeek-R1":
+        from r1lab.model import ModelSpec
+
+        return ModelSpec.deepseek_r1().checkpoint_bytes()
+    return None
+
+
+def preflight(ctx: RunContext, stage: str, pods: Pods, **kw: Any) -> Any:
+    """The preflight of one stage on its pods (`r1lab.preflight`): one table in `preflight-<stage>.json`,
+    `PreflightError` naming pod, check and fix on the first failure."""
+    from r1lab.preflight import run_preflight
+
+    with step(f"preflight {stage} on {', '.join(pods.executors)}"):
+        return run_preflight(ctx.exp, stage, pods.executors, run_dir=ctx.run_dir, **kw)
 
 
 def release(ctx: RunContext, kind: str, resource_id: str) -> None:
@@ -293,7 +325,7 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
     stopped here so the next stage has the GPUs.
     """
     from r1lab.serve.checks import minimal_completion, vram_per_gpu
-    from r1lab.serve.deploy import deploy
+    from r1lab.serve.deploy import deploy, launch_deadline_s
 
     exp = ctx.exp
     roles = serving_roles(exp)[:1] if stage == "single" else serving_roles(exp)
@@ -306,8 +338,11 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
             ctx.write_json(f"stage-{stage}.json", result.as_dict())
             return result
     pods = ensure_pods(ctx, roles)
+    pf = preflight(ctx, stage, pods)
+    deadline, how = launch_deadline_s(exp, stage, pf.volume_read_bps)  # type: ignore[arg-type]
+    print(f"launch deadline {deadline / 60:.0f} min: {how}")
     with step(f"serving stage {stage!r} on {', '.join(roles)}"):
-        launched = deploy(exp, ctx.run_dir, stage, pods.executors)  # type: ignore[arg-type]
+        launched = deploy(exp, ctx.run_dir, stage, pods.executors, deadline_s=deadline)  # type: ignore[arg-type]
     try:
         check = minimal_completion(launched.endpoint)
         if not check.ok:

@@ -205,3 +205,84 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     assert f"{bad}:6: serving.tensor_paralel" in res.stderr
     missing = subprocess.run([*cmd, str(tmp_path / "nope.yaml")], capture_output=True, text=True, cwd=REPO)
     assert missing.returncode == 1 and "no such params file" in missing.stderr
+
+
+def _with_setup(setup: list[str]) -> str:
+    import yaml
+
+    data = yaml.safe_load(GOOD)
+    data["pods"][0]["setup"] = setup
+    return yaml.safe_dump(data)
+
+
+def test_setup_pinning_vllm_and_ai_dynamo_incompatibly_is_refused_naming_both_pins() -> None:
+    """The seed params pinned vllm==0.33.0 beside ai-dynamo==1.6.1 --no-deps: never resolved."""
+    bad = ["pip install -q vllm==0.33.0 'ray[default]==2.60.0'", "pip install -q --no-deps ai-dynamo==1.6.1"]
+    with pytest.raises(ParamsError) as exc:
+        parse_experiment(_with_setup(bad), "mix.yaml")
+    [msg] = exc.value.problems
+    assert msg.startswith("mix.yaml:") and "pods[0].setup" in msg
+    assert "vllm==0.33.0" in msg and "ai-dynamo==1.6.1" in msg
+    assert "pin vllm==0.31.0 nixl[cu13]==1.4.1" in msg
+    bad_nixl = ["pip install vllm==0.31.0 nixl[cu13]==1.5.0 && pip install --no-deps ai-dynamo==1.6.1"]
+    with pytest.raises(ParamsError, match=r"nixl==1\.5\.0 and ai-dynamo==1\.6\.1"):
+        parse_experiment(_with_setup(bad_nixl), "nixl.yaml")
+    good = ["pip install vllm==0.31.0 'nixl[cu13]==1.4.1'", "pip install --no-deps ai-dynamo==1.6.1"]
+    assert parse_experiment(_with_setup(good), "ok.yaml").pods[0].setup == good
+
+
+def test_dynamo_engine_pins_match_the_installed_ai_dynamo_wheel() -> None:
+    """The table the validator uses is the wheel's own [vllm] extra (read from its METADATA)."""
+    from importlib.metadata import requires, version
+
+    from r1lab.pins import DYNAMO_ENGINE_PINS
+
+    have = version("ai-dynamo")
+    assert have in DYNAMO_ENGINE_PINS, f"add ai-dynamo {have}'s [vllm] extra pins to r1lab/pins.py"
+    extra = [r for r in requires("ai-dynamo") or [] if "extra == 'vllm'" in r or 'extra == "vllm"' in r]
+    pinned = {
+        r.split("[")[0].split("=")[0].strip(): r.split("==")[1].split(";")[0].strip()
+        for r in extra
+        if "==" in r
+    }
+    assert {k: pinned[k] for k in DYNAMO_ENGINE_PINS[have]} == DYNAMO_ENGINE_PINS[have]
+
+
+def test_instant_cluster_of_h100_nvl_is_refused_with_the_fix() -> None:
+    """RunPod's Instant Clusters offer B200, H200, H100 SXM, A100: an H100 NVL cluster would fail in 03 with a
+    400 that reads as stock."""
+    text = """
+name: nvl-cluster
+provider: {kind: runpod, network: instant-cluster}
+pods:
+  - {role: head, gpu_type: NVIDIA H100 NVL, gpu_count: 8}
+  - {role: worker, gpu_type: NVIDIA H100 NVL, gpu_count: 8}
+serving: {tensor_parallel: 8, pipeline_parallel: 2, distributed_backend: ray}
+"""
+    with pytest.raises(ParamsError) as exc:
+        parse_experiment(text, "c.yaml")
+    [msg] = exc.value.problems
+    assert "pods[0].gpu_type" in msg and "'NVIDIA H100 NVL'" in msg
+    assert "H200" in msg and "H100 SXM" in msg and "global-networking" in msg
+    ok = text.replace("NVIDIA H100 NVL", "NVIDIA H100 80GB HBM3")
+    assert parse_experiment(ok, "c.yaml").provider.network == "instant-cluster"
+    nine = ok.replace("gpu_count: 8}\nserving", "gpu_count: 8, count: 8}\nserving").replace(
+        "pipeline_parallel: 2", "pipeline_parallel: 9"
+    )
+    with pytest.raises(ParamsError, match="2-8 nodes, not 9"):
+        parse_experiment(nine, "c9.yaml")
+
+
+def test_plan_refuses_an_instant_cluster_runpod_does_not_offer(tmp_path: Path) -> None:
+    p = tmp_path / "nvl.yaml"
+    p.write_text(
+        "name: nvl\nprovider: {kind: runpod, network: instant-cluster}\npods:\n"
+        "  - {role: head, gpu_type: NVIDIA H100 NVL, gpu_count: 8, count: 2}\n"
+        "serving: {tensor_parallel: 8, pipeline_parallel: 2, distributed_backend: ray}\n"
+    )
+    for cmd in ("validate", "plan"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "r1lab.cli", cmd, str(p)], capture_output=True, text=True
+        )
+        assert proc.returncode != 0, cmd
+        assert "Instant Clusters offer" in proc.stderr + proc.stdout, cmd

@@ -117,3 +117,14 @@ def test_setups_for_twin_params(tmp_path):
     assert setups["prefill"].npz_path != setups["decode"].npz_path
     for s in setups.values():
         check_npz(s.npz_path)
+
+
+def test_pd_mocker_times_the_transfer_with_one_copy_per_decode_rank(tmp_path):
+    """The mocker's --kv-bytes-per-token is its kv_transfer_bytes_per_token: x decode TP under P/D."""
+    agg = mocker_setup("H100 NVL", "TP8", "mocker", tmp_path)
+    pre = mocker_setup("H100 NVL", "TP8", "mocker", tmp_path, disaggregation_mode="prefill", decode_tp=4)
+    dec = mocker_setup("H100 NVL", "TP8", "mocker", tmp_path, disaggregation_mode="decode")
+    assert agg.kv_bytes_per_token == 70_272
+    assert pre.kv_bytes_per_token == 4 * 70_272
+    assert dec.kv_bytes_per_token == 8 * 70_272
+    assert dec.args[dec.args.index("--kv-bytes-per-token") + 1] == str(8 * 70_272)

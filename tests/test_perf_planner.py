@@ -28,7 +28,9 @@ def test_inter_pod_link_is_named_with_numbers(nvl_plan):
     link = next(p for p in nvl_plan.problems if p["id"] == "inter-pod-link")
     assert link["status"] == "present" and link["severity"] == "error"
     assert re.search(
-        r"KV cache \([\d.]+ MB\) takes [\d,]+ ms over global-networking at 100 Mbps", link["detail"]
+        r"KV cache \([\d.]+ MB: one latent copy per decode TP rank, x8\) takes [\d,]+ ms over global-networking "
+        r"at 100 Mbps",
+        link["detail"],
     )
     assert re.search(r"at most [\d.]+ requests/s, about [\d,]+ output tok/s", link["detail"])
     pp2 = nvl_plan.topology("2x8-h100nvl-tp8pp2-gn")

@@ -80,8 +80,8 @@ def test_pd_over_global_networking_is_kv_transfer_bound():
     pd = Disaggregation(Parallelism(8), 1, 1, "global-networking")
     p = predict("H100 NVL", 16, "TP8", "vllm", 1024, 256, 8, disaggregation=pd)
     assert p.bottleneck["component"] == "kv_transfer"
-    # 1024 tokens x 70,272 B at 12.5 MB/s, plus 1 ms latency
-    assert p.kv_transfer_ms == pytest.approx(1024 * 70_272 / 12.5e6 * 1e3 + 1.0)
+    # 1024 tokens x 70,272 B x 8 decode TP ranks (each pulls its own MLA latent copy) at 12.5 MB/s, plus 1 ms
+    assert p.kv_transfer_ms == pytest.approx(8 * 1024 * 70_272 / 12.5e6 * 1e3 + 1.0)
     assert p.ttft_ms["mean"] > p.kv_transfer_ms
 
 
@@ -174,3 +174,20 @@ def test_vllm_carries_the_serving_path_measured_on_its_cpu_engine():
     assert ENGINES["vllm"].frontend_s == sp.fixed_s and ENGINES["vllm"].request_overhead_s == sp.engine_side_s
     assert 0 < sp.fixed_s < 0.2 and 0 <= sp.per_token_s < 1e-4
     assert ENGINES["sglang"].frontend_s == 0.0  # not measured on SGLang: not carried over
+
+
+def test_kv_transfer_moves_one_latent_copy_per_decode_rank():
+    """vLLM's NixlConnector: every decode TP rank pulls a whole MLA latent copy (homogeneous or not)."""
+    from r1lab.model import ModelSpec, kv_transfer_copies
+
+    r1 = ModelSpec.deepseek_r1()
+    assert kv_transfer_copies(8) == 8 and kv_transfer_copies(4) == 4 and kv_transfer_copies(8, mla=False) == 1
+    assert r1.kv_transfer_bytes_per_token("fp8", 8) == 8 * 35_136
+    # heterogeneous: a TP8 prefill feeding a TP4 decode moves 4 copies, feeding a TP16 decode 16
+    from r1lab.perf import network
+
+    link = network.internode_link("global-networking")
+    prefill = StepModel(Deployment("H200", Parallelism(8)))
+    for decode_tp in (4, 8, 16):
+        want = link.transfer_s(1024 * decode_tp * 70_272)
+        assert prefill.kv_transfer_s(1024, link, decode_tp) == pytest.approx(want)

@@ -176,7 +176,10 @@ def test_twin_mocker_stands_in_and_vllm_is_recorded_not_run(tmp_path: Path) -> N
         assert vllm and all(not c.run for c in vllm), stage
         assert mock and all(c.run for c in mock), stage
         for c in mock:
-            assert flag(c.argv, "--kv-bytes-per-token") == "70272"  # MLA latent, bf16 (facts.md)
+            # MLA latent (facts.md); under P/D the bytes that cross the link: one copy per decode TP rank
+            pd = "--disaggregation-mode" in c.argv
+            latent = {"auto": 70272, "fp8": 35136}[exp.serving.kv_cache_dtype]
+            assert flag(c.argv, "--kv-bytes-per-token") == str(latent * (8 if pd else 1)), c.name
         path = write_command_file(tmp_path, dep)
         lines = path.read_text().splitlines()
         for c in vllm:  # recorded, commented out, marked NOT RUN

@@ -12,6 +12,7 @@ import yaml
 from r1lab.config import parse_experiment
 from r1lab.execution import LocalExecutor
 from r1lab.serve.checks import minimal_completion, read_metrics, streamed_chat
+from r1lab.serve.commands import nodes_of
 from r1lab.serve.deploy import deploy
 from r1lab.teardown import Ledger
 from r1lab.tinymodel import write_tiny_model
@@ -114,3 +115,32 @@ def test_twin_single_stage_mocker_stands_in_for_vllm_serve(
         launched.launcher.stop()
     setup = next((tmp_path / "run" / "mocker" / "single").glob("*.json"))
     assert "TP8" in setup.read_text()  # the performance model's single-node table
+
+
+def test_dynamo_stage_is_ready_only_when_the_frontend_lists_every_worker(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Two decode workers, one registered in another discovery directory (a wrong ETCD_ENDPOINTS, say): the
+    frontend answers /health and completions through the other, but the stage is not ready."""
+    from r1lab.serve.deploy import plan_stage
+    from r1lab.serve.launch import Launcher, ServeError
+
+    exp = twin(model_dir, disaggregated=True, router_mode="round-robin", decode_workers=2)
+    ex = LocalExecutor()
+    ports = loopback_ports()
+    nodes = nodes_of(exp, {"head": ex.address, "worker": ex.address})
+    dep = plan_stage(exp, tmp_path / "run", "dynamo", nodes=nodes, ports=ports, remote_dir=str(tmp_path / "pods"),
+                     discovery="file")  # fmt: skip
+    front = next(c for c in dep.to_run if c.name == "dynamo-frontend")
+    assert dict(front.ready.instances) == {"prefill": 1, "backend": 2}
+    lost = next(c for c in dep.to_run if c.name == "mocker-decode-1")
+    lost.env["DYN_FILE_KV"] = str(tmp_path / "pods" / "elsewhere")
+    lost.pre = [f"mkdir -p {lost.env['DYN_FILE_KV']}"]
+    launcher = Launcher(tmp_path / "run", {"head": ex, "worker": ex}, remote_dir=str(tmp_path / "pods"),
+                        programs={"python": PYTHON})  # fmt: skip
+    try:
+        with pytest.raises(ServeError, match=r"the frontend lists backend 1/2, prefill 1/1"):
+            launcher.launch(dep, deadline_s=30)
+    finally:
+        launcher.stop()
+    assert Ledger(tmp_path / "run").live() == []

@@ -93,8 +93,13 @@ def mocker_setup(
     kv_transfer_gb_s: float | None = None,
     resolution: int = 48,
     profile: str | None = None,
+    decode_tp: int | None = None,
 ) -> MockerSetup:
-    """Write the NPZ for one deployment and return the mocker CLI args; raises if the model does not fit."""
+    """Write the NPZ for one deployment and return the mocker CLI args; raises if the model does not fit.
+
+    Under P/D (`disaggregation_mode` prefill|decode) `--kv-bytes-per-token` is what the mocker times the KV
+    transfer with (its `kv_transfer_bytes_per_token`; the GPU blocks are given by count): the bytes that cross
+    the link per prompt token, one latent copy per decode TP rank (`decode_tp`, default this instance's TP)."""
     hw = hardware.gpu(hardware_name)
     par = parse_parallelism(parallelism)
     spec = ModelSpec.deepseek_r1()
@@ -155,7 +160,11 @@ def mocker_setup(
         decode_context_length=ctx.astype(np.float64),
         decode_itl=itl,
     )
-    kvb = spec.kv_bytes_per_token(kv_dtype)
+    kvb = (
+        spec.kv_transfer_bytes_per_token(kv_dtype, decode_tp or par.tp)
+        if disaggregation_mode in ("prefill", "decode")
+        else spec.kv_bytes_per_token(kv_dtype)
+    )
     args = [
         "--planner-profile-data",
         str(path),
@@ -245,6 +254,7 @@ def mocker_setups_for(exp: Any, out_dir: str | Path) -> dict[str, MockerSetup]:
             out_dir,
             disaggregation_mode="prefill",
             kv_transfer_gb_s=gb_s,
+            decode_tp=topo.par.tp,
             **common,
         ),
         "decode": mocker_setup(

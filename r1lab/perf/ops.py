@@ -495,6 +495,7 @@ class StepModel:
         pairs = isl * ctx_before + isl * (isl + 1) / 2
         return self.step_s(0, 0, isl, pairs)
 
-    def kv_transfer_s(self, tokens: int, link: network.Link) -> float:
-        """P/D: the prompt's KV cache (all layers) sent to the decode instance."""
-        return link.transfer_s(tokens * self.spec.kv_bytes_per_token(self.dep.kv_dtype))
+    def kv_transfer_s(self, tokens: int, link: network.Link, decode_tp: int = 1) -> float:
+        """P/D: the prompt's KV cache (all layers) sent to a decode instance of TP `decode_tp`: one latent copy
+        per decode rank (`ModelSpec.kv_transfer_bytes_per_token`)."""
+        return link.transfer_s(tokens * self.spec.kv_transfer_bytes_per_token(self.dep.kv_dtype, decode_tp))

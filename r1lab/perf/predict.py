@@ -286,9 +286,9 @@ def predict(
         )  # fmt: skip
         # one shared pool: every prefill rank (instances x their DP ranks) serves every decode rank, FIFO
         pdc = PDConfig(
-            _step_model(pre_dep), link, pd.prefill_instances * pd.prefill.dp, max_num_batched_tokens
+            _step_model(pre_dep), link, pd.prefill_instances * pd.prefill.dp, max_num_batched_tokens, par.tp
         )
-        kv_ms = pdc.prefill.kv_transfer_s(isl, link) * 1e3
+        kv_ms = pdc.prefill.kv_transfer_s(isl, link, par.tp) * 1e3
     res = simulate(sm, wl, sched, pdc, ranks=ranks, ranks_per_instance=par.dp)
     busy = (
         1.0 if coupled else (replicas if concurrency is None else min(replicas, concurrency / conc))
@@ -345,7 +345,8 @@ def predict(
                 "prefill_ms": pre_ms,
                 "link": pdc.link.description,  # type: ignore[union-attr]
                 "detail": (
-                    f"each {isl}-token prompt's KV cache ({isl * spec.kv_bytes_per_token(kv_dtype) / 1e6:.1f} MB) "
+                    f"each {isl}-token prompt's KV cache ({isl * spec.kv_transfer_bytes_per_token(kv_dtype, par.tp) / 1e6:.1f} MB: "
+                    f"one latent copy per decode TP rank, x{par.tp}) "
                     f"takes {kv_ms:,.0f} ms over {pdc.link.name} at {_rate(pdc.link)} against {pre_ms:.0f} ms of prefill; "
                     "the link carries one cache at a time, so it caps the whole deployment"  # type: ignore[union-attr]
                 ),

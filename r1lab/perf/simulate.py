@@ -60,6 +60,7 @@ class PDConfig:
     link: Link
     prefill_instances: int = 1
     max_num_batched_tokens: int = 8192
+    decode_tp: int = 1  # each decode TP rank pulls its own copy of the MLA latent cache
 
 
 @dataclass
@@ -205,7 +206,7 @@ def simulate(
             for r in batch:
                 # the link carries one KV cache at a time (FIFO): transfers queue behind each other; the
                 # client's first token comes from the decode worker once the KV cache has landed
-                ready = max(done_at, link_free[0]) + pd.prefill.kv_transfer_s(r.isl, pd.link)
+                ready = max(done_at, link_free[0]) + pd.prefill.kv_transfer_s(r.isl, pd.link, pd.decode_tp)
                 link_free[0] = ready
                 r.first = ready + overhead
                 r.last_t = r.first

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from r1lab.config import Experiment
 from r1lab.model import Parallelism
-from r1lab.serve.cpu_engine import cpu_env, cpu_spec, is_cpu_engine
+from r1lab.serve.cpu_engine import POD_INTERFACE, cpu_env, cpu_spec, is_cpu_engine
 
 Stage = Literal["single", "multi", "dynamo"]
 API_KEY_ENV = (
@@ -46,6 +46,7 @@ class Node:
     rank: int
     address: str
     gpus: int
+    iface: str | None = None  # the interface holding `address` on the pod (found there; None: not known yet)
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,17 @@ class Ports:
     kv_events_base: int = 20080  # vLLM's KV-event ZMQ publisher of worker i (its pod's 127.0.0.1): base + i
 
 
-def nodes_of(exp: Experiment, addresses: dict[str, str] | None = None) -> list[Node]:
+def nodes_of(
+    exp: Experiment, addresses: dict[str, str] | None = None, interfaces: dict[str, str] | None = None
+) -> list[Node]:
     """The serving pods in rank order (head first). Without addresses: placeholders `HEAD_ADDR`, ...
-    (a dry run; the launcher fills in the pods' private addresses)."""
+    (a dry run; the launcher fills in the pods' private addresses); interfaces: the one holding each address."""
     out: list[Node] = []
     for pod in exp.serving_pods:
         for i in range(pod.count):
             name = pod.role if pod.count == 1 else f"{pod.role}-{i}"
             addr = (addresses or {}).get(name) or f"{name.upper().replace('-', '_')}_ADDR"
-            out.append(Node(name, pod.role, len(out), addr, pod.gpu_count))
+            out.append(Node(name, pod.role, len(out), addr, pod.gpu_count, (interfaces or {}).get(name)))
     return out
 
 
@@ -176,6 +179,9 @@ class Ready:
     port: int
     path: str = "/health"
     completion: bool = False  # also send a one-token completion (an OpenAI endpoint)
+    # a Dynamo frontend: its /health must list this many `generate` instances per component ("prefill" for
+    # prefill workers; "backend" for decode and aggregated ones, as Dynamo 1.6.1's workers register)
+    instances: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -300,6 +306,21 @@ def vllm_serve_argv(spec: VllmSpec, *, host: str, port: int, node_args: list[str
     return argv + (node_args or [])
 
 
+SOCKET_IFACE_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "UCX_NET_DEVICES")
+
+
+def iface_env(exp: Experiment, node: Node) -> dict[str, str]:
+    """NCCL, Gloo, TensorPipe and UCX (NIXL) sockets on the interface that holds this node's private address:
+    with two addresses (the public one and the private one) they may otherwise pick the wrong one. Known from the
+    pod (`Node.iface`); in a dry run `ens1` in an Instant Cluster (RunPod documents it), else `<NODE>_IFACE`."""
+    name = node.iface or (
+        "ens1"
+        if exp.provider.network == "instant-cluster"
+        else f"{node.name.upper().replace('-', '_')}_IFACE"
+    )
+    return dict.fromkeys(SOCKET_IFACE_VARS, name)
+
+
 def nccl_env(exp: Experiment) -> dict[str, str]:
     """NCCL/Gloo settings for traffic between nodes, by how the pods are connected."""
     env = {"NCCL_DEBUG": "WARN"}
@@ -405,10 +426,14 @@ class _Renderer:
         self.is_cpu = is_cpu_engine(exp, self.engine)
         self.groups: dict[str, dict[str, Any]] = {}
         self.stage: str = ""
+        self.decode_tp: int | None = None  # TP of a decode worker (P/D): copies of the KV cache per transfer
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _vllm_env(self, node: Node) -> dict[str, str]:
-        return {"VLLM_HOST_IP": node.address}
+        """Per node, for Ray and vLLM processes: its address, RunPod's MALLOC_ARENA_MAX=1 (Ray/vLLM guide) and,
+        across nodes, the socket interfaces."""
+        env = {"VLLM_HOST_IP": node.address, "MALLOC_ARENA_MAX": "1"}
+        return env | (iface_env(self.exp, node) if len(self.nodes) > 1 and self.stage != "single" else {})
 
     def _api_key(self) -> dict[str, str]:
         return {"VLLM_API_KEY": API_KEY_ENV} if _public(self.exp) else {}
@@ -602,7 +627,7 @@ class _Renderer:
         self.groups[group] = {"parallelism": spec.parallelism, "mode": mode, "spec": spec}
         argv = ["python", "-m", "dynamo.mocker", "--model-path", spec.model, "--model-name", spec.served_name,
                 "--planner-profile-data", remote_npz,
-                "--kv-bytes-per-token", str(t.kv_bytes_per_token if t else _kv_bytes(spec)),
+                "--kv-bytes-per-token", str(t.kv_bytes_per_token if t else _kv_bytes(spec, mode, self.decode_tp)),
                 "--block-size", str(t.block_size if t else 64),
                 "--max-num-seqs", str((t.max_num_seqs if t and t.max_num_seqs else None) or spec.max_num_seqs),
                 "--max-num-batched-tokens", str(spec.max_num_batched_tokens),
@@ -625,7 +650,8 @@ class _Renderer:
         argv, uploads = self._mocker_argv(group, spec, None, 0)
         return [
             Command("dynamo-frontend", node.name, _frontend_argv(self._bind(), port, "round-robin"), env=dict(env),
-                    ready=Ready(port, "/health", completion=True), pre=[f"mkdir -p {kv}"]),
+                    ready=Ready(port, "/health", completion=True, instances=(("backend", 1),)),
+                    pre=[f"mkdir -p {kv}"]),
             Command("mocker-engine", node.name, argv, env={**env, "DYN_SYSTEM_PORT": str(self.ports.system_base)},
                     uploads=uploads, note=self._model_note(group, spec)),
         ]  # fmt: skip
@@ -656,6 +682,8 @@ class _Renderer:
                     f"dynamo: {k} workers on pod {name!r} cannot split its {by_name[name].gpus} GPUs evenly: "
                     "change dynamo.prefill_workers/decode_workers or the roles"
                 )
+        decoders = [n for mode, n in groups if mode == "decode"]
+        self.decode_tp = decoders[0].gpus // per_node[decoders[0].name] if decoders else None
         discovery = discovery or ("etcd" if len({n.name for _, n in groups}) > 1 else "file")
         head = self.head
         cmds: list[Command] = []
@@ -692,7 +720,7 @@ class _Renderer:
         cmds.append(Command(
             "dynamo-frontend", head.name, _frontend_argv(front_bind, self.ports.frontend, d.router_mode),
             env={**env_base, **_bind_env(head.address)},
-            ready=Ready(self.ports.frontend, "/health", completion=True),
+            ready=Ready(self.ports.frontend, "/health", completion=True, instances=_expected_instances(groups)),
             pre=[f"mkdir -p {env_base['DYN_FILE_KV']}"] if discovery == "file" else [],
             note="OpenAI endpoint; on RunPod bound to the pod's 127.0.0.1 (no API key support): reach it by "
                  "SSH forward" if _public(self.exp) else "OpenAI endpoint",
@@ -732,9 +760,9 @@ class _Renderer:
             events = {"publisher": "zmq", "topic": "kv-events", "enable_kv_cache_events": True,
                       "endpoint": f"tcp://127.0.0.1:{self.ports.kv_events_base + i}"}  # fmt: skip
             vargv += ["--kv-events-config", json.dumps(events, separators=(",", ":"))]
-            venv = {**env, "CUDA_VISIBLE_DEVICES": gpus, "VLLM_HOST_IP": node.address}
+            venv = {**env, "CUDA_VISIBLE_DEVICES": gpus, **self._vllm_env(node)}
             if self.is_cpu:
-                venv |= cpu_env()
+                venv |= cpu_env(node.iface or POD_INTERFACE)
             if mode in ("prefill", "decode"):
                 vargv += [
                     "--disaggregation-mode",
@@ -744,10 +772,11 @@ class _Renderer:
                         {"kv_connector": "NixlConnector", "kv_role": "kv_both"}, separators=(",", ":")
                     ),
                 ]
-                venv |= {
+                venv = {
                     "VLLM_NIXL_SIDE_CHANNEL_PORT": str(self.ports.nixl_base + i),
                     "VLLM_NIXL_SIDE_CHANNEL_HOST": node.address,
                     **nccl_env(self.exp),
+                    **venv,
                 }
             vcmd = Command(
                 f"dynamo-vllm-{name}",
@@ -792,6 +821,16 @@ class _Renderer:
         )
 
 
+def _expected_instances(groups: list[tuple[str, Node]]) -> tuple[tuple[str, int], ...]:
+    """What the frontend must list before the stage is ready: every prefill worker as component `prefill`, every
+    decode or aggregated worker as `backend` (dynamo/vllm/args.py and the mocker in 1.6.1)."""
+    counts: dict[str, int] = {}
+    for mode, _ in groups:
+        comp = "prefill" if mode == "prefill" else "backend"
+        counts[comp] = counts.get(comp, 0) + 1
+    return tuple(sorted(counts.items()))
+
+
 def _frontend_argv(host: str, port: int, router_mode: str) -> list[str]:
     return ["python", "-m", "dynamo.frontend", "--http-host", host, "--http-port", str(port),
             "--router-mode", router_mode]  # fmt: skip
@@ -808,10 +847,15 @@ def _file_discovery_env(kv_dir: str, address: str) -> dict[str, str]:
             "DYN_EVENT_PLANE": "zmq", **_bind_env(address)}  # fmt: skip
 
 
-def _kv_bytes(spec: VllmSpec) -> int:
+def _kv_bytes(spec: VllmSpec, mode: str | None = None, decode_tp: int | None = None) -> int:
+    """The mocker's --kv-bytes-per-token: under P/D the bytes per token that cross the link (one MLA latent
+    copy per decode TP rank), else the latent cache per token."""
     from r1lab.model import ModelSpec
 
-    return int(ModelSpec.deepseek_r1().kv_bytes_per_token(spec.kv_cache_dtype))
+    r1 = ModelSpec.deepseek_r1()
+    if mode in ("prefill", "decode"):
+        return int(r1.kv_transfer_bytes_per_token(spec.kv_cache_dtype, decode_tp or spec.tp))
+    return int(r1.kv_bytes_per_token(spec.kv_cache_dtype))
 
 
 def _kv_link_gbps(exp: Experiment) -> float | None:

@@ -49,6 +49,58 @@ def resolve_ip(executor: Executor | None, address: str) -> str:
     return ip
 
 
+_IFACE_PY = (
+    "import fcntl,os,socket,struct,sys\n"
+    "for n in sorted(os.listdir('/sys/class/net')):\n"
+    "    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+    "    try: ip=socket.inet_ntoa(fcntl.ioctl(s.fileno(),0x8915,struct.pack('256s',n[:15].encode()))[20:24])\n"
+    "    except OSError: continue\n"
+    "    if ip==sys.argv[1]: print(n)"
+)
+
+
+def interface_of(executor: Executor | None, ip: str) -> str | None:
+    """The interface holding `ip` on the pod (`ip -o -4 addr`, else Python's SIOCGIFADDR where iproute2 is
+    absent); None when no interface holds it or the address is not an IP."""
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if executor is None:
+        return None
+    q = shlex.quote(ip)
+    cmd = (
+        f"ip -o -4 addr show 2>/dev/null | awk -v a={q} '{{split($4,x,\"/\"); if (x[1]==a) print $2}}' | head -n1 | "
+        f"grep . || python3 -c {shlex.quote(_IFACE_PY)} {q} 2>/dev/null | head -n1"
+    )
+    out = executor.run(cmd, timeout=30, check=False).output.strip().splitlines()
+    return out[-1].split("@")[0] if out else None
+
+
+ENGINE_START_S = 600.0  # CUDA graphs, NCCL init, torch.compile of an R1-sized engine, beyond reading weights
+ASSUMED_READ_BPS = 200e6  # when the volume's read rate was not measured (labelled assumed)
+
+
+def launch_deadline_s(exp: Experiment, stage: Stage, read_bytes_per_s: float | None) -> tuple[float, str]:
+    """How long a stage may take to serve: the engine's start plus 1.5 x the time one node needs to read its
+    share of the weights from the volume at the measured rate. Returns (seconds, how it was derived)."""
+    from r1lab.model import ModelSpec
+    from r1lab.serve.commands import VllmSpec
+
+    gpn = exp.gpus_per_node
+    par = (
+        VllmSpec.from_experiment(exp, tp=gpn, pp=1, dp=1).parallelism
+        if stage != "multi"
+        else (VllmSpec.from_experiment(exp).parallelism)
+    )
+    per_node = ModelSpec.deepseek_r1().weight_bytes_per_gpu(par).total * min(par.gpus, gpn)
+    rate = read_bytes_per_s or ASSUMED_READ_BPS
+    secs = ENGINE_START_S + 1.5 * per_node / rate
+    how = (f"{ENGINE_START_S:.0f} s engine start + 1.5 x {per_node / 1e9:,.0f} GB per node at "
+           f"{rate / 1e6:,.0f} MB/s ({'measured' if read_bytes_per_s else 'assumed'} volume read rate)")  # fmt: skip
+    return secs, how
+
+
 def mocker_timings(exp: Experiment, dep: Deployment, out_dir: Path) -> dict[str, MockerTiming]:
     """Timing tables from the performance model for every mocker worker group of a rendered deployment."""
     from r1lab.perf.mocker import mocker_setup
@@ -59,6 +111,8 @@ def mocker_timings(exp: Experiment, dep: Deployment, out_dir: Path) -> dict[str,
     for c in dep.commands:
         if "--kv-transfer-bandwidth" in c.argv:
             link = float(c.argv[c.argv.index("--kv-transfer-bandwidth") + 1])
+    decode = dep.mocker_groups.get("decode")
+    decode_tp = decode["parallelism"].tp if decode else None
     for group, g in dep.mocker_groups.items():
         spec = g["spec"]
         setup = mocker_setup(
@@ -68,7 +122,7 @@ def mocker_timings(exp: Experiment, dep: Deployment, out_dir: Path) -> dict[str,
             max_num_batched_tokens=spec.max_num_batched_tokens, max_model_len=spec.max_model_len or 16384,
             gpus_per_node=exp.gpus_per_node, network_name=exp.provider.network,
             num_speculative_tokens=s.num_speculative_tokens, disaggregation_mode=g["mode"],
-            kv_transfer_gb_s=link if g["mode"] else None,
+            kv_transfer_gb_s=link if g["mode"] else None, decode_tp=decode_tp if g["mode"] else None,
         )  # fmt: skip
         out[group] = MockerTiming.from_setup(setup)
     return out
@@ -113,6 +167,7 @@ def deploy(
     discovery: Literal["etcd", "file"] | None = None,
     audit: bool | None = None,
     engine: Literal["vllm", "mocker"] | None = None,
+    interfaces: dict[str, str] | None = None,
 ) -> Launched:
     """Render, record and launch one stage on the pods; raise ServeError (one clear line) if it does not serve.
 
@@ -122,7 +177,9 @@ def deploy(
     for stage single, the first launch of a run)."""
     addrs = {name: ex.address for name, ex in executors.items()} | (addresses or {})
     addrs = {name: resolve_ip(executors.get(name), a) for name, a in addrs.items()}
-    nodes = nodes_of(exp, addrs)
+    if interfaces is None and exp.nodes > 1:  # NCCL/GLOO/UCX sockets on the interface of the private address
+        interfaces = {n: i for n, a in addrs.items() if (i := interface_of(executors.get(n), a))}
+    nodes = nodes_of(exp, addrs, interfaces)
     if audit if audit is not None else stage == "single":
         print(format_audit(audit_plan(exp)))
     dep = plan_stage(

@@ -416,6 +416,7 @@ class Launcher:
         url = self._url(r)
         key = get_secret(API_KEY_ENV) if "VLLM_API_KEY" in r.command.secrets else None
         stage = "health"
+        missing = ""
         start = time.monotonic()
         with progress(
             f"{r.command.name} on {r.command.node}: waiting for /health", total=round(total), unit="s"
@@ -424,9 +425,16 @@ class Launcher:
             while True:
                 self._check_all()
                 if stage == "health" and _get_ok(url + ready.path):
+                    stage = "workers" if ready.instances else "completion"
+                    if stage == "workers":
+                        p.set_description(f"{r.command.name} on {r.command.node}: waiting for every worker")
+                if stage == "workers":
+                    missing = missing_instances(url + ready.path, dict(ready.instances))
+                    if not missing:
+                        stage = "completion"
+                if stage == "completion":
                     if not ready.completion:
                         return url
-                    stage = "completion"
                     p.set_description(f"{r.command.name} on {r.command.node}: one-token completion")
                 if stage == "completion":
                     ok, detail = one_token_completion(url + "/v1", dep.served_name, key)
@@ -438,6 +446,13 @@ class Launcher:
                         )
                 now = time.monotonic()
                 if now > deadline:
+                    if stage == "workers":
+                        raise self._fail(
+                            r,
+                            f"not ready after {total:.0f} s: the frontend lists {missing}",
+                            "a worker did not register: read its log (wrong discovery, etcd/NATS "
+                            "unreachable, or it failed to start)",
+                        )
                     raise self._fail(
                         r,
                         f"not ready after {total:.0f} s (stuck at {stage})",
@@ -527,6 +542,24 @@ def _get_ok(url: str, timeout: float = 5.0) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def missing_instances(health_url: str, want: dict[str, int], timeout: float = 5.0) -> str:
+    """'' when a Dynamo frontend's /health lists at least `want[component]` distinct `generate` instances per
+    component; else what is missing, e.g. 'backend 0/1, prefill 1/1'."""
+    try:
+        with urllib.request.urlopen(health_url, timeout=timeout) as resp:
+            data = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"no /health answer ({type(exc).__name__})"
+    have: dict[str, set[Any]] = {}
+    for inst in data.get("instances") or []:
+        if inst.get("endpoint") == "generate":
+            have.setdefault(str(inst.get("component")), set()).add(inst.get("instance_id"))
+    counts = {c: len(have.get(c, ())) for c in want}
+    if all(counts[c] >= n for c, n in want.items()):
+        return ""
+    return ", ".join(f"{c} {counts[c]}/{n}" for c, n in sorted(want.items()))
 
 
 def one_token_completion(
