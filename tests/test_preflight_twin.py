@@ -121,11 +121,21 @@ def test_a_64mb_dev_shm_fails_naming_it(pods) -> None:
 
 
 def test_a_head_without_etcd_and_nats_fails_naming_the_binary(pods) -> None:
-    """(i) twin.yaml's head setup installs neither etcd nor nats-server: on a pod without them, Dynamo's stage
-    fails in preflight, before anything is launched."""
-    exp, ex, _, _ = pods
+    """(i) a params file whose head setup lacks etcd and nats-server: on a pod without them, Dynamo's stage fails
+    in preflight, naming the binary, before anything is launched."""
+    import yaml
+
+    from r1lab.config import parse_experiment
+
+    _, ex, _, _ = pods
+    data = yaml.safe_load((REPO / "params" / "twin.yaml").read_text())
+    head_setup = data["pods"][0]["setup"]
+    data["pods"][0]["setup"] = [line for line in head_setup if "etcd" not in line and "nats" not in line]
+    assert (
+        len(data["pods"][0]["setup"]) == len(head_setup) - 1
+    )  # twin.yaml's head installs both; this one not
+    exp = parse_experiment(yaml.safe_dump(data), "no-etcd.yaml")
     head = ex["head"]
-    assert not any("etcd" in line for line in exp.pods[0].setup)
     masked = [head.run(f"command -v {b}").output.strip() for b in ("etcd", "nats-server")]
     head.run(
         "touch /run/r1lab-absent && " + " && ".join(f"mount --bind /run/r1lab-absent {p}" for p in masked)
