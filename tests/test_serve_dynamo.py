@@ -120,26 +120,33 @@ def test_twin_single_stage_mocker_stands_in_for_vllm_serve(
 def test_dynamo_stage_is_ready_only_when_the_frontend_lists_every_worker(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    """Two decode workers, one registered in another discovery directory (a wrong ETCD_ENDPOINTS, say): the
-    frontend answers /health and completions through the other, but the stage is not ready."""
+    """Two workers (one per pod), one registered in another discovery directory (a wrong ETCD_ENDPOINTS, say):
+    the frontend answers /health and completions through the other, but the stage is not ready."""
     from r1lab.serve.deploy import plan_stage
     from r1lab.serve.launch import Launcher, ServeError
 
-    exp = twin(model_dir, disaggregated=True, router_mode="round-robin", decode_workers=2)
+    exp = twin(model_dir, disaggregated=False, decode_role=None, decode_workers=2, router_mode="round-robin")
     ex = LocalExecutor()
     ports = loopback_ports()
     nodes = nodes_of(exp, {"head": ex.address, "worker": ex.address})
     dep = plan_stage(exp, tmp_path / "run", "dynamo", nodes=nodes, ports=ports, remote_dir=str(tmp_path / "pods"),
                      discovery="file")  # fmt: skip
     front = next(c for c in dep.to_run if c.name == "dynamo-frontend")
-    assert dict(front.ready.instances) == {"prefill": 1, "backend": 2}
-    lost = next(c for c in dep.to_run if c.name == "mocker-decode-1")
+    assert dict(front.ready.instances) == {"backend": 2}
+    pd = plan_stage(twin(model_dir, disaggregated=True), tmp_path / "pd", "dynamo", nodes=nodes, ports=ports,
+                    remote_dir=str(tmp_path / "pods"), discovery="file")  # fmt: skip
+    pd_front = next(c for c in pd.to_run if c.name == "dynamo-frontend")
+    assert dict(pd_front.ready.instances) == {
+        "prefill": 1,
+        "backend": 1,
+    }  # decode workers register as backend
+    lost = next(c for c in dep.to_run if c.name == "mocker-agg-1")
     lost.env["DYN_FILE_KV"] = str(tmp_path / "pods" / "elsewhere")
     lost.pre = [f"mkdir -p {lost.env['DYN_FILE_KV']}"]
     launcher = Launcher(tmp_path / "run", {"head": ex, "worker": ex}, remote_dir=str(tmp_path / "pods"),
                         programs={"python": PYTHON})  # fmt: skip
     try:
-        with pytest.raises(ServeError, match=r"the frontend lists backend 1/2, prefill 1/1"):
+        with pytest.raises(ServeError, match=r"the frontend lists backend 1/2"):
             launcher.launch(dep, deadline_s=30)
     finally:
         launcher.stop()
