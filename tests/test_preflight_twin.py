@@ -85,9 +85,25 @@ def test_clean_pods_pass_every_check_of_the_dynamo_stage(pods) -> None:
     assert any(":2379 (etcd" in p for p in ports) and any(":4222 (NATS" in p for p in ports)
     bw = checks[("worker", "bandwidth worker -> head")]
     mbit = float(bw.found.split()[0].replace(",", ""))
-    assert 50 < mbit < 130, bw  # the twin's link is shaped to RunPod's documented 100 Mbit/s
+    # measured through the twin's link, shaped to RunPod's documented 100 Mbit/s (a busy 2-core host may reach
+    # less: then the row warns, it does not fail)
+    assert 5 < mbit < 130 and bw.status in ("ok", "warn"), bw
     assert (run_dir / "preflight-dynamo.json").exists()
     assert took < 60, took
+    from r1lab.preflight import table
+
+    assert set(table(run_dir, "dynamo")["status"]) <= {"ok", "warn"}
+    # 01's checks (the utility pod's role is played by the head here): Python and pip, the volume against the weights
+    env = run_preflight(
+        exp, "environment", {"head": ex["head"]}, weights_bytes=1e6, run_dir=run_dir, show=None
+    )
+    rows = {c.check: c for c in env.checks}
+    assert (
+        rows["huggingface_hub or pip"].status == "ok"
+        and rows["volume free space (/workspace)"].status == "ok"
+    )
+    with pytest.raises(PreflightError, match="volume free space"):
+        run_preflight(exp, "environment", {"head": ex["head"]}, weights_bytes=1e18, show=None)
 
 
 def test_a_plan_port_blocked_in_one_pod_fails_naming_the_port(pods) -> None:
