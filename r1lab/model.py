@@ -32,7 +32,8 @@ def kv_transfer_copies(decode_tp: int, mla: bool = True) -> int:
     rank pulls its KV from one prefill rank (`kv_connector/v1/nixl/tp_mapping.compute_tp_mapping`: for MLA,
     `attn_ranks = [tp_rank * remote_tp // tp]`, read in full). MLA's latent cache is replicated on every TP
     rank, so every decode rank pulls a whole copy: `decode_tp` copies, homogeneous or heterogeneous TP (read
-    in vLLM 0.32's source). Attention that splits KV heads across ranks moves one copy in all."""
+    in vLLM 0.31.0's source, ai-dynamo 1.6.1's pin, and 0.32's). Attention that splits KV heads across ranks
+    moves one copy in all."""
     if decode_tp < 1:
         raise ValueError(f"decode_tp must be >= 1, got {decode_tp}")
     return decode_tp if mla else 1

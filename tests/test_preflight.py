@@ -144,3 +144,5 @@ def test_launch_deadline_follows_weight_bytes_and_the_volume_read_rate() -> None
     assert fast < slow and 600 < fast < 1200
     assert multi < slow  # PP2: each node reads half the layers
     assert "assumed" in launch_deadline_s(exp, "single", None)[1]
+    twin = load_experiment(REPO / "params" / "twin.yaml")
+    assert launch_deadline_s(twin, "single", 1e8)[0] == 600  # the mocker reads no weights

@@ -102,6 +102,7 @@ def test_clean_pods_pass_every_check_of_the_dynamo_stage(pods) -> None:
         rows["huggingface_hub or pip"].status == "ok"
         and rows["volume free space (/workspace)"].status == "ok"
     )
+    assert rows["binary python3"].status == "ok"
     with pytest.raises(PreflightError, match="volume free space"):
         run_preflight(exp, "environment", {"head": ex["head"]}, weights_bytes=1e18, show=None)
 

@@ -365,6 +365,8 @@ def run_preflight(
 
         deployment = render(exp, stage, nodes=nodes_of(exp, addrs))  # type: ignore[arg-type]
     needs = stage_needs(deployment) if deployment is not None else {}
+    if stage == "environment":  # the download runs the pod's python3 (and pip installs huggingface_hub)
+        needs = {n: Needs({"python3"}) for n in executors}
     groups = _pods_of(exp, executors)
     volume = exp.volume.mount
     weights_file = f"{exp.model.path}/config.json" if stage != "environment" else None

@@ -87,6 +87,8 @@ def launch_deadline_s(exp: Experiment, stage: Stage, read_bytes_per_s: float | N
     from r1lab.model import ModelSpec
     from r1lab.serve.commands import VllmSpec
 
+    if exp.serving.engine == "mocker":
+        return ENGINE_START_S, f"{ENGINE_START_S:.0f} s: the twin's mocker reads no weights"
     gpn = exp.gpus_per_node
     par = (
         VllmSpec.from_experiment(exp, tp=gpn, pp=1, dp=1).parallelism
