@@ -27,14 +27,19 @@ class Product:
 
 
 POD = Product("pod", None, 1, 1, {}, "RunPod pods; two pods talk over Global Networking at 100 Mbps (docs)")
+
+
+def _cluster_types() -> dict[str, str]:
+    """The GPU types Instant Clusters offer, from the one GPU catalog (r1lab.gpus: modelled and not)."""
+    from r1lab.gpus import GPUS, UNMODELLED_STOCK
+
+    out = {g.runpod_id: g.short for g in GPUS.values() if g.instant_cluster}
+    return out | {gid: stock.name for gid, stock, clustered in UNMODELLED_STOCK if clustered}
+
+
 INSTANT_CLUSTER = Product(
     "Instant Cluster",
-    {
-        "NVIDIA B200": "B200",
-        "NVIDIA H200": "H200",
-        "NVIDIA H100 80GB HBM3": "H100 SXM",
-        "NVIDIA A100-SXM4-80GB": "A100 SXM",
-    },
+    _cluster_types(),
     2,
     8,
     {
