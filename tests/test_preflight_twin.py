@@ -90,6 +90,13 @@ def test_clean_pods_pass_every_check_of_the_dynamo_stage(pods) -> None:
     assert 5 < mbit < 130 and bw.status in ("ok", "warn"), bw
     assert (run_dir / "preflight-dynamo.json").exists()
     assert took < 60, took
+    for pod in ("head", "worker"):  # its listeners are gone: the stage can bind the plan's ports
+        assert (
+            ex[pod]
+            .run("ss -Hltn | grep -E ':(2379|4222|5600|5601|7600|9090|9091|40123|39123) ' || true")
+            .output.strip()
+            == ""
+        )
     from r1lab.preflight import table
 
     assert set(table(run_dir, "dynamo")["status"]) <= {"ok", "warn"}

@@ -487,8 +487,8 @@ def _network_checks(
     finally:
         for p in pods:
             executors[p].run(f"touch {stop}", timeout=30, check=False)
-        for t in threads:
-            t.join(15)
+        for t in threads:  # the listeners must be gone before anything binds the plan's ports
+            t.join(65)
         for p in pods:
             executors[p].run(f"rm -f {stop}", timeout=30, check=False)
     from r1lab.perf.network import internode_link
