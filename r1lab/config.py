@@ -472,9 +472,7 @@ class Experiment(Strict):
                 "'global-networking' (ordinary pods) or 'instant-cluster'",
             )
         if self.provider.network == "instant-cluster":
-            from r1lab.cloud.offers import cluster_refusal
-
-            refusal = cluster_refusal(self.gpu_type, self.nodes)
+            refusal = gpus.cluster_refusal(self.gpu_type, self.nodes)
             if refusal:
                 i = next(i for i, p in enumerate(self.pods) if p in serving)
                 raise _Rule(f"pods[{i}].gpu_type", refusal)

@@ -182,3 +182,34 @@ def known_gpu_types() -> dict[str, str]:
 def fallback_prices() -> dict[str, FallbackPrice]:
     """RunPod id -> dated fallback price, for every GPU that has one."""
     return {g.runpod_id: g.price for g in GPUS.values() if g.price is not None}
+
+
+# RunPod Instant Clusters (facts.md, RunPod docs 2026-12-01): 2-8 nodes; B200/H200/H100 SXM at 3,200 Gbps between
+# nodes, A100 at 1,600 Gbps; no H100 NVL.
+INSTANT_CLUSTER_NODES = (2, 8)
+
+
+def instant_cluster_types() -> dict[str, str]:
+    """RunPod id -> short name of every GPU type Instant Clusters offer (modelled or not)."""
+    out = {g.runpod_id: g.short for g in GPUS.values() if g.instant_cluster}
+    return out | {gid: stock.name for gid, stock, clustered in UNMODELLED_STOCK if clustered}
+
+
+def cluster_refusal(gpu_type: str | None, nodes: int) -> str | None:
+    """Why RunPod would not rent this Instant Cluster (with the fix), or None when it offers it. RunPod itself
+    answers an H100 NVL cluster with a 400 'no longer any instances available' that reads as stock."""
+    offered = instant_cluster_types()
+    if gpu_type not in offered:
+        names = ", ".join(f"{short} ({gid!r})" for gid, short in offered.items())
+        return (
+            f"RunPod Instant Clusters offer {names}, not {gpu_type!r} (RunPod answers 400 'no longer any "
+            "instances available', which reads as stock): use one of those GPU types, or "
+            "provider.network: global-networking for ordinary pods (100 Mbps between them)"
+        )
+    lo, hi = INSTANT_CLUSTER_NODES
+    if not lo <= nodes <= hi:
+        return (
+            f"RunPod Instant Clusters have {lo}-{hi} nodes, not {nodes}: change the serving pods' count "
+            "(pods[].count) or the roles"
+        )
+    return None

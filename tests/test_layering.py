@@ -22,7 +22,7 @@ ROOT = Path(r1lab.__file__).parent
 # bench, report; the runner on top). Derived from design.md and from what the code does today.
 LAYERS: list[set[str]] = [
     # facts and leaf utilities: import nothing of r1lab
-    {"secrets", "gpus", "model", "progress", "outcome", "tinymodel", "nbstrip"},
+    {"secrets", "gpus", "model", "progress", "outcome", "tinymodel", "nbstrip", "pins"},
     # the validated Experiment; the process/ssh execution primitives
     {"config", "execution"},
     # the resource ledger and its teardown handlers
@@ -34,8 +34,9 @@ LAYERS: list[set[str]] = [
     {"cloud"},
     # what runs on the pods and against them: peers, never importing each other
     {"hub", "serve", "bench", "monitor"},
-    # views over results; GPU calibration (perf profiles from pods)
-    {"report", "calibrate"},
+    # views over results; GPU calibration (perf profiles from pods); the pods' preflight (what the rendered
+    # commands need, checked over the executors before anything costly)
+    {"report", "calibrate", "preflight"},
     # run directories and their context
     {"rundir"},
     # the experiment's steps
