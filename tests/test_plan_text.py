@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from r1lab.perf.plan_text import fmt_ms
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,9 +34,23 @@ def test_plan_h200_reads_as_a_decision() -> None:
     assert "budget 2 h / $80" in budget and re.search(r"\$\d+\.\d\d at \$36\.72/h", budget), budget
     assert not re.search(r"\b\d{5,} ms|\d,\d{3}(,\d{3})* ms", out), "latencies in raw ms"
     c256 = next(line for line in lines if re.match(r"\s+sweep\s+c=256 ", line))
-    assert "⚠ requests_per_point 128 < concurrency 256" in c256
+    assert "⚠" not in c256, c256  # the sweep is time-bound (duration_s): c=256 really holds 256 in flight
     headers = [line for line in lines if re.match(r"^[* ] 1 x 8 H200, TP8  \[", line)]
     assert len(headers) == 1, headers  # the params' topology once, not again as a standard alternative
+
+
+def test_plan_flags_a_point_that_cannot_reach_its_concurrency(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO / "params/runpod-1x8-h200.yaml").read_text())
+    sweep = next(s for s in params["load"]["scenarios"] if s["name"] == "sweep")
+    sweep.pop("duration_s"), sweep.pop("warmup_s")
+    sweep["requests_per_point"] = 128
+    path = tmp_path / "h200-count-bound.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    lines = _plan(str(path)).splitlines()
+    c256 = next(line for line in lines if re.match(r"\s+sweep\s+c=256 ", line))
+    assert "⚠ requests_per_point 128 < concurrency 256" in c256
+    c128 = next(line for line in lines if re.match(r"\s+sweep\s+c=128 ", line))
+    assert "⚠" not in c128, c128
 
 
 def test_plan_flags_budget_usd_before_budget_hours() -> None:
