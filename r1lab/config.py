@@ -292,11 +292,44 @@ class Distribution(Strict):
 Length = int | Distribution
 
 
+class SharedPrefix(Strict):
+    """`workload: shared-prefix`: requests in `groups` groups, each group behind one common prefix."""
+
+    groups: int = Field(ge=1, le=10_000)
+    prefix_tokens: int = Field(ge=1, le=1_000_000, description="Tokens of each group's shared prefix.")
+    suffix_tokens: int = Field(ge=1, le=1_000_000, description="Tokens of each request's own suffix.")
+
+
+class MultiTurn(Strict):
+    """`workload: multi-turn`: conversations whose turns carry the answers the server streamed (closed loop)."""
+
+    conversations: int = Field(ge=1, le=100_000, description="Conversations per load point.")
+    turns: int = Field(ge=1, le=1000)
+    user_tokens: int = Field(ge=1, le=1_000_000, description="Tokens of each user message.")
+
+
+class Trace(Strict):
+    """`shape: trace`: replay a Mooncake-style JSONL trace (timestamp ms, input_length, output_length,
+    hash_ids) open-loop at its own times."""
+
+    file: str = Field(min_length=1, description="The trace's path (relative to the working directory).")
+    block_size: int = Field(512, ge=1, le=1_000_000, description="Prompt tokens per hash id (Mooncake: 512).")
+    time_scale: float = Field(
+        1.0, gt=0, le=1000, description="Multiplies the trace's times (0.5: twice as fast)."
+    )
+    max_requests: int | None = Field(None, ge=1, le=10_000_000, description="Replay only the first N.")
+
+
 class Scenario(Strict):
-    """One load scenario: a shape (concurrency sweep, Poisson rate, ramp, stress) over a workload."""
+    """One load scenario: a shape (concurrency sweep, Poisson rate, ramp, stress, trace replay) over a workload
+    (synthetic, shared-prefix, multi-turn)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")
-    shape: Literal["concurrency", "poisson", "ramp", "stress"] = "concurrency"
+    shape: Literal["concurrency", "poisson", "ramp", "stress", "trace"] = "concurrency"
+    workload: Literal["synthetic", "shared-prefix", "multi-turn"] = "synthetic"
+    shared_prefix: SharedPrefix | None = None
+    multi_turn: MultiTurn | None = None
+    trace: Trace | None = None
     concurrency: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         default_factory=lambda: [1], max_length=100
     )
@@ -342,6 +375,29 @@ class Scenario(Strict):
             raise _Rule(
                 "at_knee_of", "only a stress phase runs at a sweep's knee: set shape: stress or drop it"
             )
+        for key, wl in (("shared_prefix", "shared-prefix"), ("multi_turn", "multi-turn")):
+            given = getattr(self, key) is not None
+            if self.workload == wl and not given:
+                fields = "groups, prefix_tokens, suffix_tokens" if wl == "shared-prefix" else (
+                    "conversations, turns, user_tokens")  # fmt: skip
+                raise _Rule(key, f"workload {wl} needs its parameters: set {key}: {{{fields}}}")
+            if given and self.workload != wl:
+                raise _Rule(key, f"only workload: {wl} uses {key}: set workload: {wl} or drop it")
+        if (self.shape == "trace") != (self.trace is not None):
+            raise _Rule(
+                "trace", "shape: trace needs trace: {file, block_size, time_scale}; other shapes take none"
+            )
+        if self.shape == "trace" and self.workload != "synthetic":
+            raise _Rule(
+                "workload",
+                "a trace brings its own prompts (hash_ids): leave workload out of a trace scenario",
+            )
+        if self.workload == "multi-turn" and self.shape not in ("concurrency", "ramp", "stress"):
+            raise _Rule(
+                "shape", "multi-turn conversations run closed-loop: use shape concurrency (users in flight)"
+            )
+        if self.workload == "multi-turn" and self.rate:
+            raise _Rule("rate", "multi-turn conversations run closed-loop: give concurrency, not rate")
         if self.shape == "poisson" and not self.rate:
             raise _Rule("rate", "a poisson scenario needs a list of request rates (requests/s)")
         if self.shape in ("ramp", "stress") and self.duration_s is None:

@@ -38,7 +38,7 @@ def _chunk(payload: bytes) -> bytes:
 
 class _Req:
     __slots__ = ("rid", "t_recv", "sent", "queued", "n", "left", "api", "usage", "prompt_tokens", "fail_at",
-                 "reasoning", "prefix")  # fmt: skip
+                 "reasoning", "prefix", "prompt")  # fmt: skip
 
     def __init__(self) -> None:
         self.sent: list[float] = []
@@ -143,7 +143,11 @@ class _Conn:
 class Server:
     """The per-process server: accepts connections, answers requests, emits tokens on schedule, keeps the log."""
 
-    def __init__(self, ttft_ms: float, itl_ms: float, model: str, fail_every: int, reasoning: bool) -> None:
+    def __init__(
+        self, ttft_ms: float, itl_ms: float, model: str, fail_every: int, reasoning: bool, log_prompts: bool = False,
+        tag_text: bool = False,
+    ) -> None:  # fmt: skip
+        self.log_prompts, self.tag_text = log_prompts, tag_text
         self.ttft, self.itl = ttft_ms / 1000.0, itl_ms / 1000.0
         self.model, self.fail_every, self.reasoning = model, fail_every, reasoning
         self.seq = 0
@@ -215,13 +219,19 @@ class Server:
         r.usage = bool((req.get("stream_options") or {}).get("include_usage"))
         prompt = req.get("prompt") if r.api == "completions" else json.dumps(req.get("messages"))
         r.prompt_tokens = len(str(prompt).split())
+        r.prompt = (
+            (req.get("prompt") if r.api == "completions" else req.get("messages"))
+            if self.log_prompts
+            else None
+        )
         r.fail_at = r.n // 2 if self.fail_every and self.seq % self.fail_every == 0 else -1
         r.reasoning = self.reasoning
         r.prefix = (
-            b'data: {"id":"%s","object":"text_completion","model":"%s","choices":[{"index":0,"text":" t'
+            b'data: {"id":"%s","object":"text_completion","model":"%s","choices":[{"index":0,"text":" %st'
             % (
                 r.rid.encode(),
                 self.model.encode(),
+                (r.rid.encode() + b".") if self.tag_text else b"",
             )
         )
         conn.req = r
@@ -232,7 +242,7 @@ class Server:
         if r.api == "completions":  # the hot case: no JSON encoder per chunk
             return r.prefix + b'%d","finish_reason":null}]}\n\n' % i
         key = "reasoning" if (r.reasoning and i < r.n // 2) else "content"
-        delta: dict[str, Any] = {key: f" t{i}"}
+        delta: dict[str, Any] = {key: f" {r.rid}.t{i}" if self.tag_text else f" t{i}"}
         if i == 0:
             delta["role"] = "assistant"
         obj = {
@@ -314,8 +324,17 @@ class Server:
             self.armed = 1 << 62
 
     def finish(self, r: _Req, aborted: bool = False) -> None:
-        self.log.append({"id": r.rid, "t_recv": r.t_recv, "sent": r.sent, "queued": r.queued, "aborted": aborted,
-                         "n": r.n})  # fmt: skip
+        entry = {
+            "id": r.rid,
+            "t_recv": r.t_recv,
+            "sent": r.sent,
+            "queued": r.queued,
+            "aborted": aborted,
+            "n": r.n,
+        }
+        if self.log_prompts:
+            entry["prompt"] = r.prompt
+        self.log.append(entry)
 
 
 def _serve(sock: socket.socket, args: argparse.Namespace, log_path: str | None) -> None:
@@ -327,7 +346,8 @@ def _serve(sock: socket.socket, args: argparse.Namespace, log_path: str | None) 
         pass
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    srv = Server(args.ttft_ms, args.itl_ms, args.model, args.fail_every, args.reasoning)
+    srv = Server(args.ttft_ms, args.itl_ms, args.model, args.fail_every, args.reasoning, args.log_prompts,
+                 args.tag_text)  # fmt: skip
     srv.serve(sock)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -366,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         "--fail-every", type=int, default=0, help="every Nth request errors mid-stream (0: never)"
     )
     ap.add_argument("--reasoning", action="store_true", help="chat: first half of tokens as delta.reasoning")
+    ap.add_argument(
+        "--log-prompts", action="store_true", help="keep each request's prompt/messages in the log"
+    )
+    ap.add_argument(
+        "--tag-text", action="store_true", help="each token's text carries its request id (rid.tN)"
+    )
     ap.add_argument("--log", default=None, help="JSON-lines truth log (one file per process: LOG.<i>)")
     args = ap.parse_args(argv)
     first = _listen(args.port, args.host)

@@ -118,6 +118,7 @@ def _collect(
                             concurrency=shape.concurrency,
                             rate=shape.rate,
                             offset=offset,
+                            loop=shape.loop,
                         )
                         writer.write(rec)
                         if keep_records:
@@ -144,16 +145,26 @@ def run_point(
     verify_tls: bool = True,
     start_delay_s: float = 0.2,
     kernel_stamps: bool = True,
+    conversations: list[dict[str, Any]] | None = None,
 ) -> PointResult:
     """Run `shape` against `url` with request bodies `(json bytes, input tokens)`; append records to `out`
-    (a requests.jsonl path). `workers` 0 picks a count from the shape."""
+    (a requests.jsonl path). `workers` 0 picks a count from the shape. `conversations` (a concurrency shape
+    only, `workloads.conversation_plan`): each user runs whole conversations, each turn sent when the previous
+    one ended, carrying the answer text that turn streamed (`bodies` is then unused)."""
+    if conversations is not None:
+        if shape.kind != "concurrency":
+            raise ValueError("multi-turn conversations run closed-loop: give a concurrency shape")
+        bodies = bodies or [(b"", 0)]
     if not bodies:
         raise ValueError("no request bodies: build a workload first")
     point = point or shape.label
     nw = workers or auto_workers(shape)
     slots = split(shape.concurrency, nw) if shape.concurrency else [0] * nw
     arr: list[list[tuple[int, float]]] = [[] for _ in range(nw)]
-    if shape.kind == "poisson":
+    if shape.kind == "trace":
+        for k, off in enumerate(shape.offsets[: shape.requests]):  # type: ignore[index]
+            arr[k % nw].append((k, float(off)))
+    elif shape.kind == "poisson":
         offs = arrivals(
             shape.rate,
             requests=shape.requests,
@@ -174,7 +185,7 @@ def run_point(
             "slots": slots[i], "requests": shape.requests, "duration_s": shape.duration_s, "arrivals": arr[i],
             "bodies": bodies, "prefix": f"{scenario}-{point}", "timeout_s": timeout_s, "prewarm": prewarm,
             "warmup_s": shape.warmup_s, "warmup_requests": shape.warmup_requests, "api_key_env": API_KEY_ENV,
-            "verify_tls": verify_tls, "kernel_stamps": kernel_stamps,
+            "verify_tls": verify_tls, "kernel_stamps": kernel_stamps, "conversations": conversations,
         })  # fmt: skip
     if shape.kind == "concurrency":
         plans = [p for p in plans if p["slots"] > 0]

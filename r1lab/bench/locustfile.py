@@ -166,7 +166,7 @@ class R1labUser(User):
             self.sock = None
         users = int(_env("R1LAB_LOCUST_USERS", "0")) or getattr(runner, "target_user_count", None)
         rec = build_record(raw, scenario=scenario, point=point, worker=wid, concurrency=users, rate=None,
-                           offset=_offset)  # fmt: skip
+                           offset=_offset, loop="closed")  # fmt: skip
         name = API_PATHS[self.api]
         if rec["error"] is None and rec["t_first"] is not None:
             lat = request_latencies(rec)

@@ -154,6 +154,7 @@ def summarize_point(
         "point": first.get("point"),
         "concurrency": first.get("concurrency"),
         "rate": first.get("rate"),
+        "loop": first.get("loop") or ("open" if first.get("rate") else "closed"),
         "duration_s": duration,
         "requests": len(measured),
         "errors": sum(errors.values()),

@@ -25,6 +25,7 @@ COLUMNS = [
     "t_sched", "t_send", "t_first", "t_end", "chunk_t", "chunk_tokens",
     "input_tokens", "output_tokens", "status", "error", "error_detail",
     "stamp_uncertain", "stamp_uncert_s", "t_first_token", "t_first_answer", "reasoning_tokens", "answer_tokens",
+    "loop",
 ]  # fmt: skip
 
 
@@ -48,12 +49,14 @@ def build_record(
     concurrency: int | None,
     rate: float | None,
     offset: float,
+    loop: str | None = None,
 ) -> dict[str, Any]:
     """Parse one raw result (client.Raw or the tuple workers send) into a record row; never raises on what a
     server sent (anything unparseable becomes the record's error).
 
     stamp_uncertain: indices of chunks whose stamp may be late (delivered in one read with later events, see
-    sse.Stream); stamp_uncert_s: the largest such lateness bound (0.0: every stamp exact)."""
+    sse.Stream); stamp_uncert_s: the largest such lateness bound (0.0: every stamp exact). loop: "closed" or
+    "open" (shapes.loop_of), the load loop that sent the request."""
     try:
         stream = parse_response(raw.reads) if raw.reads else None
     except Exception as exc:  # a parser defect must cost one request, not the load point
@@ -110,6 +113,7 @@ def build_record(
         "t_first_answer": chunk_t[fa] if fa is not None else None,
         "reasoning_tokens": stream.reasoning_tokens if stream and chunk_t else None,
         "answer_tokens": stream.answer_tokens if stream and chunk_t else None,
+        "loop": loop,
     }
 
 
@@ -178,6 +182,7 @@ def arrow_schema():  # -> pyarrow.Schema
         ("error", pa.string()), ("error_detail", pa.string()),
         ("stamp_uncertain", pa.list_(pa.int32())), ("stamp_uncert_s", pa.float64()), ("t_first_token", pa.float64()),
         ("t_first_answer", pa.float64()), ("reasoning_tokens", pa.int64()), ("answer_tokens", pa.int64()),
+        ("loop", pa.string()),
     ])  # fmt: skip
 
 

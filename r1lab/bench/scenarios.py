@@ -4,7 +4,12 @@ Shapes per scenario (`r1lab.config.Scenario.shape`):
 - concurrency: one closed-loop point per value of `concurrency` (a sweep; the knee is found over it);
 - ramp: the same, as timed steps (`duration_s` each) one after another;
 - poisson: one open-loop point per `rate` (requests/s), optionally capped at `max_concurrency`;
-- stress: one load held for `duration_s`, with trend checks (error rate, latency, KV usage, memory).
+- stress: one load held for `duration_s`, with trend checks (error rate, latency, KV usage, memory);
+- trace: a Mooncake-style trace replayed open-loop at its own (optionally scaled) times (`bench.traces`).
+Workloads (`Scenario.workload`): synthetic (independent random prompts), shared-prefix (groups behind one common
+prefix), multi-turn (conversations, each turn carrying the answer the server streamed; closed loop per user).
+Every record and summary point states its loop (open/closed); the summary gives the engines' prefix-cache hit
+rate per point from their scraped counters, or says that none was scraped.
 Every point gets fresh prompts (its own seed), so a server's prefix cache never serves a later point from an
 earlier one. Records go to `load/<scenario>/requests.jsonl` as they happen; `summarize_run` derives
 `summary.json`/`summary.csv` from the records alone.
@@ -22,8 +27,15 @@ from r1lab.bench.metrics import Slo, client_limit_of, flatten, group_points, sum
 from r1lab.bench.records import load_records, read_jsonl
 from r1lab.bench.saturation import find_knee
 from r1lab.bench.shapes import Shape
+from r1lab.bench.traces import build_trace_workload, read_trace, trace_offsets
 from r1lab.bench.trends import stress_checks
-from r1lab.bench.workloads import ModelTokenizer, bodies, build_workload
+from r1lab.bench.workloads import (
+    ModelTokenizer,
+    bodies,
+    build_shared_prefix,
+    build_workload,
+    conversation_plan,
+)
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -48,6 +60,12 @@ def shapes_for(sc: Any) -> list[Shape]:
     """The load points of one config Scenario."""
     common = {"requests": sc.requests_per_point, "duration_s": sc.duration_s, "warmup_s": sc.warmup_s,
               "warmup_requests": sc.warmup_requests}  # fmt: skip
+    if sc.shape == "trace":
+        rows = read_trace(sc.trace.file, sc.trace.block_size, sc.trace.max_requests)
+        return [Shape("trace", offsets=trace_offsets(rows, sc.trace.time_scale), concurrency=sc.max_concurrency,
+                      warmup_s=sc.warmup_s, warmup_requests=sc.warmup_requests)]  # fmt: skip
+    if sc.workload == "multi-turn":
+        common["requests"] = sc.multi_turn.conversations * sc.multi_turn.turns
     if sc.shape == "poisson" or (sc.shape == "stress" and sc.rate):
         return [Shape("poisson", rate=r, concurrency=sc.max_concurrency, burstiness=sc.burstiness, **common)
                 for r in sc.rate]  # fmt: skip
@@ -61,14 +79,33 @@ def _pool_size(shape: Shape) -> int:
     return int(min(2048, max(64, per_s * min(shape.duration_s or 60, 120))))
 
 
-def _workloads(sc: Any, tokenizer: ModelTokenizer, model: str, seed: int) -> list[tuple[Shape, list]]:
-    """Each point's shape and fresh workload (its own seed)."""
-    return [
-        (shape, build_workload(tokenizer, n=_pool_size(shape), input_tokens=sc.input_tokens,
-                               output_tokens=sc.output_tokens, model=model, api=sc.endpoint, seed=seed * 1000 + i,
-                               force_output=sc.ignore_eos))
-        for i, shape in enumerate(shapes_for(sc))
-    ]  # fmt: skip
+def _workloads(sc: Any, tokenizer: ModelTokenizer, model: str, seed: int) -> list[tuple[Shape, list, Any]]:
+    """Each point's shape, fresh workload (its own seed) and, for multi-turn, its conversations."""
+    out = []
+    for i, shape in enumerate(shapes_for(sc)):
+        s = seed * 1000 + i
+        conv = None
+        if sc.shape == "trace":
+            rows = read_trace(sc.trace.file, sc.trace.block_size, sc.trace.max_requests)
+            wl = build_trace_workload(tokenizer, rows, model=model, block_size=sc.trace.block_size, api=sc.endpoint,
+                                      seed=s, force_output=sc.ignore_eos)  # fmt: skip
+        elif sc.workload == "shared-prefix":
+            sp = sc.shared_prefix
+            wl = build_shared_prefix(tokenizer, n=_pool_size(shape), groups=sp.groups, prefix_tokens=sp.prefix_tokens,
+                                     suffix_tokens=sp.suffix_tokens, output_tokens=sc.output_tokens, model=model,
+                                     api=sc.endpoint, seed=s, force_output=sc.ignore_eos)  # fmt: skip
+        elif sc.workload == "multi-turn":
+            mt = sc.multi_turn
+            wl = []
+            conv = conversation_plan(tokenizer, conversations=mt.conversations, turns=mt.turns,
+                                     user_tokens=mt.user_tokens, output_tokens=sc.output_tokens, model=model,
+                                     api=sc.endpoint, seed=s, force_output=sc.ignore_eos)  # fmt: skip
+        else:
+            wl = build_workload(tokenizer, n=_pool_size(shape), input_tokens=sc.input_tokens,
+                                output_tokens=sc.output_tokens, model=model, api=sc.endpoint, seed=s,
+                                force_output=sc.ignore_eos)  # fmt: skip
+        out.append((shape, wl, conv))
+    return out
 
 
 def run_scenario(
@@ -82,16 +119,22 @@ def run_scenario(
     if shell is not None:
         from r1lab.bench.remote import run_remote
 
+        if getattr(sc, "workload", "synthetic") == "multi-turn":
+            raise ValueError(
+                f"scenario {sc.name}: multi-turn conversations run from this machine only for now: "
+                "set load.run_on: local (or drop the scenario)"
+            )
         pts = [{"scenario": sc.name, "shape": shape, "bodies": bodies(wl), "api": sc.endpoint,
                 "timeout_s": sc.timeout_s, "seed": seed * 1000 + i}
-               for i, (shape, wl) in enumerate(_workloads(sc, tokenizer, model, seed))]  # fmt: skip
+               for i, (shape, wl, _) in enumerate(_workloads(sc, tokenizer, model, seed))]  # fmt: skip
         before = len(read_jsonl(out)) if out.exists() else 0
         run_remote(shell, url=url, points=pts, run_dir=run_dir)
         return read_jsonl(out)[before:]
     records: list[dict[str, Any]] = []
-    for i, (shape, wl) in enumerate(_workloads(sc, tokenizer, model, seed)):
+    for i, (shape, wl, conv) in enumerate(_workloads(sc, tokenizer, model, seed)):
         res = run_point(url, bodies(wl), shape, scenario=sc.name, out=out, api=sc.endpoint, workers=workers,
-                        timeout_s=sc.timeout_s, seed=seed * 1000 + i, verify_tls=verify_tls)  # fmt: skip
+                        timeout_s=sc.timeout_s, seed=seed * 1000 + i, verify_tls=verify_tls,
+                        conversations=conv)  # fmt: skip
         flag = client_limit_of(res.records, res.loop_lag_p99_ms)
         if flag["client_limited"]:
             print(
@@ -165,6 +208,9 @@ def summarize_run(
     client = client_stats(rd)
     points = [summarize_point(rs, slo=slo, gpus=gpus, usd_per_hour=usd_per_hour, source=source,
                               client=client.get(key)) for key, rs in group_points(records).items()]  # fmt: skip
+    for p in points:
+        p["prefix_cache"] = prefix_cache_of(metrics, [r for r in records if (r["scenario"], r["point"]) ==
+                                                      (p["scenario"], p["point"])])  # fmt: skip
     by_name = {sc.name: sc for sc in scenarios or []}
     saturation, trends = {}, {}
     for name in dict.fromkeys(p["scenario"] for p in points):
@@ -180,6 +226,39 @@ def summarize_run(
     if write:
         write_summary(rd, summary)
     return summary
+
+
+PREFIX_HITS, PREFIX_QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
+
+
+def prefix_cache_of(metrics: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The engines' prefix-cache hit rate over one point's time span, from their scraped counters (vLLM's and the
+    Dynamo workers' `vllm:prefix_cache_hits` / `vllm:prefix_cache_queries`, in tokens, summed over sources):
+    increase of hits / increase of queries between the last sample at or before the point's first send and the
+    last sample at or before its last end. None, with the reason, when no such counter was scraped."""
+    sends = [r["t_send"] for r in records if r.get("t_send") is not None]
+    ends = [r["t_end"] for r in records if r.get("t_end") is not None]
+    none = {"hit_rate": None, "hits": None, "queries": None, "source": None}
+    if metrics is None or not len(metrics):
+        return {
+            **none,
+            "note": "no engine metrics in this run (metrics.parquet absent): hit rate not measured",
+        }
+    m = metrics[metrics["metric"].isin([PREFIX_HITS, PREFIX_QUERIES])]
+    if not len(m) or not sends or not ends:
+        return {**none, "note": "the engines exported no vllm:prefix_cache_* counters: hit rate not measured"}
+    lo, hi = min(sends), max(ends)
+    inc: dict[str, float] = {PREFIX_HITS: 0.0, PREFIX_QUERIES: 0.0}
+    for (metric, _src, _lab), g in m.groupby(["metric", "source", "labels"]):
+        g = g.sort_values("time")
+        before, upto = g[g["time"] <= lo], g[g["time"] <= hi]
+        if len(upto) and len(before):
+            inc[metric] += max(0.0, float(upto["value"].iloc[-1]) - float(before["value"].iloc[-1]))
+    q, h = inc[PREFIX_QUERIES], inc[PREFIX_HITS]
+    if q <= 0:
+        return {**none, "note": "no prefix-cache queries counted during this point (samples too sparse?)"}
+    return {"hit_rate": h / q, "hits": h, "queries": q, "source": "engine counters vllm:prefix_cache_hits/queries",
+            "note": None}  # fmt: skip
 
 
 def client_stats(run_dir: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -238,7 +317,8 @@ def points_table(summary: dict[str, Any]):  # -> pandas.DataFrame
             "ttft_p50_ms": p["ttft_ms"]["p50"], "ttft_p99_ms": p["ttft_ms"]["p99"], "tpot_p50_ms": p["tpot_ms"]["p50"],
             "tpot_p99_ms": p["tpot_ms"]["p99"], "itl_p99_ms": p["itl_ms"]["p99"], "rps": p["rps"],
             "output_tok_s": p["output_tok_s"], "goodput_rps": p["goodput_rps"], "usd_per_mtok_out": p["usd_per_mtok_out"],
-            "client_limited": p.get("client_limited", False),
+            "client_limited": p.get("client_limited", False), "loop": p.get("loop"),
+            "prefix_cache_hit_rate": (p.get("prefix_cache") or {}).get("hit_rate"),
         })  # fmt: skip
     return pd.DataFrame(rows)
 

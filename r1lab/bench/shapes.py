@@ -1,5 +1,6 @@
 """Load shapes: fixed concurrency (closed loop) or Poisson/gamma arrivals (open loop, optionally capped), bounded
-by a request count or a duration, with a warm-up excluded from results. Step ramps are sequences of shapes."""
+by a request count or a duration, with a warm-up excluded from results; or a trace's own send times (open loop).
+Step ramps are sequences of shapes. `loop_of` says which loop a shape runs: every record and summary point states it."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import numpy as np
 class Shape:
     """One load point.
 
-    kind "concurrency": `concurrency` requests always in flight. kind "poisson": requests arrive at `rate`/s
-    (gamma inter-arrivals with `burstiness`, 1.0 = Poisson), at most `concurrency` in flight if given.
+    kind "concurrency": `concurrency` requests always in flight (closed loop). kind "poisson": requests arrive at
+    `rate`/s (gamma inter-arrivals with `burstiness`, 1.0 = Poisson), at most `concurrency` in flight if given
+    (open loop). kind "trace": request k is sent at `offsets[k]` s from the start (a replayed trace, open loop).
     Bounded by `requests` or `duration_s` (the first reached). Requests sent before `warmup_s` into the point,
     or among its first `warmup_requests`, are flagged warm-up and left out of the metrics.
     """
 
-    kind: Literal["concurrency", "poisson"]
+    kind: Literal["concurrency", "poisson", "trace"]
     concurrency: int | None = None
     rate: float | None = None
     requests: int | None = None
@@ -28,23 +30,43 @@ class Shape:
     warmup_s: float = 0.0
     warmup_requests: int = 0
     burstiness: float = 1.0
+    offsets: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "concurrency" and not (self.concurrency and self.concurrency > 0):
             raise ValueError("a concurrency shape needs concurrency >= 1")
         if self.kind == "poisson" and not (self.rate and self.rate > 0):
             raise ValueError("a poisson shape needs rate > 0 (requests/s)")
+        if self.kind == "trace" and not self.offsets:
+            raise ValueError("a trace shape needs its send offsets (seconds from the start)")
+        if self.kind == "trace" and any(b < a for a, b in zip(self.offsets, self.offsets[1:], strict=False)):
+            raise ValueError("a trace's send offsets must not decrease")
+        if self.kind == "trace" and self.requests is None:
+            object.__setattr__(self, "requests", len(self.offsets))
         if self.requests is None and self.duration_s is None:
             raise ValueError("bound the shape by requests or duration_s")
         if self.burstiness <= 0:
             raise ValueError("burstiness must be > 0")
 
     @property
+    def loop(self) -> str:
+        return loop_of(self.kind)
+
+    @property
     def label(self) -> str:
+        if self.kind == "trace":
+            cap = f"-c{self.concurrency}" if self.concurrency else ""
+            return f"trace{len(self.offsets or ())}{cap}"
         if self.kind == "concurrency":
             return f"c{self.concurrency}"
         cap = f"-c{self.concurrency}" if self.concurrency else ""
         return f"r{self.rate:g}{cap}"
+
+
+def loop_of(kind: str) -> str:
+    """ "closed" (a fixed number of users, each sending when its last answer ended) or "open" (arrivals on a
+    clock, whatever the server does)."""
+    return "closed" if kind == "concurrency" else "open"
 
 
 def arrivals(

@@ -517,3 +517,28 @@ def _certainty(s: Stream, reads_of: list[int], body: Body) -> None:
 def parse_response(reads: list[tuple[float, bytes]]) -> Stream:
     """Raw timed reads of one HTTP response -> the interpreted stream."""
     return interpret(dechunk(reads))
+
+
+def answer_text(reads: list[tuple[float, bytes]]) -> str:
+    """The answer text a streamed response carried (completions `text`, chat `delta.content`; reasoning left
+    out, as a chat client keeps only the answer in the history): what a multi-turn conversation appends."""
+    body = dechunk(reads)
+    parts: list[str] = []
+    for _, _, data in iter_events(body.data):
+        if data == b"[DONE]":
+            continue
+        try:
+            obj = _loads(data)
+        except ValueError:
+            continue
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if not choices or not isinstance(choices[0], dict):
+            continue
+        c0 = choices[0]
+        if isinstance(c0.get("text"), str):
+            parts.append(c0["text"])
+            continue
+        delta = c0.get("delta") or {}
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            parts.append(delta["content"])
+    return "".join(parts)

@@ -12,7 +12,8 @@ import struct
 import time
 from typing import Any
 
-from r1lab.bench.client import Client, Raw
+from r1lab.bench.client import Client, Raw, completion_body
+from r1lab.bench.sse import answer_text
 
 perf_counter = time.perf_counter
 FLUSH_S = 0.02
@@ -119,8 +120,8 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
             await asyncio.sleep(FLUSH_S)
             flush()
 
-    async def one(k: int, t_sched: float | None) -> None:
-        body, in_tok = bodies[k % len(bodies)]
+    async def one(k: int, t_sched: float | None, given: tuple[bytes, int | None] | None = None) -> Raw:
+        body, in_tok = given or bodies[k % len(bodies)]
         raw = Raw(f"{prefix}-{k}", seq=k, t_sched=t_sched, input_tokens=in_tok)
         await client.send(raw, path, body)
         raw.warmup = (
@@ -129,6 +130,7 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
             or (raw.t_send is None and t_sched is not None and t_sched < t0 + warm_s)
         )
         results.append(raw)
+        return raw
 
     await asyncio.sleep(max(0.0, t0 - perf_counter()))
     gc.collect()
@@ -141,7 +143,24 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
     ftask = asyncio.ensure_future(flusher())
     stask = asyncio.ensure_future(sender())
     deadline = t0 + plan["duration_s"] if plan["duration_s"] is not None else None
-    if plan["kind"] == "concurrency":
+    convs = plan.get("conversations")
+    if convs is not None:  # closed loop per conversation: a user sends turn j+1 once turn j's answer is in
+        mine = iter(range(w, len(convs), nworkers))
+
+        async def user() -> None:
+            for ci in mine:
+                if deadline is not None and perf_counter() >= deadline:
+                    return
+                conv, history = convs[ci], []
+                for j in range(len(conv["user"])):
+                    body = turn_body(conv, history, j)
+                    raw = await one(conv["first_k"] + j, perf_counter(), (body, conv["input_tokens"][j]))
+                    if raw.error is not None:
+                        break  # the conversation cannot go on without the answer it builds on
+                    history.append(answer_text(raw.reads))
+
+        await asyncio.gather(*(user() for _ in range(plan["slots"])))
+    elif plan["kind"] == "concurrency":
         count = plan["requests"]
         nxt = iter(range(w, 10**12, nworkers))  # this worker's global request indices
 
@@ -185,6 +204,21 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
     await stask  # every frame handed to the kernel
     out.close()
     client.close()
+
+
+def turn_body(conv: dict[str, Any], answers: list[str], j: int) -> bytes:
+    """Turn j of a conversation (workloads.conversation_plan): every earlier user message with the answer the
+    server streamed for it, then user message j (chat: as messages; completions: one concatenated prompt)."""
+    users = conv["user"]
+    if conv["api"] == "chat":
+        msgs: list[dict[str, str]] = []
+        for u, a in zip(users[:j], answers, strict=True):
+            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        prompt: Any = msgs + [{"role": "user", "content": users[j]}]
+    else:
+        prompt = "".join(u + a for u, a in zip(users[:j], answers, strict=True)) + users[j]
+    return completion_body(conv["model"], conv["api"], prompt, conv["max_tokens"][j],
+                           force_output=conv["force_output"], extra=conv.get("extra"))  # fmt: skip
 
 
 def _die_with_parent() -> None:

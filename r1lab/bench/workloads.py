@@ -4,6 +4,10 @@ Prompts are random token sequences decoded to text and corrected until the serve
 completions; the chat template rendered for chat) gives exactly the target count: input lengths are exact, not
 estimated, up to 128K-token contexts. Outputs are forced to their length with `ignore_eos` + `min_tokens`
 (vLLM's sampling extensions). Same seed, same workload.
+
+Workloads that share prefixes (what a prefix cache and Dynamo's KV-aware router exist for): `build_shared_prefix`
+(groups of requests behind one long common prefix) and `conversation_plan` (multi-turn conversations whose turns
+carry the answers the server really streamed; run by the workers). Trace replay lives in `traces`.
 """
 
 from __future__ import annotations
@@ -109,6 +113,125 @@ def exact_prompt(tok: ModelTokenizer, length: int, rng: np.random.Generator, api
         if count(text[:-trim]) == length:
             return text[:-trim]
     raise WorkloadError(f"could not build a prompt of exactly {length} tokens; try another seed")
+
+
+def fit_tail(
+    tok: ModelTokenizer,
+    head: str,
+    tail: list[int],
+    length: int,
+    rng: np.random.Generator,
+    api: str = "completions",
+) -> str:
+    """`head` + a tail (from token ids `tail`, trimmed or extended) that the server tokenizes to exactly `length`
+    tokens: `head` is kept byte for byte."""
+    count = tok.count_chat if api == "chat" else tok.count_completion
+    ids = list(tail)
+    text = head + tok.decode(ids)
+    for _ in range(30):
+        text = head + tok.decode(ids)
+        n = count(text)
+        if n == length:
+            return text
+        if n > length:
+            if not ids:
+                break
+            ids = ids[: max(0, len(ids) - (n - length))]
+        else:
+            ids += list(rng.choice(tok.sample_ids, size=length - n))
+    for trim in range(1, 64):
+        if len(text) - trim > len(head) and count(text[:-trim]) == length:
+            return text[:-trim]
+    raise WorkloadError(
+        f"could not build a prompt of exactly {length} tokens after a fixed head; try another seed"
+    )
+
+
+def server_ids(tok: ModelTokenizer, text: str, api: str = "completions") -> list[int]:
+    """The token ids the server prefills for `text` (completions: BOS added; chat: the template rendered)."""
+    if api == "chat":
+        return tok.tok.encode(tok.render_chat(text), add_special_tokens=False).ids
+    return tok.tok.encode(text, add_special_tokens=True).ids
+
+
+def head_tokens(tok: ModelTokenizer, api: str = "completions") -> int:
+    """Tokens the server puts before the user's text (BOS; for chat, the template's head)."""
+    if api != "chat":
+        return tok.count_completion("")
+    mark = "R1LAB-MARK-7f3a"
+    head = tok.render_chat(mark).split(mark)[0]
+    return len(tok.tok.encode(head, add_special_tokens=False).ids)
+
+
+def _plain_text(tok: ModelTokenizer, n: int, rng: np.random.Generator) -> str:
+    """Random text that encodes (no special tokens) to exactly n tokens."""
+    ids = list(rng.choice(tok.sample_ids, size=n))
+    for _ in range(30):
+        text = tok.decode(ids)
+        m = len(tok.tok.encode(text, add_special_tokens=False).ids)
+        if m == n:
+            return text
+        ids = ids[: len(ids) - (m - n)] if m > n else ids + list(rng.choice(tok.sample_ids, size=n - m))
+    raise WorkloadError(f"could not build a text of exactly {n} tokens; try another seed")
+
+
+def build_shared_prefix(
+    tok: ModelTokenizer, *, n: int, groups: int, prefix_tokens: int, suffix_tokens: int, output_tokens: Any,
+    model: str, api: str = "completions", seed: int = 0, force_output: bool = True,
+) -> list[Request]:  # fmt: skip
+    """`n` requests in `groups` groups (request i in group i % groups): every request of a group starts with the
+    group's prefix of `prefix_tokens` tokens, then its own suffix of `suffix_tokens` tokens. As the server
+    tokenizes them, two prompts of a group share exactly head_tokens + prefix_tokens leading tokens (the head:
+    BOS, and for chat the template's head) and prompts of different groups share only the head; every input is
+    exactly head + prefix + suffix (+ chat template tail) tokens."""
+    if groups < 1 or prefix_tokens < 1 or suffix_tokens < 1:
+        raise WorkloadError("shared_prefix: groups, prefix_tokens and suffix_tokens must all be >= 1")
+    rng = np.random.default_rng(seed)
+    head = head_tokens(tok, api)
+    outs = sample_lengths(output_tokens, n, rng)
+    prefixes = [_plain_text(tok, prefix_tokens, rng) for _ in range(groups)]
+    want = (tok.count_chat("") if api == "chat" else tok.count_completion("")) + prefix_tokens + suffix_tokens
+    pids = [server_ids(tok, p, api)[: head + prefix_tokens] for p in prefixes]
+    firsts: list[set[int]] = [set() for _ in range(groups)]
+    out = []
+    for i in range(n):
+        g = i % groups
+        for _ in range(50):
+            prompt = prefixes[g] + _plain_text(tok, suffix_tokens, rng)
+            ids = server_ids(tok, prompt, api)
+            k = head + prefix_tokens
+            if len(ids) == want and ids[:k] == pids[g] and ids[k] not in firsts[g]:
+                firsts[g].add(ids[k])
+                break
+        else:
+            raise WorkloadError(
+                f"shared_prefix: could not keep the prefix boundary of group {g} exact; try another seed"
+            )
+        body = completion_body(model, api, prompt, outs[i], force_output=force_output)
+        out.append(Request(prompt, want, outs[i], body))
+    return out
+
+
+def conversation_plan(
+    tok: ModelTokenizer, *, conversations: int, turns: int, user_tokens: int, output_tokens: Any, model: str,
+    api: str = "completions", seed: int = 0, force_output: bool = True,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Multi-turn conversations for the workers (`loadgen.run_point(conversations=...)`): per conversation its
+    user messages (`user_tokens` tokens each; the first turn's input is exact), the forced output length per turn,
+    and the global request index of its first turn. Turn j's prompt is every earlier message and the answer text
+    the server streamed for it, then message j (workers.turn_body), so later inputs are counted by the server."""
+    if conversations < 1 or turns < 1 or user_tokens < 1:
+        raise WorkloadError("multi_turn: conversations, turns and user_tokens must all be >= 1")
+    rng = np.random.default_rng(seed)
+    overhead = tok.count_chat("") if api == "chat" else tok.count_completion("")
+    plan = []
+    for c in range(conversations):
+        first = exact_prompt(tok, overhead + user_tokens, rng, api)
+        rest = [_plain_text(tok, user_tokens, rng) for _ in range(turns - 1)]
+        plan.append({"id": c, "first_k": c * turns, "model": model, "api": api, "force_output": force_output,
+                     "user": [first, *rest], "max_tokens": sample_lengths(output_tokens, turns, rng),
+                     "input_tokens": [overhead + user_tokens] + [None] * (turns - 1)})  # fmt: skip
+    return plan
 
 
 def sample_lengths(spec: Any, n: int, rng: np.random.Generator) -> list[int]:
