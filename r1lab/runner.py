@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import logging
 import os
 import signal
 import sys
@@ -153,6 +154,19 @@ def _failure_from(exc: Exception, step: Step) -> str:
     cell = getattr(exc, "exec_count", None) or getattr(exc, "cell_index", None)
     ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
     return f"{step.name}: cell {cell}: {ename}: {evalue}"
+
+
+class _ExpectedKernelDeath(logging.Filter):
+    """When a signal stops a notebook, nbclient's pending cell task ends in DeadKernelError, which asyncio logs
+    at exit as 'Task exception was never retrieved' with a traceback. The kernel's death is expected then and is
+    already reported (notebook_failed, the teardown lines): keep that traceback off the user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and type(exc).__name__ == "DeadKernelError")
+
+
+logging.getLogger("asyncio").addFilter(_ExpectedKernelDeath())
 
 
 @contextmanager
