@@ -312,12 +312,28 @@ class Trace(Strict):
     """`shape: trace`: replay a Mooncake-style JSONL trace (timestamp ms, input_length, output_length,
     hash_ids) open-loop at its own times."""
 
-    file: str = Field(min_length=1, description="The trace's path (relative to the working directory).")
+    file: str = Field(
+        min_length=1, description="The trace's path (relative: to the working directory, else the repo)."
+    )
     block_size: int = Field(512, ge=1, le=1_000_000, description="Prompt tokens per hash id (Mooncake: 512).")
     time_scale: float = Field(
         1.0, gt=0, le=1000, description="Multiplies the trace's times (0.5: twice as fast)."
     )
     max_requests: int | None = Field(None, ge=1, le=10_000_000, description="Replay only the first N.")
+    max_total_tokens: int | None = Field(
+        None,
+        ge=2,
+        le=10_000_000,
+        description="Skip requests whose input + output exceed this (max_model_len).",
+    )
+
+    def path(self) -> Path:
+        """The trace file: absolute, or relative to the working directory, else to the repository root."""
+        p = Path(self.file).expanduser()
+        if p.is_absolute() or p.exists():
+            return p
+        root = Path(__file__).resolve().parent.parent / p
+        return root if root.exists() else p
 
 
 class Scenario(Strict):

@@ -105,3 +105,35 @@ def test_cli_bad_params(tmp_path, capsys):
     p.write_text("name: x\npods: []\n")
     assert cli_main([str(p)]) == 1
     assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_prefix_sharing_scenarios_are_planned_as_stated_equivalents():
+    plan = plan_experiment(load_experiment(PARAMS / "runpod-1x8-h200.yaml"), include_standard=False)
+    pts = {p["scenario"]: p for p in plan.topologies[0]["points"]}
+    sp, mt, tr = pts["shared-prefix"], pts["multi-turn"], pts["trace-mooncake"]
+    assert (
+        sp["isl"] == 8192 + 256 and sp["concurrency"] == 32 and "no prefix-cache reuse" in sp["modelled_as"]
+    )
+    assert mt["isl"] == round(512 * 3 + 256 * 2) and mt["concurrency"] == 16 and "turn" in mt["modelled_as"]
+    rows = [
+        json.loads(x)
+        for x in (PARAMS / "traces" / "mooncake-conversation-60s.jsonl").read_text().splitlines()
+    ]
+    span = (rows[-1]["timestamp"] - rows[0]["timestamp"]) / 1000
+    assert tr["rate"] == pytest.approx((len(rows) - 1) / span) and tr["concurrency"] is None
+    assert tr["isl"] == round(sum(r["input_length"] for r in rows) / len(rows))
+    assert tr["modelled_as"].startswith("poisson at the trace's mean rate")
+    assert "modelled_as" not in pts["sweep"]
+
+
+def test_plan_times_of_prefix_sharing_scenarios():
+    from r1lab.perf.plan_text import point_seconds
+
+    exp = load_experiment(PARAMS / "runpod-1x8-h200.yaml")
+    pts = {p["scenario"]: p for p in plan_experiment(exp, include_standard=False).topologies[0]["points"]}
+    mt, tr = pts["multi-turn"], pts["trace-mooncake"]
+    assert point_seconds(exp, mt) == pytest.approx(2 * 5 * mt["e2e_ms"]["mean"] / 1000)  # 32 convs / 16 users
+    assert point_seconds(exp, tr) == pytest.approx(
+        (tr["requests"] - 1) / tr["rate"] + tr["e2e_ms"]["mean"] / 1000
+    )
+    assert 55 < (tr["requests"] - 1) / tr["rate"] < 61  # the trace's own 60 s

@@ -61,7 +61,9 @@ def shapes_for(sc: Any) -> list[Shape]:
     common = {"requests": sc.requests_per_point, "duration_s": sc.duration_s, "warmup_s": sc.warmup_s,
               "warmup_requests": sc.warmup_requests}  # fmt: skip
     if sc.shape == "trace":
-        rows = read_trace(sc.trace.file, sc.trace.block_size, sc.trace.max_requests)
+        rows = read_trace(
+            sc.trace.path(), sc.trace.block_size, sc.trace.max_requests, sc.trace.max_total_tokens
+        )
         return [Shape("trace", offsets=trace_offsets(rows, sc.trace.time_scale), concurrency=sc.max_concurrency,
                       warmup_s=sc.warmup_s, warmup_requests=sc.warmup_requests)]  # fmt: skip
     if sc.workload == "multi-turn":
@@ -86,7 +88,9 @@ def _workloads(sc: Any, tokenizer: ModelTokenizer, model: str, seed: int) -> lis
         s = seed * 1000 + i
         conv = None
         if sc.shape == "trace":
-            rows = read_trace(sc.trace.file, sc.trace.block_size, sc.trace.max_requests)
+            rows = read_trace(
+                sc.trace.path(), sc.trace.block_size, sc.trace.max_requests, sc.trace.max_total_tokens
+            )
             wl = build_trace_workload(tokenizer, rows, model=model, block_size=sc.trace.block_size, api=sc.endpoint,
                                       seed=s, force_output=sc.ignore_eos)  # fmt: skip
         elif sc.workload == "shared-prefix":

@@ -35,12 +35,17 @@ class TraceRow:
 
 
 def read_trace(
-    path: str | Path, block_size: int = BLOCK_SIZE, max_requests: int | None = None
-) -> list[TraceRow]:
-    """The rows of a Mooncake-style JSONL trace; a bad line is an error naming file, line, key and fix."""
+    path: str | Path, block_size: int = BLOCK_SIZE, max_requests: int | None = None,
+    max_total_tokens: int | None = None,
+) -> list[TraceRow]:  # fmt: skip
+    """The rows of a Mooncake-style JSONL trace; a bad line is an error naming file, line, key and fix. Rows whose
+    input + output exceed `max_total_tokens` (the deployment's max_model_len) are skipped, and said so."""
+    skipped = 0
     p = Path(path)
     if not p.is_file():
-        raise WorkloadError(f"{p}: no such trace file (trace.file is read relative to the working directory)")
+        raise WorkloadError(
+            f"{p}: no such trace file (a relative trace.file is read from the working directory, else the repository root)"
+        )
     rows: list[TraceRow] = []
     for i, line in enumerate(p.read_text().splitlines(), 1):
         if not line.strip():
@@ -74,11 +79,18 @@ def read_trace(
             )
         if rows and ts < rows[-1].timestamp_ms:
             raise WorkloadError(f"{where}: timestamp {ts} goes back in time; sort the trace by timestamp")
+        if max_total_tokens is not None and il + ol > max_total_tokens:
+            skipped += 1
+            continue
         rows.append(TraceRow(float(ts), il, ol, tuple(h[: math.ceil(il / block_size)])))
         if max_requests is not None and len(rows) >= max_requests:
             break
+    if skipped:
+        print(
+            f"{p}: skipped {skipped} requests longer than max_total_tokens {max_total_tokens} (input + output)"
+        )
     if not rows:
-        raise WorkloadError(f"{p}: the trace has no requests")
+        raise WorkloadError(f"{p}: the trace has no requests (within max_total_tokens: raise it or drop it)")
     return rows
 
 

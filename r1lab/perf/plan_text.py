@@ -50,6 +50,11 @@ def point_seconds(exp: Any, p: dict[str, Any]) -> float | None:
     e2e = ((p.get("e2e_ms") or {}).get("mean") or 0.0) / 1000
     if s.duration_s:
         return float(s.duration_s) + (s.warmup_s or 0.0)
+    mt = getattr(s, "multi_turn", None)
+    if mt is not None:  # each user's turns run one after another
+        return math.ceil(mt.conversations / max(1, int(p.get("concurrency") or 1))) * mt.turns * e2e
+    if getattr(s, "shape", None) == "trace" and p.get("rate") and p.get("requests"):
+        return (int(p["requests"]) - 1) / float(p["rate"]) + e2e
     n = (s.requests_per_point or 0) + (s.warmup_requests or 0)
     if not n:
         return None

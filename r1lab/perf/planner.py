@@ -27,6 +27,7 @@ Latencies in ms, throughput in output tokens/s, money in USD. Every number is mo
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -164,15 +165,55 @@ def _length(v: Any) -> tuple[int, tuple[int, int] | None]:
     return v.mean, (lo, max(lo, hi))
 
 
+def _trace_load(sc: Any) -> tuple[int, int, float, int] | None:
+    """(mean input, mean output, mean rate/s, requests) of a trace scenario's file; None when it cannot be read."""
+    try:
+        rows = [json.loads(x) for x in sc.trace.path().read_text().splitlines() if x.strip()]
+        cap = sc.trace.max_total_tokens
+        rows = [r for r in rows if cap is None or r["input_length"] + r["output_length"] <= cap]
+        rows = rows[: sc.trace.max_requests] if sc.trace.max_requests else rows
+        span = (rows[-1]["timestamp"] - rows[0]["timestamp"]) / 1000.0 * sc.trace.time_scale
+        n = len(rows)
+        isl = round(sum(r["input_length"] for r in rows) / n)
+        osl = round(sum(r["output_length"] for r in rows) / n)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError):
+        return None
+    return isl, osl, ((n - 1) / span if span > 0 else float(n)), n
+
+
 def _points(exp: Any) -> list[dict[str, Any]]:
+    """The load points the planner models. Workloads it has no model for are stated as what they are modelled
+    as (`modelled_as`): shared-prefix and multi-turn as their mean input at the same concurrency with no
+    prefix-cache reuse (an upper bound on prefill work); a trace as Poisson at its mean rate and mean lengths."""
     pts = []
     for sc in exp.load.scenarios:
         isl, isl_r = _length(sc.input_tokens)
         osl, osl_r = _length(sc.output_tokens)
         loads = [(None, r) for r in sc.rate] if sc.shape == "poisson" else [(c, None) for c in sc.concurrency]
+        n, how = sc.requests_per_point, None
+        wl = getattr(sc, "workload", "synthetic")
+        if sc.shape == "trace":
+            tl = _trace_load(sc)
+            if tl is None:
+                continue  # an unreadable trace is reported where it is run (bench.traces names file and line)
+            isl, osl, rate, n = tl
+            isl_r = osl_r = None
+            loads = [(sc.max_concurrency, rate)]
+            how = f"poisson at the trace's mean rate {rate:.3g}/s, mean lengths, no prefix-cache reuse"
+        elif wl == "shared-prefix":
+            isl, isl_r = sc.shared_prefix.prefix_tokens + sc.shared_prefix.suffix_tokens, None
+            how = "its full input (prefix + suffix) at this concurrency, no prefix-cache reuse"
+        elif wl == "multi-turn":
+            mt = sc.multi_turn
+            isl = round(mt.user_tokens * (mt.turns + 1) / 2 + osl * (mt.turns - 1) / 2)
+            isl_r, n = (
+                (mt.user_tokens, mt.turns * mt.user_tokens + (mt.turns - 1) * osl),
+                mt.conversations * mt.turns,
+            )
+            how = "its mean turn input (history grows per turn) at this concurrency, no prefix-cache reuse"
         for conc, rate in loads:
             pts.append(dict(scenario=sc.name, isl=isl, osl=osl, isl_r=isl_r, osl_r=osl_r, conc=conc, rate=rate,
-                            n=sc.requests_per_point))  # fmt: skip
+                            n=n, modelled_as=how))  # fmt: skip
     if not pts:
         pts.append(
             dict(scenario="default", isl=1024, osl=1024, isl_r=None, osl_r=None, conc=16, rate=None, n=None)
@@ -265,6 +306,7 @@ def evaluate_topology(topo: Topology, exp: Any, prices: dict[str, Any] | None = 
                 meets_slo=meets,
                 preemptions=p.preemptions,
                 kv_transfer_ms=p.kv_transfer_ms,
+                **({"modelled_as": pt["modelled_as"], "requests": pt["n"]} if pt.get("modelled_as") else {}),
             )
         )
     bottleneck.pop("_conc", None)
