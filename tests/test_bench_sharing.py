@@ -11,7 +11,7 @@ import pytest
 from r1lab.bench import gtserver
 from r1lab.bench.loadgen import run_point
 from r1lab.bench.records import read_jsonl
-from r1lab.bench.scenarios import prefix_cache_of, run_scenario, summarize_run
+from r1lab.bench.scenarios import prefix_cache_lines, prefix_cache_of, run_scenario, summarize_run
 from r1lab.bench.shapes import Shape
 from r1lab.bench.traces import block_texts, build_trace_workload, read_trace, trace_offsets
 from r1lab.bench.workloads import (
@@ -228,3 +228,13 @@ def test_the_params_trace_is_a_valid_mooncake_trace():
     assert len(rows) == 162 and rows[-1].timestamp_ms < 60_000
     assert all(len(r.hash_ids) == -(-r.input_length // 512) for r in rows)
     assert len(read_trace(f, block_size=512, max_total_tokens=8192)) < len(rows)
+
+
+def test_prefix_cache_lines_say_loop_and_rate_or_why_not():
+    pts = [{"scenario": "sp", "point": "c2", "loop": "closed", "prefix_cache": {"hit_rate": 0.25, "hits": 30,
+            "queries": 120}}, {"scenario": "tr", "point": "trace4", "loop": "open",
+            "prefix_cache": {"hit_rate": None, "note": "no engine metrics in this run"}}]  # fmt: skip
+    assert prefix_cache_lines({"points": pts}) == [
+        "sp c2 (closed-loop): prefix-cache hit rate 25.0% (30 of 120 tokens, engine counters)",
+        "tr trace4 (open-loop): no engine metrics in this run",
+    ]

@@ -327,6 +327,17 @@ def points_table(summary: dict[str, Any]):  # -> pandas.DataFrame
     return pd.DataFrame(rows)
 
 
+def prefix_cache_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per point: its loop and the engines' prefix-cache hit rate (or why there is none)."""
+    out = []
+    for p in summary["points"]:
+        pc = p.get("prefix_cache") or {}
+        hit = (f"prefix-cache hit rate {pc['hit_rate']:.1%} ({pc['hits']:,.0f} of {pc['queries']:,.0f} tokens, "
+               "engine counters)") if pc.get("hit_rate") is not None else (pc.get("note") or "hit rate not measured")  # fmt: skip
+        out.append(f"{p['scenario']} {p['point']} ({p.get('loop', '?')}-loop): {hit}")
+    return out
+
+
 def client_limited_lines(summary: dict[str, Any]) -> list[str]:
     """One line per client-limited point (why, and the fix); one line saying none when none is."""
     out = [f"{p['scenario']} {p['point']}: CLIENT-LIMITED: {p['client_limited_why']}; fix: {p['client_fix']}"
