@@ -24,14 +24,15 @@ def points():
     return [
         {"scenario": "near", "shape": Shape("concurrency", concurrency=4, requests=20), "bodies": b},
         {"scenario": "near", "shape": Shape("poisson", rate=50.0, requests=15), "bodies": b, "seed": 1},
+        {"scenario": "near", "shape": Shape("trace", offsets=(0.0, 0.05, 0.1)), "bodies": b},
     ]
 
 
 def check(run_dir, got):
     assert got == [run_dir / "load" / "near" / "requests.jsonl"]
     recs = read_jsonl(got[0])
-    assert len(recs) == 35 and all(r["error"] is None for r in recs)
-    assert {r["point"] for r in recs} == {"c4", "r50"}
+    assert len(recs) == 38 and all(r["error"] is None for r in recs)
+    assert {(r["point"], r["loop"]) for r in recs} == {("c4", "closed"), ("r50", "open"), ("trace3", "open")}
 
 
 def test_run_remote_over_a_local_shell(tmp_path):
