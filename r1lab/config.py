@@ -403,9 +403,6 @@ class Scenario(Strict):
             raise _Rule(
                 "trace", "shape: trace needs trace: {file, block_size, time_scale}; other shapes take none"
             )
-        if self.trace is not None and not self.trace.path().is_file():
-            raise _Rule("trace.file", f"{self.trace.file}: no such trace file (a relative path is read from the working "
-                        "directory, else the repository root): give the JSONL trace's path")  # fmt: skip
         if self.shape == "trace" and self.workload != "synthetic":
             raise _Rule(
                 "workload",
