@@ -27,6 +27,7 @@ from r1lab.config import load_experiment
 from r1lab.model import ModelSpec
 from r1lab.progress import step
 from r1lab.serve.commands import Node, render
+from r1lab.serve.deploy import interface_of
 from r1lab.serve.kv_transfer import DecodeCounters, fetch_metrics, metric, prove_transfer
 from r1lab.serve.launch import Launcher
 from r1lab.teardown import teardown_run
@@ -98,11 +99,16 @@ def test_twin_real_prefill_decode_over_nixl(tmp_path: Path, monkeypatch: pytest.
                 tmp_path / "tiny", weights=True, shards=1, max_position_embeddings=4096
             )
             head.put(model_dir, exp.model.path)
+        # each pod's private interface, found on the pod as deploy() does: Gloo/UCX bind to it
         nodes = [
-            Node("head", "head", 0, head.address, exp.gpus_per_node),
-            Node("worker", "worker", 1, worker.address, exp.gpus_per_node),
+            Node("head", "head", 0, head.address, exp.gpus_per_node, interface_of(head, head.address)),
+            Node(
+                "worker", "worker", 1, worker.address, exp.gpus_per_node, interface_of(worker, worker.address)
+            ),
         ]
+        assert all(n.iface for n in nodes), nodes
         dep = render(exp, "dynamo", nodes=nodes, engine="vllm")
+        assert not [(c.name, k, v) for c in dep.to_run for k, v in c.env.items() if v.endswith("_IFACE")]
         placed = {c.name: c.node for c in dep.to_run}
         assert placed == {"etcd": "head", "nats": "head", "dynamo-frontend": "head",
                           "dynamo-vllm-prefill-0": "head", "dynamo-vllm-decode-0": "worker"}  # fmt: skip
