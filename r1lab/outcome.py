@@ -30,7 +30,8 @@ class Outcome:
         return f"CUT SHORT: {self.reason}"
 
 
-def _events(run_dir: Path) -> list[dict[str, Any]]:
+def runner_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The runner's events (runner.jsonl) of a run; a line torn by a kill is skipped."""
     path = run_dir / "runner.jsonl"
     if not path.exists():
         return []
@@ -46,7 +47,7 @@ def _events(run_dir: Path) -> list[dict[str, Any]]:
 def run_outcome(run_dir: str | Path) -> Outcome | None:
     """The last attempt's outcome; None when the run was not made by `r1lab run` (no runner.jsonl)."""
     rd = Path(run_dir)
-    events = _events(rd)
+    events = runner_events(rd)
     starts = [i for i, e in enumerate(events) if e.get("event") == "run_started"]
     if not starts:
         return None

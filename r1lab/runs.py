@@ -14,8 +14,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from r1lab.outcome import runner_events
 from r1lab.teardown import Ledger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,19 +88,6 @@ class RunState:
         return f"{self.state}; notebooks: {nbs}; {res}" + (f"; {self.detail}" if self.detail else "")
 
 
-def _events(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "runner.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def run_state(run_dir: str | Path) -> RunState:
     """The state of one run, from its files alone."""
     rd = Path(run_dir)
@@ -110,7 +97,7 @@ def run_state(run_dir: str | Path) -> RunState:
         st.created, st.params_file = meta.get("created", ""), meta.get("params_file", "")
     except (OSError, json.JSONDecodeError):
         st.detail = "no readable run.json"
-    events = _events(rd)
+    events = runner_events(rd)
     ledger = Ledger(rd)
     entries = ledger.entries()
     st.live = len(ledger.live())
