@@ -424,8 +424,12 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
         spec = ModelSpec.from_config_json(local / "config.json")
         rows = []
         for i in range(n):
-            proof, chunks = prove_transfer(launched.endpoint.url, "tiny-r1", metrics, pods.executors[dec.node],
-                                           spec, prompt_words=150 + 100 * i)  # fmt: skip
+            try:
+                proof, chunks = prove_transfer(launched.endpoint.url, "tiny-r1", metrics,
+                                               pods.executors[dec.node], spec, prompt_words=150 + 100 * i)  # fmt: skip
+            except OSError:  # a refused or failed request: name the worker that died, with its log tail
+                launched.launcher.check()
+                raise
             print(proof.summary())
             rows.append({**proof.as_dict(), "chunks": chunks})
     finally:

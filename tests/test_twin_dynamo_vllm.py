@@ -60,6 +60,16 @@ def _chat(base_url: str, model: str, content: str, max_tokens: int) -> tuple[lis
     return chunks, usage
 
 
+def _explain(launcher: Launcher) -> None:
+    """Print each serving process's state and log tail, then raise the launcher's own diagnosis if a process
+    died or logged a known failure (a refused metrics port is then explained by its engine's log)."""
+    for r in launcher.running:
+        alive = r.bg is None or r.executor.alive(r.bg.pid)
+        tail = launcher._read_log(r, 6_000).splitlines()[-25:]
+        print(f"--- {r.command.name} on {r.command.node}: {'alive' if alive else 'EXITED'}", *tail, sep="\n")
+    launcher.check()
+
+
 def test_twin_real_prefill_decode_over_nixl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if os.geteuid() != 0:
         pytest.fail("the twin needs root (network namespaces); CI runs as root")
@@ -118,33 +128,39 @@ def test_twin_real_prefill_decode_over_nixl(tmp_path: Path, monkeypatch: pytest.
             endpoint = launcher.launch(dep, deadline_s=480)
         timings["launch_s"] = time.monotonic() - t0
 
-        dec = next(c for c in dep.to_run if c.name == "dynamo-vllm-decode-0")
-        metrics_url = f"http://{worker.address}:{dec.env['DYN_SYSTEM_PORT']}/metrics"
-        spec = ModelSpec.from_config_json(model_dir / "config.json")
-        with step("a streamed chat completion through the frontend (KV router), its KV transfer measured"):
-            t0 = time.monotonic()
-            proof, chunks = prove_transfer(endpoint.url, endpoint.model, metrics_url, worker, spec,
-                                           prompt_words=120, max_tokens=8)  # fmt: skip
-            timings["request_s"] = time.monotonic() - t0
-        print(proof.summary())
-        print(json.dumps({**proof.as_dict(), **timings}))
-        assert chunks >= 2 and proof.prompt_tokens > 4 * proof.block_size, (chunks, proof)
-        assert proof.nixl_transfers >= 1  # NIXL moved the KV
-        # the bytes NIXL moved are whole blocks of the prompt's KV cache (the last block may be left to decode)
-        assert proof.predicted_bytes - proof.block_size * proof.kv_bytes_per_token <= proof.nixl_bytes
-        assert proof.nixl_bytes <= proof.predicted_bytes
-        assert proof.link_rx_bytes >= proof.nixl_bytes  # and it crossed the pods' link
-        # the decode engine took the prompt's KV from the prefill pod instead of computing it
-        assert proof.tokens_external >= proof.prompt_tokens - proof.block_size
-        assert proof.tokens_local <= proof.block_size
-        after = DecodeCounters.of(fetch_metrics(metrics_url))
-        pre_log = head.run("cat /tmp/r1lab/logs/dynamo/dynamo-vllm-prefill-0.log", check=False).output
-        assert "NIXL" in pre_log or "nixl" in pre_log
-        with step("a second request streams too"):
-            chunks2, _ = _chat(endpoint.url, endpoint.model, "What is 2 + 2?", max_tokens=4)
-            assert len(chunks2) >= 2
-        assert DecodeCounters.of(fetch_metrics(metrics_url)).nixl_transfers > after.nixl_transfers
-        assert metric(fetch_metrics(metrics_url), "vllm:nixl_num_failed_transfers_total") == 0
+        try:
+            dec = next(c for c in dep.to_run if c.name == "dynamo-vllm-decode-0")
+            metrics_url = f"http://{worker.address}:{dec.env['DYN_SYSTEM_PORT']}/metrics"
+            spec = ModelSpec.from_config_json(model_dir / "config.json")
+            with step(
+                "a streamed chat completion through the frontend (KV router), its KV transfer measured"
+            ):
+                t0 = time.monotonic()
+                proof, chunks = prove_transfer(endpoint.url, endpoint.model, metrics_url, worker, spec,
+                                               prompt_words=120, max_tokens=8)  # fmt: skip
+                timings["request_s"] = time.monotonic() - t0
+            print(proof.summary())
+            print(json.dumps({**proof.as_dict(), **timings}))
+            assert chunks >= 2 and proof.prompt_tokens > 4 * proof.block_size, (chunks, proof)
+            assert proof.nixl_transfers >= 1  # NIXL moved the KV
+            # the bytes NIXL moved are whole blocks of the prompt's KV cache (the last block may be left to decode)
+            assert proof.predicted_bytes - proof.block_size * proof.kv_bytes_per_token <= proof.nixl_bytes
+            assert proof.nixl_bytes <= proof.predicted_bytes
+            assert proof.link_rx_bytes >= proof.nixl_bytes  # and it crossed the pods' link
+            # the decode engine took the prompt's KV from the prefill pod instead of computing it
+            assert proof.tokens_external >= proof.prompt_tokens - proof.block_size
+            assert proof.tokens_local <= proof.block_size
+            after = DecodeCounters.of(fetch_metrics(metrics_url))
+            pre_log = head.run("cat /tmp/r1lab/logs/dynamo/dynamo-vllm-prefill-0.log", check=False).output
+            assert "NIXL" in pre_log or "nixl" in pre_log
+            with step("a second request streams too"):
+                chunks2, _ = _chat(endpoint.url, endpoint.model, "What is 2 + 2?", max_tokens=4)
+                assert len(chunks2) >= 2
+            assert DecodeCounters.of(fetch_metrics(metrics_url)).nixl_transfers > after.nixl_transfers
+            assert metric(fetch_metrics(metrics_url), "vllm:nixl_num_failed_transfers_total") == 0
+        except (OSError, AssertionError):
+            _explain(launcher)  # which engine died, with its log tail: the cause, not the symptom
+            raise
     finally:
         with step("teardown: serving processes, pods, volume, key, twin"):
             try:

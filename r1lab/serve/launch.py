@@ -462,6 +462,11 @@ class Launcher:
                 last = now
                 time.sleep(self.poll_s)
 
+    def check(self) -> None:
+        """Raise ServeError naming the first started process that exited or logged a known failure (its log
+        tail attached); return when all are well. For callers whose request to the deployment failed."""
+        self._check_all()
+
     def _check_all(self) -> None:
         """Every started process still alive and no known failure in its log."""
         for r in self.running:
