@@ -379,6 +379,13 @@ class Scenario(Strict):
     trend_window_s: float = Field(30.0, gt=0, le=86_400, description="stress: window of the trend checks.")
     endpoint: Literal["chat", "completions"] = "completions"
     ignore_eos: bool = True
+    until_knee: int | None = Field(
+        None,
+        ge=2,
+        le=100_000,
+        description="concurrency sweep: after the listed points, keep doubling the last concurrency while the "
+        "sweep has found no knee, up to this concurrency (each added point measured like the listed ones).",
+    )
     at_knee_of: str | None = Field(
         None,
         description="stress: hold the knee concurrency that this earlier concurrency sweep of the same run found "
@@ -387,6 +394,12 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _shape_params(self) -> Scenario:
+        if self.until_knee is not None and (self.shape != "concurrency" or self.workload == "multi-turn"):
+            raise _Rule("until_knee", "only a concurrency sweep extends until its knee: set shape: concurrency "
+                        "(synthetic or shared-prefix workload) or drop until_knee")  # fmt: skip
+        if self.until_knee is not None and self.until_knee <= max(self.concurrency):
+            raise _Rule("until_knee", f"the cap {self.until_knee} must exceed the sweep's largest listed "
+                        f"concurrency {max(self.concurrency)}: raise it or drop until_knee")  # fmt: skip
         if self.at_knee_of is not None and self.shape != "stress":
             raise _Rule(
                 "at_knee_of", "only a stress phase runs at a sweep's knee: set shape: stress or drop it"

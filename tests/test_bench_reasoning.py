@@ -50,7 +50,17 @@ SHAPES = {
     # the chunk where </think> falls carries the end of the reasoning and the start of the answer
     "transition": [delta(role="assistant"), delta(reasoning_content="Let"), delta(reasoning_content=" me"),
                    delta(reasoning_content=" see"), delta(reasoning_content="", content="4"), delta(content=".")],
+    # no reasoning parser on the server (vLLM without --reasoning-parser): R1's template opened <think> in the
+    # prompt, so the reasoning streams as content and </think> closes it
+    "inline-chat": [delta(role="assistant", content=""), delta(content="Let"), delta(content=" me"),
+                    delta(content=" see</think>"), delta(content="4"), delta(content=".")],
 }  # fmt: skip
+SOURCE = {
+    "vllm-reasoning": "server",
+    "reasoning_content": "server",
+    "transition": "server",
+    "inline-chat": "inline",
+}
 
 
 @pytest.mark.parametrize("name", SHAPES)
@@ -65,6 +75,7 @@ def test_reasoning_shapes(name):
     assert rec["t_first_token"] == pytest.approx(0.2)  # the first reasoning token
     assert rec["t_first_answer"] == pytest.approx(0.5)  # TTFO: the first answer token
     assert (rec["reasoning_tokens"], rec["answer_tokens"]) == (3, 2)
+    assert rec["reasoning_source"] == SOURCE[name]
     s = summarize_point([rec])
     assert s["ttfo_ms"]["p50"] == pytest.approx(500) and s["ttft_token_ms"]["p50"] == pytest.approx(200)
     assert (
@@ -81,6 +92,26 @@ def test_completions_without_reasoning_have_ttfo_equal_to_first_token():
                        concurrency=1, rate=None, offset=0.0)  # fmt: skip
     assert rec["t_first_answer"] == rec["t_first_token"] == pytest.approx(0.1)
     assert (rec["reasoning_tokens"], rec["answer_tokens"]) == (0, 2)
+
+
+def test_inline_think_tags_of_dynamos_mocker():
+    """Dynamo's mocker with --reasoning (completions): `<think>` first, reasoning tokens, `</think>`, then the
+    answer, all in `text` (the frontend splits nothing without a parser registered by the worker)."""
+    texts = ["<think>", "For", "goud", "</think>", " thut", "aij"]
+    evs = [ev({"choices": [{"index": 0, "text": t}]}) for t in texts]
+    reads = (
+        [(0.0, HEAD)] + [(0.1 * (i + 1), chunk(e)) for i, e in enumerate(evs)] + [(0.7, chunk(DONE) + END)]
+    )
+    rec = build_record(Raw("r", t_send=0.0, t_end=0.7, reads=reads), scenario="s", point="p", worker=0,
+                       concurrency=1, rate=None, offset=0.0)  # fmt: skip
+    assert rec["t_first_token"] == pytest.approx(0.1) and rec["t_first_answer"] == pytest.approx(0.5)
+    assert (rec["reasoning_tokens"], rec["answer_tokens"], rec["reasoning_source"]) == (4, 2, "inline")
+    # a text that never closes a reasoning phase stays all answer
+    plain = [(0.0, HEAD), (0.1, chunk(ev({"choices": [{"index": 0, "text": "<think> is a tag"}]}))),
+             (0.2, chunk(DONE) + END)]  # fmt: skip
+    rec = build_record(Raw("r", t_send=0.0, t_end=0.2, reads=plain), scenario="s", point="p", worker=0,
+                       concurrency=1, rate=None, offset=0.0)  # fmt: skip
+    assert (rec["reasoning_tokens"], rec["answer_tokens"], rec["reasoning_source"]) == (0, 1, None)
 
 
 def test_reasoning_phase_end_to_end(tmp_path):

@@ -108,3 +108,48 @@ def test_at_knee_of_must_name_an_earlier_sweep():
         Load(scenarios=[stress, sweep])
     with pytest.raises(ValueError, match="at_knee_of"):
         Scenario(name="x", concurrency=[2], at_knee_of="sweep")
+
+
+def test_sweep_extends_until_the_servers_knee(tmp_path):
+    """A server that generates at most 4 streams at once (the rest wait, as past an engine's max_num_seqs): the
+    listed points [1, 2] scale, so the sweep adds 4 and 8 and stops at the knee, 4; never the cap's 32."""
+    from r1lab.bench.scenarios import run_scenario
+    from r1lab.bench.workloads import ModelTokenizer
+
+    model = write_tiny_model(tmp_path / "tiny")
+    sc = Scenario(name="sweep", concurrency=[1, 2], until_knee=32, input_tokens=16, output_tokens=16,
+                  requests_per_point=16)  # fmt: skip
+    run = tmp_path / "run"
+    with gtserver.running(ttft_ms=20, itl_ms=10, log=tmp_path / "truth", extra=["--max-streams", "4"]) as url:
+        run_scenario(sc, url=url, tokenizer=ModelTokenizer(model), model="gt", run_dir=run)
+    ext = json.loads((run / "load" / "sweep" / "extension.json").read_text())
+    assert ext["added"] == [4, 8] and ext["stopped"] == "knee found at concurrency 4", ext
+    s = summarize_run(run, scenarios=[sc])
+    assert [p["concurrency"] for p in s["points"]] == [1, 2, 4, 8]
+    assert s["saturation"]["sweep"]["saturated"] and s["saturation"]["sweep"]["knee_concurrency"] == 4
+    # the truth agrees: past 4 streams, requests waited for a slot (their first token came later than 20 ms)
+    truth = gtserver.read_truth(tmp_path / "truth")
+    waited = [t for t in truth.values() if t.get("sent") and t["sent"][0] - t["t_recv"] > 0.05]
+    assert waited
+
+
+def test_sweep_extension_stops_at_its_cap(tmp_path):
+    """No knee (a server without a cap scales with concurrency): points are added up to until_knee, then the
+    file says the sweep stopped there without one."""
+    from r1lab.bench.scenarios import run_scenario
+    from r1lab.bench.workloads import ModelTokenizer
+
+    model = write_tiny_model(tmp_path / "tiny")
+    sc = Scenario(name="sweep", concurrency=[1, 2], until_knee=7, input_tokens=16, output_tokens=8,
+                  requests_per_point=16)  # fmt: skip
+    with gtserver.running(ttft_ms=20, itl_ms=5) as url:
+        run_scenario(sc, url=url, tokenizer=ModelTokenizer(model), model="gt", run_dir=tmp_path / "run")
+    ext = json.loads((tmp_path / "run" / "load" / "sweep" / "extension.json").read_text())
+    assert ext["added"] == [4] and "no knee up to concurrency 4" in ext["stopped"], ext
+
+
+def test_until_knee_only_on_a_concurrency_sweep():
+    with pytest.raises(ValueError, match="until_knee"):
+        Scenario(name="x", shape="poisson", rate=[1.0], until_knee=64)
+    with pytest.raises(ValueError, match="until_knee"):
+        Scenario(name="x", concurrency=[1, 8], until_knee=8)

@@ -2,7 +2,9 @@
 
 It answers `/v1/completions` and `/v1/chat/completions` (stream only) with the first token `ttft_ms` after the
 request arrived and one token every `itl_ms` after that, `max_tokens` tokens in all, then a usage chunk and
-`data: [DONE]`. For every request it logs (CLOCK_MONOTONIC seconds, shared with the client processes) when the
+`data: [DONE]`. With `max_streams` at most that many requests generate at once (per process), as an engine's
+`max_num_seqs`: the others wait in arrival order and their TTFT starts when a slot frees, so throughput stops
+growing past it and latency climbs (a server with a knee). For every request it logs (CLOCK_MONOTONIC seconds, shared with the client processes) when the
 request's last byte reached this machine (the kernel's receive stamp), when each chunk was handed to the kernel,
 and whether any write had to queue in user space. The log is written on SIGTERM/SIGINT. Several processes can share the port (SO_REUSEPORT).
 Used by benchmarks/loadgen_capacity.py and the tests; `python -m r1lab.bench.gtserver --help`.
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,11 +41,12 @@ def _chunk(payload: bytes) -> bytes:
 
 class _Req:
     __slots__ = ("rid", "t_recv", "sent", "queued", "n", "left", "api", "usage", "prompt_tokens", "fail_at",
-                 "reasoning", "prefix", "prompt")  # fmt: skip
+                 "reasoning", "prefix", "prompt", "admitted")  # fmt: skip
 
     def __init__(self) -> None:
         self.sent: list[float] = []
         self.queued = 0
+        self.admitted = False
 
 
 class _Conn:
@@ -145,9 +149,11 @@ class Server:
 
     def __init__(
         self, ttft_ms: float, itl_ms: float, model: str, fail_every: int, reasoning: bool, log_prompts: bool = False,
-        tag_text: bool = False,
+        tag_text: bool = False, max_streams: int = 0,
     ) -> None:  # fmt: skip
         self.log_prompts, self.tag_text = log_prompts, tag_text
+        self.max_streams, self.active = max_streams, 0
+        self.waiting: deque[_Conn] = deque()
         self.ttft, self.itl = ttft_ms / 1000.0, itl_ms / 1000.0
         self.model, self.fail_every, self.reasoning = model, fail_every, reasoning
         self.seq = 0
@@ -236,7 +242,17 @@ class Server:
         )
         conn.req = r
         conn.write(HEAD_OK)
-        self.at(t_recv + self.ttft, conn)
+        if self.max_streams and self.active >= self.max_streams:
+            self.waiting.append(conn)
+            return
+        self._admit(conn, t_recv)
+
+    def _admit(self, conn: _Conn, since: float) -> None:
+        """Start generating for conn's request: first token `ttft` after `since`."""
+        assert conn.req is not None
+        conn.req.admitted = True
+        self.active += 1
+        self.at(since + self.ttft, conn)
 
     def _token(self, r: _Req, i: int) -> bytes:
         if r.api == "completions":  # the hot case: no JSON encoder per chunk
@@ -324,6 +340,13 @@ class Server:
             self.armed = 1 << 62
 
     def finish(self, r: _Req, aborted: bool = False) -> None:
+        if r.admitted:
+            r.admitted = False
+            self.active -= 1
+            while self.waiting and self.active < self.max_streams:
+                nxt = self.waiting.popleft()
+                if not nxt.closed and nxt.req is not None:
+                    self._admit(nxt, perf_counter())
         entry = {
             "id": r.rid,
             "t_recv": r.t_recv,
@@ -347,7 +370,7 @@ def _serve(sock: socket.socket, args: argparse.Namespace, log_path: str | None) 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     srv = Server(args.ttft_ms, args.itl_ms, args.model, args.fail_every, args.reasoning, args.log_prompts,
-                 args.tag_text)  # fmt: skip
+                 args.tag_text, args.max_streams)  # fmt: skip
     srv.serve(sock)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -391,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--tag-text", action="store_true", help="each token's text carries its request id (rid.tN)"
+    )
+    ap.add_argument(
+        "--max-streams",
+        type=int,
+        default=0,
+        help="at most N requests generate at once, the rest wait (0: no cap)",
     )
     ap.add_argument("--log", default=None, help="JSON-lines truth log (one file per process: LOG.<i>)")
     args = ap.parse_args(argv)

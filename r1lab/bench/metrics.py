@@ -171,6 +171,7 @@ def summarize_point(
         "reasoning_tokens": token_stats(r.get("reasoning_tokens") for r in ok),
         "answer_tokens": token_stats(r.get("answer_tokens") for r in ok),
         "reasoning_requests": sum(1 for r in ok if (r.get("reasoning_tokens") or 0) > 0),
+        "reasoning_source": sorted({r["reasoning_source"] for r in ok if r.get("reasoning_source")}) or None,
         "e2el_ms": stats_ms(e2el),
         "goodput_rps": per_s(good) if good is not None else None,
         "gpus": gpus,

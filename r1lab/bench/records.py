@@ -25,7 +25,7 @@ COLUMNS = [
     "t_sched", "t_send", "t_first", "t_end", "chunk_t", "chunk_tokens",
     "input_tokens", "output_tokens", "status", "error", "error_detail",
     "stamp_uncertain", "stamp_uncert_s", "t_first_token", "t_first_answer", "reasoning_tokens", "answer_tokens",
-    "loop",
+    "loop", "reasoning_source",
 ]  # fmt: skip
 
 
@@ -114,6 +114,7 @@ def build_record(
         "reasoning_tokens": stream.reasoning_tokens if stream and chunk_t else None,
         "answer_tokens": stream.answer_tokens if stream and chunk_t else None,
         "loop": loop,
+        "reasoning_source": stream.reasoning_source if stream else None,
     }
 
 
@@ -182,7 +183,7 @@ def arrow_schema():  # -> pyarrow.Schema
         ("error", pa.string()), ("error_detail", pa.string()),
         ("stamp_uncertain", pa.list_(pa.int32())), ("stamp_uncert_s", pa.float64()), ("t_first_token", pa.float64()),
         ("t_first_answer", pa.float64()), ("reasoning_tokens", pa.int64()), ("answer_tokens", pa.int64()),
-        ("loop", pa.string()),
+        ("loop", pa.string()), ("reasoning_source", pa.string()),
     ])  # fmt: skip
 
 

@@ -81,10 +81,13 @@ def _pool_size(shape: Shape) -> int:
     return int(min(2048, max(64, per_s * min(shape.duration_s or 60, 120))))
 
 
-def _workloads(sc: Any, tokenizer: ModelTokenizer, model: str, seed: int) -> list[tuple[Shape, list, Any]]:
-    """Each point's shape, fresh workload (its own seed) and, for multi-turn, its conversations."""
+def _workloads(
+    sc: Any, tokenizer: ModelTokenizer, model: str, seed: int, first: int = 0
+) -> list[tuple[Shape, list, Any]]:
+    """Each point's shape, fresh workload (its own seed; point i of the scenario, counted from `first`) and, for
+    multi-turn, its conversations."""
     out = []
-    for i, shape in enumerate(shapes_for(sc)):
+    for i, shape in enumerate(shapes_for(sc), start=first):
         s = seed * 1000 + i
         conv = None
         if sc.shape == "trace":
@@ -118,24 +121,64 @@ def run_scenario(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Run every point of one scenario; returns its records (also appended to load/<name>/requests.jsonl).
     With `shell` (a remote.Shell on a pod next to the server) the generator runs there, and `url` is the
-    server's address as seen from that pod."""
+    server's address as seen from that pod. A sweep with `until_knee` then adds points at twice the last
+    concurrency while its measured points show no knee (find_knee), up to that cap; load/<name>/extension.json
+    says which points were added and why it stopped."""
+    if shell is not None and getattr(sc, "workload", "synthetic") == "multi-turn":
+        raise ValueError(
+            f"scenario {sc.name}: multi-turn conversations run from this machine only for now: "
+            "set load.run_on: local (or drop the scenario)"
+        )
+    args = dict(url=url, tokenizer=tokenizer, model=model, run_dir=run_dir, seed=seed, workers=workers,
+                verify_tls=verify_tls, shell=shell)  # fmt: skip
+    records = _run_points(sc, first=0, **args)
+    cap = getattr(sc, "until_knee", None)
+    if not cap:
+        return records
+    done = list(sc.concurrency)
+    added: list[int] = []
+    while True:
+        sat = find_knee([summarize_point(g) for g in group_points(records).values()])
+        nxt = done[-1] * 2
+        if sat.get("saturated"):
+            why = f"knee found at concurrency {sat['knee_concurrency']}"
+            break
+        if nxt > cap:
+            why = f"no knee up to concurrency {done[-1]}; the next point ({nxt}) is past until_knee {cap}"
+            break
+        print(
+            f"{sc.name}: no knee yet up to concurrency {done[-1]}: adding concurrency {nxt} (until_knee {cap})"
+        )
+        records += _run_points(sc.model_copy(update={"concurrency": [nxt]}), first=len(done), **args)
+        done.append(nxt)
+        added.append(nxt)
+    d = Path(run_dir) / "load" / sc.name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "extension.json").write_text(json.dumps({"scenario": sc.name, "listed": list(sc.concurrency),
+                                                  "until_knee": cap, "added": added, "stopped": why},
+                                                 indent=1) + "\n")  # fmt: skip
+    print(f"{sc.name}: {why}")
+    return records
+
+
+def _run_points(
+    sc: Any, *, first: int, url: str, tokenizer: ModelTokenizer, model: str, run_dir: str | Path, seed: int,
+    workers: int, verify_tls: bool, shell: Any,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Run the points of `sc` (point indices from `first`, for their seeds), here or through `shell`."""
     out = Path(run_dir) / "load" / sc.name / "requests.jsonl"
+    wls = _workloads(sc, tokenizer, model, seed, first)
     if shell is not None:
         from r1lab.bench.remote import run_remote
 
-        if getattr(sc, "workload", "synthetic") == "multi-turn":
-            raise ValueError(
-                f"scenario {sc.name}: multi-turn conversations run from this machine only for now: "
-                "set load.run_on: local (or drop the scenario)"
-            )
         pts = [{"scenario": sc.name, "shape": shape, "bodies": bodies(wl), "api": sc.endpoint,
                 "timeout_s": sc.timeout_s, "seed": seed * 1000 + i}
-               for i, (shape, wl, _) in enumerate(_workloads(sc, tokenizer, model, seed))]  # fmt: skip
+               for i, (shape, wl, _) in enumerate(wls, start=first)]  # fmt: skip
         before = len(read_jsonl(out)) if out.exists() else 0
         run_remote(shell, url=url, points=pts, run_dir=run_dir)
         return read_jsonl(out)[before:]
     records: list[dict[str, Any]] = []
-    for i, (shape, wl, conv) in enumerate(_workloads(sc, tokenizer, model, seed)):
+    for i, (shape, wl, conv) in enumerate(wls, start=first):
         res = run_point(url, bodies(wl), shape, scenario=sc.name, out=out, api=sc.endpoint, workers=workers,
                         timeout_s=sc.timeout_s, seed=seed * 1000 + i, verify_tls=verify_tls,
                         conversations=conv)  # fmt: skip
@@ -225,6 +268,13 @@ def summarize_run(
                                          window_s=sc.trend_window_s, metrics=metrics)  # fmt: skip
         elif len([p for p in pts if p.get("concurrency") and not p.get("rate")]) >= 2:
             saturation[name] = find_knee(pts)
+            ext = rd / "load" / name / "extension.json"
+            if (
+                ext.exists()
+            ):  # the sweep added points until its knee (until_knee): which, and where it stopped
+                saturation[name]["extension"] = json.loads(ext.read_text())
+                if not saturation[name]["saturated"]:
+                    saturation[name]["note"] = saturation[name]["extension"]["stopped"]
     summary = {"schema_version": SUMMARY_SCHEMA_VERSION, "run_id": run_id or rd.name, "points": points,
                "saturation": saturation, "trends": trends}  # fmt: skip
     if write:

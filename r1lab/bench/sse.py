@@ -298,6 +298,8 @@ class Stream:
     uncert_s: list[float | None] = field(default_factory=list)
     chunk_reasoning: list[bool] = field(default_factory=list)
     first_answer: int | None = None
+    reasoning_source: str | None = None  # "server": reasoning fields; "inline": text up to </think>
+    think_end: int | None = None  # the chunk whose text carried </think> (no reasoning field in the stream)
 
     def fail(self, kind: str, detail: str) -> None:
         if self.error is None:
@@ -311,6 +313,9 @@ class Stream:
     @property
     def answer_tokens(self) -> int:
         return sum(n for n, r in zip(self.chunk_tokens, self.chunk_reasoning, strict=False) if not r)
+
+
+THINK_END = "</think>"
 
 
 def iter_events(data: bytes) -> list[tuple[int, str, bytes]]:
@@ -368,10 +373,10 @@ def _str(v: object, what: str) -> str:
     return v
 
 
-def _delta_text(choice: dict) -> tuple[int, int]:
-    """(content chars, reasoning chars) of one completion or chat choice."""
+def _delta_text(choice: dict) -> tuple[str, str]:
+    """(content, reasoning) of one completion or chat choice."""
     if "text" in choice:
-        return len(_str(choice["text"], "choices[0].text")), 0
+        return _str(choice["text"], "choices[0].text"), ""
     delta = choice.get("delta")
     if delta is None:
         delta = choice.get("message") or {}
@@ -381,7 +386,7 @@ def _delta_text(choice: dict) -> tuple[int, int]:
     reasoning = _str(delta.get("reasoning_content"), "delta.reasoning_content") or _str(
         delta.get("reasoning"), "delta.reasoning"
     )
-    return len(content), len(reasoning)
+    return content, reasoning
 
 
 def _count(v: object, what: str) -> int:
@@ -427,6 +432,7 @@ def interpret(body: Body) -> Stream:
         if k is not None:
             reads_of.append(k)
     _certainty(s, reads_of, body)
+    _inline_reasoning(s)
     if s.error is None:
         if not s.chunk_t:
             s.fail("no_output", "the stream ended without a chunk carrying choices")
@@ -458,7 +464,12 @@ def _event_into(s: Stream, obj: dict, name: str, end: int, ends: list[int], stat
         c0 = choices[0]
         if not isinstance(c0, dict):
             raise ShapeError(f"choices[0] is {type(c0).__name__}, not an object")
-        nc, nr = _delta_text(c0)
+        content, reasoning = _delta_text(c0)
+        nc, nr = len(content), len(reasoning)
+        if nr:
+            s.reasoning_source = "server"
+        elif s.think_end is None and THINK_END in content:
+            s.think_end = len(s.chunk_t)  # this chunk's index (appended below)
         fr = c0.get("finish_reason")
         if fr is not None and not isinstance(fr, str):
             raise ShapeError(f"finish_reason is {fr!r}, not a string")
@@ -490,6 +501,20 @@ def _event_into(s: Stream, obj: dict, name: str, end: int, ends: list[int], stat
     if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
         s.reasoning_tokens_reported = details["reasoning_tokens"]
     return k
+
+
+def _inline_reasoning(s: Stream) -> None:
+    """A server without a reasoning parser (vLLM without --reasoning-parser, Dynamo's mocker with --reasoning)
+    streams the reasoning phase in the answer text, closed by `</think>` (R1's template opens `<think>` in the
+    prompt, or the engine emits it first): the chunks up to and with `</think>` are reasoning, the first
+    answer is the next chunk with text. Used only when the stream carried no reasoning field."""
+    if s.reasoning_source is not None or s.think_end is None:
+        return
+    e = s.think_end
+    s.reasoning_source = "inline"
+    for i in range(e + 1):
+        s.chunk_reasoning[i] = True
+    s.first_answer = next((i for i in range(e + 1, len(s.chunk_t)) if s.chunk_tokens[i] > 0), None)
 
 
 def _certainty(s: Stream, reads_of: list[int], body: Body) -> None:
