@@ -191,3 +191,21 @@ def test_kv_transfer_moves_one_latent_copy_per_decode_rank():
     for decode_tp in (4, 8, 16):
         want = link.transfer_s(1024 * decode_tp * 70_272)
         assert prefill.kv_transfer_s(1024, link, decode_tp) == pytest.approx(want)
+
+
+def test_cross_node_allreduce_follows_nccl():
+    """TP over two nodes: small messages cost NCCL's tree-LL latency (tens of us, not a 3 us hop); large ones run
+    at the node's NICs together (8 x 50 GB/s), not at one GPU's NIC."""
+    from r1lab.perf import network
+
+    nv, ib = network.LINKS["nvswitch-nvl4"], network.LINKS["infiniband"]
+    small = network.multinode_allreduce_s(7168 * 2, 16, 8, nv, ib)
+    assert small == pytest.approx((6.8 + 2 * (7 * 0.6 + 5.0)) * 1e-6, rel=0.01)  # tuning.cc tree-LL
+    big = 8192 * 7168 * 2
+    t = network.multinode_allreduce_s(big, 16, 8, nv, ib)
+    assert 2 * 15 / 16 * big / 400e9 < t < 2 * 15 / 16 * big / 400e9 + 200e-6
+    # one link per pod (global networking): the pod's link, not 8 of them
+    gn = network.LINKS["global-networking"]
+    assert network.multinode_allreduce_s(big, 16, 8, nv, gn) > 2 * 15 / 16 * big / gn.gb_s / 1e9
+    sm = StepModel(Deployment("H100", Parallelism(16), "sglang", network="infiniband"))
+    assert sm.allreduce_s(big) == pytest.approx(t)

@@ -18,6 +18,7 @@ class Link:
     gb_s: float  # usable GB/s per GPU per direction
     latency_us: float  # one hop, incl. software
     description: str = ""
+    per_gpu: bool = True  # gb_s is each GPU's own NIC (rail-optimised fabric); False: one link per node
 
     def transfer_s(self, nbytes: float) -> float:
         """Point-to-point send of nbytes."""
@@ -34,7 +35,11 @@ LINKS: dict[str, Link] = {
     ),
     "pcie-gen5": Link("pcie-gen5", 64.0, 15.0, "PCIe Gen5 x16: 128 GB/s bidirectional, ~64 GB/s each way"),
     "global-networking": Link(
-        "global-networking", 100e6 / 8 / 1e9, 1000.0, "RunPod Global Networking between pods: 100 Mbps (docs)"
+        "global-networking",
+        100e6 / 8 / 1e9,
+        1000.0,
+        "RunPod Global Networking between pods: 100 Mbps (docs)",
+        per_gpu=False,
     ),
     "instant-cluster": Link(
         "instant-cluster", 3.2e12 / 8 / 8 / 1e9, 5.0, "RunPod Instant Cluster: 3.2 Tbps per node over 8 GPUs"
@@ -74,3 +79,47 @@ def all_to_all_s(nbytes_per_gpu: float, world: int, link: Link) -> float:
     if link.gb_s <= 0:
         return float("inf")
     return link.latency_us * 1e-6 + (world - 1) / world * nbytes_per_gpu / (link.gb_s * 1e9)
+
+
+# NCCL's own cost model (src/graph/tuning.cc of NVIDIA/nccl, read at 5067397, 2026-06-11): the latencies NCCL uses
+# to pick an algorithm and protocol, in us. Base latency per algorithm/protocol, per-hop latency inside a node
+# (NVLink) and across the network, and the per-step network overhead NCCL adds on x86 (1 us Intel, 2 us AMD; x3 for
+# Simple). LL moves 4 data bytes per 8-byte line (half the link), LL128 120 of 128 bytes.
+NCCL_BASE_LAT_US = {"tree_ll": 6.8, "ring_ll": 6.6, "ring_ll128": 14.0, "ring_simple": 8.4}
+NCCL_NVLINK_HOP_US = {"tree_ll": 0.6, "ring_ll": 0.6, "ring_ll128": 1.9, "ring_simple": 3.4}
+NCCL_NET_HOP_US = {"tree_ll": 5.0, "ring_ll": 2.7, "ring_ll128": 4.0, "ring_simple": 14.0}
+NCCL_NET_OVERHEAD_US = 1.0
+NCCL_PROTO_EFFICIENCY = {"tree_ll": 0.5, "ring_ll": 0.5, "ring_ll128": 120 / 128, "ring_simple": 1.0}
+
+
+def multinode_allreduce_s(nbytes: float, world: int, gpus_per_node: int, intra: Link, inter: Link) -> float:
+    """All-reduce over `world` ranks spread over nodes of `gpus_per_node`, as NCCL runs it: the fastest of tree-LL
+    and ring LL / LL128 / Simple by NCCL's own latency model (`NCCL_*`), each moving 2(n-1)/n of the message.
+
+    Bandwidth: NCCL builds one ring channel per NIC, each crossing a node boundary once in each direction, so a
+    rank's ring traffic is limited by min(NVLink, NICs per node x NIC rate) where every GPU has its own NIC
+    (`Link.per_gpu`, InfiniBand / Instant Cluster rails), else by the node's one link. NCCL's maintainers quote
+    46-48 GB/s per NDR 400 Gb/s NIC (NVIDIA/nccl-tests#290); the link presets carry 50."""
+    if world <= 1:
+        return 0.0
+    if inter.gb_s <= 0:
+        return float("inf")
+    nodes = max(1, -(-world // gpus_per_node))
+    if nodes == 1:
+        return ring_allreduce_s(nbytes, world, intra)
+    ppn = max(1, world // nodes)
+    bw = min(intra.gb_s, inter.gb_s * (ppn if inter.per_gpu else 1)) * 1e9
+    nsteps, ninter = 2 * (world - 1), 2 * (nodes - 1)
+    log2n = max(1, (nodes - 1).bit_length())
+    bus = 2.0 * (world - 1) / world * nbytes
+    best = float("inf")
+    for proto, base in NCCL_BASE_LAT_US.items():
+        net_hop = max(NCCL_NET_HOP_US[proto], inter.latency_us)
+        if proto == "tree_ll":
+            lat = base + 2 * ((ppn - 1) * NCCL_NVLINK_HOP_US[proto] + log2n * net_hop)
+        else:
+            overhead = NCCL_NET_OVERHEAD_US * (3 if proto == "ring_simple" else 1)
+            intra_hop = max(NCCL_NVLINK_HOP_US[proto], overhead)
+            lat = base + (nsteps - ninter) * intra_hop + ninter * net_hop
+        best = min(best, lat * 1e-6 + bus / (NCCL_PROTO_EFFICIENCY[proto] * bw))
+    return best

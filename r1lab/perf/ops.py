@@ -188,7 +188,7 @@ class StepModel:
         self.dense_layers, self.moe_layers = max(stages, key=lambda x: x[0] + x[1] * 3)
         self.layers = self.dense_layers + self.moe_layers
         # links: TP group inside a node unless tp exceeds gpus per node
-        intra = network.LINKS[hw.intranode]
+        intra = self._intra = network.LINKS[hw.intranode]
         inter = network.internode_link(dep.network)
         self.tp_crosses_nodes = par.tp > dep.gpus_per_node
         self.tp_link = inter if self.tp_crosses_nodes else intra
@@ -260,6 +260,10 @@ class StepModel:
     def allreduce_s(self, nbytes: float) -> float:
         if self.tp <= 1:
             return 0.0
+        if self.tp_crosses_nodes:  # NCCL over the nodes' NICs (network.multinode_allreduce_s)
+            return network.multinode_allreduce_s(
+                nbytes, self.tp, self.dep.gpus_per_node, self._intra, self.tp_link
+            )
         if self.use_measured_ar:
             t = self.eff.allreduce_s(nbytes, self.tp)
             if t is not None:
@@ -276,8 +280,10 @@ class StepModel:
             t = self.eff.allreduce_s(nbytes, world)
             if t is not None:
                 return t
-        link = network.LINKS[self.dep.hw.intranode] if world <= self.dep.gpus_per_node else self.tp_link
-        return network.ring_allreduce_s(nbytes, world, link)
+        if world > self.dep.gpus_per_node:
+            inter = network.internode_link(self.dep.network)
+            return network.multinode_allreduce_s(nbytes, world, self.dep.gpus_per_node, self._intra, inter)
+        return network.ring_allreduce_s(nbytes, world, self._intra)
 
     def p2p_s(self, tokens: float) -> float:
         return self.pp_link.transfer_s(tokens * 2 * self.h * 2)
