@@ -29,9 +29,9 @@ from r1lab.perf.simulate import (
     PDConfig,
     SchedulerConfig,
     Workload,
-    percentile,
+    percentiles,
     simulate,
-    weighted_percentile,
+    weighted_percentiles,
 )
 
 MODEL_VERSION = "r1lab-perf-2"
@@ -110,12 +110,8 @@ def _stats(values: list[float]) -> dict[str, float]:
     if not values:
         return {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
     ms = [v * 1e3 for v in values]
-    return {
-        "mean": statistics.fmean(ms),
-        "p50": percentile(ms, 50),
-        "p90": percentile(ms, 90),
-        "p99": percentile(ms, 99),
-    }
+    p50, p90, p99 = percentiles(ms, (50, 90, 99))
+    return {"mean": statistics.fmean(ms), "p50": p50, "p90": p90, "p99": p99}
 
 
 @functools.lru_cache(maxsize=64)
@@ -137,8 +133,15 @@ def _efficiency(gpu_short: str, profile: str | None) -> Efficiency:
     return eff
 
 
+@functools.lru_cache(maxsize=256)
 def _step_model(dep: Deployment) -> StepModel:
+    """One StepModel per deployment, kept: its per-batch step costs (`StepModel.parts`' table) do not depend on
+    the load point, so every point of a sweep reuses the costs the others computed."""
     return StepModel(dep, _efficiency(dep.hw.short, dep.profile))
+
+
+# pure: the same plan for every repeat of its args
+_memory_plan = functools.lru_cache(maxsize=1024)(memory_plan)
 
 
 def predict(
@@ -185,7 +188,7 @@ def predict(
         raise ValueError(f"{par.label()} uses {used} GPUs but gpus={gpus} was given")
 
     def plan_memory(p: Parallelism, speculative_tokens: int) -> MemoryPlan:
-        return memory_plan(hw.runpod_id, p, kv_dtype, gpu_memory_utilization, max_num_batched_tokens,
+        return _memory_plan(hw.runpod_id, p, kv_dtype, gpu_memory_utilization, max_num_batched_tokens,
                            max_num_seqs, DEFAULT_BLOCK_SIZE, isl, osl, max_model_len, speculative_tokens, spec)  # fmt: skip
 
     mem = plan_memory(par, num_speculative_tokens)
@@ -297,11 +300,12 @@ def predict(
     in_tok_s = res.input_tokens / res.duration_s * busy
     tpot = _stats(res.tpot_s)
     itl_pairs = [(g, w) for g, w in res.itl]
+    i50, i90, i99 = weighted_percentiles(itl_pairs, (50, 90, 99))
     itl = {
         "mean": sum(g * w for g, w in itl_pairs) / max(sum(w for _, w in itl_pairs), 1e-12) * 1e3,
-        "p50": weighted_percentile(itl_pairs, 50) * 1e3,
-        "p90": weighted_percentile(itl_pairs, 90) * 1e3,
-        "p99": weighted_percentile(itl_pairs, 99) * 1e3,
+        "p50": i50 * 1e3,
+        "p90": i90 * 1e3,
+        "p99": i99 * 1e3,
     }
     b = min(max(res.mean_batch, 1.0), max_num_seqs)
     ctx = isl + osl / 2

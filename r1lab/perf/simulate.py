@@ -16,7 +16,9 @@ Public interface: `Workload`, `SchedulerConfig`, `PDConfig`, `simulate(step, wor
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 import math
 import random
 from collections import deque
@@ -457,22 +459,38 @@ def simulate(
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
-    s = sorted(values)
+    return _percentile_sorted(sorted(values), p)
+
+
+def _percentile_sorted(s: list[float], p: float) -> float:
+    """`percentile` of an already sorted list (sort once, read several percentiles)."""
     i = (len(s) - 1) * p / 100.0
     lo = math.floor(i)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (i - lo)
 
 
+def percentiles(values: list[float], ps: tuple[float, ...]) -> list[float]:
+    """`percentile(values, p)` for each p, sorting once."""
+    if not values:
+        return [float("nan")] * len(ps)
+    s = sorted(values)
+    return [_percentile_sorted(s, p) for p in ps]
+
+
 def weighted_percentile(pairs: list[tuple[float, float]], p: float) -> float:
+    return weighted_percentiles(pairs, (p,))[0]
+
+
+def weighted_percentiles(pairs: list[tuple[float, float]], ps: tuple[float, ...]) -> list[float]:
+    """Weighted percentiles of (value, weight) pairs for each p (ascending or not), sorting once."""
     if not pairs:
-        return float("nan")
+        return [float("nan")] * len(ps)
     s = sorted(pairs)
+    cum = list(itertools.accumulate(w for _, w in s))  # the same running sums as adding one by one
     total = sum(w for _, w in s)
-    target = total * p / 100.0
-    acc = 0.0
-    for v, w in s:
-        acc += w
-        if acc >= target:
-            return v
-    return s[-1][0]
+    out = []
+    for p in ps:
+        i = bisect.bisect_left(cum, total * p / 100.0)  # first index whose running sum reaches the target
+        out.append(s[i][0] if i < len(s) else s[-1][0])
+    return out

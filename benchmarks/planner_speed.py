@@ -1,0 +1,151 @@
+"""How many configuration-points per second does the planner evaluate in-process? Measured, not assumed.
+
+A configuration-point is one candidate deployment (GPU type, pods, parallelism / P-D split) at one load point
+(concurrency or rate, lengths): one `predict()` call the planner makes. The default schedule is what the planner
+really explores: `plan_experiment` on every RunPod params file under params/ (the params' own topology and the
+standard alternatives, every load point of every scenario), from cold caches each time (as one `r1lab plan`
+process starts), timed in-process (params loading and interpreter start-up excluded; the rest of the plan,
+problems and commands included).
+
+Each `--method` is timed in the same run, interleaved round by round (the machine is noisy; compare the ratio):
+  simulate  every point through the event simulation (r1lab.perf.simulate)
+  auto      the analytic closed-loop steady state (r1lab.perf.steady) where it applies, the simulation elsewhere
+With both, it also prints how far `auto`'s plan is from `simulate`'s on every point and metric (the agreement).
+Take /tmp/r1lab-heavy.lock on a shared machine:
+
+    flock /tmp/r1lab-heavy.lock .venv/bin/python benchmarks/planner_speed.py            # 3 rounds, both methods
+    .venv/bin/python benchmarks/planner_speed.py --rounds 1 --method simulate --params params/runpod-1x8-h200.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from r1lab.config import load_experiment  # noqa: E402
+from r1lab.perf import planner  # noqa: E402
+
+# the module itself (r1lab.perf re-exports the function under the same name)
+_predict_mod = importlib.import_module("r1lab.perf.predict")
+METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+
+
+def _clear_caches() -> None:
+    """Forget everything a previous plan computed (each timed plan starts cold, as a fresh process would)."""
+    for mod in (_predict_mod, planner):
+        for obj in vars(mod).values():
+            if hasattr(obj, "cache_clear"):
+                obj.cache_clear()
+
+
+def _supports_method() -> bool:
+    return "method" in inspect.signature(planner.plan_experiment).parameters
+
+
+def plan_once(exp: Any, method: str) -> tuple[float, int, Any]:
+    """(seconds, configuration-points, plan) of one cold `plan_experiment`."""
+    _clear_caches()
+    calls = [0]
+    real = planner.predict
+
+    def counting(*a: Any, **k: Any) -> Any:
+        calls[0] += 1
+        return real(*a, **k)
+
+    planner.predict = counting
+    try:
+        kw = {"method": method} if _supports_method() else {}
+        t0 = time.perf_counter()
+        plan = planner.plan_experiment(exp, **kw)
+        dt = time.perf_counter() - t0
+    finally:
+        planner.predict = real
+    return dt, calls[0], plan
+
+
+def _rel(a: float | None, b: float | None) -> float:
+    if a is None or b is None:
+        return 0.0 if a == b else float("inf")
+    if a == b:
+        return 0.0
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def agreement(fast: Any, ref: Any) -> dict[str, tuple[float, str]]:
+    """Largest relative difference of `fast` from `ref` per metric, with the point where it occurs."""
+    worst: dict[str, tuple[float, str]] = {}
+
+    def note(key: str, d: float, where: str) -> None:
+        if d > worst.get(key, (-1.0, ""))[0]:
+            worst[key] = (d, where)
+
+    for tf, tr in zip(fast.topologies, ref.topologies, strict=True):
+        note("fits", 0.0 if tf["fits"] == tr["fits"] else float("inf"), tr["id"])
+        for pf, pr in zip(tf["points"], tr["points"], strict=True):
+            where = f"{tr['id']} {pr['scenario']} c={pr['concurrency']} rate={pr['rate']}"
+            for m in METRICS:
+                for s in ("mean", "p50", "p90", "p99"):
+                    note(f"{m}.{s}", _rel(pf[m][s], pr[m][s]), where)
+            note("output_tok_s", _rel(pf["output_tok_s"], pr["output_tok_s"]), where)
+            note("meets_slo", 0.0 if pf["meets_slo"] == pr["meets_slo"] else float("inf"), where)
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", nargs="*", help="params files (default: every params/runpod-*.yaml)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--method", choices=("simulate", "auto", "both"), default="both")
+    a = ap.parse_args(argv)
+    files = [Path(p) for p in a.params] if a.params else sorted((REPO / "params").glob("runpod-*.yaml"))
+    exps = [(f.name, load_experiment(f)) for f in files]
+    methods = ["simulate", "auto"] if a.method == "both" else [a.method]
+    if not _supports_method():
+        methods = ["simulate"]  # a planner without the analytic path: only today's way
+    names = ", ".join(n for n, _ in exps)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; params: {names}")
+    tot: dict[str, list[float]] = {m: [] for m in methods}
+    pts: dict[str, int] = {}
+    plans: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for r in range(a.rounds):
+        for m in methods if r % 2 == 0 else methods[::-1]:
+            secs, n = 0.0, 0
+            for name, exp in exps:
+                dt, k, plan = plan_once(exp, m)
+                secs, n = secs + dt, n + k
+                plans[m][name] = plan
+            tot[m].append(secs)
+            pts[m] = n
+            print(f"round {r + 1} {m:9s} {n} configuration-points in {secs:6.2f} s: {n / secs:8.1f} points/s")
+    print()
+    best = {m: min(v) for m, v in tot.items()}
+    for m in methods:
+        print(f"{m:9s} best of {a.rounds}: {pts[m] / best[m]:8.1f} configuration-points/s ({pts[m]} points)")
+    if len(methods) == 2:
+        ratios = [s / f for s, f in zip(tot["simulate"], tot["auto"], strict=True)]
+        print(f"speed-up auto / simulate, per round: {', '.join(f'{x:.1f}x' for x in ratios)}")
+        print("\nagreement of auto with simulate (largest |relative difference| over every point):")
+        worst: dict[str, tuple[float, str]] = {}
+        for name in plans["simulate"]:
+            for key, (d, where) in agreement(plans["auto"][name], plans["simulate"][name]).items():
+                if d > worst.get(key, (-1.0, ""))[0]:
+                    worst[key] = (d, f"{name}: {where}")
+        for key, (d, where) in sorted(worst.items()):
+            print(f"  {key:14s} {d * 100:7.2f}%  at {where}")
+    target = 500.0
+    fastest = max(pts[m] / best[m] for m in methods)
+    print(f"\ntarget >= {target:.0f} configuration-points/s: {'met' if fastest >= target else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
