@@ -215,7 +215,30 @@ def test_prefix_cache_hit_rate_from_engine_counters():
     assert pc["hits"] == 30 and pc["queries"] == 120 and pc["hit_rate"] == pytest.approx(0.25)
     other = pd.DataFrame([(100.0, "w0", "vllm:num_requests_running", "{}", 1.0)], columns=m.columns)
     assert prefix_cache_of(other, recs)["hit_rate"] is None
-    assert "no vllm:prefix_cache" in prefix_cache_of(other, recs)["note"]
+    note = prefix_cache_of(other, recs)["note"]
+    assert "vllm:prefix_cache_*" in note and "dynamo_frontend_cached_tokens" in note, note
+    assert pc["source"].startswith("engine counters")
+
+
+def test_prefix_cache_hit_rate_from_dynamos_kv_router_when_engines_export_none():
+    """Dynamo's mocker exports no vllm:prefix_cache_* counter: the frontend's KV router says how many input tokens
+    of the routed requests it found cached on the chosen worker (labelled as the router's, not the engine's)."""
+    recs = [{"t_send": 100.0, "t_end": 110.0}]
+    rows = []
+    for t, cached, inp in ((99.0, 0, 0), (104.0, 2048, 4608), (109.0, 3584, 4608), (120.0, 9999, 9999)):
+        rows += [(t, "head/dynamo-frontend", "dynamo_frontend_cached_tokens_sum", '{"model":"r1"}', float(cached)),
+                 (t, "head/dynamo-frontend", "dynamo_frontend_input_sequence_tokens_sum", '{"model":"r1"}',
+                  float(inp))]  # fmt: skip
+    m = pd.DataFrame(rows, columns=["time", "source", "metric", "labels", "value"])
+    pc = prefix_cache_of(m, recs)
+    assert (pc["hits"], pc["queries"]) == (3584, 4608) and "KV router" in pc["source"], pc
+    # an engine's own counters win where both are scraped
+    eng = pd.DataFrame([(99.0, "w", "vllm:prefix_cache_hits_total", "{}", 0.0),
+                        (109.0, "w", "vllm:prefix_cache_hits_total", "{}", 10.0),
+                        (99.0, "w", "vllm:prefix_cache_queries_total", "{}", 0.0),
+                        (109.0, "w", "vllm:prefix_cache_queries_total", "{}", 40.0)], columns=m.columns)  # fmt: skip
+    both = prefix_cache_of(pd.concat([m, eng]), recs)
+    assert both["hit_rate"] == pytest.approx(0.25) and both["source"].startswith("engine counters")
 
 
 def test_trace_skips_requests_over_max_total_tokens_and_says_so(tmp_path, capsys):

@@ -283,13 +283,23 @@ def summarize_run(
 
 
 PREFIX_HITS, PREFIX_QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
+# Dynamo's frontend: tokens of each routed request the KV router found cached on the worker it chose (from the
+# workers' KV events), and all input tokens: the hit rate where the engines export no prefix-cache counter
+ROUTER_HITS, ROUTER_QUERIES = "dynamo_frontend_cached_tokens_sum", "dynamo_frontend_input_sequence_tokens_sum"
+PREFIX_SOURCES = (
+    (PREFIX_HITS, PREFIX_QUERIES, "engine counters vllm:prefix_cache_hits/queries"),
+    (ROUTER_HITS, ROUTER_QUERIES, "Dynamo KV router (frontend dynamo_frontend_cached_tokens / "
+     "input_sequence_tokens, from the workers' KV events)"),
+)  # fmt: skip
 
 
 def prefix_cache_of(metrics: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The engines' prefix-cache hit rate over one point's time span, from their scraped counters (vLLM's and the
-    Dynamo workers' `vllm:prefix_cache_hits` / `vllm:prefix_cache_queries`, in tokens, summed over sources):
-    increase of hits / increase of queries between the last sample at or before the point's first send and the
-    last sample at or before its last end. None, with the reason, when no such counter was scraped."""
+    """The prefix-cache hit rate over one point's time span, from scraped counters, labelled with its source:
+    the engines' own (vLLM's and the Dynamo workers' `vllm:prefix_cache_hits` / `vllm:prefix_cache_queries`, in
+    tokens, summed over sources) when exported, else Dynamo's KV router in the frontend (cached tokens of the
+    routed requests / their input tokens; Dynamo's mocker exports no engine counter). Increase between the last
+    sample at or before the point's first send and the last sample at or before its last end. None, with the
+    reason, when no such counter was scraped."""
     sends = [r["t_send"] for r in records if r.get("t_send") is not None]
     ends = [r["t_end"] for r in records if r.get("t_end") is not None]
     none = {"hit_rate": None, "hits": None, "queries": None, "source": None}
@@ -298,21 +308,26 @@ def prefix_cache_of(metrics: Any, records: list[dict[str, Any]]) -> dict[str, An
             **none,
             "note": "no engine metrics in this run (metrics.parquet absent): hit rate not measured",
         }
-    m = metrics[metrics["metric"].isin([PREFIX_HITS, PREFIX_QUERIES])]
-    if not len(m) or not sends or not ends:
-        return {**none, "note": "the engines exported no vllm:prefix_cache_* counters: hit rate not measured"}
+    if not sends or not ends:
+        return {**none, "note": "no request of this point was sent: hit rate not measured"}
     lo, hi = min(sends), max(ends)
-    inc: dict[str, float] = {PREFIX_HITS: 0.0, PREFIX_QUERIES: 0.0}
-    for (metric, _src, _lab), g in m.groupby(["metric", "source", "labels"]):
-        g = g.sort_values("time")
-        before, upto = g[g["time"] <= lo], g[g["time"] <= hi]
-        if len(upto) and len(before):
-            inc[metric] += max(0.0, float(upto["value"].iloc[-1]) - float(before["value"].iloc[-1]))
-    q, h = inc[PREFIX_QUERIES], inc[PREFIX_HITS]
-    if q <= 0:
-        return {**none, "note": "no prefix-cache queries counted during this point (samples too sparse?)"}
-    return {"hit_rate": h / q, "hits": h, "queries": q, "source": "engine counters vllm:prefix_cache_hits/queries",
-            "note": None}  # fmt: skip
+    for hits, queries, source in PREFIX_SOURCES:
+        m = metrics[metrics["metric"].isin([hits, queries])]
+        if not len(m[m["metric"] == queries]):
+            continue
+        inc: dict[str, float] = {hits: 0.0, queries: 0.0}
+        for (metric, _src, _lab), g in m.groupby(["metric", "source", "labels"]):
+            g = g.sort_values("time")
+            before, upto = g[g["time"] <= lo], g[g["time"] <= hi]
+            if len(upto) and len(before):
+                inc[metric] += max(0.0, float(upto["value"].iloc[-1]) - float(before["value"].iloc[-1]))
+        q, h = inc[queries], inc[hits]
+        if q <= 0:
+            return {**none, "note": f"no prefix-cache queries counted during this point by the {source} (samples "
+                    "too sparse?)"}  # fmt: skip
+        return {"hit_rate": h / q, "hits": h, "queries": q, "source": source, "note": None}
+    return {**none, "note": "neither the engines (vllm:prefix_cache_*) nor a Dynamo KV router "
+            "(dynamo_frontend_cached_tokens) exported prefix-cache counters: hit rate not measured"}  # fmt: skip
 
 
 def client_stats(run_dir: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -378,12 +393,13 @@ def points_table(summary: dict[str, Any]):  # -> pandas.DataFrame
 
 
 def prefix_cache_lines(summary: dict[str, Any]) -> list[str]:
-    """One line per point: its loop and the engines' prefix-cache hit rate (or why there is none)."""
+    """One line per point: its loop and the prefix-cache hit rate with its source (or why there is none)."""
     out = []
     for p in summary["points"]:
         pc = p.get("prefix_cache") or {}
         hit = (f"prefix-cache hit rate {pc['hit_rate']:.1%} ({pc['hits']:,.0f} of {pc['queries']:,.0f} tokens, "
-               "engine counters)") if pc.get("hit_rate") is not None else (pc.get("note") or "hit rate not measured")  # fmt: skip
+               f"{pc.get('source') or 'engine counters'})") if pc.get("hit_rate") is not None else (
+            pc.get("note") or "hit rate not measured")  # fmt: skip
         out.append(f"{p['scenario']} {p['point']} ({p.get('loop', '?')}-loop): {hit}")
     return out
 
