@@ -59,7 +59,8 @@ TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 BUDGET_SIGNAL = signal.SIGUSR1  # the guard's thread -> the main thread: stop the notebook now
 EXIT_BUDGET = 3  # the run stopped at its budget cap (torn down)
 # Notebooks that rent (pods, a volume) and what each one's attempt writes: on --resume an unfinished attempt's
-# outputs are moved aside to attempts/<notebook>-<n>/ before the retry, so attempts never mix.
+# outputs are moved aside to attempts/<notebook>-<n>/ before the retry, so attempts never mix; the load points it
+# completed are carried back (r1lab.bench.attempts), the cut-short ones run again whole.
 RENTING = {"01", "02", "03", "04", "05"}
 ATTEMPT_OUTPUTS = {
     "05": ("load", "summary.json", "summary.csv", "requests.parquet", "metrics.parquet", "prometheus")
@@ -317,11 +318,29 @@ def _budget_guard(ctx: RunContext) -> Any:
     return BudgetGuard(ctx.run_dir, ctx.exp, poll_s=poll, on_trip=stop_main)
 
 
+def _still_standing(ctx: RunContext, done: set[str]) -> set[str]:
+    """The completed notebooks a resume may skip: a renting one only while what it rented still stands. After a
+    teardown (Ctrl-C, SIGTERM, the budget) or `r1lab reap`, the pods and volume are gone, so 01-05 run again."""
+    from r1lab.teardown import Ledger
+
+    rented = {n for n in done if n[:2] in RENTING}
+    if not rented:
+        return done
+    ledger = Ledger(ctx.run_dir)
+    ever, live = {e["kind"] for e in ledger.entries()}, {e["kind"] for e in ledger.live()}
+    serving = any(n[:2] in RENTING - {"01"} for n in rented)
+    volume_ok = "runpod-volume" in live or "runpod-volume" not in ever
+    if volume_ok and (not serving or live & {"runpod-pod", "runpod-cluster"}):
+        return done
+    _say(f"= {', '.join(sorted(rented))}: what they rented was torn down since; they run again (--resume)")
+    return done - rented
+
+
 def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_name: str | None = None) -> None:
     """Execute the steps in order into ctx.run_dir; raise RunFailed naming the notebook and cell."""
     kernel_name = kernel_name or default_kernel()
     log = EventLog(ctx.run_dir)
-    done = log.completed() if resume else set()
+    done = _still_standing(ctx, log.completed()) if resume else set()
     refuse_to_rent(ctx, [s for s in steps if s.name not in done])
     env_extra = _start_provider(ctx)
     with _budget_guard(ctx):
@@ -344,6 +363,13 @@ def _execute_one(
     if aside is not None:
         _say(f"  {step.name}: the earlier attempt's outputs are kept aside in {aside}")
         log.write("attempt_set_aside", notebook=step.name, path=str(aside))
+        if step.key == "05":  # the points that attempt completed count; only the cut-short ones run again
+            from r1lab.bench.attempts import carry_complete_points
+
+            carried = carry_complete_points(aside / "load", ctx.run_dir / "load")
+            for scenario, points in carried.items():
+                _say(f"  {step.name}: {scenario} {', '.join(points)} complete in that attempt, carried over")
+            log.write("points_carried", notebook=step.name, points=carried)
     _say(f"▶ {counter} {step.name}")
     log.write("notebook_started", notebook=step.name)
     start = time.monotonic()

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from r1lab.bench.attempts import complete_points
 from r1lab.bench.loadgen import CLIENT_STATS, run_point
 from r1lab.bench.metrics import Slo, client_limit_of, flatten, group_points, summarize_point
 from r1lab.bench.records import load_records, read_jsonl
@@ -168,17 +169,23 @@ def _run_points(
     """Run the points of `sc` (point indices from `first`, for their seeds), here or through `shell`."""
     out = Path(run_dir) / "load" / sc.name / "requests.jsonl"
     wls = _workloads(sc, tokenizer, model, seed, first)
+    kept = complete_points(out.parent) & {w[0].label for w in wls}  # from an earlier attempt (--resume)
+    todo = [(i, w) for i, w in enumerate(wls, start=first) if w[0].label not in kept]
+    if kept:
+        print(f"{sc.name}: {', '.join(sorted(kept))} complete in an earlier attempt, kept (not run again)")
+    carried = [r for r in read_jsonl(out) if r.get("point") in kept] if kept else []
     if shell is not None:
         from r1lab.bench.remote import run_remote
 
         pts = [{"scenario": sc.name, "shape": shape, "bodies": bodies(wl), "api": sc.endpoint,
                 "timeout_s": sc.timeout_s, "seed": seed * 1000 + i}
-               for i, (shape, wl, _) in enumerate(wls, start=first)]  # fmt: skip
+               for i, (shape, wl, _) in todo]  # fmt: skip
         before = len(read_jsonl(out)) if out.exists() else 0
-        run_remote(shell, url=url, points=pts, run_dir=run_dir)
-        return read_jsonl(out)[before:]
-    records: list[dict[str, Any]] = []
-    for i, (shape, wl, conv) in enumerate(wls, start=first):
+        if pts:
+            run_remote(shell, url=url, points=pts, run_dir=run_dir)
+        return carried + read_jsonl(out)[before:]
+    records: list[dict[str, Any]] = carried
+    for i, (shape, wl, conv) in todo:
         res = run_point(url, bodies(wl), shape, scenario=sc.name, out=out, api=sc.endpoint, workers=workers,
                         timeout_s=sc.timeout_s, seed=seed * 1000 + i, verify_tls=verify_tls,
                         conversations=conv)  # fmt: skip

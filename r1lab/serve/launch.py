@@ -169,6 +169,14 @@ teardown.register("pod-process", "r1lab.serve.launch:stop_pod_process")
 teardown.register("serve-daemons", "r1lab.serve.launch:run_stop_command")
 
 
+# One-shot failures that are transient on a loaded machine, by program: `ray start` waits a fixed 30 s (not
+# configurable, ray/_private/node.py) for its raylet to register with the GCS and gives up with this message when
+# a busy machine makes it slower. Retried after `ray stop`; a failure with any other message is never retried.
+TRANSIENT_ONE_SHOT = {"ray": ("The current node timed out during startup",)}
+TRANSIENT_WHY = "Ray's fixed 30 s wait for its raylet to register ran out (a loaded machine)"
+ONE_SHOT_ATTEMPTS = 3
+
+
 class Launcher:
     """Starts deployments on pods; `stop()` (or the run's teardown) stops everything it started."""
 
@@ -282,10 +290,12 @@ class Launcher:
         command = shlex.join(argv)
         log, local = self._log_paths(dep.stage, c, ex)
         if not c.background:  # one-shot (ray start): run to completion, remember how to undo it
-            res = ex.run(command, env=env, timeout=300, check=False)
-            local.write_text(redact(res.output) + "\n", encoding="utf-8")
-            if c.stop_argv:
-                stop = shlex.join([self.programs.get(c.stop_argv[0], c.stop_argv[0]), *c.stop_argv[1:]])
+            stop = (
+                shlex.join([self.programs.get(c.stop_argv[0], c.stop_argv[0]), *c.stop_argv[1:]])
+                if c.stop_argv
+                else ""
+            )
+            if c.stop_argv:  # recorded before it runs: a kill during `ray start` still gets its `ray stop`
                 self._stops.append((c, ex, env))
                 self.ledger.record(
                     "serve-daemons",
@@ -297,6 +307,7 @@ class Launcher:
                     stop=stop,
                     env={k: v for k, v in c.env.items()},
                 )
+            res = self._one_shot(c, ex, command, env, local, stop)
             if res.code == 0 and c.wait_for:
                 self._wait_for(c, ex, env, local)
             if res.code != 0:
@@ -337,6 +348,33 @@ class Launcher:
         r = Running(c, ex, bg, log, local)
         self.running.append(r)
         return r
+
+    def _one_shot(
+        self, c: Command, ex: Executor, command: str, env: dict[str, str], local: Path, stop: str
+    ) -> Any:
+        """Run a one-shot command; retry it (after its stop command) only on a failure known to be transient on a
+        loaded machine (TRANSIENT_ONE_SHOT), at most ONE_SHOT_ATTEMPTS times. Every attempt's output is logged and
+        each retry is said; any other failure, or the last attempt's, is returned as it is."""
+        transient = TRANSIENT_ONE_SHOT.get(c.argv[0], ())
+        local.write_text("", encoding="utf-8")
+        for attempt in range(1, ONE_SHOT_ATTEMPTS + 1):
+            res = ex.run(command, env=env, timeout=300, check=False)
+            with open(local, "a", encoding="utf-8") as f:
+                f.write(f"# attempt {attempt}\n" if attempt > 1 else "")
+                f.write(redact(res.output) + "\n")
+            why = next((t for t in transient if t in res.output), None)
+            if res.code == 0 or why is None or not stop or attempt == ONE_SHOT_ATTEMPTS:
+                return res
+            print(
+                f"{c.node}: {c.name}: {why!r} (attempt {attempt}/{ONE_SHOT_ATTEMPTS}): {TRANSIENT_WHY}; "
+                f"`{stop}` and again",
+                flush=True,
+            )
+            stopped = ex.run(stop, env=env, timeout=120, check=False)
+            with open(local, "a", encoding="utf-8") as f:
+                f.write(f"# {stop} (exit {stopped.code})\n{redact(stopped.output)}\n")
+            time.sleep(2.0 * attempt)
+        return res
 
     def _wait_for(
         self, c: Command, ex: Executor, env: dict[str, str], log: Path, timeout: float = 180.0
