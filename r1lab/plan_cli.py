@@ -1,4 +1,4 @@
-"""`r1lab plan PARAMS [--json] [--out DIR] [--only-params]`: the capacity plan of a params file (r1lab.perf.planner).
+"""`r1lab plan PARAMS [--json] [--out DIR] [--only-params] [--method simulate|auto]`: the capacity plan of a params file (r1lab.perf.planner).
 
 An entry point: it loads the params (config) and calls the planner, which itself reads no params file."""
 
@@ -24,6 +24,13 @@ def cli_main(argv: list[str]) -> int:
     )
     ap.add_argument("--out", help="also write plan.json and charts (HTML) into this directory")
     ap.add_argument("--only-params", action="store_true", help="skip the standard alternative topologies")
+    ap.add_argument(
+        "--method",
+        choices=("simulate", "auto"),
+        default="simulate",
+        help="simulate: every load point through the event simulation (default); auto: the analytic closed-loop "
+        "steady state where it applies (r1lab.perf.steady: faster; throughput/TPOT close, TTFT not: see there)",
+    )
     a = ap.parse_args(argv)
     try:
         exp = load_experiment(a.params)
@@ -31,7 +38,7 @@ def cli_main(argv: list[str]) -> int:
         for p in exc.problems:
             print(p, file=sys.stderr)
         return 1
-    plan = plan_experiment(exp, include_standard=not a.only_params)
+    plan = plan_experiment(exp, include_standard=not a.only_params, method=a.method)
     if a.out:
         from r1lab.perf.charts import write_charts  # plotly: only when charts are asked for
 

@@ -27,6 +27,7 @@ Latencies in ms, throughput in output tokens/s, money in USD. Every number is mo
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -245,8 +246,18 @@ def _profile_label(gpu_type: str) -> dict[str, Any]:
     }
 
 
-def evaluate_topology(topo: Topology, exp: Any, prices: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Memory, load points, cost and bottleneck of one topology under the params' serving settings."""
+def evaluate_topology(
+    topo: Topology,
+    exp: Any,
+    prices: dict[str, Any] | None = None,
+    method: str = "simulate",
+    memo: dict[tuple[Any, ...], Any] | None = None,
+) -> dict[str, Any]:
+    """Memory, load points, cost and bottleneck of one topology under the params' serving settings.
+
+    `method`: predict()'s ("simulate", or "auto": the analytic steady state where it applies, r1lab.perf.steady).
+    `memo`: predictions already made in this plan, by their arguments (the params' topology is often one of the
+    standard ones: the same deployment at the same load point is predicted once)."""
     s = exp.serving
     eng = "vllm" if s.engine in ("vllm", "mocker") else s.engine
     price = _price(topo.gpu_type, exp, prices)
@@ -254,14 +265,8 @@ def evaluate_topology(topo: Topology, exp: Any, prices: dict[str, Any] | None = 
     slo = exp.load.slo
     points, fits, reason, memory, bottleneck = [], True, "", {}, {}
     for pt in _points(exp):
-        p = predict(
-            topo.gpu_type,
-            topo.gpus,
-            topo.par,
-            eng,
-            pt["isl"],
-            pt["osl"],
-            pt["conc"],
+        args = (topo.gpu_type, topo.gpus, topo.par, eng, pt["isl"], pt["osl"], pt["conc"])
+        kwargs = dict(
             rate=pt["rate"],
             kv_dtype=_kv_dtype(s),
             gpu_memory_utilization=s.gpu_memory_utilization,
@@ -277,7 +282,14 @@ def evaluate_topology(topo: Topology, exp: Any, prices: dict[str, Any] | None = 
             isl_range=pt["isl_r"],
             osl_range=pt["osl_r"],
             seed=exp.seed,
+            method=method,
         )
+        key = (args, tuple(sorted(kwargs.items())))
+        p = copy.deepcopy(memo[key]) if memo is not None and key in memo else None
+        if p is None:
+            p = predict(*args, **kwargs)  # type: ignore[arg-type]
+            if memo is not None:
+                memo[key] = p
         memory = memory or p.memory
         if not p.fits:
             fits, reason, bottleneck = False, p.reason, p.bottleneck
@@ -563,13 +575,21 @@ def _reference_commands(exp: Any) -> dict[str, Any]:
     }
 
 
-def plan_experiment(exp: Any, prices: dict[str, Any] | None = None, include_standard: bool = True) -> Plan:
-    """Plan one Experiment (r1lab.config). `prices`: live {gpu_type: usd_per_gpu_hour or price dict}."""
+def plan_experiment(
+    exp: Any, prices: dict[str, Any] | None = None, include_standard: bool = True, method: str = "simulate"
+) -> Plan:
+    """Plan one Experiment (r1lab.config). `prices`: live {gpu_type: usd_per_gpu_hour or price dict}.
+    `method`: "simulate" (every point through the event simulation) or "auto" (the analytic closed-loop steady
+    state where it applies, r1lab.perf.steady: faster, within the tolerance that module states)."""
     ptopo = params_topology(exp)
     topos = [ptopo] + (STANDARD if include_standard else [])
     from r1lab.progress import track  # noqa: PLC0415
 
-    results = [evaluate_topology(t, exp, prices) for t in track(topos, "planning topologies", len(topos))]
+    memo: dict[tuple[Any, ...], Any] = {}
+    results = [
+        evaluate_topology(t, exp, prices, method, memo)
+        for t in track(topos, "planning topologies", len(topos))
+    ]
     problems = _problems(exp, results, ptopo)
     summary = []
     for r in results:

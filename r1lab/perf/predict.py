@@ -33,6 +33,7 @@ from r1lab.perf.simulate import (
     simulate,
     weighted_percentiles,
 )
+from r1lab.perf.steady import steady_state
 
 MODEL_VERSION = "r1lab-perf-2"
 
@@ -170,11 +171,16 @@ def predict(
     profile: str | None = None,
     seed: int = 0,
     spec: ModelSpec | None = None,
+    method: str = "simulate",
 ) -> Prediction:
     """Predict one load point (fixed `concurrency`, or Poisson `rate` req/s) of one deployment.
 
     `gpus` must equal the GPUs the layout uses (checked). `network_name` joins the nodes of one instance;
-    `disaggregation` adds prefill instances and the link that carries KV caches to the decode instance(s)."""
+    `disaggregation` adds prefill instances and the link that carries KV caches to the decode instance(s).
+    `method`: "simulate" (the event simulation), "auto" (the analytic closed-loop steady state, r1lab.perf.steady,
+    where it applies, the simulation elsewhere) or "analytic" (ValueError where it does not apply)."""
+    if method not in ("simulate", "auto", "analytic"):
+        raise ValueError(f"method must be 'simulate', 'auto' or 'analytic', got {method!r}")
     hw = hardware.gpu(hardware_name)
     par = parse_parallelism(parallelism)
     spec = spec or ModelSpec.deepseek_r1()
@@ -292,7 +298,13 @@ def predict(
             _step_model(pre_dep), link, pd.prefill_instances * pd.prefill.dp, max_num_batched_tokens, par.tp
         )
         kv_ms = pdc.prefill.kv_transfer_s(isl, link, par.tp) * 1e3
-    res = simulate(sm, wl, sched, pdc, ranks=ranks, ranks_per_instance=par.dp)
+    res = None
+    if method != "simulate" and pdc is None:
+        res = steady_state(sm, wl, sched, ranks=ranks, ranks_per_instance=par.dp)
+    if res is None and method == "analytic":
+        raise ValueError("the analytic steady state does not apply to this load point (r1lab.perf.steady)")
+    if res is None:
+        res = simulate(sm, wl, sched, pdc, ranks=ranks, ranks_per_instance=par.dp)
     busy = (
         1.0 if coupled else (replicas if concurrency is None else min(replicas, concurrency / conc))
     )  # replicas with work

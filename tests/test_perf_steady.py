@@ -1,0 +1,59 @@
+"""The analytic steady state (r1lab.perf.steady) against the event simulation it stands in for, on a grid of
+deployments and closed-loop loads: throughput and TPOT within the tolerances the module states."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from r1lab.model import Parallelism
+from r1lab.perf import steady
+
+P = importlib.import_module("r1lab.perf.predict")
+
+KW = dict(kv_dtype="fp8", gpu_memory_utilization=0.92, network_name="instant-cluster")
+DEPLOYMENTS = [
+    ("NVIDIA H200", Parallelism(8)),
+    ("NVIDIA H100 80GB HBM3", Parallelism(8, 2)),
+    ("NVIDIA H200", Parallelism(1, 1, 8, True)),
+    ("NVIDIA H100 NVL", Parallelism(8, 1, 2, True)),
+]
+LOADS = [(1024, 1024, 8, None), (1024, 1024, 64, None), (1024, 1024, 256, None), (256, 4096, 64, 64),
+         (1280, 256, 16, 160)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "gpu,par", DEPLOYMENTS, ids=lambda v: v.label() if isinstance(v, Parallelism) else None
+)
+@pytest.mark.parametrize("isl,osl,conc,n", LOADS)
+def test_agrees_with_simulation(
+    gpu: str, par: Parallelism, isl: int, osl: int, conc: int, n: int | None
+) -> None:
+    a = P.predict(gpu, par.gpus, par, "vllm", isl, osl, conc, num_requests=n, method="analytic", **KW)
+    s = P.predict(gpu, par.gpus, par, "vllm", isl, osl, conc, num_requests=n, method="simulate", **KW)
+    assert a.fits and s.fits
+    assert a.output_tok_s == pytest.approx(s.output_tok_s, rel=steady.THROUGHPUT_TOLERANCE)
+    assert a.tpot_ms["mean"] == pytest.approx(s.tpot_ms["mean"], rel=steady.TPOT_TOLERANCE)
+    assert a.preemptions == s.preemptions == 0
+
+
+def test_auto_falls_back_to_the_simulation_where_it_does_not_apply() -> None:
+    par = Parallelism(8)
+    cases = [
+        dict(concurrency=None, rate=2.0),  # Poisson arrivals
+        dict(concurrency=16, isl_range=(512, 1536)),  # length spread
+        dict(concurrency=16, isl=16000),  # a prompt longer than one step's budget
+    ]
+    for case in cases:
+        kw = {"isl": 1024, "osl": 256, **case}
+        with pytest.raises(ValueError, match="does not apply"):
+            P.predict("NVIDIA H200", 8, par, "vllm", method="analytic", **kw, **KW)
+        auto = P.predict("NVIDIA H200", 8, par, "vllm", method="auto", **kw, **KW)
+        sim = P.predict("NVIDIA H200", 8, par, "vllm", method="simulate", **kw, **KW)
+        assert auto == sim  # the very same simulation
+
+
+def test_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="method must be"):
+        P.predict("NVIDIA H200", 8, "TP8", method="fast")
