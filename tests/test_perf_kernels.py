@@ -41,3 +41,47 @@ def test_measured_kernels_only_ever_speed_up_a_gemm():
     for m in (1, 8, 64):
         for k, n in (sm.a_rep, sm.a_qb, sm.a_o):
             assert sm._g(m, k, n) <= max(sm.eff.gemm_s(m, k, n), 2.5e-6) + 1e-12
+
+
+def test_prefill_takes_the_measured_gemm_and_attention_rates():
+    """Prefill GEMMs and attention run at the layer forward's measured rate (never faster than the roofline);
+    the same factor at the measured sizes, interpolated between; decode untouched."""
+    t = KernelTable.for_gpu("H200")
+    dep = Deployment("H200", Parallelism(8))
+    measured, roofline = StepModel(dep), StepModel(dep, measured_prefill=False)
+    m = 8192
+    rec = dict(t.prefill["tp8"])[m]
+    assert measured._prefill_factor("gemm", m) == pytest.approx(rec["gemm"] / roofline._dense_gemms_s(m))
+    assert all(f >= 1.0 for pts in measured._prefill_factors.values() for _, f in pts)
+    pre = measured.breakdown(0, 0, m, m * (m + 1) / 2)
+    ref = roofline.breakdown(0, 0, m, m * (m + 1) / 2)
+    assert pre["attention_gemm"] > ref["attention_gemm"] and pre["attention_core"] > ref["attention_core"]
+    assert (
+        pre["moe_experts"] > ref["moe_experts"]
+    )  # shared expert + router GEMMs; the routed ones are measured
+    assert measured.breakdown(64, 64 * 2000) == roofline.breakdown(64, 64 * 2000)
+    # a chunk after a long prefix: attention at the rate of the work it does (query-key pairs), not of its size
+    chunk, prefix = 1024, 31 * 1024
+    f_chunk = measured._prefill_factor("attention", measured.heads * chunk * (prefix + chunk / 2))
+    assert f_chunk < measured._prefill_factor("attention", measured.heads * chunk * chunk / 2)
+
+
+def test_mla_decode_has_the_measured_kernel_latency():
+    t = KernelTable.for_gpu("H200")
+    mla = [
+        r["parts"]["MLA decode attention (split-KV + combine)"]
+        for r in _records()
+        if r["kind"] == "layer" and r["mode"] == "decode" and r["m"] == 1 and "parts" in r
+    ]
+    assert t.mla_decode_floor_s == pytest.approx(min(mla))
+    sm = StepModel(Deployment("H200", Parallelism(8)))
+    assert sm.parts(1, 1000, 0, 0)["attention_core"] == pytest.approx(sm.layers * t.mla_decode_floor_s)
+
+
+def test_attention_tp_with_ep_needs_no_all_to_all():
+    """TP8 attention + EP8 experts: every rank holds every token, the TP all-reduce sums the experts' outputs;
+    attention-DP ranks (DP8 EP8) dispatch their tokens."""
+    tp_ep = StepModel(Deployment("H200", Parallelism(8, ep=True)))
+    dp_ep = StepModel(Deployment("H200", Parallelism(1, 1, 8, True)))
+    assert tp_ep.breakdown(8, 8000)["ep_all_to_all"] == 0.0
+    assert dp_ep.breakdown(8, 8000)["ep_all_to_all"] > 0.0

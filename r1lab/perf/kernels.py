@@ -10,12 +10,17 @@ stream-bound points (m <= 64), `fixed + experts touched x expert bytes / rate`.
 
 Other GPUs: times scale by the HBM datasheet ratio (the measured regimes are bandwidth-bound), stated as such.
 
+Also kept: the prefill layer forwards' GEMM and attention times (`.prefill`, PREFILL_GROUPS), which the step model
+uses as the rate prefill runs at (our block-FP8 Triton GEMMs ~600 TFLOPS, PyTorch SDPA; the profile's cuBLAS plateau
+and the bf16 peak are ~1.9x faster), and the MLA decode kernel's batch-1 latency (`.mla_decode_floor_s`).
+
 Public interface: `KernelTable.for_gpu(gpu_short) -> KernelTable | None`, `.gemm_s(m, k, n)`, `.moe_s(...)`.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import json
 import math
@@ -26,6 +31,22 @@ from typing import Any
 from r1lab.perf import hardware
 
 MEASURED = {"H200": "h200-kernels-2026-12-01.json"}
+# parts of layer_bench's prefill forward that run the same algorithm as the engines' kernels (block-FP8 GEMMs; causal
+# attention through PyTorch SDPA, a FlashAttention-2-class kernel): their measured time stands for the engines'.
+# Left out: grouped top-k, sort/align, top-k sum and the per-group quantisation, which this script runs as unfused or
+# slow kernels (0.26 TB/s) where engines fuse them; the model keeps its rooflines there.
+PREFILL_GROUPS = {
+    "gemm": (
+        "GEMM fused q_a/kv_a",
+        "GEMM q_b",
+        "GEMM kv_b",
+        "GEMM o_proj",
+        "shared expert gate_up GEMM",
+        "shared expert down GEMM",
+        "router GEMM (bf16)",
+    ),
+    "attention": ("MLA prefill attention (SDPA, causal)",),
+}
 STREAM_MAX_M = (
     64  # measured points used for the MoE stream fit (above it the grouped GEMMs turn compute-bound)
 )
@@ -59,6 +80,12 @@ class KernelTable:
     flops_scale: float  # FP8 datasheet ratio target / measured GPU (for the compute-bound prefill points)
     gemm: dict[tuple[int, int], tuple[tuple[float, float], ...]]  # (k, n) -> ((m, seconds), ...)
     moe: tuple[MoeFit, ...]
+    # one-prompt prefill layer forwards: config ("tp8" | "dp8ep8") -> ((m, {group: seconds}), ...), groups of
+    # PREFILL_GROUPS (the dense GEMMs; the MLA prefill attention)
+    prefill: dict[str, tuple[tuple[int, dict[str, float]], ...]] = dataclasses.field(default_factory=dict)
+    # the absorbed-MLA decode kernel (split-KV over the SMs + log-sum-exp combine, two launches) at batch 1: its
+    # latency, whatever the heads (16 or 128 per GPU measured alike), the least a decode step's attention takes
+    mla_decode_floor_s: float | None = None
 
     @staticmethod
     @functools.lru_cache(maxsize=8)
@@ -107,14 +134,27 @@ class KernelTable:
                 ]
             )
             moe.append(MoeFit(layout, eb, max(0.0, my - slope * mx), 1.0 / slope / 1e12, tuple(rows)))
+        flops_scale = dst.fp8_tflops / hardware.gpu(src_short).fp8_tflops
+        prefill: dict[str, list[tuple[int, dict[str, float]]]] = {}
+        for r in data["records"]:
+            if r["kind"] == "layer" and r["mode"] == "prefill" and "parts" in r:
+                groups = {g: sum(r["parts"][k] for k in ks) / flops_scale for g, ks in PREFILL_GROUPS.items()}
+                prefill.setdefault(r["config"], []).append((r["m"], groups))
+        mla = [
+            r["parts"]["MLA decode attention (split-KV + combine)"]
+            for r in data["records"]
+            if r["kind"] == "layer" and r["mode"] == "decode" and r["m"] == 1 and "parts" in r
+        ]
         return KernelTable(
             dst.short,
             f"{data['source'].split(':')[0]} ({data['measured']})"
             + ("" if src_short == dst.short else f", scaled from {src_short} by HBM bandwidth x{scale:.2f}"),
             scale,
-            dst.fp8_tflops / hardware.gpu(src_short).fp8_tflops,
+            flops_scale,
             {key: tuple(sorted(v.items())) for key, v in gemm.items()},
             tuple(moe),
+            {cfg: tuple(sorted(v, key=lambda x: x[0])) for cfg, v in prefill.items()},
+            min(mla) if mla else None,
         )
 
     def gemm_s(self, m: float, k: float, n: float) -> float | None:

@@ -12,13 +12,17 @@ The step of a batch of M tokens, per layer, on one GPU (one TP rank of one DP re
   GEMMs  max(weight bytes / streaming rate, flops / rate at M)  (Efficiency.gemm_s), floor KERNEL_MIN_US each;
   MoE    routed experts touched by M tokens: E * (1 - (1 - k/E)^M); their weights streamed once;
   MLA    decode reads each sequence's latent cache (ctx x 576 x bytes); prefill computes causal attention;
-  comm   2 TP all-reduces of M x hidden x 2 B; EP: all-to-all of M x k x hidden (fp8 out, bf16 back);
+  comm   2 TP all-reduces of M x hidden x 2 B (over nodes: NCCL's model, network.multinode_allreduce_s);
+         EP under attention-DP: all-to-all of M x k x hidden (fp8 out, bf16 back); EP under attention TP: none;
+  measured on the GPU (perf/kernels.py): decode split-K GEMMs, the fused MoE, the MLA decode kernel's latency
+         floor; prefill GEMMs and attention at the layer forward's measured rate (never above the roofline);
   PP     hidden + residual (2 x hidden x 2 B per token) sent between stages;
   small  the norms, quantisations, RoPE, routing and sampling kernels (NON_GEMM_KERNELS), KERNEL_MIN_US each.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism
@@ -174,7 +178,7 @@ class Deployment:
 class StepModel:
     """Step times of one deployment (precomputed constants; `step_s` is a few dozen float operations)."""
 
-    def __init__(self, dep: Deployment, eff: Efficiency | None = None) -> None:
+    def __init__(self, dep: Deployment, eff: Efficiency | None = None, measured_prefill: bool = True) -> None:
         self.dep = dep
         self.spec = s = dep.spec
         self.eff = eff or dep.efficiency()
@@ -221,6 +225,60 @@ class StepModel:
         self._cache: dict[tuple, dict[str, float]] = {}
         # TP x EP: experts spread over ep_size ranks, each expert split over the moe_tp ranks that share it
         self.moe_tp = par.moe_tp
+        self._prefill_factors = self._measured_prefill_factors() if measured_prefill else {}
+
+    def _measured_prefill_factors(self) -> dict[str, tuple[tuple[float, float], ...]]:
+        """Prefill: measured / modelled time of the dense GEMMs and of the MLA prefill attention in the layer
+        forwards measured on the GPU (kernels.PREFILL_GROUPS: layer_bench's `tp8` forward, 16 heads, and `dp8ep8`,
+        128 heads), never below 1. The model's rooflines (the profile's cuBLAS plateau, the bf16 peak) are what no
+        kernel beats; measured kernels of the same algorithm are what one gets. {group: ((size, factor), ...)}:
+        GEMMs by rows (this deployment's layout: `dp8ep8` for attention-DP, else `tp8`), attention by causal
+        query-key pairs x heads, both layouts on one curve (a chunk after a long prefix, or many heads, do the
+        work of a long prompt)."""
+        if self.kt is None or not self.kt.prefill:
+            return {}
+        layouts = {"tp8": (Parallelism(8), 16), "dp8ep8": (Parallelism(1, 1, 8, True), 128)}
+        gemm_cfg = "dp8ep8" if self.dp > 1 and "dp8ep8" in self.kt.prefill else "tp8"
+        out: dict[str, list[tuple[float, float]]] = {"gemm": [], "attention": []}
+        for cfg, records in self.kt.prefill.items():
+            if cfg not in layouts:
+                continue
+            par, heads = layouts[cfg]
+            ref = StepModel(
+                Deployment(self.dep.gpu, par, "vllm", profile=self.dep.profile),
+                self.eff,
+                measured_prefill=False,
+            )
+            for m, groups in records:
+                pairs = m * (m + 1) / 2
+                attn = ref._attn_core(0, 0, m, pairs)
+                out["attention"].append((heads * pairs, max(1.0, groups["attention"] / attn)))
+                if cfg == gemm_cfg:
+                    out["gemm"].append((m, max(1.0, groups["gemm"] / ref._dense_gemms_s(m))))
+        return {g: tuple(sorted(v)) for g, v in out.items() if v}
+
+    def _prefill_factor(self, group: str, m: float) -> float:
+        """Measured/modelled factor of `group` at size m (rows, or query-key pairs for attention; log-linear
+        between measured sizes, the end values beyond them); 1 without measurements."""
+        pts = self._prefill_factors.get(group)
+        if not pts or m <= 0:
+            return 1.0
+        if m <= pts[0][0]:
+            return pts[0][1]
+        if m >= pts[-1][0]:
+            return pts[-1][1]
+        for (m0, f0), (m1, f1) in zip(pts, pts[1:], strict=False):
+            if m0 <= m <= m1:
+                return f0 + (f1 - f0) * (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
+        return 1.0
+
+    def _dense_gemms_s(self, m: float) -> float:
+        """One layer's non-expert GEMMs at m rows: attention projections, shared expert, router."""
+        attn_lin = (
+            self._g(m, *self.a_rep) + self._g(m, *self.a_qb) + self._g(m, *self.a_kvb) + self._g(m, *self.a_o)
+        )
+        shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
+        return attn_lin + shared + self._g(m, self.h, self.E, "bf16")
 
     # -- primitives ----------------------------------------------------------------------------------------
     def _g(self, m: float, k: float, n: float, dtype: str = "fp8") -> float:
@@ -331,8 +389,11 @@ class StepModel:
         kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
         dec_flops = 2.0 * self.heads * (self.spec.kv_latent_dim + self.spec.kv_lora_rank) * ctx_sum * q
         pre_flops = 2.0 * self.heads * (self.spec.qk_head_dim + self.spec.v_head_dim) * pre_pairs
-        attn_core = max(kv_read, dec_flops / self._attn_rate) if n_dec else 0.0
-        attn_core += pre_flops / self._attn_rate if n_pre else 0.0
+        floor = self.kt.mla_decode_floor_s if self.kt is not None else None
+        attn_core = max(kv_read, dec_flops / self._attn_rate, floor or 0.0) if n_dec else 0.0
+        if n_pre:
+            f = self._prefill_factor("attention", self.heads * pre_pairs)
+            attn_core += pre_flops / self._attn_rate * f
         return max(attn_core, KERNEL_MIN_US * 1e-6)
 
     def _parts(
@@ -359,6 +420,9 @@ class StepModel:
         dense = self._g(m, self.h, 2 * self.dense_i) + self._g(m, self.dense_i, self.h)
         shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
         router = self._g(m, self.h, self.E, "bf16")
+        if n_pre and self._prefill_factors:  # the prefill rows' share at the measured kernels' rate
+            f = 1.0 + (self._prefill_factor("gemm", m) - 1.0) * n_pre / m
+            attn_lin, dense, shared, router = attn_lin * f, dense * f, shared * f, router * f
         if self.dep.par.ep:
             tokens = m * self.dp if moe_tokens is None else moe_tokens  # every DP rank's tokens meet here
             local = self.E / self.dep.par.ep_size
@@ -369,6 +433,11 @@ class StepModel:
             a2a_bytes = m * self.k * self.h * (1 + 2)  # dispatch fp8, combine bf16
             if self.dep.par.ep_size == 1:
                 comm_ep = 0.0  # no expert is split across ranks by expert id: no dispatch
+            elif self.dp == 1:
+                # attention TP (TRT-LLM `--tp 8 --ep 8` without attention DP, sglang/vLLM TP + EP): every rank
+                # already holds every token; each runs its own experts on them and the layer's TP all-reduce
+                # (`ar`) sums the outputs: no dispatch/combine all-to-all
+                comm_ep = 0.0
             elif self.ep_remote > 0:
                 comm_ep = self.ep_link.transfer_s(a2a_bytes * self.ep_remote)
             else:
