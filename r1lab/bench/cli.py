@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def _cmd_point(a: argparse.Namespace) -> int:
     from r1lab.bench.shapes import Shape
     from r1lab.bench.workloads import bodies, build_workload
 
-    kind = "poisson" if a.rate else "concurrency"
+    kind: Literal["poisson", "concurrency"] = "poisson" if a.rate else "concurrency"
     shape = Shape(kind, concurrency=a.concurrency, rate=a.rate, requests=a.requests, duration_s=a.duration,
                   warmup_s=a.warmup_s)  # fmt: skip
     n = a.requests or 256

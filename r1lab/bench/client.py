@@ -84,7 +84,27 @@ def request_bytes_plain(
     return (head + "\r\n").encode("latin-1") + body
 
 
-class Connection(asyncio.Protocol):
+class _Exchange:
+    """The request state both connection kinds share, and how a request ends."""
+
+    raw: Raw | None
+    waiter: asyncio.Future | None
+    timer: asyncio.TimerHandle | None
+
+    def _finish(self, error: str | None, detail: str | None) -> None:
+        raw = self.raw
+        if raw is not None and error and raw.error is None:
+            raw.error, raw.error_detail = error, detail
+            if raw.t_end is None:
+                raw.t_end = perf_counter()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class Connection(asyncio.Protocol, _Exchange):
     """One keep-alive connection carrying one request at a time."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -141,18 +161,6 @@ class Connection(asyncio.Protocol):
         return False
 
     # -- control --
-    def _finish(self, error: str | None, detail: str | None) -> None:
-        raw = self.raw
-        if raw is not None and error and raw.error is None:
-            raw.error, raw.error_detail = error, detail
-            if raw.t_end is None:
-                raw.t_end = perf_counter()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
     def _timeout(self) -> None:
         self.timer = None
         self._finish("timeout", "no complete response within the request timeout")
@@ -196,7 +204,7 @@ def kernel_receive_time(anc: list[tuple[int, int, bytes]], rt_to_perf: float) ->
     return None
 
 
-class StampedConnection:
+class StampedConnection(_Exchange):
     """A plain-TCP connection whose reads carry the kernel's receive time (SO_TIMESTAMPNS, Linux): the default.
 
     TCP returns the arrival time of the last segment copied, so a read is stamped when its bytes reached this
@@ -291,8 +299,6 @@ class StampedConnection:
                 self._finish("disconnect", f"connection closed before the response ended ({exc or 'EOF'})")
         self.close()
 
-    _finish = Connection._finish
-
     def _timeout(self) -> None:
         self.timer = None
         self._finish("timeout", "no complete response within the request timeout")
@@ -373,7 +379,7 @@ class Client:
             loop.create_connection(lambda: Connection(loop), self.ep.host, self.ep.port, ssl=self.ssl),
             self.connect_timeout_s,
         )
-        return proto  # type: ignore[return-value]
+        return proto
 
     async def prewarm(self, n: int) -> None:
         """Open `n` idle connections now (in batches, so a listen backlog is not overrun)."""

@@ -42,6 +42,20 @@ def _chunk(payload: bytes) -> bytes:
 class _Req:
     __slots__ = ("rid", "t_recv", "sent", "queued", "n", "left", "api", "usage", "prompt_tokens", "fail_at",
                  "reasoning", "prefix", "prompt", "admitted")  # fmt: skip
+    rid: str
+    t_recv: float
+    sent: list[float]
+    queued: int
+    n: int
+    left: int
+    api: str
+    usage: bool
+    prompt_tokens: int
+    fail_at: int
+    reasoning: bool
+    prefix: bytes
+    prompt: Any
+    admitted: bool
 
     def __init__(self) -> None:
         self.sent: list[float] = []

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from r1lab.bench.client import API_PATHS
 from r1lab.bench.records import RecordWriter, build_record, clock_offset
@@ -92,7 +92,8 @@ def _collect(
     try:
         with progress(f"{result.scenario} {result.point}", total=total, unit="req") as bar:
             while live:
-                for c in wait(list(live), timeout=1.0):
+                # wait() returns those of the objects it was given that are ready: Connections here
+                for c in cast(list[Connection], wait(list(live), timeout=1.0)):
                     i = live[c]
                     try:
                         data = c.recv_bytes()
@@ -162,19 +163,22 @@ def run_point(
     slots = split(shape.concurrency, nw) if shape.concurrency else [0] * nw
     arr: list[list[tuple[int, float]]] = [[] for _ in range(nw)]
     if shape.kind == "trace":
-        for k, off in enumerate(shape.offsets[: shape.requests]):  # type: ignore[index]
+        for k, off in enumerate(
+            (shape.offsets or ())[: shape.requests]
+        ):  # a trace has offsets (Shape checks)
             arr[k % nw].append((k, float(off)))
     elif shape.kind == "poisson":
+        assert shape.rate is not None  # Shape requires a rate for poisson
         offs = arrivals(
             shape.rate,
             requests=shape.requests,
             duration_s=shape.duration_s,
-            seed=seed,  # type: ignore[arg-type]
+            seed=seed,
             burstiness=shape.burstiness,
         )
         for k, off in enumerate(offs):
             arr[k % nw].append((k, float(off)))
-    plans = []
+    plans: list[dict[str, Any]] = []
     for i in range(nw):
         if shape.kind == "concurrency":
             prewarm = slots[i]

@@ -21,6 +21,7 @@ import itertools
 import os
 import socket
 import time
+from typing import overload
 from urllib.parse import urlsplit
 
 import gevent
@@ -39,6 +40,10 @@ _writer: RecordWriter | None = None
 _offset = clock_offset()
 
 
+@overload
+def _env(name: str, default: str) -> str: ...
+@overload
+def _env(name: str, default: None = None) -> str | None: ...
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
@@ -79,7 +84,8 @@ def _flush(environment) -> None:
     if isinstance(environment.runner, WorkerRunner) and _pending:
         batch = list(_pending)
         _pending.clear()
-        environment.runner.send_message("r1lab_records", batch)
+        # locust annotates `data` as a dict, but ships any msgpack-able value (the master's listener gets the list)
+        environment.runner.send_message("r1lab_records", batch)  # type: ignore[arg-type]
 
 
 @events.test_stop.add_listener

@@ -91,7 +91,7 @@ def _since_send(r: dict[str, Any], key: str, unc: set[int]) -> float | None:
     return t - r["t_send"]
 
 
-def token_stats(values: Iterable[float]) -> dict[str, float | None]:
+def token_stats(values: Iterable[float | None]) -> dict[str, float | None]:
     """mean, p50, p90, p99 of per-request token counts."""
     a = np.asarray([v for v in values if v is not None], dtype=float)
     if a.size == 0:
@@ -194,7 +194,8 @@ def client_limit(lat: list[dict[str, Any]], ok: list[dict[str, Any]], client: di
     reqs = sum(1 for x in lat if x["uncertain"])
     bounds = [r.get("stamp_uncert_s") for r in ok if r.get("stamp_uncertain") is not None
               and len(r["stamp_uncertain"])]  # fmt: skip
-    worst = None if any(b is None for b in bounds) else max(bounds, default=0.0)
+    known = [b for b in bounds if b is not None]
+    worst = max(known, default=0.0) if len(known) == len(bounds) else None
     why = []
     if n and first / n > CLIENT_LIMITED_FRACTION:
         why.append(

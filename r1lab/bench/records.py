@@ -6,7 +6,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+from r1lab.bench.sse import Stream, parse_response
+
+_dumps: Callable[[object], bytes]
 try:
     from orjson import dumps as _dumps
 except ImportError:  # pragma: no cover
@@ -14,11 +20,6 @@ except ImportError:  # pragma: no cover
     def _dumps(obj: object) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
 
-
-from pathlib import Path
-from typing import Any
-
-from r1lab.bench.sse import Stream, parse_response
 
 COLUMNS = [
     "scenario", "point", "request_id", "worker", "concurrency", "rate", "warmup",
@@ -74,11 +75,12 @@ def build_record(
     chunk_t = [t + offset for t in stream.chunk_t] if stream else []
     chunk_tokens = list(stream.chunk_tokens) if stream else []
     uncertain = list(stream.uncertain) if stream else []
-    bound = 0.0
+    uncert_s = stream.uncert_s if stream else []
+    bound: float | None = 0.0
     for i in uncertain:
-        b = stream.uncert_s[i]  # type: ignore[union-attr]
+        b: float | None = uncert_s[i]
         if b == float("inf"):  # no earlier read of the body: bounded by the send
-            b = (chunk_t[i] - ep(raw.t_send)) if raw.t_send is not None else None  # type: ignore[operator]
+            b = (chunk_t[i] - (raw.t_send + offset)) if raw.t_send is not None else None
         bound = None if b is None or bound is None else max(bound, b)
     first_tok = next((t for t, n in zip(chunk_t, chunk_tokens, strict=False) if n > 0), None)
     fa = stream.first_answer if stream else None

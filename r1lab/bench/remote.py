@@ -131,7 +131,7 @@ def run_remote(
     rd = Path(run_dir)
     stage = rd / "load" / ".remote"
     stage.mkdir(parents=True, exist_ok=True)
-    plan = {"url": url, "points": []}
+    plan: dict[str, Any] = {"url": url, "points": []}
     files = [(build_bundle(stage / "bundle.zip"), f"{remote_dir}/bundle.zip")]
     for i, p in enumerate(points):
         bf = write_workload(stage / f"bodies-{i}.jsonl", p["bodies"])

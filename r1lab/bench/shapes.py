@@ -37,12 +37,14 @@ class Shape:
             raise ValueError("a concurrency shape needs concurrency >= 1")
         if self.kind == "poisson" and not (self.rate and self.rate > 0):
             raise ValueError("a poisson shape needs rate > 0 (requests/s)")
-        if self.kind == "trace" and not self.offsets:
-            raise ValueError("a trace shape needs its send offsets (seconds from the start)")
-        if self.kind == "trace" and any(b < a for a, b in zip(self.offsets, self.offsets[1:], strict=False)):
-            raise ValueError("a trace's send offsets must not decrease")
-        if self.kind == "trace" and self.requests is None:
-            object.__setattr__(self, "requests", len(self.offsets))
+        if self.kind == "trace":
+            offsets = self.offsets
+            if not offsets:
+                raise ValueError("a trace shape needs its send offsets (seconds from the start)")
+            if any(b < a for a, b in zip(offsets, offsets[1:], strict=False)):
+                raise ValueError("a trace's send offsets must not decrease")
+            if self.requests is None:
+                object.__setattr__(self, "requests", len(offsets))
         if self.requests is None and self.duration_s is None:
             raise ValueError("bound the shape by requests or duration_s")
         if self.burstiness <= 0:
@@ -76,11 +78,12 @@ def arrivals(
     as `vllm bench serve` draws them; cut at `requests` arrivals and/or `duration_s`."""
     rng = np.random.default_rng(seed)
     theta = 1.0 / (rate * burstiness)
-    n = (
-        requests
-        if requests is not None
-        else int(rate * duration_s * 1.2 + 10 * math.sqrt(rate * duration_s) + 10)
-    )
+    if requests is not None:
+        n = requests
+    elif duration_s is not None:
+        n = int(rate * duration_s * 1.2 + 10 * math.sqrt(rate * duration_s) + 10)
+    else:
+        raise ValueError("bound the arrivals by requests or duration_s")
     while True:
         t = np.cumsum(rng.gamma(shape=burstiness, scale=theta, size=n))
         t = t - t[0]  # the first request goes at the start, like vLLM's

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+_loads: Callable[[bytes | str], Any]
 try:  # orjson parses a chunk ~4x faster; the results are identical
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover

@@ -44,7 +44,9 @@ class _Lag:
     """Measures how late a 5 ms timer fires: the event loop's own backlog."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.samples, self.handle = loop, [], None
+        self.loop = loop
+        self.samples: list[float] = []
+        self.handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self.cpu0 = time.process_time()
@@ -151,7 +153,8 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
             for ci in mine:
                 if deadline is not None and perf_counter() >= deadline:
                     return
-                conv, history = convs[ci], []
+                conv = convs[ci]
+                history: list[str] = []
                 for j in range(len(conv["user"])):
                     body = turn_body(conv, history, j)
                     raw = await one(conv["first_k"] + j, perf_counter(), (body, conv["input_tokens"][j]))

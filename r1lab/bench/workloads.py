@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import jinja2
 
 from r1lab.bench.client import completion_body
 
@@ -52,7 +55,7 @@ class ModelTokenizer:
         self.tok = Tokenizer.from_file(str(tj))
         cfg_path = d / "tokenizer_config.json"
         self.config: dict[str, Any] = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-        self._template = None
+        self._template: jinja2.Template | None = None
         special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
         vocab = self.tok.get_vocab(with_added_tokens=True)
         added = set(self.tok.get_added_tokens_decoder())
