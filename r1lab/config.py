@@ -225,6 +225,13 @@ class Serving(Strict):
     speedup_ratio: float = Field(
         1.0, gt=0, le=1000, description="Twin only: the mocker runs this many times faster."
     )
+    mocker_reasoning: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Twin only: the mocker streams a reasoning phase of this fraction of each output "
+        "(`<think>` .. `</think>`, Dynamo mocker --reasoning), as R1 reasons before it answers; null: none.",
+    )
 
     @model_validator(mode="after")
     def _extra_args(self) -> Serving:

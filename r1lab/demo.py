@@ -31,7 +31,9 @@ def summary_lines(run_dir: Path) -> list[str]:
     at = next((p for p in sweep if p.get("concurrency") == knee_c), None) or {}
     best = max(points, key=lambda p: p.get("output_tok_s") or 0, default={})
     if sat.get("saturated"):
-        sat_line = f"{scenario}: knee at concurrency {knee_c}"
+        sat_line = f"{scenario}: knee at concurrency {knee_c}" + (
+            f" ({sat['knee_why']})" if sat.get("knee_why") else ""
+        )
     else:
         sat_line = (
             f"{scenario}: not reached up to concurrency {knee_c} ({sat.get('note', 'extend the sweep')})"

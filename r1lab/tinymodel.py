@@ -13,6 +13,7 @@ with `--load-format dummy` (bf16 variant), the load generator, and the fake Hub 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -163,6 +164,15 @@ def build_tokenizer(seed: int = 0, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> An
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, 0)]
     )
     return tok
+
+
+@functools.lru_cache(maxsize=1)
+def think_token_ids() -> tuple[int, int]:
+    """The ids of `<think>` and `</think>` in the tiny model's tokenizer (the same for every seed)."""
+    tok = build_tokenizer()
+    ids = tok.token_to_id("<think>"), tok.token_to_id("</think>")
+    assert None not in ids
+    return ids[0], ids[1]
 
 
 def tiny_config(vocab_size: int, *, quantized: bool = False, max_position_embeddings: int = 163840) -> dict:

@@ -92,6 +92,23 @@ def test_no_knee_while_throughput_still_scales():
     assert not find_knee([point(1, 100, 1000), point(2, 101, 1000)])["saturated"]
 
 
+def test_knee_where_the_server_turns_the_excess_away():
+    """Past its capacity the twin's Dynamo answers most requests 500/503 at once: throughput falls while the few
+    requests that succeed keep their latency (measured on the twin: c=256 2,469 tok/s, c=512 1,930 tok/s with
+    10,471 of 10,773 requests failed, e2el p50 x1.00). The failures, not the latency, show the overload."""
+    pts = [point(128, 1596, 4946), point(256, 2469, 5628), point(512, 1930, 5643)]
+    for p, (n, err) in zip(pts, [(257, 0), (441, 0), (10773, 10471)], strict=True):
+        p.update(requests=n, errors=err)
+    k = find_knee(pts)
+    assert k["saturated"] and k["knee_concurrency"] == 256 and "97% of requests failed" in k["knee_why"]
+    # a few failures where throughput still grows are no knee; nor are failures as frequent as before
+    pts[2].update(requests=1000, errors=40)
+    assert not find_knee(pts)["saturated"]
+    pts[1].update(requests=1000, errors=990)
+    pts[2].update(requests=1000, errors=990)
+    assert not find_knee(pts)["saturated"]
+
+
 def test_stress_trend_checks_flag_rising_latency_and_errors():
     steady = [rec(t, [t + 0.1, t + 0.2], 2) for t in [i * 0.5 for i in range(120)]]
     out = stress_checks(steady, window_s=10)

@@ -196,6 +196,22 @@ def test_twin_mocker_stands_in_and_vllm_is_recorded_not_run(tmp_path: Path) -> N
     assert [c.name for c in multi.commands if c.run][:2] == ["ray-head", "ray-worker-worker"]  # real Ray
 
 
+def test_twin_mocker_reasons_with_the_tiny_tokenizers_think_ids() -> None:
+    """serving.mocker_reasoning: every mocker streams `<think>` .. `</think>` (the served tokenizer's ids) around
+    that fraction of each output; without it, no --reasoning (the mocker answers at once)."""
+    from r1lab.tinymodel import build_tokenizer
+
+    exp = exp_of("twin.yaml")
+    exp = exp.model_copy(update={"serving": exp.serving.model_copy(update={"mocker_reasoning": 0.25})})
+    tok = build_tokenizer()
+    for c in (c for c in render(exp, "dynamo", nodes=NODES).commands if "dynamo.mocker" in c.argv):
+        assert json.loads(flag(c.argv, "--reasoning")) == {"start_thinking_token_id": tok.token_to_id("<think>"),
+                                                         "end_thinking_token_id": tok.token_to_id("</think>"),
+                                                         "thinking_ratio": 0.25}, c.name  # fmt: skip
+    off = exp.model_copy(update={"serving": exp.serving.model_copy(update={"mocker_reasoning": None})})
+    assert not any("--reasoning" in c.argv for c in render(off, "dynamo", nodes=NODES).commands)
+
+
 def test_command_files_numbered_never_overwritten(tmp_path: Path) -> None:
     dep = render(exp_of("runpod-1x8-h100nvl.yaml"), "single")
     a, b = write_command_file(tmp_path, dep), write_command_file(tmp_path, dep)

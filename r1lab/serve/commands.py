@@ -22,6 +22,7 @@ from typing import Any, Literal
 from r1lab.config import Experiment
 from r1lab.model import Parallelism
 from r1lab.serve.cpu_engine import POD_INTERFACE, cpu_env, cpu_spec, is_cpu_engine
+from r1lab.tinymodel import think_token_ids
 
 Stage = Literal["single", "multi", "dynamo"]
 API_KEY_ENV = (
@@ -634,6 +635,13 @@ class _Renderer:
                 "--speedup-ratio", f"{self.exp.serving.speedup_ratio:g}"]  # fmt: skip
         if spec.max_model_len:
             argv += ["--max-model-len", str(spec.max_model_len)]
+        if (
+            self.exp.serving.mocker_reasoning
+        ):  # R1 reasons first: <think> .. </think> in the tiny tokenizer's ids
+            start, end = think_token_ids()
+            argv += ["--reasoning", json.dumps({"start_thinking_token_id": start, "end_thinking_token_id": end,
+                                                "thinking_ratio": self.exp.serving.mocker_reasoning},
+                                               separators=(",", ":"))]  # fmt: skip
         if t and t.num_gpu_blocks:
             argv += ["--num-gpu-blocks-override", str(t.num_gpu_blocks)]
         if spec.dp > 1:
