@@ -209,3 +209,17 @@ def test_cross_node_allreduce_follows_nccl():
     assert network.multinode_allreduce_s(big, 16, 8, nv, gn) > 2 * 15 / 16 * big / gn.gb_s / 1e9
     sm = StepModel(Deployment("H100", Parallelism(16), "sglang", network="infiniband"))
     assert sm.allreduce_s(big) == pytest.approx(t)
+
+
+def test_sglang_and_trtllm_tokenise_at_the_measured_rate():
+    """Their Python front ends tokenise with the same Hugging Face tokenizer: the measured per-token cost, FIFO;
+    vLLM's own fixed handler time stays vLLM's."""
+    from r1lab.perf.ops import engine_constants
+    from r1lab.perf.serving import measured
+
+    sp = measured()
+    assert sp is not None
+    for name in ("sglang", "trtllm"):
+        e = engine_constants(name)
+        assert e.frontend_per_token_s == sp.per_token_s and e.frontend_s == 0.0
+    assert engine_constants("vllm").frontend_s == sp.fixed_s

@@ -9,7 +9,8 @@ FIFO (`EngineConstants.frontend_s`): a burst of requests waits for it.
 
 Carried to a GPU pod as measured: it is CPU work of the same code; the figures come from this project's 2-core
 shared machine, an upper bound for a pod's faster cores. SGLang's TokenizerManager and trtllm-serve are the same kind
-of front end (Python HTTP + Hugging Face tokenizer) but were not measured: they carry vLLM's figures, stated so.
+of front end (Python HTTP + Hugging Face tokenizer) but were not measured: they carry the per-token tokeniser cost
+(the same tokenizer), not vLLM's fixed per-request handler time (r1lab.perf.ops._python_front_end says why).
 """
 
 from __future__ import annotations
