@@ -311,7 +311,7 @@ def predict(
     out_tok_s = res.output_tokens / res.duration_s * busy
     in_tok_s = res.input_tokens / res.duration_s * busy
     tpot = _stats(res.tpot_s)
-    itl_pairs = [(g, w) for g, w in res.itl]
+    itl_pairs = res.itl
     i50, i90, i99 = weighted_percentiles(itl_pairs, (50, 90, 99))
     itl = {
         "mean": sum(g * w for g, w in itl_pairs) / max(sum(w for _, w in itl_pairs), 1e-12) * 1e3,

@@ -22,7 +22,7 @@ import itertools
 import math
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from r1lab.perf.network import Link
 from r1lab.perf.ops import StepModel
@@ -78,7 +78,6 @@ class _Req:
     end: float | None = None
     blocks: int = 0
     last_t: float = 0.0
-    gaps: list[tuple[float, float]] = field(default_factory=list)  # (gap seconds, number of chunks)
     preempted: int = 0
     admitted_remote: bool = False
     at_engine: float = 0.0  # when the front end handed it to the engine (arrival + queue + its CPU work)
@@ -89,7 +88,7 @@ class SimResult:
     ttft_s: list[float]
     tpot_s: list[float]
     e2e_s: list[float]
-    itl: list[tuple[float, float]]  # (gap, weight)
+    itl: list[tuple[float, float]]  # (gap, weight): each distinct gap once, weight = chunks after it
     duration_s: float
     output_tokens: int
     input_tokens: int
@@ -102,7 +101,12 @@ class SimResult:
 
 def _block_needs(decodes: list[_Req], k: int, q: int, bs: int) -> int:
     """New KV blocks the decodes need to advance k steps of q tokens."""
-    return sum(max(0, math.ceil((r.computed + k * q) / bs) - r.blocks) for r in decodes)
+    need, adv = 0, k * q
+    for r in decodes:
+        d = math.ceil((r.computed + adv) / bs) - r.blocks
+        if d > 0:
+            need += d
+    return need
 
 
 def _length(v: int | tuple[int, int], rng: random.Random) -> int:
@@ -234,6 +238,7 @@ def simulate(
     preemptions = 0
     steps = 0
     batch_sum = 0.0
+    itl_w: dict[float, float] = {}  # gap -> chunks streamed after it (integer counts: exact sums)
     max_tokens = sched.max_num_batched_tokens
 
     def finish(x: _Rank, r: _Req, t_end: float) -> None:
@@ -278,7 +283,9 @@ def simulate(
         while True:
             need = 0
             for r in decodes:
-                need += max(0, math.ceil((r.computed + q) / bs) - r.blocks)
+                d = math.ceil((r.computed + q) / bs) - r.blocks
+                if d > 0:
+                    need += d
             for r, c in chunks:
                 need += max(0, math.ceil((r.computed + c) / bs) - r.blocks)
             if need <= x.free_blocks or len(x.running) <= 1:
@@ -401,16 +408,24 @@ def simulate(
         # --- apply ---
         for x, (decodes, chunks) in zip(rk, plans, strict=True):
             batch_sum += k * (len(decodes) + len(chunks)) / ranks
+            full = k * tps  # what a sequence gains in k steps unless it ends sooner
+            full_chunks = max(1.0, math.ceil(full / tps))
+            streamed = 0.0
             for r in decodes:
-                gained = min(k * tps, r.osl - r.generated)
+                rem = r.osl - r.generated
+                if full <= rem:
+                    gained, chunks_out = full, full_chunks
+                else:
+                    gained, chunks_out = rem, max(1.0, math.ceil(rem / tps))
                 r.generated += gained
                 r.computed += gained
                 nb = math.ceil(r.computed / bs)
                 x.free_blocks -= nb - r.blocks
                 r.blocks = nb
-                chunks_out = max(1.0, math.ceil(gained / tps))
-                r.gaps.append((dt, chunks_out))
+                streamed += chunks_out
                 r.last_t = t_next
+            if decodes:
+                itl_w[dt] = itl_w.get(dt, 0.0) + streamed
             for r, c in chunks:
                 r.computed += c
                 nb = math.ceil(r.computed / bs)
@@ -435,9 +450,7 @@ def simulate(
     ttft = [r.first - r.arrival for r in done]  # type: ignore[operator]
     e2e = [r.end - r.arrival for r in done]  # type: ignore[operator]
     tpot = [(r.end - r.first) / (r.osl - 1) for r in done if r.osl > 1]  # type: ignore[operator]
-    itl: list[tuple[float, float]] = []
-    for r in done:
-        itl.extend(r.gaps)
+    itl = sorted(itl_w.items())
     start = min(r.arrival for r in done)
     end = max(r.end for r in done)  # type: ignore[type-var]
     return SimResult(
