@@ -86,8 +86,11 @@ class EngineConstants:
     estimate of HTTP, tokenisation, detokenisation, streaming the first chunk);
     frontend_s / frontend_per_token_s: the API server's CPU work per request (and per prompt token), served FIFO
     (vLLM: measured, r1lab.perf.serving; 0 where not measured);
-    mtp_acceptance: chance each MTP draft token is accepted, given the previous one was (DeepSeek-V3 report:
-    85-90 % for the second token);
+    mtp_acceptance: chance each MTP draft token is accepted, given the previous one was. 0.76: R1 has one MTP
+    module, chained for further drafts (TRT-LLM's "MTP Eagle"), so later drafts are accepted less often than the
+    DeepSeek-V3 report's 85-90 % for the first; TensorRT-LLM's MTP blog (tech_blog2, figure 7: MTP-3 = 2.16x
+    nextn=0 at batch 1, 8 x B200, 1K/2K real dataset; not a row of the accuracy benchmark) gives 0.76 through this
+    model's B200 steps (FP8 weights there, FP4 in the blog: an under-estimate if anything);
     schedule_ahead_steps: steps the CPU scheduler runs ahead of the GPU (overlap scheduling: batch N+1 is formed
     and launched while batch N runs, so a request arriving mid-step waits for the step after the next). sglang:
     1 (overlap scheduler on by default since 0.4, `--disable-overlap-schedule` turns it off); TensorRT-LLM
@@ -98,7 +101,7 @@ class EngineConstants:
     name: str
     step_overhead_s: float
     request_overhead_s: float
-    mtp_acceptance: float = 0.85
+    mtp_acceptance: float = 0.76
     schedule_ahead_steps: int = 0
     frontend_s: float = 0.0  # serving front end's CPU work per request, served FIFO (r1lab.perf.serving)
     frontend_per_token_s: float = 0.0  # ... and per prompt token (tokenisation)
