@@ -57,13 +57,34 @@ def points_of(plan: Any) -> int:
     return sum(len(t["points"]) if t["fits"] else 1 for t in plan.topologies)
 
 
-def plan_once(exp: Any, method: str) -> tuple[float, int, Any]:
-    """(seconds, configuration-points, plan) of one cold `plan_experiment`."""
+def plan_once(
+    exp: Any, method: str, calls: list[tuple[float, str, str]] | None = None
+) -> tuple[float, int, Any]:
+    """(seconds, configuration-points, plan) of one cold `plan_experiment`; `calls` collects (seconds, path,
+    point) of every predict() the planner made."""
     _clear_caches()
     kw = {"method": method} if _supports_method() else {}
-    t0 = time.perf_counter()
-    plan = planner.plan_experiment(exp, **kw)
-    dt = time.perf_counter() - t0
+    real = planner.predict
+
+    def timed(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        p = real(*a, **k)
+        if calls is not None:
+            par = a[2].label() if hasattr(a[2], "label") else str(a[2])
+            load = f"c={a[6]}" if k.get("rate") is None else f"rate={k['rate']:.3g}/s"
+            pd = " P/D" if k.get("disaggregation") else ""
+            ranges = " length ranges" if k.get("isl_range") or k.get("osl_range") else ""
+            what = f"{a[0].split()[-1]} {par}{pd} {a[4]}/{a[5]} {load}{ranges}"
+            calls.append((time.perf_counter() - t, getattr(p, "evaluated_by", "simulation"), what))
+        return p
+
+    planner.predict = timed
+    try:
+        t0 = time.perf_counter()
+        plan = planner.plan_experiment(exp, **kw)
+        dt = time.perf_counter() - t0
+    finally:
+        planner.predict = real
     return dt, points_of(plan), plan
 
 
@@ -111,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     tot: dict[str, list[float]] = {m: [] for m in methods}
     pts: dict[str, int] = {}
     plans: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    calls: dict[str, list[tuple[float, str, str]]] = {m: [] for m in methods}
     for r in range(a.rounds):
         for m in methods if r % 2 == 0 else methods[::-1]:
             secs, n = 0.0, 0
             for name, exp in exps:
-                dt, k, plan = plan_once(exp, m)
+                dt, k, plan = plan_once(exp, m, calls[m] if r == a.rounds - 1 else None)
                 secs, n = secs + dt, n + k
                 plans[m][name] = plan
             tot[m].append(secs)
@@ -125,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     best = {m: min(v) for m, v in tot.items()}
     for m in methods:
         print(f"{m:9s} best of {a.rounds}: {pts[m] / best[m]:8.1f} configuration-points/s ({pts[m]} points)")
+    for m in methods:
+        by_path: dict[str, list[float]] = {}
+        for dt, path, _ in calls[m]:
+            by_path.setdefault(path, []).append(dt)
+        parts = ", ".join(f"{len(v)} by {k} in {sum(v):.2f} s" for k, v in sorted(by_path.items()))
+        print(f"{m:9s} predict() calls of the last round: {parts}")
+        for dt, path, what in sorted(calls[m], reverse=True)[:5]:
+            print(f"    {dt * 1e3:7.1f} ms  {path:12s}  {what}")
     if len(methods) == 2:
         ratios = [s / f for s, f in zip(tot["simulate"], tot["auto"], strict=True)]
         print(f"speed-up auto / simulate, per round: {', '.join(f'{x:.1f}x' for x in ratios)}")

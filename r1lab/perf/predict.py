@@ -102,6 +102,9 @@ class Prediction:
     source: str = "modelled"
     model_version: str = MODEL_VERSION
     efficiency: dict[str, Any] = field(default_factory=dict)
+    evaluated_by: str = (
+        "simulation"  # or "steady-state" (r1lab.perf.steady, predict(method="auto"|"analytic"))
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -301,6 +304,7 @@ def predict(
     res = None
     if method != "simulate" and pdc is None:
         res = steady_state(sm, wl, sched, ranks=ranks, ranks_per_instance=par.dp)
+    evaluated_by = "simulation" if res is None else "steady-state"
     if res is None and method == "analytic":
         raise ValueError("the analytic steady state does not apply to this load point (r1lab.perf.steady)")
     if res is None:
@@ -386,6 +390,7 @@ def predict(
         preemptions=res.preemptions,
         mean_batch=res.mean_batch,
         kv_transfer_ms=kv_ms,
+        evaluated_by=evaluated_by,
         efficiency={
             "profile": eff.profile,
             "scaled_from": eff.scaled_from,
