@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +197,7 @@ class Provisioner:
         """Create every pod (each in the ledger before any waiting), then wait for all under one deadline."""
         created = [(plan, self.create_pod(plan, volume)) for plan in plans]
         with progress(f"waiting for {len(created)} pod(s)", total=len(created), unit="pod") as bar:
-            return self._parallel(
-                [lambda p=pod, r=plan.role: self.wait_ready(p, r) for plan, pod in created], bar
-            )
+            return self._parallel([partial(self.wait_ready, pod, plan.role) for plan, pod in created], bar)
 
     def _parallel(self, jobs: list[Callable[[], ReadyPod]], bar: Any = None) -> list[ReadyPod]:
         """Run jobs on daemon threads; the main thread only sleeps and polls, so Ctrl-C lands cleanly (never
@@ -280,5 +279,5 @@ class Provisioner:
             self.ledger.deleted(cloud_ledger.KIND_CLUSTER, pending, resolved=cluster["id"])
         members = sorted(self.client.cluster_pods(cluster["id"]), key=lambda p: p["cluster"]["rank"] or 0)
         return self._parallel(
-            [lambda p=p: self.wait_ready(p, f"{plan.role}-{p['cluster']['rank']}") for p in members]
+            [partial(self.wait_ready, p, f"{plan.role}-{p['cluster']['rank']}") for p in members]
         )

@@ -41,6 +41,13 @@ from r1lab.cloud.emulator.ratelimit import DEFAULT_POLICY, RateLimiter
 from r1lab.cloud.emulator.spec import Spec, load_spec
 
 
+def _data_center(dc_id: str) -> dict[str, Any]:
+    """The catalog's record of a data center the emulator itself picked (so it exists)."""
+    dc = data_center(dc_id)
+    assert dc is not None, dc_id
+    return dc
+
+
 class Clock:
     """Epoch seconds that run at `speed` x real time and can be pushed forward by `advance`."""
 
@@ -182,7 +189,7 @@ class Emulator:
     def url(self) -> str:
         assert self._server is not None, "emulator not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> Emulator:
         emulator = self
@@ -363,7 +370,7 @@ class Emulator:
         if gpu is None:
             return dcs[0]
         for dc in dcs:
-            if cuda and not any(cuda_ok(v, *cuda) for v in data_center(dc)["cuda"]):
+            if cuda and not any(cuda_ok(v, *cuda) for v in _data_center(dc)["cuda"]):
                 continue
             if self.stock.get((gpu["id"], dc), 0) >= gpu.get("count", 1):
                 self.stock[(gpu["id"], dc)] -= gpu.get("count", 1)
@@ -383,7 +390,7 @@ class Emulator:
         direct = None
         if status == "RUNNING":
             rports = []
-            if ports_visible:
+            if ports_visible and host is not None:
                 for spec_port, public in host["ports"].items():
                     private, _, kind = spec_port.partition("/")
                     rports.append({"private": int(private), "public": public, "type": kind, "ip": host["ip"]})
@@ -555,7 +562,7 @@ class Emulator:
         gpu_cfg = {"id": gpu["id"], "count": gpu.get("count", 1)} if gpu else None
         cuda = (gpu.get("allowedCudaVersions") or None, gpu.get("minCudaVersion")) if gpu else None
         dc = self._allocate(gpu_cfg, wanted, cuda)
-        host_cuda = max((v for v in data_center(dc)["cuda"] if not cuda or cuda_ok(v, *cuda)), key=lambda v: tuple(map(int, v.split("."))))  # fmt: skip
+        host_cuda = max((v for v in _data_center(dc)["cuda"] if not cuda or cuda_ok(v, *cuda)), key=lambda v: tuple(map(int, v.split("."))))  # fmt: skip
         fault = None
         if self._take_fault("createPod", {"stuck_provisioning"}):
             fault = "stuck"
@@ -566,6 +573,9 @@ class Emulator:
         cpu = None
         if body.get("cpu"):
             flavor = cpu_flavor(body["cpu"]["id"])
+            assert flavor is not None, body["cpu"][
+                "id"
+            ]  # the request's CPU type was checked against the catalog
             memory = max(1, int(body["cpu"]["vcpuCount"] * flavor["ramGbPerVcpu"]))
             cpu = {"id": body["cpu"]["id"], "vcpuCount": body["cpu"]["vcpuCount"], "memory": memory}
         rec = {
@@ -966,7 +976,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._read_body_safely()
         spec_path = next((p for p, rx in _SPEC_PATHS if rx.match(path)), None)
         if spec_path is None:
-            status, detail, headers = 404, f"no resource at {path}", {}
+            headers: dict[str, str] = {}
+            status, detail = 404, f"no resource at {path}"
         else:
             methods = [m.upper() for m in self.emu.spec.doc["paths"][spec_path] if m in _HTTP_METHODS]
             if method in methods:
@@ -1018,10 +1029,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._after_create_faults("createNetworkVolume")
                 return 201, vol
             if op == "getNetworkVolume":
-                vol = emu.volumes.get(args["id"])
-                if vol is None:
+                found = emu.volumes.get(args["id"])
+                if found is None:
                     raise ApiError(404, "network volume not found")
-                return 200, vol
+                return 200, found
             if op == "deleteNetworkVolume":
                 emu.delete_volume(args["id"])
                 return 204, None
@@ -1038,15 +1049,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._after_create_faults("createCluster")
                 return 201, emu.render_cluster(c)
             if op == "getCluster":
-                c = emu.clusters.get(args["id"])
-                if c is None:
+                found = emu.clusters.get(args["id"])
+                if found is None:
                     raise ApiError(404, "cluster not found")
-                return 200, emu.render_cluster(c)
+                return 200, emu.render_cluster(found)
             if op == "listClusterPods":
-                c = emu.clusters.get(args["id"])
-                if c is None:
+                found = emu.clusters.get(args["id"])
+                if found is None:
                     raise ApiError(404, "cluster not found")
-                return 200, {"pods": [emu.render_pod(emu.pods[p]) for p in c["pod_ids"] if p in emu.pods]}
+                return 200, {"pods": [emu.render_pod(emu.pods[p]) for p in found["pod_ids"] if p in emu.pods]}
             if op == "deleteCluster":
                 emu.delete_cluster(args["id"])
                 return 204, None
@@ -1101,7 +1112,8 @@ class _Handler(BaseHTTPRequestHandler):
             }
             if include:
                 fits = count <= g["maxCount"][cloud]  # no machine holds more GPUs of this type than maxCount
-                dcs, versions = [], {}
+                dcs: list[dict[str, Any]] = []
+                versions: dict[str, bool] = {}
                 for d in dcs_in_scope:
                     cudas = [v for v in d["cuda"] if cuda_ok(v, allowed, minimum)]
                     free = self.emu.stock.get((g["id"], d["id"]), 0) if fits else 0

@@ -138,7 +138,7 @@ class Spec:
         key = str(status) if str(status) in responses else "default"
         if key not in responses:
             raise KeyError(f"{method.upper()} {path} documents no response {status}")
-        base = ("paths", path, method.lower(), "responses", key)
+        base: tuple[str, ...] = ("paths", path, method.lower(), "responses", key)
         resp = responses[key]
         if "$ref" in resp:
             name = resp["$ref"].rsplit("/", 1)[1]

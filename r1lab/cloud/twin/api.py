@@ -236,13 +236,13 @@ class Twin:
                       if inst and n.startswith(f"r1lab-{inst}-")],
         }  # fmt: skip
 
-    def leftovers(self) -> dict[str, list[str]]:
+    def leftovers(self) -> dict[str, list[str] | list[int]]:
         """Everything of this twin still on the machine (empty lists: nothing)."""
         info = self.info
         inst = info.get("instance")
         if not inst:
             return {}
-        out = network.leftovers(inst, info.get("subnet"))
+        out: dict[str, list[str] | list[int]] = {**network.leftovers(inst, info.get("subnet"))}
         out["processes"] = _processes(self.state_dir, inst)
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
         out["mounts"] = [m for m in mounts if str(self.state_dir) in m or f"r1lab-{inst}-" in m]
@@ -253,7 +253,7 @@ class Twin:
 
     # --- taking it down ------------------------------------------------------------------------------------
 
-    def down(self, timeout_s: float = 60.0) -> dict[str, list[str]]:
+    def down(self, timeout_s: float = 60.0) -> dict[str, list[str] | list[int]]:
         """Stop the daemon (which terminates every pod and removes the network), then sweep anything a crash
         left; return `leftovers()` (all empty on success) and raise TwinError if something stayed."""
         info = self.info

@@ -195,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", action="append", help="image tag (default: every supported one)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    out = {}
+    out: dict[str, dict] = {}
     try:
         for image in a.image or sorted(manifests()):
             ensure(image)
-            out[image] = build_info(image)
+            info = build_info(image)
+            assert info is not None, image  # ensure() has just built it
+            out[image] = info
     except BaseImageError as exc:
         print(f"r1lab twin base: {exc}", file=sys.stderr)
         return 2

@@ -77,7 +77,7 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     for word in out.split():
         if "/" in word or word.count(".") == 3:
             try:
-                nets.append(ipaddress.ip_network(word, strict=False))
+                nets.append(ipaddress.IPv4Network(word, strict=False))  # `ip -4`: IPv4 only
             except ValueError:
                 continue
     return nets

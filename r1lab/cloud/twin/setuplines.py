@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Distributions whose wheels only work with a GPU (CUDA): never installed on the twin.
 GPU_ONLY = {"vllm", "torch", "torchvision", "torchaudio", "flashinfer-python", "xformers", "nixl", "nixl-cu12",
@@ -98,7 +99,7 @@ def resolve(requirements: list[str], python: str, cache: Path | None = None) -> 
         input="\n".join(requirements) + "\n", capture_output=True, text=True, timeout=600,
         env={**os.environ, "UV_HTTP_TIMEOUT": "120"},
     )  # fmt: skip
-    out = {"ok": p.returncode == 0, "python": python, "platform": POD_PLATFORM, "requirements": requirements,
+    out: dict[str, Any] = {"ok": p.returncode == 0, "python": python, "platform": POD_PLATFORM, "requirements": requirements,
            "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
     if p.returncode == 0:
         out["pins"] = [ln for ln in p.stdout.splitlines() if ln and not ln.startswith("#")]

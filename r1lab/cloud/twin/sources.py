@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 APT_PACKAGES = ["etcd-server", "etcd-client", "nats-server"]
 # What r1lab's pods install on the twin: Ray as the params pin it, Dynamo's runtime with the deps of its
@@ -101,7 +102,11 @@ def _filled(d: Path) -> bool:
 
 def fill(d: Path, image: str) -> dict:
     t0 = time.monotonic()
-    info = {"key": fill_key(), "apt": fill_apt(d / "apt", image), "apt_s": round(time.monotonic() - t0, 1)}
+    info: dict[str, Any] = {
+        "key": fill_key(),
+        "apt": fill_apt(d / "apt", image),
+        "apt_s": round(time.monotonic() - t0, 1),
+    }
     t1 = time.monotonic()
     info["wheels"] = fill_wheels(d / "wheels", image)
     info["wheels_s"] = round(time.monotonic() - t1, 1)
