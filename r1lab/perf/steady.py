@@ -80,15 +80,21 @@ def steady_state(
     fe = eng.frontend_s + eng.frontend_per_token_s * isl  # the front end serves one request at a time
     ctx_mean = isl + osl / 2.0  # context of a decoding sequence, averaged over its decode
 
+    memo: dict[tuple[int, int, float | None], float] = {}
+
     def dt(n_dec: float, prompts: int, chunk: float | None = None) -> float:
         """One step of n_dec decodes and `prompts` prefill chunks of `chunk` tokens (default: whole prompts)."""
         nd = max(0, round(n_dec))
+        key = (nd, prompts, chunk)
+        if key in memo:
+            return memo[key]
         tok = prompts * (isl if chunk is None else chunk)
         pairs = prompts * (tok / max(prompts, 1)) * ((tok / max(prompts, 1)) + 1) / 2 if prompts else 0.0
         moe = None
         if coupled:  # every rank of the instance brings its tokens to the experts
             moe = float(rpi * (nd * q + tok))
-        return step.step_s(nd, nd * ctx_mean, tok, pairs, moe)
+        memo[key] = v = step.step_s(nd, nd * ctx_mean, tok, pairs, moe)
+        return v
 
     # --- first wave: every client's first request at t=0, through the front end one by one ---
     # prompts enter prefill at the step boundary after they reach the engine, up to the token budget per step
