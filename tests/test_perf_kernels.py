@@ -85,3 +85,15 @@ def test_attention_tp_with_ep_needs_no_all_to_all():
     dp_ep = StepModel(Deployment("H200", Parallelism(1, 1, 8, True)))
     assert tp_ep.breakdown(8, 8000)["ep_all_to_all"] == 0.0
     assert dp_ep.breakdown(8, 8000)["ep_all_to_all"] > 0.0
+
+
+def test_sglang_runs_the_shared_expert_inside_the_fused_moe():
+    """sglang: the shared expert is one more expert of the grouped GEMMs (its own GEMMs and kernels gone); not
+    under EP, not in vLLM."""
+    sg = StepModel(Deployment("H200", Parallelism(8), "sglang"))
+    vl = StepModel(Deployment("H200", Parallelism(8), "vllm"))
+    a, b = sg.breakdown(8, 8 * 2000), vl.breakdown(8, 8 * 2000)
+    assert a["small_kernels"] < b["small_kernels"] and a["moe_experts"] < b["moe_experts"]
+    ep = StepModel(Deployment("H200", Parallelism(8, ep=True), "sglang"))
+    ep_v = StepModel(Deployment("H200", Parallelism(8, ep=True), "vllm"))
+    assert ep.breakdown(8, 8 * 2000)["small_kernels"] == ep_v.breakdown(8, 8 * 2000)["small_kernels"]

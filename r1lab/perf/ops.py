@@ -91,6 +91,9 @@ class EngineConstants:
     DeepSeek-V3 report's 85-90 % for the first; TensorRT-LLM's MTP blog (tech_blog2, figure 7: MTP-3 = 2.16x
     nextn=0 at batch 1, 8 x B200, 1K/2K real dataset; not a row of the accuracy benchmark) gives 0.76 through this
     model's B200 steps (FP8 weights there, FP4 in the blog: an under-estimate if anything);
+    fuses_shared_expert: sglang runs DeepSeek-V3/R1's shared expert as a 257th expert of the fused MoE (on by
+    default on CUDA capability >= 8.0, off under expert parallelism: deepseek_v2.determine_num_fused_shared_experts,
+    `--disable-shared-experts-fusion` turns it off); vLLM 0.11 and TensorRT-LLM run it as its own MLP;
     schedule_ahead_steps: steps the CPU scheduler runs ahead of the GPU (overlap scheduling: batch N+1 is formed
     and launched while batch N runs, so a request arriving mid-step waits for the step after the next). sglang:
     1 (overlap scheduler on by default since 0.4, `--disable-overlap-schedule` turns it off); TensorRT-LLM
@@ -103,6 +106,7 @@ class EngineConstants:
     request_overhead_s: float
     mtp_acceptance: float = 0.76
     schedule_ahead_steps: int = 0
+    fuses_shared_expert: bool = False  # the shared expert runs inside the routed experts' grouped GEMMs
     frontend_s: float = 0.0  # serving front end's CPU work per request, served FIFO (r1lab.perf.serving)
     frontend_per_token_s: float = 0.0  # ... and per prompt token (tokenisation)
 
@@ -122,7 +126,9 @@ def _vllm(name: str) -> EngineConstants:
     )
 
 
-def _python_front_end(name: str, step_overhead_s: float) -> EngineConstants:
+def _python_front_end(
+    name: str, step_overhead_s: float, fuses_shared_expert: bool = False
+) -> EngineConstants:
     """sglang (TokenizerManager in the HTTP process) and trtllm-serve tokenise the prompt in their Python front
     end with the same Hugging Face tokenizer as vLLM's API server: they carry its measured per-token cost
     (r1lab.perf.serving), served FIFO. vLLM's fixed per-request part (16 ms of its own handler on this 2-core
@@ -135,13 +141,14 @@ def _python_front_end(name: str, step_overhead_s: float) -> EngineConstants:
         request_overhead_s=10e-3,
         schedule_ahead_steps=1,
         frontend_per_token_s=sp.per_token_s if sp else 0.0,
+        fuses_shared_expert=fuses_shared_expert,
     )
 
 
 ENGINES: dict[str, EngineConstants] = {
     "vllm": _vllm("vllm"),
     "mocker": _vllm("mocker"),  # times vLLM
-    "sglang": _python_front_end("sglang", 1.0e-3),
+    "sglang": _python_front_end("sglang", 1.0e-3, fuses_shared_expert=True),
     "trtllm": _python_front_end("trtllm", 0.5e-3),
 }
 
@@ -469,6 +476,15 @@ class StepModel:
             wbytes = touched * self.expert_bytes_full / self.tp
             flops = 2.0 * rows * 3 * self.h * self.I / self.tp
             comm_ep = 0.0
+        fused_shared = self.eng.fuses_shared_expert and not self.dep.par.ep
+        if (
+            fused_shared
+        ):  # the shared expert as one more expert of the grouped GEMMs, every token routed to it
+            touched += 1.0
+            rows += m
+            wbytes += self.expert_bytes_full / self.tp
+            flops += 2.0 * m * 3 * self.h * self.I / self.tp
+            shared = 0.0
         measured_rows = (
             self.kt.moe_rows_s(rows, wbytes / max(touched, 1e-9))
             if self.kt is not None and touched > 0
@@ -484,6 +500,8 @@ class StepModel:
         # small kernels: each moves its activations (m x hidden, read and written in bf16) at the streaming rate,
         # and inside a CUDA graph takes at least KERNEL_MIN_US (charged for queued profiles only, see above)
         k_attn, k_moe = len(NON_GEMM_KERNELS["attention"]), len(NON_GEMM_KERNELS["moe"])
+        if fused_shared:
+            k_moe -= sum(1 for k in NON_GEMM_KERNELS["moe"] if k.startswith("shared"))
         k_step = len(NON_GEMM_KERNELS["step"])
         per_layer = L * k_attn + Lm * k_moe + Ld * len(NON_GEMM_KERNELS["dense"])
         floor = KERNEL_MIN_US * 1e-6 if self.eff.timing == "queued" else 0.0
