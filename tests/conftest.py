@@ -46,3 +46,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "faults" in item.keywords and not (bounded and "faults_bounded" in item.keywords):
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's closing table (tests/test_faults.py), after the results, when any of its cases ran."""
+    for name, mod in list(sys.modules.items()):
+        lines = getattr(mod, "fault_table_lines", None) if name.endswith("test_faults") else None
+        if callable(lines) and lines():
+            terminalreporter.write_sep("-", "faults and outcomes (tests/test_faults.py)")
+            for line in lines():
+                terminalreporter.write_line(line)

@@ -218,15 +218,9 @@ def _row(**row: object) -> None:
             f.write(json.dumps(row, default=str) + "\n")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _print_table(request: pytest.FixtureRequest):
-    """The closing table of faults and outcomes, printed after the module's cases (`make test` too)."""
-    yield
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    if TABLE and tr is not None:
-        tr.write_line("")
-        for line in table_lines(TABLE):
-            tr.write_line(line)
+def fault_table_lines() -> list[str]:
+    """The closing table of faults and outcomes for this session's cases (conftest prints it at the end)."""
+    return table_lines(TABLE) if TABLE else []
 
 
 def table_lines(rows: list[dict]) -> list[str]:

@@ -16,12 +16,15 @@ from r1lab.teardown import Ledger
 TIMED_OUT = "Exception: The current node timed out during startup. This could happen because some of the raylet failed to startup or the GCS has become overloaded."  # noqa: E501
 
 
-def _fake_ray(tmp_path: Path, outcomes: list[str]) -> Path:
+def _fake_ray(tmp_path: Path, outcomes: list[str], late: int = 10**6) -> Path:
     """A `ray` that answers `start` with the next of `outcomes` ('ok', 'timeout' or 'port') and logs each call."""
     calls, script = tmp_path / "calls", tmp_path / "ray"
     script.write_text(f"""#!/bin/bash
 echo "$1" >> {calls}
 [ "$1" = stop ] && {{ echo "Stopped all 3 Ray processes."; exit 0; }}
+if [ "$1" = status ]; then  # the raylet registers at the {late}th status call after a timed-out start
+  [ $(grep -c status {calls}) -ge {late} ] && echo " 0.0/8.0 GPU" || echo "No cluster status."; exit 0
+fi
 n=$(grep -c start {calls}); outcomes=({" ".join(outcomes)})
 case ${{outcomes[$((n-1))]}} in
   ok) echo "Ray runtime started."; exit 0;;
@@ -33,9 +36,10 @@ esac
     return script
 
 
-def _start(tmp_path: Path, outcomes: list[str]) -> tuple[Launcher, list[str]]:
-    ray = _fake_ray(tmp_path, outcomes)
-    c = Command("ray-head", "head", ["ray", "start", "--head"], background=False, stop_argv=["ray", "stop"])
+def _start(tmp_path: Path, outcomes: list[str], late: int = 10**6) -> tuple[Launcher, list[str]]:
+    ray = _fake_ray(tmp_path, outcomes, late)
+    argv = ["ray", "start", "--head", "--node-ip-address", "10.0.0.1", "--port", "6379", "--num-gpus", "8"]
+    c = Command("ray-head", "head", argv, background=False, stop_argv=["ray", "stop"])
     dep = Deployment("multi", "exp", "mocker", "Ray", [c], "head", 8000, "m")  # type: ignore[arg-type]
     launcher = Launcher(tmp_path / "run", {"head": LocalExecutor()}, programs={"ray": str(ray)})
     try:
@@ -45,11 +49,26 @@ def _start(tmp_path: Path, outcomes: list[str]) -> tuple[Launcher, list[str]]:
     return launcher, calls
 
 
+@pytest.fixture(autouse=True)
+def _short_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("r1lab.serve.launch.RAY_LATE_S", 7.0)  # about 3 status polls
+
+
+def test_a_raylet_that_registers_after_rays_30_s_is_waited_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _start(tmp_path, ["timeout", "ok"], late=2)
+    assert (tmp_path / "calls").read_text().split() == ["start", "status", "status"]  # no restart
+    assert "registered" in capsys.readouterr().out
+    log = (tmp_path / "run" / "logs" / "serve" / "multi" / "ray-head.log").read_text()
+    assert "timed out during startup" in log and "0.0/8.0 GPU" in log
+
+
 def test_ray_start_timed_out_under_load_is_retried_after_ray_stop(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     launcher, calls = _start(tmp_path, ["timeout", "ok"])
-    assert calls == ["start", "stop", "start"]
+    assert [x for x in calls if x != "status"] == ["start", "stop", "start"] and "status" in calls
     assert "attempt 1/3" in capsys.readouterr().out  # said, never silent
     log = (tmp_path / "run" / "logs" / "serve" / "multi" / "ray-head.log").read_text()
     assert "timed out during startup" in log and "# attempt 2" in log and "Ray runtime started." in log

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab import teardown
-from r1lab.execution import Background, Executor, LocalExecutor
+from r1lab.execution import Background, Executor, LocalExecutor, Result
 from r1lab.progress import progress
 from r1lab.secrets import get_secret, redact
 from r1lab.serve.commands import API_KEY_ENV, RAY_TOKEN_ENV, Command, Deployment
@@ -171,10 +171,28 @@ teardown.register("serve-daemons", "r1lab.serve.launch:run_stop_command")
 
 # One-shot failures that are transient on a loaded machine, by program: `ray start` waits a fixed 30 s (not
 # configurable, ray/_private/node.py) for its raylet to register with the GCS and gives up with this message when
-# a busy machine makes it slower. Retried after `ray stop`; a failure with any other message is never retried.
+# a busy machine makes it slower, leaving GCS and raylet running: the launcher then waits (RAY_LATE_S) for the node
+# to register, else restarts it after `ray stop`; a failure with any other message is never waited for or retried.
 TRANSIENT_ONE_SHOT = {"ray": ("The current node timed out during startup",)}
 TRANSIENT_WHY = "Ray's fixed 30 s wait for its raylet to register ran out (a loaded machine)"
 ONE_SHOT_ATTEMPTS = 3
+RAY_LATE_S = 90.0  # after Ray's 30 s: how long its still-running raylet may take to register before a restart
+
+
+def _opt(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+
+def _ray_address(argv: list[str]) -> str | None:
+    """The GCS address a `ray start` argv joins (a worker's --address) or opens (the head's IP and --port)."""
+    if "--head" in argv:
+        ip, port = _opt(argv, "--node-ip-address"), _opt(argv, "--port") or "6379"
+        return f"{ip}:{port}" if ip else None
+    return _opt(argv, "--address")
+
+
+def _num_gpus(argv: list[str]) -> float:
+    return float(_opt(argv, "--num-gpus") or 0)
 
 
 class Launcher:
@@ -352,8 +370,8 @@ class Launcher:
     def _one_shot(
         self, c: Command, ex: Executor, command: str, env: dict[str, str], local: Path, stop: str
     ) -> Any:
-        """Run a one-shot command; retry it (after its stop command) only on a failure known to be transient on a
-        loaded machine (TRANSIENT_ONE_SHOT), at most ONE_SHOT_ATTEMPTS times. Every attempt's output is logged and
+        """Run a one-shot command; on a failure known to be transient on a loaded machine (TRANSIENT_ONE_SHOT) wait
+        for the late registration, else retry it (after its stop command), at most ONE_SHOT_ATTEMPTS times. Every attempt's output is logged and
         each retry is said; any other failure, or the last attempt's, is returned as it is."""
         transient = TRANSIENT_ONE_SHOT.get(c.argv[0], ())
         local.write_text("", encoding="utf-8")
@@ -363,7 +381,13 @@ class Launcher:
                 f.write(f"# attempt {attempt}\n" if attempt > 1 else "")
                 f.write(redact(res.output) + "\n")
             why = next((t for t in transient if t in res.output), None)
-            if res.code == 0 or why is None or not stop or attempt == ONE_SHOT_ATTEMPTS:
+            if res.code == 0 or why is None or not stop:
+                return res
+            # `ray start` gave up waiting but left its GCS and raylet running: the node may yet register
+            late = self._registered_late(c, ex, env, local)
+            if late is not None:
+                return Result(0, res.output + "\n" + late)
+            if attempt == ONE_SHOT_ATTEMPTS:
                 return res
             print(
                 f"{c.node}: {c.name}: {why!r} (attempt {attempt}/{ONE_SHOT_ATTEMPTS}): {TRANSIENT_WHY}; "
@@ -375,6 +399,36 @@ class Launcher:
                 f.write(f"# {stop} (exit {stopped.code})\n{redact(stopped.output)}\n")
             time.sleep(2.0 * attempt)
         return res
+
+    def _registered_late(
+        self, c: Command, ex: Executor, env: dict[str, str], log: Path, timeout: float | None = None
+    ) -> str | None:
+        """After Ray's own wait ran out: poll `ray status` until the cluster shows every GPU the Ray nodes started
+        so far declare (this one's included); the line saying so, or None when it does not within `timeout`."""
+        timeout = RAY_LATE_S if timeout is None else timeout
+        address = _ray_address(c.argv)
+        want = sum(_num_gpus(x.argv) for x, _, _ in self._stops if x.argv[0] == "ray")
+        if address is None or not want:
+            return None
+        ray = self.programs.get("ray", "ray")
+        probe = f"{shlex.quote(ray)} status --address {shlex.quote(address)} 2>&1"
+        t0 = time.monotonic()
+        out = ""
+        while time.monotonic() - t0 < timeout:
+            out = ex.run(probe, env=env, timeout=60, check=False).output
+            m = re.search(r"([\d.]+)/([\d.]+) GPU", out)
+            if m and float(m.group(2)) >= want:
+                line = (
+                    f"{c.node}: {c.name}: the node registered {time.monotonic() - t0:.0f} s after Ray gave up"
+                )
+                print(line + f" ({m.group(0)} in the cluster)", flush=True)
+                with open(log, "a", encoding="utf-8") as f:
+                    f.write(f"# {line}\n{redact(out)}\n")
+                return line
+            time.sleep(3.0)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"# not registered {timeout:.0f} s after Ray gave up:\n{redact(out)}\n")
+        return None
 
     def _wait_for(
         self, c: Command, ex: Executor, env: dict[str, str], log: Path, timeout: float = 180.0
