@@ -101,6 +101,7 @@ def steady_state(
     t, done_pre, decoding = 0.0, 0, 0
     first_ttft: list[float] = []
     first_pre_end: list[float] = []
+    first_pre_step: list[int] = []  # ramp steps done when its prefill ended
     queue_tokens: list[float] = []  # remaining prompt tokens of admitted prompts, FIFO
     arrived = 0
     ramp_steps = 0
@@ -134,6 +135,7 @@ def steady_state(
             queue_tokens.pop(0)
             first_ttft.append(t + ov)
             first_pre_end.append(t)
+            first_pre_step.append(ramp_steps)
             done_pre += 1
             decoding += 1
         if ramp_steps > d_steps:
@@ -170,9 +172,9 @@ def steady_state(
             if m == 0:
                 boundary = arr[k] if single else boundary + dt_d * math.ceil((arr[k] - boundary) / dt_d)
                 continue
-            step = dt(n_dec, m)
+            step = dt(min(n_dec, r_run - g), m)  # the cohort's own members are not decoding
             boundary += step
-            ttfts += [boundary - ov] * m  # the client sent it at `ov` (its last request's end)
+            ttfts += [boundary] * m  # sent at `ov` (its last request's end), first token `ov` after the step
             mixed.append(step)
             k += m
         return ttfts, mixed
@@ -204,25 +206,31 @@ def steady_state(
     decode_s = dec_time
     tpot_ss = decode_s / (osl - 1)
     ttft_ss = [x + queue + (fe if c > r_run else 0.0) for x in ttft_ss]
-    # first wave: clients beyond the running slots wait for the first finishers
+    # first wave: a request decodes through the rest of the ramp, then beside every other first-wave request
+    # (nobody has come back yet); clients beyond the running slots wait for the first finishers
+    ramp_end, dt_full = t, dt(r_run, 0)
     ttft: list[float] = []
     e2e: list[float] = []
+    tpot: list[float] = []
     for i in range(c):
         if i < r_run:
             t1 = first_ttft[i]
+            dec = ramp_end - first_pre_end[i] + (d_steps - (ramp_steps - first_pre_step[i])) * dt_full
         else:
             j = i - r_run
             t1 = first_pre_end[j % r_run] + (1 + j // r_run) * (decode_s + ov) + dt(n_dec, 1) + ov
+            dec = decode_s
         ttft.append(t1)
-        e2e.append(t1 + decode_s)
+        e2e.append(t1 + dec)
+        tpot.append(dec / (osl - 1))
     rest = n - c
     for k in range(rest):
         x = ttft_ss[k % len(ttft_ss)]
         ttft.append(x)
         e2e.append(x + decode_s)
+        tpot.append(tpot_ss)
     cyc_ss = statistics_mean(ttft_ss) + decode_s
     duration = max(e2e[:c]) + (math.ceil(n / c) - 1) * cyc_ss
-    tpot = [tpot_ss] * n
     total_steps = n * d_steps
     share_mixed = min(1.0, (len(mixed_all) * (1.0 - 1.0 / len(cohorts))) / max(d_steps, 1))
     mean_mixed = sum(mixed_all) / max(len(mixed_all), 1)
