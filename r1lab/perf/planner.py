@@ -190,6 +190,7 @@ def _points(exp: Any) -> list[dict[str, Any]]:
     for sc in exp.load.scenarios:
         isl, isl_r = _length(sc.input_tokens)
         osl, osl_r = _length(sc.output_tokens)
+        loads: list[tuple[int | None, float | None]]
         loads = [(None, r) for r in sc.rate] if sc.shape == "poisson" else [(c, None) for c in sc.concurrency]
         n, how = sc.requests_per_point, None
         wl = getattr(sc, "workload", "synthetic")
@@ -212,8 +213,8 @@ def _points(exp: Any) -> list[dict[str, Any]]:
                 mt.conversations * mt.turns,
             )
             how = "its mean turn input (history grows per turn) at this concurrency, no prefix-cache reuse"
-        for conc, rate in loads:
-            pts.append(dict(scenario=sc.name, isl=isl, osl=osl, isl_r=isl_r, osl_r=osl_r, conc=conc, rate=rate,
+        for conc, point_rate in loads:
+            pts.append(dict(scenario=sc.name, isl=isl, osl=osl, isl_r=isl_r, osl_r=osl_r, conc=conc, rate=point_rate,
                             n=n, modelled_as=how))  # fmt: skip
     if not pts:
         pts.append(
@@ -263,7 +264,10 @@ def evaluate_topology(
     price = _price(topo.gpu_type, exp, prices)
     usd_h = price["usd_per_gpu_hour"] * topo.gpus if price else None
     slo = exp.load.slo
-    points, fits, reason, memory, bottleneck = [], True, "", {}, {}
+    points: list[dict[str, Any]] = []
+    fits, reason = True, ""
+    memory: dict[str, Any] = {}
+    bottleneck: dict[str, Any] = {}
     for pt in _points(exp):
         args = (topo.gpu_type, topo.gpus, topo.par, eng, pt["isl"], pt["osl"], pt["conc"])
         kwargs = dict(
@@ -287,7 +291,7 @@ def evaluate_topology(
         key = (args, tuple(sorted(kwargs.items())))
         p = copy.deepcopy(memo[key]) if memo is not None and key in memo else None
         if p is None:
-            p = predict(*args, **kwargs)  # type: ignore[arg-type]
+            p = predict(*args, **kwargs)
             if memo is not None:
                 memo[key] = p
         memory = memory or p.memory
@@ -508,29 +512,26 @@ def _commands(exp: Any) -> dict[str, Any]:
     try:
         from r1lab.serve import commands as serve_commands  # serve stands above perf: imported lazily
     except ImportError:
-        serve_commands = None
-    if serve_commands is not None:
-        out: dict[str, Any] = {"source": "r1lab.serve.commands", "stages": {}, "lines": []}
-        for stage in serve_commands.stages(exp):
-            try:
-                dep = serve_commands.render(exp, stage)
-            except ValueError as exc:  # ServeConfigError: a params combination serve cannot render
-                out["stages"][stage] = {"error": str(exc)}
-                out["lines"].append(f"# {stage}: cannot render: {exc}")
-                continue
-            lines = [
-                ("" if c.run else "# not run (stood in for by the mocker): ") + c.shell()
-                for c in dep.commands
-            ]
-            out["stages"][stage] = {
-                "topology": dep.topology,
-                "engine": dep.engine,
-                "lines": lines,
-                "notes": list(dep.notes),
-            }
-            out["lines"] += [f"# --- stage {stage}: {dep.topology} ({dep.engine})", *lines]
-        return out
-    return _reference_commands(exp)
+        return _reference_commands(exp)
+    out: dict[str, Any] = {"source": "r1lab.serve.commands", "stages": {}, "lines": []}
+    for stage in serve_commands.stages(exp):
+        try:
+            dep = serve_commands.render(exp, stage)
+        except ValueError as exc:  # ServeConfigError: a params combination serve cannot render
+            out["stages"][stage] = {"error": str(exc)}
+            out["lines"].append(f"# {stage}: cannot render: {exc}")
+            continue
+        lines = [
+            ("" if c.run else "# not run (stood in for by the mocker): ") + c.shell() for c in dep.commands
+        ]
+        out["stages"][stage] = {
+            "topology": dep.topology,
+            "engine": dep.engine,
+            "lines": lines,
+            "notes": list(dep.notes),
+        }
+        out["lines"] += [f"# --- stage {stage}: {dep.topology} ({dep.engine})", *lines]
+    return out
 
 
 def _reference_commands(exp: Any) -> dict[str, Any]:
@@ -596,7 +597,7 @@ def plan_experiment(
         if not r["fits"]:
             summary.append(f"{r['label']}: does not fit: {r['reason']}")
             continue
-        best = max(r["points"], key=lambda p: p["output_tok_s"]) if r["points"] else None
+        best = max(r["points"], key=lambda p: p["output_tok_s"])
         cost = (
             f", ${best['usd_per_mtok_out']:.2f}/M output tokens" if best and best["usd_per_mtok_out"] else ""
         )

@@ -209,7 +209,7 @@ def predict(
             fits, reason = False, f"prefill instance: {pre_mem.reason}"
     memory = mem.as_dict()
     nan = {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
-    base = dict(
+    base: dict[str, Any] = dict(
         hardware=hw.short,
         gpus=gpus,
         parallelism=par.label() + (f" + P/D {pd.prefill.label()}" if pd else ""),
@@ -310,7 +310,9 @@ def predict(
     if res is None:
         res = simulate(sm, wl, sched, pdc, ranks=ranks, ranks_per_instance=par.dp)
     busy = (
-        1.0 if coupled else (replicas if concurrency is None else min(replicas, concurrency / conc))
+        1.0
+        if coupled
+        else (replicas if concurrency is None or conc is None else min(replicas, concurrency / conc))
     )  # replicas with work
     out_tok_s = res.output_tokens / res.duration_s * busy
     in_tok_s = res.input_tokens / res.duration_s * busy
@@ -356,19 +358,19 @@ def predict(
             f"{_rate(sm.pp_link)}: {parts[top] * 1e3:.1f} of {total * 1e3:.1f} ms per decode step "
             f"at batch {b:.0f}"
         )
-    if pd is not None and kv_ms is not None:
-        pre_ms = pdc.prefill.prefill_s(isl) * 1e3  # type: ignore[union-attr]
+    if pd is not None and pdc is not None and kv_ms is not None:  # pdc and kv_ms are set together
+        pre_ms = pdc.prefill.prefill_s(isl) * 1e3
         if kv_ms > pre_ms:
             bottleneck = {
                 "component": "kv_transfer",
                 "ms_per_request": kv_ms,
                 "prefill_ms": pre_ms,
-                "link": pdc.link.description,  # type: ignore[union-attr]
+                "link": pdc.link.description,
                 "detail": (
                     f"each {isl}-token prompt's KV cache ({isl * spec.kv_transfer_bytes_per_token(kv_dtype, par.tp) / 1e6:.1f} MB: "
                     f"one latent copy per decode TP rank, x{par.tp}) "
                     f"takes {kv_ms:,.0f} ms over {pdc.link.name} at {_rate(pdc.link)} against {pre_ms:.0f} ms of prefill; "
-                    "the link carries one cache at a time, so it caps the whole deployment"  # type: ignore[union-attr]
+                    "the link carries one cache at a time, so it caps the whole deployment"
                 ),
             }
     eff = sm.eff

@@ -29,6 +29,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,7 @@ class Efficiency:
         def tf(g: dict[str, Any]) -> float:
             return 2.0 * g["m"] * g["k"] * g["n"] / g["seconds"] / 1e12
 
-        def monotone(pts: list[tuple[float, float]], scale: float) -> tuple[tuple[float, float], ...]:
+        def monotone(pts: Sequence[tuple[float, float]], scale: float) -> tuple[tuple[float, float], ...]:
             # non-decreasing in m (a larger batch never computes slower per flop)
             out, run = [], 0.0
             for m, t in sorted(pts):
@@ -443,7 +444,8 @@ def profile_from_records(path: str | Path) -> Profile:
         for r in recs
         if r.get("kind") == "allreduce" and r.get("method", "queued") == "queued"
     ]
-    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+    raw_versions = meta.get("versions")
+    versions = raw_versions if isinstance(raw_versions, dict) else {}
     prof = Profile(
         gpu=hardware.gpu(meta.get("gpu") or meta["device_name"]).short,
         device_name=meta["device_name"],

@@ -123,7 +123,7 @@ class _Rank:
         self.waiting: deque[_Req] = deque()
         self.running: list[_Req] = []
         self.free_blocks = num_blocks
-        self.plan: tuple[list[_Req], list[tuple[_Req, int]]] | None = None
+        self.plan: tuple[list[_Req], list[tuple[_Req, float]]] | None = None
 
     def load(self) -> int:
         return len(self.running) + len(self.waiting) + len(self.arrivals)
@@ -197,7 +197,8 @@ def simulate(
             start = max(p_free[i], p_queue[0].at_engine)
             if start > until:
                 return
-            batch, tokens, pairs = [], 0, 0.0
+            batch: list[_Req] = []
+            tokens, pairs = 0, 0.0
             while (
                 p_queue
                 and p_queue[0].at_engine <= start
@@ -249,13 +250,13 @@ def simulate(
         if wl.concurrency and issued < n_total:
             submit(new_request(r.end))
 
-    def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, int]]]:
+    def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]]]:
         """One rank's batch for this step (running first, then waiting); preempts the newest when short."""
         nonlocal preemptions
-        budget = max_tokens
+        budget: float = max_tokens  # `computed` is fractional (MTP acceptance), so are prefill chunks
         decodes = [r for r in x.running if r.computed >= r.prompt]
         budget -= len(decodes) * q
-        chunks: list[tuple[_Req, int]] = []
+        chunks: list[tuple[_Req, float]] = []
         for r in x.running:
             if r.computed < r.prompt and budget > 0:
                 c = min(r.prompt - r.computed, budget)
@@ -447,12 +448,15 @@ def simulate(
                     still.append(r)
             x.running = still
 
-    ttft = [r.first - r.arrival for r in done]  # type: ignore[operator]
-    e2e = [r.end - r.arrival for r in done]  # type: ignore[operator]
-    tpot = [(r.end - r.first) / (r.osl - 1) for r in done if r.osl > 1]  # type: ignore[operator]
+    # (arrival, first token, end, output length) of each finished request: finish() has set both times
+    fin = [(r.arrival, r.first, r.end, r.osl) for r in done if r.first is not None and r.end is not None]
+    assert len(fin) == len(done), "a finished request without its first token or its end"
+    ttft = [first - arrival for arrival, first, _, _ in fin]
+    e2e = [end - arrival for arrival, _, end, _ in fin]
+    tpot = [(end - first) / (osl - 1) for _, first, end, osl in fin if osl > 1]
     itl = sorted(itl_w.items())
     start = min(r.arrival for r in done)
-    end = max(r.end for r in done)  # type: ignore[type-var]
+    end = max(e for _, _, e, _ in fin)
     return SimResult(
         ttft_s=ttft,
         tpot_s=tpot,

@@ -116,7 +116,7 @@ def steady_state(
         while admitted < arrived:
             queue_tokens.append(float(isl))
             admitted += 1
-        room = budget - decoding * q
+        room: float = budget - decoding * q
         chunks: list[float] = []
         for i in range(len(queue_tokens)):
             if room <= 0:
