@@ -16,7 +16,8 @@ def _fmt(value: float | None, unit: str, digits: int = 0) -> str:
 
 
 def summary_lines(run_dir: Path) -> list[str]:
-    """Ten lines from the run's files: saturation, latency there, throughput, cost (labelled)."""
+    """Ten lines from the run's files: saturation, latency there, throughput, cost (labelled); and 04's real P/D
+    check when the run had one."""
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         return [f"no summary.json in {run_dir}: the load test did not complete"]
@@ -54,10 +55,26 @@ def summary_lines(run_dir: Path) -> list[str]:
         f"{best.get('scenario')} c={best.get('concurrency')}",
         f"cost (modelled)   {_fmt(at.get('usd_per_hour'), '$/h', 2)} for {at.get('gpus', '?')} GPUs; "
         f"{_fmt(at.get('usd_per_mtok_out'), '$ per M output tokens', 2)} at {where}",
+        *_real_engine_line(run_dir),
         f"report            {run_dir / 'report.html'}",
         f"notebooks         {run_dir / 'notebooks'}",
     ]
     return lines
+
+
+def _real_engine_line(run_dir: Path) -> list[str]:
+    """04's real P/D check (real-engine.json), labelled with its engine; nothing when the run had none."""
+    p = run_dir / "real-engine.json"
+    if not p.exists():
+        return []
+    real = json.loads(p.read_text())
+    reqs = real.get("requests", [])
+    moved = sum(r.get("nixl_bytes", 0) for r in reqs)
+    predicted = sum(r.get("predicted_bytes", 0) for r in reqs)
+    return [
+        f"real P/D engine   {len(reqs)} requests, KV by NIXL {moved:,.0f} B (predicted {predicted:,} B), started in "
+        f"{real.get('start_s', '?')} s ({real.get('engine', '?')})"
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

