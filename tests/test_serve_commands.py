@@ -86,6 +86,9 @@ def test_ray_tp8_pp2_two_nodes() -> None:
     assert head.env["VLLM_HOST_IP"] == "10.0.0.1" and worker.env["VLLM_HOST_IP"] == "10.0.0.2"
     assert head.env["NCCL_IB_DISABLE"] == "1"  # Global Networking: TCP only
     assert head.env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" in head.secrets
+    assert (
+        head.env["RAY_agent_register_timeout_ms"] == "180000"
+    )  # a loaded machine's agent needs > Ray's 30 s
     assert not head.background and head.stop_argv == ["ray", "stop"]
     assert flag(serve.argv, "--tensor-parallel-size") == "8"
     assert flag(serve.argv, "--pipeline-parallel-size") == "2"
