@@ -421,3 +421,36 @@ def test_rate_limits_are_configurable_from_the_command_line():
     for bad in ("minute=0/60", "minute=60", "=1/1", "minute=a/b"):
         with pytest.raises(ValueError, match="NAME=QUOTA/SECONDS"):
             parse_rate_limits(bad)
+
+
+def test_cluster_members_start_knowing_the_clusters_size():
+    """RunPod injects NUM_NODES and WORLD_SIZE into every member of an Instant Cluster (docs:
+    instant-clusters/configuration): the backend that starts a member is told the cluster's size; the API's
+    Pod.cluster (PodCluster, additionalProperties false) does not show it."""
+    from r1lab.cloud.emulator.backends import RecordOnlyBackend
+
+    started: list[dict] = []
+
+    class Recording(RecordOnlyBackend):
+        def start(self, pod: dict, public_keys: list[str]) -> PodHost:
+            started.append(pod)
+            return super().start(pod, public_keys)
+
+    e = Emulator(api_key=KEY, backend=Recording(), timings=Timings(0, 0, 0)).start()
+    try:
+        body = {"name": "r1lab-r-cl", "type": "APPLICATION", "image": "img", "ports": ["22/tcp"],
+                "compute": {"gpuTypeId": "NVIDIA H200", "gpuCountPerPod": 4, "podCount": 3}}  # fmt: skip
+        status, _, _ = call(e, "POST", "/v2/clusters", body)
+        assert status == 201
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(started) < 3:
+            pods = call(e, "GET", "/v2/pods?includeClusterPods=true")[1]
+            time.sleep(0.05)
+        assert sorted(p["cluster"]["rank"] for p in started) == [0, 1, 2]
+        assert {p["cluster"]["nodes"] for p in started} == {3}
+        pods = call(e, "GET", "/v2/pods?includeClusterPods=true")[1]
+        listed = pods["pods"] if isinstance(pods, dict) else pods
+        assert listed and all("nodes" not in p["cluster"] for p in listed)
+    finally:
+        e.stop()
+    assert e.spec_violations == []

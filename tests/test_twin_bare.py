@@ -148,9 +148,10 @@ def test_setup_installs_from_the_twins_sources(twin: dict, pod) -> None:
 
 def test_cluster_pods_get_ens1_and_the_cluster_environment(twin: dict) -> None:
     hosts, key = twin["hosts"], twin["pub"]
-    cl = {"id": f"cl{twin['inst']}", "ip": "10.65.0.2"}
-    p0 = hosts.start(_pod(f"cl0{twin['inst']}", key, cluster={**cl, "rank": 0}), [key])
+    cl = {"id": f"cl{twin['inst']}", "ip": "10.65.0.2", "nodes": 2}  # as the emulator's backend_pod gives it
+    # rank 1 first: its PRIMARY_ADDR is rank 0's address all the same (reserved for the cluster's members)
     p1 = hosts.start(_pod(f"cl1{twin['inst']}", key, cluster={**cl, "rank": 1}), [key])
+    p0 = hosts.start(_pod(f"cl0{twin['inst']}", key, cluster={**cl, "rank": 0}), [key])
     try:
         r = ssh(
             twin,
@@ -162,6 +163,8 @@ def test_cluster_pods_get_ens1_and_the_cluster_environment(twin: dict) -> None:
         assert p1.ip in r.stdout.splitlines()[0]
         assert env["PRIMARY_ADDR"] == env["MASTER_ADDR"] == p0.ip and env["NODE_RANK"] == "1"
         assert env["NODE_ADDR"] == p1.ip and env["NUM_TRAINERS"] == "8"
+        assert env["NUM_NODES"] == "2" and env["WORLD_SIZE"] == "16"  # NUM_NODES x NUM_TRAINERS
+        assert env["HOST_NODE_ADDR"] == f"{p0.ip}:29500"
     finally:
         hosts.terminate(p0.meta["dir"].rsplit("/", 1)[1])
         hosts.terminate(p1.meta["dir"].rsplit("/", 1)[1])

@@ -332,7 +332,7 @@ class Emulator:
         if not start_backend:
             return
         try:
-            host = self.backend.start(self.render_pod(rec), rec["public_keys"])
+            host = self.backend.start(self.backend_pod(rec), rec["public_keys"])
         except Exception as exc:  # noqa: BLE001 - a backend failure is the pod's ERROR, as on RunPod
             with self.lock:
                 rec["backend_error"] = f"{type(exc).__name__}: {exc}"
@@ -444,8 +444,17 @@ class Emulator:
             pod["gpu"] = dict(rec["gpu"])
         if rec.get("cpu"):
             pod["cpu"] = dict(rec["cpu"])
-        if rec.get("cluster"):
-            pod["cluster"] = dict(rec["cluster"])
+        if rec.get("cluster"):  # PodCluster (additionalProperties: false): id, rank, role, ip
+            pod["cluster"] = {k: v for k, v in rec["cluster"].items() if k in ("id", "rank", "role", "ip")}
+        return pod
+
+    def backend_pod(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """What the backend starts: the pod as the API renders it, plus what RunPod's host knows of a cluster
+        member and the API does not show: the cluster's size (`nodes`), from which RunPod injects NUM_NODES and
+        WORLD_SIZE (docs: instant-clusters/configuration)."""
+        pod = self.render_pod(rec)
+        if rec.get("cluster") and rec.get("cluster_nodes"):
+            pod["cluster"]["nodes"] = int(rec["cluster_nodes"])
         return pod
 
     @staticmethod
@@ -731,6 +740,7 @@ class Emulator:
                 dict(pod_body), cluster={"id": cid, "rank": rank, "ip": f"10.65.0.{rank + 2}"}
             )
             rec["name"] = f"{body['name']}-{rank}"
+            rec["cluster_nodes"] = compute["podCount"]
             ids.append(rec["id"])
         c = {
             "id": cid,

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from r1lab.cloud.twin.network import TwinNet, netns_name, pod_indices, sh
+from r1lab.cloud.twin.network import TwinNet, netns_name, pod_indices, pod_ip, sh
 from r1lab.cloud.twin.podinit import POD_SSHD_DIR
 
 if (
@@ -95,6 +95,7 @@ class PodHosts:
         self._lock = threading.RLock()
         self._pods: dict[str, dict[str, Any]] = {}  # pod id -> {index, ns, ip, dir, proc}
         self._removals: list[threading.Thread] = []
+        self._reserved: dict[tuple[Any, Any], int] = {}  # (cluster id, rank) -> address slot (`_index_for`)
         (self.state_dir / "pods").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "volumes").mkdir(parents=True, exist_ok=True)
         self.hosts_file = self.state_dir / "hosts"
@@ -109,8 +110,7 @@ class PodHosts:
         with self._lock:
             info = self._pods.get(pod_id)
             if info is None:
-                used = {p["index"] for p in self._pods.values()} | set(pod_indices(self.net.inst))
-                index = next(i for i in range(1, 251) if i not in used)
+                index = self._index_for(pod)
                 ifname = "ens1" if pod.get("cluster") and self.kind == "bare" else "eth0"
                 ns, ip = self.net.add_pod(index, ifname=ifname)
                 info = {"index": index, "ns": ns, "ip": ip, "dir": self.state_dir / "pods" / pod_id,
@@ -133,6 +133,23 @@ class PodHosts:
             meta={"netns": info["ns"], "dir": str(info["dir"]), "gpu": gpu, "kind": self.kind},
         )
 
+    def _index_for(self, pod: dict[str, Any]) -> int:
+        """A free address slot for the pod. The members of an Instant Cluster get theirs reserved together, in
+        rank order, when the first of them starts: each member's PRIMARY_ADDR is then rank 0's address whichever
+        member starts first (RunPod assigns a cluster's addresses before its pods start)."""
+        used = {p["index"] for p in self._pods.values()} | set(pod_indices(self.net.inst))
+        used |= set(self._reserved.values())
+        cl = pod.get("cluster") or {}
+        key = (cl.get("id"), cl.get("rank"))
+        if not cl or key not in self._reserved and not cl.get("nodes"):
+            return next(i for i in range(1, 251) if i not in used)
+        for rank in range(int(cl.get("nodes") or 0)):
+            if (cl["id"], rank) not in self._reserved:
+                free = next(i for i in range(1, 251) if i not in used)
+                self._reserved[(cl["id"], rank)] = free
+                used.add(free)
+        return self._reserved[key]
+
     def stop(self, pod_id: str) -> None:
         with self._lock:
             self._kill(pod_id)
@@ -142,6 +159,8 @@ class PodHosts:
             info = self._pods.pop(pod_id, None)
             if info is None:
                 return
+            cl = info.get("cluster") or {}
+            self._reserved.pop((cl.get("id"), cl.get("rank")), None)
             self._kill(pod_id, info)
             self.net.remove_pod(info["index"])
             self._remove_dir(info["dir"])
@@ -363,7 +382,10 @@ class PodHosts:
         cl = pod.get("cluster")
         if cl:
             members = [v for v in self._pods.values() if (v.get("cluster") or {}).get("id") == cl.get("id")]
-            primary = next((v["ip"] for v in members if v["cluster"].get("rank") == 0), info["ip"])
+            primary = next((v["ip"] for v in members if v["cluster"].get("rank") == 0), None)
+            if primary is None and (cl.get("id"), 0) in self._reserved:
+                primary = pod_ip(self.net.subnet, self._reserved[(cl.get("id"), 0)])
+            primary = primary or info["ip"]
             count = gpu.get("count", 0) if gpu else 0
             env.update(
                 {
