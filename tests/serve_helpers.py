@@ -55,6 +55,8 @@ def loopback_ports(workers: int = 4) -> Ports:
         nixl_base=free_port_block(workers),
         bootstrap_base=free_port_block(workers),
         kv_events_base=free_port_block(workers),
+        rpc_base=free_port_block(workers),
+        response_stream_base=free_port_block(workers + 1),
     )
 
 

@@ -3,6 +3,7 @@ aggregated and prefill/decode, launched by r1lab, answers a streamed completion 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,6 +66,15 @@ def test_dynamo_pd_mocker_streamed(model_dir: Path, tmp_path: Path) -> None:
         assert m.get("dynamo_component_requests_total", 0) >= 3, sorted(m)[:40]
         front = read_metrics(launched.endpoint.base + "/metrics")
         assert front.get("dynamo_frontend_requests_total", 0) >= 2
+        # Dynamo's request plane and response streams listen on the rendered ports (what preflight checks
+        # between pods), not on OS-assigned ones: each worker's DYN_TCP_RPC_PORT, the frontend's stream port
+        listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
+        planes = {c.name: (c.env.get("DYN_TCP_RPC_PORT"), c.env.get("DYN_TCP_RESPONSE_STREAM_PORT"))
+                  for c in dep.to_run}  # fmt: skip
+        assert planes["dynamo-frontend"][1] == str(ports.response_stream_base)
+        for name in ("mocker-prefill-0", "mocker-decode-0"):
+            assert planes[name][0] and f"127.0.0.1:{planes[name][0]} " in listening, (name, listening)
+        assert f"127.0.0.1:{ports.response_stream_base} " in listening, listening
     finally:
         launched.launcher.stop()
     assert Ledger(tmp_path / "run").live() == []

@@ -148,7 +148,8 @@ def stage_needs(dep: Any) -> dict[str, Needs]:
             if _flag(argv, flag) and c.node == dep.endpoint_node:
                 n.ports[int(_flag(argv, flag) or 0)] = what
         for var, what in (("VLLM_NIXL_SIDE_CHANNEL_PORT", "NIXL side channel"), ("DYN_SYSTEM_PORT", "Dynamo system"),
-                          ("DYN_TCP_RPC_PORT", "Dynamo TCP request plane")):  # fmt: skip
+                          ("DYN_TCP_RPC_PORT", "Dynamo TCP request plane"),
+                          ("DYN_TCP_RESPONSE_STREAM_PORT", "Dynamo TCP response stream")):  # fmt: skip
             if c.env.get(var):
                 n.ports[int(c.env[var])] = f"{what} ({c.name})"
         if _flag(argv, "--bootstrap-ports"):

@@ -68,6 +68,11 @@ class Ports:
     nixl_base: int = 5600  # VLLM_NIXL_SIDE_CHANNEL_PORT of worker i: base + i
     bootstrap_base: int = 7600  # mocker P/D rendezvous of prefill worker i: base + i
     kv_events_base: int = 20080  # vLLM's KV-event ZMQ publisher of worker i (its pod's 127.0.0.1): base + i
+    # Dynamo 1.6.1's TCP request plane (the frontend connects to each worker's DYN_TCP_RPC_PORT) and response
+    # streams (each worker connects back to its caller's DYN_TCP_RESPONSE_STREAM_PORT); unset, both are
+    # OS-assigned ports that no preflight or firewall rule can name. Worker i: base + i; the frontend: stream base.
+    rpc_base: int = 9500
+    response_stream_base: int = 9550  # the frontend's; worker i's: base + 1 + i
 
 
 def nodes_of(
@@ -662,12 +667,18 @@ class _Renderer:
         env = _file_discovery_env(kv, node.address)
         argv, uploads = self._mocker_argv(group, spec, None, 0)
         return [
-            Command("dynamo-frontend", node.name, _frontend_argv(self._bind(), port, "round-robin"), env=dict(env),
+            Command("dynamo-frontend", node.name, _frontend_argv(self._bind(), port, "round-robin"),
+                    env={**env, "DYN_TCP_RESPONSE_STREAM_PORT": str(self.ports.response_stream_base)},
                     ready=Ready(port, "/health", completion=True, instances=(("backend", 1),)),
                     pre=[f"mkdir -p {kv}"]),
-            Command("mocker-engine", node.name, argv, env={**env, "DYN_SYSTEM_PORT": str(self.ports.system_base)},
-                    uploads=uploads, note=self._model_note(group, spec)),
+            Command("mocker-engine", node.name, argv, env={**env, "DYN_SYSTEM_PORT": str(self.ports.system_base),
+                    **self._plane_ports(0)}, uploads=uploads, note=self._model_note(group, spec)),
         ]  # fmt: skip
+
+    def _plane_ports(self, i: int) -> dict[str, str]:
+        """Worker i's fixed Dynamo request-plane and response-stream ports (see `Ports`)."""
+        return {"DYN_TCP_RPC_PORT": str(self.ports.rpc_base + i),
+                "DYN_TCP_RESPONSE_STREAM_PORT": str(self.ports.response_stream_base + 1 + i)}  # fmt: skip
 
     # -- Dynamo ---------------------------------------------------------------------------------------------
     def dynamo(self, discovery: Literal["etcd", "file"] | None) -> Deployment:
@@ -732,7 +743,8 @@ class _Renderer:
         front_bind = "127.0.0.1" if _public(self.exp) else self._bind()
         cmds.append(Command(
             "dynamo-frontend", head.name, _frontend_argv(front_bind, self.ports.frontend, d.router_mode),
-            env={**env_base, **_bind_env(head.address)},
+            env={**env_base, **_bind_env(head.address),
+                 "DYN_TCP_RESPONSE_STREAM_PORT": str(self.ports.response_stream_base)},
             ready=Ready(self.ports.frontend, "/health", completion=True, instances=_expected_instances(groups)),
             pre=[f"mkdir -p {env_base['DYN_FILE_KV']}"] if discovery == "file" else [],
             note="OpenAI endpoint; on RunPod bound to the pod's 127.0.0.1 (no API key support): reach it by "
@@ -755,7 +767,8 @@ class _Renderer:
             if self.is_cpu:
                 spec, tp = cpu_spec(spec), 1
             gpus = ",".join(str(g) for g in range(j * tp, (j + 1) * tp))
-            env = {**env_base, **_bind_env(node.address), "DYN_SYSTEM_PORT": str(self.ports.system_base + i)}
+            env = {**env_base, **_bind_env(node.address), "DYN_SYSTEM_PORT": str(self.ports.system_base + i),
+                   **self._plane_ports(i)}  # fmt: skip
             name = f"{mode}-{k}"
             vargv = [
                 "python",
