@@ -51,8 +51,11 @@ class Run:
     def __init__(self, root: Path, params: Path = PARAMS, resume: Path | None = None) -> None:
         self.root = root
         self.outputs, self.twin_dir = root / "outputs", root / "twin"
+        # host pods (asked for): these tests kill the runner and check teardown and reap, not what is on a pod;
+        # bare pods (the default) would add each pod's setup to every run of the matrix. test_demo and
+        # test_lab_walk tear bare pods down.
         self.env = {**os.environ, "R1LAB_OUTPUTS": str(self.outputs), "R1LAB_TWIN_DIR": str(self.twin_dir),
-                    "R1LAB_PROGRESS": "plain", "HF_TOKEN": HF}  # fmt: skip
+                    "R1LAB_PROGRESS": "plain", "HF_TOKEN": HF, "R1LAB_TWIN_PODS": "host"}  # fmt: skip
         for k in ("RUNPOD_API_KEY", "RUNPOD_API_BASE"):
             self.env.pop(k, None)
         cmd = [sys.executable, "-m", "r1lab.cli", "run", str(params)]

@@ -86,7 +86,9 @@ def test_twin_real_prefill_decode_over_nixl(tmp_path: Path, monkeypatch: pytest.
     timings: dict[str, float] = {}
     try:
         with step("twin up, two pods"):
-            twin = Twin.up(tmp_path / "twin", exp.provider.network)
+            # host pods (asked for): the real dynamo.vllm workers run from this machine's .venv-dynamo-vllm (the CPU
+            # build of vLLM), which no setup line installs; bare pods and their setup run in test_demo
+            twin = Twin.up(tmp_path / "twin", exp.provider.network, pods="host")
             for k, v in twin.client_env().items():
                 monkeypatch.setenv(k, v)
             prov = Provisioner(run_dir, "it17", client=RunPodClient(), poll_s=0.3, ready_timeout_s=120)

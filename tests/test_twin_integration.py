@@ -90,7 +90,9 @@ def test_twin_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     launcher = None
     try:
         with step("twin up"):
-            twin = Twin.up(state_dir, exp.provider.network)
+            # host pods (asked for): this test drives Ray and Dynamo over SSH between two pods with this machine's
+            # venv, without running the params' setup; the default bare pods and their setup run in test_demo
+            twin = Twin.up(state_dir, exp.provider.network, pods="host")
             for k, v in twin.client_env().items():
                 monkeypatch.setenv(k, v)  # the same settings a real account uses
         client = RunPodClient()

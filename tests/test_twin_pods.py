@@ -1,6 +1,9 @@
 """Twin pods as hosts: namespaces, sshd, isolation, the shared volume, declared GPUs, shaping, clean teardown.
 
-Drives the pod-host layer (`TwinNet` + `PodHosts`) directly, without the emulator; needs root."""
+Drives the pod-host layer (`TwinNet` + `PodHosts`) directly, without the emulator; needs root. These are pods of
+kind "host" (asked for explicitly): what is checked here (namespaces, sshd, isolation, the volume, shaping,
+teardown) is the same for both kinds, and host pods need no image or start command; bare pods, the default, have
+their own tests (tests/test_twin_bare.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "key")], check=True)
     inst = new_instance_id()
     net = TwinNet.create(inst, link_mbit=100.0)
-    hosts = PodHosts(d / "state", net)
+    hosts = PodHosts(d / "state", net, pods="host")
     try:
         key = (d / "key.pub").read_text()
         a = hosts.start(_pod(f"poda{inst}"), [key])
@@ -172,7 +175,7 @@ def test_inter_pod_link_is_shaped_to_the_modelled_rate(pods: dict) -> None:
 def test_stop_start_and_terminate_leave_nothing(tmp_path: Path) -> None:
     inst = new_instance_id()
     net = TwinNet.create(inst, link_mbit=100.0)
-    hosts = PodHosts(tmp_path / "state", net)
+    hosts = PodHosts(tmp_path / "state", net, pods="host")
     created_workspace = not os.path.exists("/workspace")
     try:
         h = hosts.start(_pod(f"podx{inst}", "vol-x"), [])
@@ -203,7 +206,7 @@ def test_two_twins_at_once_get_their_own_subnets_and_cannot_reach_each_other(
 ) -> None:
     inst = new_instance_id()
     net = TwinNet.create(inst, link_mbit=100.0)
-    hosts = PodHosts(tmp_path / "state", net)
+    hosts = PodHosts(tmp_path / "state", net, pods="host")
     try:
         assert net.subnet != pods["net"].subnet and not net.subnet.overlaps(pods["net"].subnet)
         other = hosts.start({"id": f"podo{inst}", "ports": ["22/tcp"]}, [])

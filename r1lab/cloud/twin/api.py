@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.cloud.twin import network
-from r1lab.cloud.twin.netns import MOUNTPOINTS, kill_netns_processes, release_mountpoints
+from r1lab.cloud.twin.netns import MOUNTPOINTS, kill_netns_processes, pod_kind, release_mountpoints
 from r1lab.secrets import scrubbed_env
 
 
@@ -148,22 +148,25 @@ class Twin:
         *,
         link_mbit: float | None = None,
         timeout_s: float = 60.0,
+        pods: str | None = None,
     ) -> Twin:
-        """Start the twin's daemon (detached: it outlives this process) or return the one already running."""
+        """Start the twin's daemon (detached: it outlives this process) or return the one already running.
+        pods: "bare" (pods as bare as RunPod's) or "host" (default: `netns.pod_kind`)."""
         twin = cls(Path(state_dir) if state_dir else default_state_dir())
         if twin.running():
             return twin
         check_root()
-        if (os.environ.get("R1LAB_TWIN_PODS") or "host") == "bare":
+        kind = pod_kind(pods)
+        if kind == "bare":
             prepare_bare()  # base images and package sources, built once (minutes the first time) with progress
         twin.state_dir.mkdir(parents=True, exist_ok=True)
         with open(twin.state_dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two kernels starting the same twin at once: one daemon
             if twin.running():
                 return twin
-            return twin._start(network_kind, link_mbit, timeout_s)
+            return twin._start(network_kind, link_mbit, timeout_s, kind)
 
-    def _start(self, network_kind: str, link_mbit: float | None, timeout_s: float) -> Twin:
+    def _start(self, network_kind: str, link_mbit: float | None, timeout_s: float, pods: str) -> Twin:
         twin = self
         if twin.info.get("instance"):
             twin.down()  # what a killed daemon left behind: its pods are gone, so is the emulator's record of them
@@ -175,7 +178,7 @@ class Twin:
             f.write("twin_" + secrets.token_urlsafe(24) + "\n")
         (twin.state_dir / "twin.json").unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "r1lab.cloud.twin.daemon", "--state-dir", str(twin.state_dir)]
-        cmd += ["--network", network_kind]
+        cmd += ["--network", network_kind, "--pods", pods]
         if link_mbit is not None:
             cmd += ["--link-mbit", str(link_mbit)]
         env = scrubbed_env()  # the daemon and its pods see none of the researcher's secrets

@@ -1,6 +1,6 @@
 """`r1lab twin up | down | status`: the local twin from the command line.
 
-    r1lab twin up [--state-dir DIR] [--network global-networking] [--link-mbit N] [--pods host|bare]
+    r1lab twin up [--state-dir DIR] [--network global-networking] [--link-mbit N] [--pods bare|host]
     r1lab twin status [--json]
     r1lab twin down
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -33,7 +32,8 @@ def cli_main(argv: list[str]) -> int:
         "--pods",
         choices=["host", "bare"],
         default=None,
-        help="bare: pods with their own root filesystem, as on RunPod (default: $R1LAB_TWIN_PODS or host)",
+        help="bare: pods with their own root filesystem, as on RunPod; host: pods sharing this machine's files "
+        "(default: $R1LAB_TWIN_PODS, else host)",
     )
     st = sub.add_parser("status", help="what runs, and what is left on the machine")
     st.add_argument("--json", action="store_true")
@@ -42,9 +42,7 @@ def cli_main(argv: list[str]) -> int:
     twin = Twin(Path(args.state_dir) if args.state_dir else default_state_dir())
     try:
         if args.cmd == "up":
-            if args.pods:
-                os.environ["R1LAB_TWIN_PODS"] = args.pods  # read by Twin.up and the daemon it starts
-            twin = Twin.up(twin.state_dir, args.network, link_mbit=args.link_mbit)
+            twin = Twin.up(twin.state_dir, args.network, link_mbit=args.link_mbit, pods=args.pods)
             env = twin.client_env()
             if args.env:
                 print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))

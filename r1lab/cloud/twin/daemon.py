@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from r1lab.cloud.emulator.server import Emulator, Timings
-from r1lab.cloud.twin.netns import PodHosts, release_mountpoints
+from r1lab.cloud.twin.netns import POD_KINDS, PodHosts, pod_kind, release_mountpoints
 from r1lab.cloud.twin.network import LINK_MBIT, TwinNet, new_instance_id
 
 
@@ -33,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ports-delay-s", type=float, default=0.5)
     ap.add_argument(
         "--pods",
-        choices=["host", "bare"],
-        default=os.environ.get("R1LAB_TWIN_PODS") or "host",
-        help="bare: pods with their own root filesystem, as on RunPod (default: $R1LAB_TWIN_PODS)",
+        choices=POD_KINDS,
+        default=None,
+        help="bare: pods with their own root filesystem, as on RunPod; host: pods sharing this machine's files "
+        "(default: $R1LAB_TWIN_PODS, else host)",
     )
     args = ap.parse_args(argv)
+    args.pods = pod_kind(args.pods)
     state: Path = args.state_dir
     key = (state / "api_key").read_text().strip()
     link = args.link_mbit if args.link_mbit is not None else LINK_MBIT[args.network]
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
             srcs = sources.Sources(sources.ensure(), net.host_ip).start()
             pod_sources = srcs.pod_config()
-            info.update(pods="bare", sources=pod_sources)
+            info.update(sources=pod_sources)
+        info["pods"] = args.pods
         hosts = PodHosts(state, net, pods=args.pods, sources=pod_sources)
         emu = Emulator(
             api_key=key,
