@@ -73,15 +73,20 @@ def test_cli_up_status_down_leaves_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_down_cleans_up_after_a_killed_daemon(tmp_path: Path) -> None:
+    from r1lab.cloud.pods import start_command, start_script
+
     twin = Twin.up(tmp_path / "twin")
     client = RunPodClient(api_key=twin.api_key, base_url=twin.url)
-    pod = client.create_pod(
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    key = (tmp_path / "key.pub").read_text().strip()
+    pod = client.create_pod(  # a bare pod (the twin's default): a supported image, r1lab's start command
         PodSpec(
             name="r1lab-crash-head",
-            image="x",
+            image="runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404",
             gpu_type="NVIDIA H100 NVL",
             gpu_count=8,
             global_networking=True,
+            args=start_command(start_script(key, 0, 0)),
         )
     )
     client.wait_ready(pod["id"], timeout_s=60, poll_s=0.2)
