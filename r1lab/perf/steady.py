@@ -1,41 +1,42 @@
 """Analytic steady state of a closed-loop load point: what `simulate` computes, without stepping every request.
 
-For a sweep point (fixed concurrency, fixed lengths, no P/D, a prompt that fits one step beside the decodes, a KV
-cache that holds every running sequence whole) the event simulation settles into a pattern a few equations
-describe. Per engine rank, with C clients, R = min(C, max_num_seqs) running, D = ceil((osl - 1) / tokens per step):
+For a sweep point (fixed concurrency, fixed lengths, one engine rank, no P/D, a prompt that fits one step beside
+the decodes, a KV cache that holds every running sequence whole) the event simulation settles into a cycle that is
+cheap to follow in aggregate. Per rank, with C clients, R = min(C, max_num_seqs) running, D = ceil((osl - 1) /
+tokens per step):
 - the first wave (every client sends at t=0; the front end serves them one by one; prefill takes the token budget
-  per step) is stepped in aggregate, prompt by prompt, as the simulation schedules it;
-- requests whose prefill ended in the same step finish together and return together (a cohort, the sizes the
-  first wave gave); a cohort's members pass the front end one by one and enter prefill at the next step boundary
-  while the others decode; the decodes see every other cohort's mixed steps once per cycle;
-- the decode batch n_dec = R x decode time / cycle, solved by fixed-point iteration; C > R: the queue (C - R) waits
-  its turn by Little's law.
-Every step time is `StepModel.step_s`, the same cost function the simulation calls (one place for each fact).
-Every request is measured, as the simulation measures them (no warm-up cut).
+  per step) is stepped prompt by prompt, as the simulation schedules it (a few dozen steps);
+- with fixed lengths every request finishes D steps after the step that ended its prefill, so requests come back
+  in the order (and groups) their prefills ended; only the window from the first return to the last re-prefill
+  is stepped (each return through the front end, prefill at the next boundary beside the decodes), the rest of a
+  cycle is pure decode of the whole batch, counted, not stepped. Two cycles are stepped (the second from the
+  groups the first formed) and the second stands for every later one; C > R: the queue waits by Little's law.
+Every step time is `StepModel.step_s`, the same cost function the simulation calls (one place for each fact), so
+a change of the model's physics moves both paths. Every request is measured, as in the simulation (no warm-up).
 
-Agreement with the simulation (tests/test_perf_steady.py checks it on a grid; benchmarks/planner_speed.py prints
-it on the planner's own points): output throughput and mean TPOT within THROUGHPUT_TOLERANCE / TPOT_TOLERANCE;
-TTFT does NOT agree as well: its p99 (the first wave) is close, its mean and median come out up to ~60 % lower,
-because the simulation's fixed lengths keep requests in lock-step waves whose prefills pile up in a way this
-model does not follow. Hence the planner simulates by default and takes this path only when asked
-(`r1lab plan --method auto`).
+Agreement with the simulation, checked on a grid (tests/test_perf_steady.py) and printed on the planner's own
+points by benchmarks/planner_speed.py: output throughput within THROUGHPUT_TOLERANCE, mean TPOT within
+TPOT_TOLERANCE, mean and p99 TTFT within TTFT_TOLERANCE; TTFT p50/p90 can differ more (the waves leave TTFTs in
+clusters and a percentile can land in the neighbouring one).
 
 `steady_state(...)` returns a `SimResult` like `simulate`, or None where this path does not apply (Poisson or
-trace arrivals, length ranges, P/D, preemption possible, a rank's load that does not divide evenly, a prompt longer
-than one step's budget, an output shorter than the first wave's prefill ramp): the caller then simulates.
+trace arrivals, length ranges, P/D, lock-step attention-DP ranks, preemption possible, a prompt longer than one
+step's budget, a cycle whose returns overlap, an output shorter than the first wave's ramp): the caller then
+simulates.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from statistics import fmean as statistics_mean
 
 from r1lab.perf.ops import StepModel
 from r1lab.perf.simulate import SchedulerConfig, SimResult, Workload
 
-ITERATIONS = 30  # fixed-point iterations at most (stops when the decode batch moves by < 0.001)
-THROUGHPUT_TOLERANCE = 0.15  # |analytic / simulated - 1| of output tokens/s, checked on a grid
-TPOT_TOLERANCE = 0.15  # ... of mean TPOT
+THROUGHPUT_TOLERANCE = 0.06  # |analytic / simulated - 1| of output tokens/s, checked on a grid (tests)
+TPOT_TOLERANCE = 0.06  # ... of mean TPOT
+TTFT_TOLERANCE = 0.10  # ... of mean and p99 TTFT (p50 / p90 can fall in a neighbouring cluster of the waves)
 
 
 def _applies(wl: Workload, sched: SchedulerConfig, ranks: int) -> bool:
@@ -46,8 +47,7 @@ def _applies(wl: Workload, sched: SchedulerConfig, ranks: int) -> bool:
         and isinstance(wl.osl, int)
         and wl.osl >= 2
         and sched.enable_chunked_prefill
-        and wl.concurrency % ranks == 0
-        and wl.n() % ranks == 0
+        and ranks == 1  # lock-step attention-DP ranks: their prefills stall each other unevenly, simulated
     )
 
 
@@ -140,104 +140,171 @@ def steady_state(
             decoding += 1
         if ramp_steps > d_steps:
             return None  # a request would finish inside the ramp: not the regime modelled here
-    # --- steady state ---
-    # Requests whose prefill ended in the same step finish in the same step (fixed lengths) and come back
-    # together: a cohort. Its members pass the front end one by one and enter prefill at the step boundaries
-    # after they reach the engine, while the others decode. Cohorts keep the sizes the first wave gave them.
-    cohorts: list[int] = []
-    for k, te in enumerate(first_pre_end):
-        if k and te == first_pre_end[k - 1]:
-            cohorts[-1] += 1
-        else:
-            cohorts.append(1)
-    if (
-        c > r_run
-    ):  # slots refilled at once from the queue: one cohort per finishing group, no front-end spread
-        fe_cohort = 0.0
-    else:
-        fe_cohort = fe
-    single = len(cohorts) == 1 and c <= r_run  # nothing else runs while the cohort is away: the engine idles
+    # --- steady state: one cycle of the returning requests, stepped in aggregate ---
+    # With fixed lengths every request finishes D steps after the step that ended its prefill, so requests come
+    # back in the order (and the groups) their prefills ended. Each comes back through the front end (one at a
+    # time) and enters prefill at the next step boundary with whatever else has arrived, while the rest decode.
+    # Only the steps from the first return to the last re-prefill (the window) are stepped; the others are pure
+    # decode steps of the whole batch. The cycle is stepped twice (the second from the groups the first formed).
     if r_run * q + isl > budget:
         return None  # a prompt needs more than one step beside the decodes: not modelled here
-    per_step = max(1, int((budget - r_run * q) // isl))
+    fe_eff = fe * ranks  # the front end also serves the other ranks' clients, interleaved
+    queued = c > r_run  # a finished slot is refilled at once from the queue (no front end in between)
+    dt_pure = dt(r_run, 0)
 
-    def cohort(g: int, n_dec: float, dt_d: float) -> tuple[list[float], list[float]]:
-        """TTFTs of a returning cohort's members (from their arrival) and the mixed steps it causes."""
-        arr = [ov + (k + 1) * fe_cohort for k in range(g)]
-        boundary, k, ttfts, mixed = 0.0, 0, [], []
-        while k < g:
-            m = 0
-            while k + m < g and arr[k + m] <= boundary + 1e-12 and m < per_step:
-                m += 1
-            if m == 0:
-                boundary = arr[k] if single else boundary + dt_d * math.ceil((arr[k] - boundary) / dt_d)
+    def cycle(
+        pre: list[int],
+    ) -> tuple[list[int], list[float], list[int], list[tuple[float, float, float]]] | None:
+        """(new prefill step per member, their TTFTs, the window step each prefilled in, window steps as
+        (seconds, count, decoders)) from last cycle's prefill steps `pre` (ascending)."""
+        finish = [p + d_steps for p in pre]
+        s, t, last_start, fi, gap, done = finish[0], 0.0, 0.0, 0, 0, 0
+        fe_free = -math.inf
+        pending: list[tuple[float, float]] = []  # (reaches the engine, sent), front-end order
+        pi = 0
+        prefilling: list[list[float]] = []  # [tokens left, sent]
+        new_pre: list[int] = []
+        ttfts: list[float] = []
+        own: list[int] = []
+        window: list[tuple[float, float, float]] = []
+        while done < r_run:
+            visible = t if eng.schedule_ahead_steps == 0 or gap == r_run else last_start
+            while pi < len(pending) and pending[pi][0] <= visible + 1e-12:
+                prefilling.append([float(isl), pending[pi][1]])
+                pi += 1
+            n_dec = r_run - gap
+            if not prefilling and n_dec == 0:
+                t = max(t, pending[pi][0])  # idle: the next arrival starts a step at once
                 continue
-            step = dt(min(n_dec, r_run - g), m)  # the cohort's own members are not decoding
-            boundary += step
-            ttfts += [boundary] * m  # sent at `ov` (its last request's end), first token `ov` after the step
-            mixed.append(step)
-            k += m
-        return ttfts, mixed
+            if (
+                not prefilling
+                and (pi == len(pending) or pending[pi][0] > t)
+                and fi < r_run
+                and finish[fi] > s
+            ):
+                # pure decode until the next return or the next arrival
+                k = finish[fi] - s
+                if pi < len(pending):
+                    k = min(k, max(1, int((pending[pi][0] - t) / dt(n_dec, 0))))
+                d = dt(n_dec, 0)
+                window.append((d, float(k), float(n_dec)))
+                last_start = t + (k - 1) * d
+                t += k * d
+                s += k
+                continue
+            room = budget - n_dec * q
+            chunks: list[float] = []
+            for x in prefilling:
+                if room <= 0:
+                    break
+                take = min(x[0], room)
+                chunks.append(take)
+                room -= take
+            tok = sum(chunks)
+            pairs = sum(
+                (isl - x[0]) * ch + ch * (ch + 1) / 2 for x, ch in zip(prefilling, chunks, strict=False)
+            )
+            moe = float(rpi * (n_dec * q + tok)) if coupled else None
+            d = step.step_s(n_dec, n_dec * ctx_mean, tok, pairs, moe)
+            last_start = t
+            t += d
+            window.append((d, 1.0, float(n_dec)))
+            for x, ch in zip(prefilling, chunks, strict=False):
+                x[0] -= ch
+            while prefilling and prefilling[0][0] <= 0:
+                sent = prefilling.pop(0)[1]
+                ttfts.append(t + ov - sent)
+                new_pre.append(s)
+                own.append(len(window) - 1)
+                gap -= 1
+                done += 1
+            while fi < r_run and finish[fi] == s:  # these decoded their last token in this step
+                sent = t + ov
+                at = sent if queued else max(sent, fe_free) + fe_eff
+                fe_free = at
+                pending.append((at, sent))
+                gap += 1
+                fi += 1
+            s += 1
+            if fi < r_run and finish[fi] < s:
+                return None  # bookkeeping guard (a return inside a jumped stretch): simulate
+        if new_pre[-1] - finish[0] >= d_steps:
+            return None  # the window is longer than a decode: returns overlap, not modelled here
+        return new_pre, ttfts, own, window
 
-    n_dec = float(r_run)
-    dt_d = dt(n_dec, 0)
-    ttft_ss: list[float] = []
-    mixed_all: list[float] = []
-    for _ in range(ITERATIONS):
-        dt_d = dt(n_dec, 0)
-        ttft_ss, mixed_all = [], []
-        for g in cohorts:
-            tt, mx = cohort(g, n_dec, dt_d)
-            ttft_ss += tt
-            mixed_all += mx
-        t_mixed = sum(mixed_all)
-        # one cycle of every cohort: the mixed steps they cause, decode steps in between
-        dec_time = d_steps * dt_d + t_mixed  # a decoder sees every other cohort's mixed steps once
-        dec_time -= t_mixed * (1.0 / len(cohorts))  # ... but not its own
-        queue = 0.0
-        cyc = statistics_mean(ttft_ss) + ov + dec_time
-        if c > r_run:
-            queue = (c - r_run) * cyc / r_run  # Little's law: the queue holds c - r_run, X = r_run / cycle
-        new_nd = min(float(r_run), r_run * dec_time / cyc)
-        if abs(new_nd - n_dec) < 1e-3:
-            n_dec = new_nd
-            break
-        n_dec = 0.5 * (n_dec + new_nd)
-    decode_s = dec_time
-    tpot_ss = decode_s / (osl - 1)
-    ttft_ss = [x + queue + (fe if c > r_run else 0.0) for x in ttft_ss]
+    pre = list(first_pre_step)
+    starts: list[int] = []
+    got = None
+    for _ in range(2):
+        got = cycle(pre)
+        if got is None:
+            return None
+        starts.append(got[0][0])
+        pre = got[0]
+    assert got is not None
+    _, ttft_ss, own, window = got
+    period = starts[1] - starts[0]  # steps from one cycle's window to the next
+    w_steps = int(sum(k for _, k, _ in window))
+    if w_steps > d_steps + 1 or period < w_steps:
+        return None
+    # a member decodes the D steps after its own prefill step: the rest of this window, the pure steps between,
+    # and the part of the next cycle's window before it finishes (the pattern repeats every `period` steps)
+    per_step = [d for d, k, _ in window for _ in range(int(k))]
+    cum = [0.0, *itertools.accumulate(per_step)]
+    first = [0]
+    for _, k, _ in window:
+        first.append(first[-1] + int(k))
+    dec_ss = []
+    for o in own:
+        r = first[o]
+        dur, cnt = 0.0, 0
+        for off in (0, period, 2 * period):
+            lo, hi = max(off, r + 1), min(off + w_steps - 1, r + d_steps)
+            if lo <= hi:
+                dur += cum[hi - off + 1] - cum[lo - off]
+                cnt += hi - lo + 1
+        dec_ss.append(dur + (d_steps - cnt) * dt_pure)
+    pure_steps = period - w_steps  # per cycle, for the ITL weights and the mean batch
+    queue_wait = 0.0
+    cyc_mean = statistics_mean(ttft_ss) + statistics_mean(dec_ss)
+    if c > r_run:  # the queue holds c - r_run; each waits its turn (Little's law: X = r_run / cycle)
+        queue_wait = (c - r_run) * cyc_mean / r_run
+        ttft_ss = [x + queue_wait + fe for x in ttft_ss]
+        cyc_mean = statistics_mean(ttft_ss) + statistics_mean(dec_ss)
+    decode_s = statistics_mean(dec_ss)
     # first wave: a request decodes through the rest of the ramp, then beside every other first-wave request
     # (nobody has come back yet); clients beyond the running slots wait for the first finishers
-    ramp_end, dt_full = t, dt(r_run, 0)
+    ramp_end = t
     ttft: list[float] = []
     e2e: list[float] = []
     tpot: list[float] = []
     for i in range(c):
         if i < r_run:
             t1 = first_ttft[i]
-            dec = ramp_end - first_pre_end[i] + (d_steps - (ramp_steps - first_pre_step[i])) * dt_full
+            dec = ramp_end - first_pre_end[i] + (d_steps - (ramp_steps - first_pre_step[i])) * dt_pure
         else:
             j = i - r_run
-            t1 = first_pre_end[j % r_run] + (1 + j // r_run) * (decode_s + ov) + dt(n_dec, 1) + ov
+            t1 = first_pre_end[j % r_run] + (1 + j // r_run) * (decode_s + ov) + dt(r_run - 1, 1) + ov
             dec = decode_s
         ttft.append(t1)
         e2e.append(t1 + dec)
         tpot.append(dec / (osl - 1))
-    rest = n - c
-    for k in range(rest):
-        x = ttft_ss[k % len(ttft_ss)]
-        ttft.append(x)
-        e2e.append(x + decode_s)
-        tpot.append(tpot_ss)
-    cyc_ss = statistics_mean(ttft_ss) + decode_s
-    duration = max(e2e[:c]) + (math.ceil(n / c) - 1) * cyc_ss
-    total_steps = n * d_steps
-    share_mixed = min(1.0, (len(mixed_all) * (1.0 - 1.0 / len(cohorts))) / max(d_steps, 1))
-    mean_mixed = sum(mixed_all) / max(len(mixed_all), 1)
-    itl = [(dt_d, (1.0 - share_mixed) * total_steps * ranks), (mean_mixed, share_mixed * total_steps * ranks)]
-    itl = [(g, w) for g, w in itl if w > 0]
-    per_mixed = len(first_pre_end) / max(len(mixed_all), 1)
-    f = share_mixed
+    for k in range(n - c):
+        m = k % r_run
+        ttft.append(ttft_ss[m])
+        e2e.append(ttft_ss[m] + dec_ss[m])
+        tpot.append(dec_ss[m] / (osl - 1))
+    duration = max(e2e[:c]) + (math.ceil(n / c) - 1) * cyc_mean
+    # gaps between chunks: the window's steps and the pure decode steps, weighted by the decoders in them
+    cycles = max(1.0, n / r_run)
+    itl_w: dict[float, float] = {}
+    for d, k, nd in window:
+        itl_w[d] = itl_w.get(d, 0.0) + k * nd * cycles * ranks
+    itl_w[dt_pure] = itl_w.get(dt_pure, 0.0) + max(0.0, pure_steps) * r_run * cycles * ranks
+    itl = sorted((g, w) for g, w in itl_w.items() if w > 0)
+    total_steps = int(n * d_steps)
+    busy = sum(k * nd for _, k, nd in window) + max(0.0, pure_steps) * r_run
+    mean_batch = busy / max(w_steps + max(0.0, pure_steps), 1.0)
     return SimResult(
         ttft_s=ttft * ranks,
         tpot_s=tpot * ranks,
@@ -249,6 +316,6 @@ def steady_state(
         requests=n * ranks,
         preemptions=0,
         peak_kv_blocks=r_run * math.ceil((isl + osl) / bs),
-        mean_batch=min(r_run, n_dec + f * per_mixed),
+        mean_batch=mean_batch,
         steps=total_steps,
     )
