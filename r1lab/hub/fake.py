@@ -291,12 +291,12 @@ class FakeHub:
     @property
     def url(self) -> str:
         host, port = self._servers[0].server_address[:2]
-        return f"http://{_url_host(host)}:{port}"
+        return f"http://{_url_host(str(host))}:{port}"
 
     @property
     def cdn_url(self) -> str:
         host, port = self._servers[1].server_address[:2]
-        return f"http://{_url_host(host)}:{port}"
+        return f"http://{_url_host(str(host))}:{port}"
 
     # test hooks
     def add_fault(self, path: str, after_bytes: int, times: int = 1) -> None:

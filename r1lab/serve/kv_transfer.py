@@ -126,7 +126,8 @@ def _chat(base_url: str, model: str, content: str, max_tokens: int) -> tuple[int
         json.dumps(body).encode(),
         {"Content-Type": "application/json"},
     )
-    chunks, usage = 0, {}
+    chunks = 0
+    usage: dict[str, Any] = {}
     with urllib.request.urlopen(req, timeout=300) as resp:
         for raw in resp:
             line = raw.decode("utf-8", "replace").strip()

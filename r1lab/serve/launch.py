@@ -297,11 +297,11 @@ class Launcher:
         ex = self._ex(c.node)
         _REGISTRY[_host_key(ex)] = ex
         env = {**c.env, **self._secret_env(c)}
-        for local, remote in c.uploads:
-            if Path(local).resolve() == Path(remote).resolve():
+        for src, remote in c.uploads:
+            if Path(src).resolve() == Path(remote).resolve():
                 continue
             ex.run(f"mkdir -p {shlex.quote(str(Path(remote).parent))}", timeout=60)
-            ex.put(Path(local), remote)
+            ex.put(Path(src), remote)
         for line in c.pre:
             ex.run(line, timeout=60)
         argv = self._argv(c)
@@ -484,7 +484,12 @@ class Launcher:
                     self._wait_ready(dep, r, deadline, deadline_s)
             for r in final:
                 url = self._wait_ready(dep, r, deadline, deadline_s)
-                if r.command.node == dep.endpoint_node and r.command.ready.port == dep.endpoint_port:
+                ready = r.command.ready  # set: only commands with a readiness check are in `final`
+                if (
+                    r.command.node == dep.endpoint_node
+                    and ready is not None
+                    and ready.port == dep.endpoint_port
+                ):
                     key = get_secret(API_KEY_ENV) if "VLLM_API_KEY" in r.command.secrets else None
                     endpoint = Endpoint(url + "/v1", dep.served_name, key, dep.stage, dep.engine)
         except BaseException:
@@ -592,6 +597,7 @@ class Launcher:
                 continue
             self.ledger.deleted(kind, rid)
         for c, ex, env in reversed(self._stops):
+            assert c.stop_argv is not None  # only commands with a stop_argv are in _stops
             stop = shlex.join([self.programs.get(c.stop_argv[0], c.stop_argv[0]), *c.stop_argv[1:]])
             try:
                 ex.run(stop, env=env, timeout=120, check=True)

@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 
 from r1lab.config import Experiment
-from r1lab.serve.commands import Command, render, stages
+from r1lab.serve.commands import Command, Stage, render, stages
 
 ORIGINAL_PLAN = {
     "serve": "python -m vllm.entrypoints.api_server --model deepseek-ai/DeepSeek-R1 --tensor-parallel-size 16 "
@@ -49,7 +49,7 @@ def _flag(cmd: Command | None, *names: str) -> str:
 
 
 def _serve_cmd(exp: Experiment) -> tuple[Command | None, str]:
-    st = "multi" if "multi" in stages(exp) else "single"
+    st: Stage = "multi" if "multi" in stages(exp) else "single"
     dep = render(exp, st)
     for c in dep.commands:
         if c.argv[:2] == ["vllm", "serve"] and "--headless" not in c.argv:
