@@ -8,7 +8,7 @@ from. On the twin nothing is billed: its figures are what the same pods would co
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -83,7 +83,9 @@ def deployment_cost(
     serving_only: bool = True,
 ) -> DeploymentCost:
     """$/h of the experiment's pods (serving pods by default: the utility pod is gone before load starts)."""
-    groups, quotes, total, gpus = [], {}, 0.0, 0
+    groups: list[dict[str, Any]] = []
+    quotes: dict[str, PriceQuote] = {}
+    total, gpus = 0.0, 0
     for pod in exp.pods:
         if not pod.gpu_type or not pod.gpu_count or (serving_only and not pod.serves):
             continue
@@ -192,7 +194,7 @@ def run_total(
 
 
 def topology_comparison(
-    predicted: list[Mapping[str, Any]], measured: Mapping[str, Any] | None = None
+    predicted: Sequence[Mapping[str, Any]], measured: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """Rows per topology: the planner's predicted $/h, throughput and $/Mtok (00_plan) and, for the topology
     this run deployed, the measured ones at the same load (06_report). `predicted` items need `topology`,

@@ -30,7 +30,7 @@ def summary_lines(run_dir: Path) -> list[str]:
     knee_c = sat.get("knee_concurrency") if sat.get("saturated") else sat.get("max_throughput_concurrency")
     sweep = [p for p in points if p.get("scenario") == scenario]
     at = next((p for p in sweep if p.get("concurrency") == knee_c), None) or {}
-    best = max(points, key=lambda p: p.get("output_tok_s") or 0, default={})
+    best: dict[str, Any] = max(points, key=lambda p: p.get("output_tok_s") or 0, default={})
     if sat.get("saturated"):
         sat_line = f"{scenario}: knee at concurrency {knee_c}" + (
             f" ({sat['knee_why']})" if sat.get("knee_why") else ""

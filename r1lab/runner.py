@@ -286,7 +286,7 @@ def _kernel_manager(log: Path) -> type:
     to `log` instead of the runner's terminal."""
     from jupyter_client.manager import AsyncKernelManager
 
-    class LoggedKernelManager(AsyncKernelManager):  # type: ignore[misc]
+    class LoggedKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "ab") as f:  # the kernel holds its own copy of the descriptor

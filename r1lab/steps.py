@@ -588,7 +588,8 @@ def calibration(ctx: RunContext) -> dict[str, Any]:
             code = calibrate_over_ssh(pods.ready[role].ssh, out)
         if code != 0:
             raise RuntimeError(f"calibration on {role} exited {code}: see {out}")
-        [path] = [p for p in out.glob("*.json") if p.name != "summary.json"][:1] or [None]
+        found = [p for p in out.glob("*.json") if p.name != "summary.json"]
+        path = found[0] if found else None
         if path is None:
             raise RuntimeError(f"calibration on {role} wrote no profile into {out}")
         profile = load_profile(path)

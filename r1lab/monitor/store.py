@@ -122,10 +122,9 @@ def save(df: pd.DataFrame, path: str | Path) -> Path:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"metrics frame lacks columns {missing}; expected {COLUMNS}")
-    schema = pa.schema(
-        [("time", pa.float64()), ("source", pa.string()), ("metric", pa.string()), ("labels", pa.string()),
-         ("value", pa.float64())]
-    )  # fmt: skip
+    fields: list[tuple[str, pa.DataType]] = [("time", pa.float64()), ("source", pa.string()), ("metric", pa.string()), ("labels", pa.string()),
+         ("value", pa.float64())]  # fmt: skip
+    schema = pa.schema(fields)
     table = pa.Table.from_pandas(df[COLUMNS], schema=schema, preserve_index=False)
     tmp = p.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)

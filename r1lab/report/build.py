@@ -311,7 +311,7 @@ def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, 
     body.append("</table>")
     name, _ = A.main_sweep(data)
     sat = A.saturation(data, name) if name else None
-    if sat:
+    if sat and name:  # a saturation only comes with a sweep's name
         if sat.get("saturated"):
             body.append(f"<p>Saturation ({e(name)}): throughput stops growing at concurrency "
                         f"<b>{sat['knee_concurrency']}</b> with {sat['knee_throughput']:,.0f} output tok/s "
@@ -319,8 +319,8 @@ def render_html(data: RunData, charts: dict[str, go.Figure], missing: dict[str, 
         else:
             body.append(f"<p>Saturation ({e(name)}): not reached. {e(sat.get('note', ''))}</p>")
     for p in (p for p in data.points if p.get("client_limited")):
-        body.append(f"<p class='warn'><b>Client-limited</b> {e(p.get('scenario'))} {e(p.get('point'))}: "
-                    f"{e(p.get('client_limited_why'))}. Fix: {e(p.get('client_fix'))}.</p>")  # fmt: skip
+        body.append(f"<p class='warn'><b>Client-limited</b> {e(p['scenario'])} {e(p['point'])}: "
+                    f"{e(p['client_limited_why'])}. Fix: {e(p['client_fix'])}.</p>")  # fmt: skip
     body.append(_cost_html(costs, data))
     for section, names in SECTIONS:
         present = [n for n in names if n in charts]

@@ -72,7 +72,12 @@ def _axis_values(fig: go.Figure) -> dict[str, list[float]]:
                 continue
             name = f"{letter}axis{ref[1:]}"
             for v in vals:
-                if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+                if (
+                    isinstance(v, numbers.Real)
+                    and not isinstance(v, bool)
+                    and math.isfinite(v)
+                    and float(v) > 0
+                ):
                     out.setdefault(name, []).append(float(v))  # numpy ints too (pandas columns)
     return out
 
@@ -288,7 +293,7 @@ def server_timeseries(data: RunData) -> go.Figure | None:
         for i, ((src, labels), g) in enumerate(s.groupby(["source", "labels"], sort=True)):
             extra = ",".join(
                 f"{k}={v}"
-                for k, v in A.labels_json(labels).items()
+                for k, v in A.labels_json(str(labels)).items()
                 if k in ("worker_type", "dp_rank", "engine")
             )
             fig.add_trace(go.Scatter(x=g["time"] - t0, y=g["value"] * scale, mode="lines",
@@ -340,7 +345,7 @@ def gpu_memory(data: RunData) -> go.Figure | None:
                             subplot_titles=["memory used (GiB)", "utilisation (%)"][:rows])  # fmt: skip
         for r, (s, scale) in enumerate(((used, 1 / 1024), (util, 1.0))[:rows], start=1):
             for i, ((src, labels), g) in enumerate(s.groupby(["source", "labels"], sort=True)):
-                lab = A.labels_json(labels)
+                lab = A.labels_json(str(labels))
                 fig.add_trace(go.Scatter(x=g["time"] - t0, y=g["value"] * scale, mode="lines", showlegend=r == 1,
                                          name=f"{src} GPU {lab.get('gpu', '?')}", legendgroup=f"{src}{labels}",
                                          line={"color": COLORS[i % len(COLORS)]}), row=r, col=1)  # fmt: skip

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class RunData:
     @property
     def source(self) -> str:
         """How this run's load numbers were obtained: measured-twin or measured-gpu."""
-        srcs = {p.get("source") for p in self.points if p.get("source")}
+        srcs: set[str] = {p["source"] for p in self.points if p.get("source")}
         if len(srcs) == 1:
             return srcs.pop()
         return "measured-twin" if self.on_twin else "measured-gpu"
@@ -158,7 +159,7 @@ def _summarize(rd: Path, exp: Experiment | None, requests: pd.DataFrame) -> dict
     return {"schema_version": 1, "run_id": rd.name, "points": points, "saturation": sat}
 
 
-def _plain(r: dict[str, Any]) -> dict[str, Any]:
+def _plain(r: Mapping[Hashable, Any]) -> dict[str, Any]:
     """A record as the JSON schema has it: NaN -> None, arrays -> lists (parquet reads give pandas/numpy types)."""
     out = {}
     for k, v in r.items():
@@ -166,5 +167,5 @@ def _plain(r: dict[str, Any]) -> dict[str, Any]:
             v = v.tolist()
         elif isinstance(v, float) and v != v:
             v = None
-        out[k] = v
+        out[str(k)] = v  # column names: str already
     return out
