@@ -81,7 +81,7 @@ def profile_slug(gpu_key: str | None, device_name: str, gpus: int, date: str) ->
 
 def _under_load(records: list[dict[str, Any]]) -> dict[str, Any]:
     """SM clock, power draw and throttle reasons of every GPU read while GPU 0 ran GEMMs (as found)."""
-    rows = next((r["smi"] for r in records if r.get("kind") == "smi_under_load"), [])
+    rows: list[dict[str, Any]] = next((r["smi"] for r in records if r.get("kind") == "smi_under_load"), [])
     if not rows:
         return {}
     return {
@@ -655,9 +655,11 @@ def measure_kv_read(
         sets = rotation_sets(per_set, l2)
         kvs = [torch.randn(seqs, ctx, LATENT, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
         qs = [torch.randn(seqs, KV_HEADS, LATENT, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
-        t = bench.time(
-            lambda i, kvs=kvs, qs=qs: torch.bmm(qs[i % len(qs)], kvs[i % len(kvs)].transpose(1, 2))
-        )
+
+        def bmm(i: int, kvs: list[Any] = kvs, qs: list[Any] = qs) -> Any:
+            return torch.bmm(qs[i % len(qs)], kvs[i % len(kvs)].transpose(1, 2))
+
+        t = bench.time(bmm)
         tb_s = kv_bytes / t["seconds"] / 1e12
         rec.add(
             {
@@ -687,7 +689,11 @@ def measure_gpu_checks(
             a = [torch.randn(size, size, device=dev, dtype=torch.bfloat16) for _ in range(2)]
             b = [torch.randn(size, size, device=dev, dtype=torch.bfloat16) for _ in range(2)]
             sub = Bench(torch, dev, bench.samples, bench.dry)
-            t = sub.time(lambda i, a=a, b=b: torch.mm(a[i % 2], b[i % 2]), target_s=5e-3)
+
+            def mm(i: int, a: list[Any] = a, b: list[Any] = b) -> Any:
+                return torch.mm(a[i % 2], b[i % 2])
+
+            t = sub.time(mm, target_s=5e-3)
             tflops = 2 * size**3 / t["seconds"] / 1e12
             ceiling = sheet["bf16_tflops"] if sheet else None
             rec.add(
@@ -808,7 +814,14 @@ def _allreduce_worker(
             if cuda:
                 t = _time_collective_queued(torch, dist, dev, x, pristine, allreduce_inner(nbytes), samples)
             else:
-                t = bench.time(lambda i, x=x: dist.all_reduce(x), reset=lambda x=x, p=pristine: x.copy_(p))
+
+                def all_reduce(i: int, x: Any = x) -> Any:
+                    return dist.all_reduce(x)
+
+                def restore(x: Any = x, p: Any = pristine) -> Any:
+                    return x.copy_(p)
+
+                t = bench.time(all_reduce, reset=restore)
             results.append(
                 {
                     "bytes": nbytes,

@@ -24,7 +24,9 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import triton
@@ -337,7 +339,7 @@ class Experts:
                              st.stride(1), TOP_K=top_k, MUL_W=mul_w, BM=bm, BN=bn, BK=128, num_warps=nw,
                              num_stages=ns)  # fmt: skip
 
-    def kernels(self, st: dict, x_key: str, ids_key: str, w_key: str) -> list[tuple[str, object]]:
+    def kernels(self, st: dict, x_key: str, ids_key: str, w_key: str) -> list[tuple[str, Callable[[], Any]]]:
         """The routed experts as named kernel groups over state `st` (x, ids [tokens, top_k], weights)."""
 
         def align() -> None:
@@ -351,7 +353,8 @@ class Experts:
         def up() -> None:
             r = st[ids_key].numel()
             st["h1"] = torch.empty(r, 2 * self.inter, device=st[x_key].device, dtype=torch.bfloat16)
-            self.launch(*st["mq"], st[w_key].reshape(-1), st["al"], 2 * self.inter, H, self.w1, self.s1, st["h1"],
+            a, sa = st["mq"]
+            self.launch(a, sa, st[w_key].reshape(-1), st["al"], 2 * self.inter, H, self.w1, self.s1, st["h1"],
                         st[ids_key].shape[1], False, st["bm"])  # fmt: skip
 
         def act() -> None:
@@ -360,7 +363,8 @@ class Experts:
         def down() -> None:
             r = st[ids_key].numel()
             st["h2"] = torch.empty(r, H, device=st[x_key].device, dtype=torch.bfloat16)
-            self.launch(*st["h1q"], st[w_key].reshape(-1), st["al"], H, self.inter, self.w2, self.s2, st["h2"], 1,
+            a, sa = st["h1q"]
+            self.launch(a, sa, st[w_key].reshape(-1), st["al"], H, self.inter, self.w2, self.s2, st["h2"], 1,
                         True, st["bm"])  # fmt: skip
 
         def combine() -> None:
@@ -442,11 +446,11 @@ class Layer:
         self.cs = torch.randn(max(ctx, max_tokens) + 8, ROPE, device=dev)
 
     def steps(self, x: torch.Tensor, res: torch.Tensor, kv: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
-              decode: bool, ctx: int, ep_in: tuple | None) -> list[tuple[str, object]]:  # fmt: skip
+              decode: bool, ctx: int, ep_in: tuple | None) -> list[tuple[str, Callable[[], Any]]]:  # fmt: skip
         """The layer as named kernels groups (closures over one state dict)."""
         m = x.shape[0]
         st: dict = {}
-        out: list[tuple[str, object]] = []
+        out: list[tuple[str, Callable[[], Any]]] = []
 
         def add(name: str, fn) -> None:  # noqa: ANN001
             out.append((name, fn))
@@ -522,6 +526,7 @@ class Layer:
         else:
             # an EP8 rank's 32 experts get the rows its experts were picked for by all 8 ranks' tokens: on average
             # 8 m rows (8 ranks x m tokens x 8 experts / 8 ranks), each a distinct token-expert pair
+            assert ep_in is not None  # an EP8 layer is built with its experts' inputs
             st["x_ep"], st["ids_ep"], st["w_ep"] = ep_in
             out.extend(self.experts.kernels(st, "x_ep", "ids_ep", "w_ep"))
         add("shared expert quant", lambda: st.__setitem__("sq", quant(st["yn"])))
@@ -621,10 +626,10 @@ def run_layer(
                      torch.randint(0, E // 8, (8 * m, 1), device=dev), torch.rand(8 * m, 1, device=dev))  # fmt: skip
         all_steps.append(ly.steps(x, res, kv, pos, slots, decode, ctx if decode else m, ep_in))
     total = graph_time([f for st in all_steps for _, f in st]) / copies
-    rec = {"kind": "layer", "config": cfg, "mode": "decode" if decode else "prefill", "m": m,
+    rec: dict[str, Any] = {"kind": "layer", "config": cfg, "mode": "decode" if decode else "prefill", "m": m,
            "ctx": ctx if decode else m, "seconds": total, "copies": copies}  # fmt: skip
     if breakdown:
-        parts = {}
+        parts: dict[str, float] = {}
         names = [n for n, _ in all_steps[0]]
         for i, n in enumerate(names):
             # a kernel group needs its inputs: run every earlier group eagerly once first (state is kept)
@@ -668,7 +673,7 @@ def tuned_small_m(dev: torch.device, log) -> None:  # noqa: ANN001
         for m in (1, 4, 16, 64, 256):
             ins = [quant(torch.randn(m, k, device=dev, dtype=torch.bfloat16)) for _ in range(sets)]
             outs = [torch.empty(m, n, device=dev, dtype=torch.float32) for _ in range(sets)]
-            best = None
+            best: tuple[float, int, int] | None = None
             for bn in (32, 64, 128):
                 for split in (1, 2, 4, 8, 16):
                     if split > k // 128:
@@ -678,6 +683,7 @@ def tuned_small_m(dev: torch.device, log) -> None:  # noqa: ANN001
                     t = graph_time(fns, replays=10) / sets
                     if best is None or t < best[0]:
                         best = (t, bn, split)
+            assert best is not None  # split 1 always runs
             t, bn, split = best
             ref = lins[0].ref(*ins[0])
             gemm_splitk(lins[0], *ins[0], outs[0], bn, split)
@@ -698,7 +704,7 @@ def tuned_small_m(dev: torch.device, log) -> None:  # noqa: ANN001
                 ids = [torch.randint(0, n_exp, (rows, 1), device=dev) for _ in range(sets)]
                 xs = [torch.randn(rows, H, device=dev, dtype=torch.bfloat16) for _ in range(sets)]
             ws = [torch.rand(i.shape, device=dev) for i in ids]
-            best = None
+            fastest: tuple[float, float, int] | None = None
             for bn in (32, 64, 128):
                 for ex in exs:
                     ex.bn_override = bn
@@ -711,13 +717,14 @@ def tuned_small_m(dev: torch.device, log) -> None:  # noqa: ANN001
                 for ks in kern:
                     ks[3][1]()
                 t_dn = graph_time([ks[4][1] for ks in kern], replays=10) / sets
-                if best is None or t_up + t_dn < best[0] + best[1]:
-                    best = (t_up, t_dn, bn)
+                if fastest is None or t_up + t_dn < fastest[0] + fastest[1]:
+                    fastest = (t_up, t_dn, bn)
+            assert fastest is not None  # three block sizes ran
             touched = float(sum(int(torch.unique(i).numel()) for i in ids)) / sets
             wbytes = touched * 3 * inter * H
             log({"kind": "moe_tuned", "shape": label, "m": m, "rows": ids[0].numel(), "experts_touched": touched,
-                 "gate_up_s": best[0], "down_s": best[1], "bn": best[2],
-                 "weight_tb_s": wbytes / (best[0] + best[1]) / 1e12})  # fmt: skip
+                 "gate_up_s": fastest[0], "down_s": fastest[1], "bn": fastest[2],
+                 "weight_tb_s": wbytes / (fastest[0] + fastest[1]) / 1e12})  # fmt: skip
         del exs
         torch.cuda.empty_cache()
 

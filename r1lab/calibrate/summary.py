@@ -68,12 +68,12 @@ def headline(records: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [r for r in _ok(records, "allreduce") if r["world"] == world]
         q = [r for r in rows if r["method"] == "queued"]
         e = [r for r in rows if r["method"] == "eager"]
-        big = max(q, key=lambda r: r["bytes"]) if q else None
+        largest = max(q, key=lambda r: r["bytes"]) if q else None
         ar[str(world)] = {
             "floor_us_queued": min(r["seconds"] for r in q) * 1e6 if q else None,
             "floor_us_eager": min(r["seconds"] for r in e) * 1e6 if e else None,
-            "largest_bytes": big["bytes"] if big else None,
-            "bus_gb_s_largest": big["bus_gb_s"] if big else None,
+            "largest_bytes": largest["bytes"] if largest else None,
+            "bus_gb_s_largest": largest["bus_gb_s"] if largest else None,
             "r1_hidden_us": {
                 str(r["bytes"] // (7168 * 2)): round(r["seconds"] * 1e6, 1)
                 for r in q
@@ -98,7 +98,7 @@ def vs_reference(records: list[dict[str, Any]], reference: list[dict[str, Any]])
         band = "m<=64" if r["m"] <= 64 else ("m>=4096" if r["m"] >= 4096 else "64<m<4096")
         ratios.setdefault(f"{r['dtype']} {band}", []).append(ref_g[key]["seconds"] / r["seconds"])
     ref_ar = {(r["world"], r["bytes"]): r for r in reference if r.get("kind") == "allreduce"}
-    ar = {}
+    ar: dict[str, list[tuple[int, float]]] = {}
     for r in _ok(records, "allreduce"):
         ref = ref_ar.get((r["world"], r["bytes"]))
         if ref:
