@@ -192,7 +192,7 @@ def steady_state(
                 t += k * d
                 s += k
                 continue
-            room = budget - n_dec * q
+            room: float = budget - n_dec * q
             chunks: list[float] = []
             for x in prefilling:
                 if room <= 0:
