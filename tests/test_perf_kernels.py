@@ -97,3 +97,14 @@ def test_sglang_runs_the_shared_expert_inside_the_fused_moe():
     ep = StepModel(Deployment("H200", Parallelism(8, ep=True), "sglang"))
     ep_v = StepModel(Deployment("H200", Parallelism(8, ep=True), "vllm"))
     assert ep.breakdown(8, 8 * 2000)["small_kernels"] == ep_v.breakdown(8, 8 * 2000)["small_kernels"]
+
+
+def test_long_prompt_attention_rate_is_the_measured_one():
+    """Past the layer forward's 8192 tokens the attention rate comes from prefill_attention_bench's records (same
+    kernel): the factor falls as the work grows instead of staying at the 8192 value."""
+    t = KernelTable.for_gpu("H200")
+    assert t.prefill_attention and all(m > 8192 for _, m, _ in t.prefill_attention)
+    sm = StepModel(Deployment("H200", Parallelism(8)))
+    f8k = sm._prefill_factor("attention", 16 * 8192 * 8193 / 2)
+    f32k = sm._prefill_factor("attention", 16 * 32768 * 32769 / 2)
+    assert 1.0 <= f32k < f8k

@@ -31,6 +31,8 @@ from typing import Any
 from r1lab.perf import hardware
 
 MEASURED = {"H200": "h200-kernels-2026-12-01.json"}
+# the layer forward's prefill attention at longer prompts (r1lab/calibrate/prefill_attention_bench.py)
+MEASURED_ATTENTION = {"H200": "h200-attention-prefill-2026-12-02.json"}
 # parts of layer_bench's prefill forward that run the same algorithm as the engines' kernels (block-FP8 GEMMs; causal
 # attention through PyTorch SDPA, a FlashAttention-2-class kernel): their measured time stands for the engines'.
 # Left out: grouped top-k, sort/align, top-k sum and the per-group quantisation, which this script runs as unfused or
@@ -86,6 +88,8 @@ class KernelTable:
     # the absorbed-MLA decode kernel (split-KV over the SMs + log-sum-exp combine, two launches) at batch 1: its
     # latency, whatever the heads (16 or 128 per GPU measured alike), the least a decode step's attention takes
     mla_decode_floor_s: float | None = None
+    # causal prefill attention measured alone: (heads, m, seconds), at sizes the layer forwards did not reach
+    prefill_attention: tuple[tuple[int, int, float], ...] = ()
 
     @staticmethod
     @functools.lru_cache(maxsize=8)
@@ -140,6 +144,15 @@ class KernelTable:
             if r["kind"] == "layer" and r["mode"] == "prefill" and "parts" in r:
                 groups = {g: sum(r["parts"][k] for k in ks) / flops_scale for g, ks in PREFILL_GROUPS.items()}
                 prefill.setdefault(r["config"], []).append((r["m"], groups))
+        attention: list[tuple[int, int, float]] = []
+        extra = MEASURED_ATTENTION.get(src_short)
+        if extra and resources.files("r1lab").joinpath("data", "kernels", extra).is_file():
+            layer_sizes = {(16, m) for m, _ in prefill.get("tp8", [])} | {
+                (128, m) for m, _ in prefill.get("dp8ep8", [])
+            }
+            for r in _load(extra)["records"]:
+                if r["kind"] == "attention_prefill" and (r["heads"], r["m"]) not in layer_sizes:
+                    attention.append((r["heads"], r["m"], r["seconds"] / flops_scale))
         mla = [
             r["parts"]["MLA decode attention (split-KV + combine)"]
             for r in data["records"]
@@ -155,6 +168,7 @@ class KernelTable:
             tuple(moe),
             {cfg: tuple(sorted(v, key=lambda x: x[0])) for cfg, v in prefill.items()},
             min(mla) if mla else None,
+            tuple(sorted(attention)),
         )
 
     def gemm_s(self, m: float, k: float, n: float) -> float | None:

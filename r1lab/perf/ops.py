@@ -277,6 +277,10 @@ class StepModel:
                 out["attention"].append((heads * pairs, max(1.0, groups["attention"] / attn)))
                 if cfg == gemm_cfg:
                     out["gemm"].append((m, max(1.0, groups["gemm"] / ref._dense_gemms_s(m))))
+            for h, m, seconds in self.kt.prefill_attention:  # longer prompts, attention measured alone
+                if h == heads:
+                    pairs = m * (m + 1) / 2
+                    out["attention"].append((h * pairs, max(1.0, seconds / ref._attn_core(0, 0, m, pairs))))
         return {g: tuple(sorted(v)) for g, v in out.items() if v}
 
     def _prefill_factor(self, group: str, m: float) -> float:
