@@ -53,6 +53,9 @@ def test_prefill_takes_the_measured_gemm_and_attention_rates():
     rec = dict(t.prefill["tp8"])[m]
     assert measured._prefill_factor("gemm", m) == pytest.approx(rec["gemm"] / roofline._dense_gemms_s(m))
     assert all(f >= 1.0 for pts in measured._prefill_factors.values() for _, f in pts)
+    # below the measured prefill sizes: 1 where the tuned decode-size kernels decide, bridged up to 1024 rows
+    assert measured._prefill_factor("gemm", 128) == 1.0
+    assert 1.0 < measured._prefill_factor("gemm", 512) < measured._prefill_factor("gemm", 1024)
     pre = measured.breakdown(0, 0, m, m * (m + 1) / 2)
     ref = roofline.breakdown(0, 0, m, m * (m + 1) / 2)
     assert pre["attention_gemm"] > ref["attention_gemm"] and pre["attention_core"] > ref["attention_core"]

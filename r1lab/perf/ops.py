@@ -31,6 +31,7 @@ from r1lab.perf.kernels import KernelTable
 from r1lab.perf.profile import Efficiency, load_profile
 from r1lab.perf.serving import measured as measured_serving_path
 
+DECODE_TUNED_MAX_M = 256  # largest m of the tuned split-K GEMMs measured on the GPU (perf/kernels.py)
 KERNEL_MIN_US = 2.5  # shortest kernel inside a CUDA graph (launch gaps + tail), documented, not fitted
 
 # The kernels of one step that are neither GEMMs, attention nor collectives (which the model times itself), as
@@ -285,10 +286,17 @@ class StepModel:
 
     def _prefill_factor(self, group: str, m: float) -> float:
         """Measured/modelled factor of `group` at size m (rows, or query-key pairs for attention; log-linear
-        between measured sizes, the end values beyond them); 1 without measurements."""
+        between measured sizes, the end values beyond them); 1 without measurements. GEMMs below the smallest
+        measured prefill: log-linear from 1 at DECODE_TUNED_MAX_M rows (up to there the model takes the tuned
+        kernels measured at those sizes) to the first measured factor."""
         pts = self._prefill_factors.get(group)
         if not pts or m <= 0:
             return 1.0
+        if group == "gemm" and m < pts[0][0]:
+            if m <= DECODE_TUNED_MAX_M:
+                return 1.0
+            w = math.log(m / DECODE_TUNED_MAX_M) / math.log(pts[0][0] / DECODE_TUNED_MAX_M)
+            return 1.0 + (pts[0][1] - 1.0) * w
         if m <= pts[0][0]:
             return pts[0][1]
         if m >= pts[-1][0]:
