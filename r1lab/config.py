@@ -291,7 +291,7 @@ class Distribution(Strict):
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
             raise _Rule(missing[0], f"a {self.kind} distribution needs {', '.join(need)}")
-        if self.kind == "uniform" and self.min > self.max:  # type: ignore[operator]
+        if self.kind == "uniform" and self.min is not None and self.max is not None and self.min > self.max:
             raise _Rule("min", f"min {self.min} is above max {self.max}")
         return self
 

@@ -516,7 +516,8 @@ def running(
     pre = _realtime if realtime and realtime_allowed() else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=pre)
     try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert proc.stdout is not None  # stdout=PIPE
+        line = proc.stdout.readline()
         if not line.startswith("LISTENING"):
             raise RuntimeError(f"ground-truth server did not start (exit {proc.poll()}): {line!r}")
         yield f"http://127.0.0.1:{int(line.split()[1])}"

@@ -66,7 +66,8 @@ def auto_workers(
     cap = max_workers or os.cpu_count() or 1
     need = math.ceil((shape.concurrency or 0) * chunks_per_stream_s / WORKER_CHUNKS_S)
     if shape.kind == "poisson":
-        need = max(need, math.ceil(shape.rate / RATE_PER_WORKER))  # type: ignore[operator]
+        assert shape.rate is not None  # Shape requires a rate for poisson
+        need = max(need, math.ceil(shape.rate / RATE_PER_WORKER))
     return max(1, min(cap, need))
 
 

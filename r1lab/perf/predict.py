@@ -329,7 +329,7 @@ def predict(
     ctx = isl + osl / 2
     parts = sm.breakdown(b, b * ctx)
     total = sum(parts.values())
-    top = max(parts, key=parts.get)  # type: ignore[arg-type]
+    top = max(parts, key=lambda k: parts[k])
     bottleneck: dict[str, Any] = {
         "component": top,
         "ms_per_step": parts[top] * 1e3,

@@ -500,7 +500,9 @@ class Launcher:
         return endpoint
 
     def _url(self, r: Running) -> str:
-        port = r.command.ready.port  # type: ignore[union-attr]
+        ready = r.command.ready
+        assert ready is not None  # only commands with a readiness check are waited on by URL
+        port = ready.port
         host = "127.0.0.1" if r.command.name != "etcd" else _etcd_host(r.command)
         if isinstance(r.executor, LocalExecutor):
             return f"http://{host}:{port}"
