@@ -269,7 +269,7 @@ class FakeHub:
         handler = _make_handler(self)
         for role, host, port in (("api", self.host, self.port), ("cdn", self.cdn_host, 0)):
             srv = _Server((host, port), handler)
-            srv.role = role  # type: ignore[attr-defined]
+            srv.role = role
             self._servers.append(srv)
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
             t.start()
@@ -333,6 +333,7 @@ def _url_host(host: str) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    role: str  # "api" or "cdn", set by FakeHub.start
 
     def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         if ":" in addr[0]:
@@ -349,6 +350,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        server: _Server
         protocol_version = "HTTP/1.1"
         server_version = "FakeHub/1"
 
@@ -414,7 +416,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            if self.server.role == "api" and parts.path == "/_fake/faults":  # type: ignore[attr-defined]
+            if self.server.role == "api" and parts.path == "/_fake/faults":
                 spec = json.loads(body or b"{}")
                 hub.add_fault(spec["path"], int(spec["after_bytes"]), int(spec.get("times", 1)))
                 self._json(200, {"ok": True})
@@ -425,7 +427,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             try:
                 parts = urlsplit(self.path)
                 path, query = unquote(parts.path), parse_qs(parts.query)
-                if self.server.role == "cdn":  # type: ignore[attr-defined]
+                if self.server.role == "cdn":
                     return self._cdn(path, query)
                 if path == "/_fake/stats":
                     return self._json(200, {"requests": list(hub.log)})
