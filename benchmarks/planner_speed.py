@@ -166,6 +166,17 @@ def main(argv: list[str] | None = None) -> int:
                     worst[key] = (d, f"{name}: {where}")
         for key, (d, where) in sorted(worst.items()):
             print(f"  {key:14s} {d * 100:7.2f}%  at {where}")
+        try:
+            from r1lab.perf import steady  # noqa: PLC0415  (a planner without the analytic path has none)
+        except ImportError:
+            steady = None
+        if steady is not None:
+            stated = {"output_tok_s": steady.THROUGHPUT_TOLERANCE, "tpot_ms.mean": steady.TPOT_TOLERANCE,
+                      "ttft_ms.mean": steady.TTFT_TOLERANCE, "ttft_ms.p99": steady.TTFT_TOLERANCE}  # fmt: skip
+            print("stated tolerances (r1lab.perf.steady) on these points:")
+            for key, tol in stated.items():
+                d = worst.get(key, (0.0, ""))[0]
+                print(f"  {key:14s} <= {tol * 100:.0f}%: {'met' if d <= tol else 'NOT met'} ({d * 100:.2f}%)")
     target = 500.0
     fastest = max(pts[m] / best[m] for m in methods)
     print(f"\ntarget >= {target:.0f} configuration-points/s: {'met' if fastest >= target else 'NOT met'}")
