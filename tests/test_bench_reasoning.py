@@ -128,3 +128,13 @@ def test_reasoning_phase_end_to_end(tmp_path):
     s = summarize_point(recs)
     # the answer starts n/2 tokens after the first one
     assert s["ttfo_ms"]["p50"] - s["ttft_token_ms"]["p50"] == pytest.approx(n // 2 * itl * 1e3, abs=5)
+
+
+def test_a_conversation_carries_the_answer_without_the_inline_reasoning():
+    from r1lab.bench.sse import answer_text
+
+    texts = ["<think>", "hmm", "</think>", " four", "."]
+    body = b"".join(chunk(ev({"choices": [{"index": 0, "text": t}]})) for t in texts) + chunk(DONE) + END
+    assert answer_text([(0.0, HEAD), (0.1, body)]) == " four."
+    plain = chunk(ev({"choices": [{"index": 0, "text": "four"}]})) + chunk(DONE) + END
+    assert answer_text([(0.0, HEAD), (0.1, plain)]) == "four"

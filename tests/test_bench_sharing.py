@@ -216,22 +216,28 @@ def test_prefix_cache_hit_rate_from_engine_counters():
     other = pd.DataFrame([(100.0, "w0", "vllm:num_requests_running", "{}", 1.0)], columns=m.columns)
     assert prefix_cache_of(other, recs)["hit_rate"] is None
     note = prefix_cache_of(other, recs)["note"]
-    assert "vllm:prefix_cache_*" in note and "dynamo_frontend_cached_tokens" in note, note
+    assert "vllm:prefix_cache_*" in note and "router_kv_selected_cached_prefix_tokens" in note, note
     assert pc["source"].startswith("engine counters")
 
 
 def test_prefix_cache_hit_rate_from_dynamos_kv_router_when_engines_export_none():
     """Dynamo's mocker exports no vllm:prefix_cache_* counter: the frontend's KV router says how many input tokens
-    of the routed requests it found cached on the chosen worker (labelled as the router's, not the engine's)."""
+    of the requests it routed it found cached on the chosen worker (labelled as the router's, not the engine's).
+    Under P/D only the prefill phase counts: the decode phase routes the same tokens again and caches none
+    (as measured on the twin's P/D mocker: prefill 2,048 of 4,352 tokens, decode 0 of 4,352)."""
     recs = [{"t_send": 100.0, "t_end": 110.0}]
     rows = []
-    for t, cached, inp in ((99.0, 0, 0), (104.0, 2048, 4608), (109.0, 3584, 4608), (120.0, 9999, 9999)):
-        rows += [(t, "head/dynamo-frontend", "dynamo_frontend_cached_tokens_sum", '{"model":"r1"}', float(cached)),
-                 (t, "head/dynamo-frontend", "dynamo_frontend_input_sequence_tokens_sum", '{"model":"r1"}',
-                  float(inp))]  # fmt: skip
+    for phase, series in (("prefill", ((99.0, 0, 0), (104.0, 512, 2176), (109.0, 2048, 4352), (120.0, 9e3, 9e3))),
+                          ("decode", ((99.0, 0, 0), (109.0, 0, 4352)))):  # fmt: skip
+        lab = json.dumps({"model": "r1", "phase": phase, "worker_id": "w"}, sort_keys=True)
+        for t, cached, inp in series:
+            rows += [(t, "head/dynamo-frontend", "dynamo_component_router_kv_selected_cached_prefix_tokens_total",
+                      lab, float(cached)),
+                     (t, "head/dynamo-frontend", "dynamo_component_router_input_sequence_tokens_sum", lab,
+                      float(inp))]  # fmt: skip
     m = pd.DataFrame(rows, columns=["time", "source", "metric", "labels", "value"])
     pc = prefix_cache_of(m, recs)
-    assert (pc["hits"], pc["queries"]) == (3584, 4608) and "KV router" in pc["source"], pc
+    assert (pc["hits"], pc["queries"]) == (2048, 4352) and "KV router" in pc["source"], pc
     # an engine's own counters win where both are scraped
     eng = pd.DataFrame([(99.0, "w", "vllm:prefix_cache_hits_total", "{}", 0.0),
                         (109.0, "w", "vllm:prefix_cache_hits_total", "{}", 10.0),

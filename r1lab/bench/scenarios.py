@@ -290,21 +290,24 @@ def summarize_run(
 
 
 PREFIX_HITS, PREFIX_QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
-# Dynamo's frontend: tokens of each routed request the KV router found cached on the worker it chose (from the
-# workers' KV events), and all input tokens: the hit rate where the engines export no prefix-cache counter
-ROUTER_HITS, ROUTER_QUERIES = "dynamo_frontend_cached_tokens_sum", "dynamo_frontend_input_sequence_tokens_sum"
+# Dynamo's KV router (in the frontend), per routing phase: input tokens of the routed requests it found cached on the
+# worker it chose (from the workers' KV events), and all their input tokens. Under P/D the prefill phase is where
+# the cache is; the decode phase routes the same tokens again and caches nothing, so it is left out.
+ROUTER_HITS = "dynamo_component_router_kv_selected_cached_prefix_tokens_total"
+ROUTER_QUERIES = "dynamo_component_router_input_sequence_tokens_sum"
 PREFIX_SOURCES = (
     (PREFIX_HITS, PREFIX_QUERIES, "engine counters vllm:prefix_cache_hits/queries"),
-    (ROUTER_HITS, ROUTER_QUERIES, "Dynamo KV router (frontend dynamo_frontend_cached_tokens / "
-     "input_sequence_tokens, from the workers' KV events)"),
+    (ROUTER_HITS, ROUTER_QUERIES, "Dynamo KV router (frontend router_kv_selected_cached_prefix_tokens / "
+     "router_input_sequence_tokens, prefill or aggregated phase, from the workers' KV events)"),
 )  # fmt: skip
 
 
 def prefix_cache_of(metrics: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The prefix-cache hit rate over one point's time span, from scraped counters, labelled with its source:
     the engines' own (vLLM's and the Dynamo workers' `vllm:prefix_cache_hits` / `vllm:prefix_cache_queries`, in
-    tokens, summed over sources) when exported, else Dynamo's KV router in the frontend (cached tokens of the
-    routed requests / their input tokens; Dynamo's mocker exports no engine counter). Increase between the last
+    tokens, summed over sources) when exported, else Dynamo's KV router in the frontend (cached input tokens of the
+    requests it routed / their input tokens, prefill or aggregated phase; Dynamo's mocker exports no engine
+    counter). Increase between the last
     sample at or before the point's first send and the last sample at or before its last end. None, with the
     reason, when no such counter was scraped."""
     sends = [r["t_send"] for r in records if r.get("t_send") is not None]
@@ -320,6 +323,7 @@ def prefix_cache_of(metrics: Any, records: list[dict[str, Any]]) -> dict[str, An
     lo, hi = min(sends), max(ends)
     for hits, queries, source in PREFIX_SOURCES:
         m = metrics[metrics["metric"].isin([hits, queries])]
+        m = m[~m["labels"].astype(str).str.contains('"phase": "decode"', regex=False)]
         if not len(m[m["metric"] == queries]):
             continue
         inc: dict[str, float] = {hits: 0.0, queries: 0.0}
@@ -334,7 +338,7 @@ def prefix_cache_of(metrics: Any, records: list[dict[str, Any]]) -> dict[str, An
                     "too sparse?)"}  # fmt: skip
         return {"hit_rate": h / q, "hits": h, "queries": q, "source": source, "note": None}
     return {**none, "note": "neither the engines (vllm:prefix_cache_*) nor a Dynamo KV router "
-            "(dynamo_frontend_cached_tokens) exported prefix-cache counters: hit rate not measured"}  # fmt: skip
+            "(router_kv_selected_cached_prefix_tokens) exported prefix-cache counters: hit rate not measured"}  # fmt: skip
 
 
 def client_stats(run_dir: str | Path) -> dict[tuple[str, str], dict[str, Any]]:

@@ -549,7 +549,8 @@ def parse_response(reads: list[tuple[float, bytes]]) -> Stream:
 
 def answer_text(reads: list[tuple[float, bytes]]) -> str:
     """The answer text a streamed response carried (completions `text`, chat `delta.content`; reasoning left
-    out, as a chat client keeps only the answer in the history): what a multi-turn conversation appends."""
+    out, in its own field or inline up to `</think>`, as a chat client keeps only the answer in the history): what
+    a multi-turn conversation appends."""
     body = dechunk(reads)
     parts: list[str] = []
     for _, _, data in iter_events(body.data):
@@ -569,4 +570,6 @@ def answer_text(reads: list[tuple[float, bytes]]) -> str:
         delta = c0.get("delta") or {}
         if isinstance(delta, dict) and isinstance(delta.get("content"), str):
             parts.append(delta["content"])
-    return "".join(parts)
+    text = "".join(parts)
+    # reasoning streamed inline (no server parser): the answer is what follows </think>, as R1's template keeps
+    return text.split(THINK_END, 1)[1] if THINK_END in text else text

@@ -41,9 +41,9 @@ _FAMILIES = "|".join(
         "|prefix_cache_hits_total)",
         "dynamo_frontend_(inflight_requests|queued_requests|requests_total|input_sequence_tokens_sum"
         "|output_sequence_tokens_sum|worker_active_decode_blocks|worker_active_prefill_tokens"
-        "|model_total_kv_blocks|cached_tokens_sum)",
+        "|model_total_kv_blocks)",
         "dynamo_component_(kvstats_(total_blocks|gpu_cache_usage_percent|kv_cache_hit_rate)|requests_total"
-        "|inflight_requests)",
+        "|inflight_requests|router_kv_selected_cached_prefix_tokens_total|router_input_sequence_tokens_sum)",
         "DCGM_FI_DEV_(FB_USED|FB_FREE|GPU_UTIL|POWER_USAGE|GPU_TEMP|MEM_COPY_UTIL)",
         "node_memory_(MemAvailable|MemTotal)_bytes",
         "node_load1",

@@ -495,6 +495,14 @@ def _fmt(v: Any, digits: int = 1) -> Any:
     return v
 
 
+def _prefix_hit(pc: dict) -> str | None:
+    """The point's prefix-cache hit rate and whose counters gave it (the engines' or Dynamo's KV router)."""
+    if pc.get("hit_rate") is None:
+        return None
+    who = "router" if "router" in (pc.get("source") or "") else "engine"
+    return f"{pc['hit_rate']:.0%} ({who})"
+
+
 def summary_frame(data: RunData) -> pd.DataFrame:
     """The per-point summary as a display table (ms, tok/s, $)."""
     rows = []
@@ -510,8 +518,12 @@ def summary_frame(data: RunData) -> pd.DataFrame:
             "tok/s/user": _fmt(p.get("tok_s_per_user")), "$/M out": _fmt(p.get("usd_per_mtok_out"), 2),
             "$/M in": _fmt(p.get("usd_per_mtok_in"), 2), "source": p.get("source"),
             "client": "LIMITED" if p.get("client_limited") else "ok",
+            "TTFO p50": _fmt((p.get("ttfo_ms") or {}).get("p50")) if p.get("reasoning_requests") else None,
+            "loop": p.get("loop"), "prefix hit": _prefix_hit(p.get("prefix_cache") or {}),
         })  # fmt: skip
     df = pd.DataFrame(rows)
-    if not df.empty and df["rate"].isna().all():
-        df = df.drop(columns=["rate"])
+    if (
+        not df.empty
+    ):  # columns no point fills (no rate, no reasoning phase, no prefix-cache counter) are left out
+        df = df.drop(columns=[c for c in ("rate", "TTFO p50", "prefix hit") if df[c].isna().all()])
     return df
