@@ -89,7 +89,7 @@ def reserve_subnet(inst: str) -> ipaddress.IPv4Network:
     used = _used_networks()
     rng = random.Random()
     for _ in range(200):
-        net = ipaddress.ip_network(f"10.{rng.choice(_SECOND_OCTETS)}.{rng.randrange(256)}.0/24")
+        net = ipaddress.IPv4Network(f"10.{rng.choice(_SECOND_OCTETS)}.{rng.randrange(256)}.0/24")
         if any(net.overlaps(u) for u in used if u.prefixlen > 0):
             continue
         path = RESERVATIONS / f"{net.network_address}"
@@ -101,7 +101,7 @@ def reserve_subnet(inst: str) -> ipaddress.IPv4Network:
             continue
         with os.fdopen(fd, "w") as f:
             f.write(inst)
-        return net  # type: ignore[return-value]
+        return net
     raise TwinNetError("no free 10.x.y.0/24 for the twin after 200 tries: run `r1lab twin status --all`")
 
 
@@ -273,8 +273,9 @@ def destroy_instance(inst: str, subnet: str | None) -> None:
                     subnet = f"{path.name}/24"
             except OSError:
                 continue
-    net = ipaddress.ip_network(subnet) if subnet else ipaddress.ip_network("0.0.0.0/32")
-    TwinNet(inst, net).destroy()  # type: ignore[arg-type]
+    # the twin's subnets are IPv4 (reserve_subnet)
+    net = ipaddress.IPv4Network(subnet) if subnet else ipaddress.IPv4Network("0.0.0.0/32")
+    TwinNet(inst, net).destroy()
 
 
 def pod_indices(inst: str) -> list[int]:
