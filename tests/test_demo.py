@@ -90,6 +90,14 @@ def test_demo_runs_every_notebook_and_leaves_nothing(tmp_path: Path) -> None:
     assert (run_dir / "report.html").stat().st_size > 10_000
     # the ten-line summary names the report
     assert str(run_dir / "report.html") in proc.stdout
+    # the sweep extends itself until it finds its knee and names it (twin.yaml's until_knee)
+    sat = summary["saturation"]["sweep"]
+    assert sat["saturated"] and f"sweep: knee at concurrency {sat['knee_concurrency']}" in proc.stdout, sat
+    # R1's reasoning phase (the mocker's --reasoning) reaches the summary; the KV router's workloads ran
+    by = {p["scenario"]: p for p in summary["points"]}
+    c1 = next(p for p in summary["points"] if p["scenario"] == "sweep")
+    assert c1["reasoning_requests"] > 0 and c1["reasoning_tokens"]["mean"] > 0, c1
+    assert {"shared-prefix", "multi-turn"} <= set(by)
 
     # no secret anywhere in the run dir: planted ones, and the twin's own API key
     secrets = list(PLANTED.values())
