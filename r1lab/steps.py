@@ -159,8 +159,8 @@ def _setup_commands(ctx: RunContext, role: str, commands: list[str]) -> list[str
     if ctx.exp.provider.kind != "twin":
         return list(commands)
     if not _twin_bare():
-        print(f"[{role}] twin pods of kind 'host' share this machine's files (R1LAB_TWIN_PODS=bare gives them their "
-              "own): setup lines not run", flush=True)  # fmt: skip
+        print(f"[{role}] twin pods of kind 'host' (asked for with R1LAB_TWIN_PODS=host) share this machine's "
+              "files: setup lines not run (the default, bare pods, run them)", flush=True)  # fmt: skip
         return []
     from r1lab.cloud.twin import setuplines
 

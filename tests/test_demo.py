@@ -82,6 +82,19 @@ def test_demo_runs_every_notebook_and_leaves_nothing(tmp_path: Path) -> None:
         "06_report",
     ):
         assert {f"{nb}.ipynb", f"{nb}.html"} <= names, nb
+    # on the twin's default pods, as bare as RunPod's: each serving pod ran its setup lines (what needs a GPU
+    # substituted and resolved for the real pod, recorded), and the preflight found etcd where the head's setup
+    # installed it, in the pod's own root (not this machine's /usr/bin/etcd, which a bare pod cannot see)
+    for role in ("head", "worker"):
+        rec = json.loads((run_dir / "setup" / f"{role}.json").read_text())
+        assert rec["resolution_for_real_pod"]["ok"] and any(line["substituted"] for line in rec["lines"])
+    checks = {
+        (c["pod"], c["check"]): c
+        for c in json.loads((run_dir / "preflight-dynamo.json").read_text())["checks"]
+    }
+    assert checks[("head", "binary etcd")]["status"] == "ok"
+    assert "TWIN SUBSTITUTION" in (run_dir / "notebooks" / "02_single_node.ipynb").read_text()
+
     # results are files: the summary has load points, requests were recorded, the report exists
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["points"] and all(p["requests"] > 0 for p in summary["points"])

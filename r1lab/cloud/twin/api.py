@@ -151,7 +151,7 @@ class Twin:
         pods: str | None = None,
     ) -> Twin:
         """Start the twin's daemon (detached: it outlives this process) or return the one already running.
-        pods: "bare" (pods as bare as RunPod's) or "host" (default: `netns.pod_kind`)."""
+        pods: "bare" (default: pods as bare as RunPod's) or "host" (`netns.pod_kind`)."""
         twin = cls(Path(state_dir) if state_dir else default_state_dir())
         if twin.running():
             return twin

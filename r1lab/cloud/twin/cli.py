@@ -33,7 +33,7 @@ def cli_main(argv: list[str]) -> int:
         choices=["host", "bare"],
         default=None,
         help="bare: pods with their own root filesystem, as on RunPod; host: pods sharing this machine's files "
-        "(default: $R1LAB_TWIN_PODS, else host)",
+        "(default: $R1LAB_TWIN_PODS, else bare)",
     )
     st = sub.add_parser("status", help="what runs, and what is left on the machine")
     st.add_argument("--json", action="store_true")

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=POD_KINDS,
         default=None,
         help="bare: pods with their own root filesystem, as on RunPod; host: pods sharing this machine's files "
-        "(default: $R1LAB_TWIN_PODS, else host)",
+        "(default: $R1LAB_TWIN_PODS, else bare)",
     )
     args = ap.parse_args(argv)
     args.pods = pod_kind(args.pods)

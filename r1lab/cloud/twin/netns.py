@@ -6,13 +6,14 @@ volume (a shared directory under the twin's state dir) bound at the pod's mount 
 and an SSH session environment with the project's venv on PATH and the pod's declared GPUs (`RUNPOD_GPU_COUNT`,
 `R1LAB_GPU_TYPE`, as RunPod injects them). There is no nvidia-smi: GPUs are declared, never faked.
 
-Two kinds of pod, chosen by `pods=` (default: $R1LAB_TWIN_PODS, else "host"; `pod_kind`):
-- "bare": as on RunPod. The pod's own root filesystem (an overlay over the base image standing in for its
+Two kinds of pod, chosen by `pods=` (default: $R1LAB_TWIN_PODS, else "bare"; `pod_kind`):
+- "bare" (the default): as on RunPod. The pod's own root filesystem (an overlay over the base image standing in for its
   `image`, `baseimage`), RunPod's injected environment (PUBLIC_KEY, RUNPOD_*, PRIMARY_ADDR/NODE_RANK/... in
   Instant Clusters), its `args` run as the container's command (r1lab's start script: sshd, watchdog), apt and
   pip pointed at the twin's package sources (`sources`), the interface named as on RunPod (`ens1` in clusters);
-- "host": the older kind (`R1LAB_TWIN_PODS=host`, `Twin.up(pods="host")`): a private /tmp and home over the
-  host's root, with the project's venv on PATH and sshd run by the twin; setup lines are not run.
+- "host": the older kind, asked for explicitly (`R1LAB_TWIN_PODS=host`, `Twin.up(pods="host")`): a private /tmp
+  and home over the host's root, with the project's venv on PATH and sshd run by the twin; setup lines are not
+  run. For tests that drive the serving stack over SSH without a setup (they say why).
 
 Layout under the state dir: `hosts` (the twin's /etc/hosts: `<ip> <podId> <podId>.runpod.internal`),
 `volumes/<volumeId>/`, `pods/<podId>/{pod.json, home/, tmp/, sshd/, init.log}`.
@@ -47,8 +48,8 @@ POD_KINDS = ("bare", "host")
 
 
 def pod_kind(pods: str | None = None) -> str:
-    """The kind of twin pod: `pods` if given, else $R1LAB_TWIN_PODS, else "host"."""
-    kind = pods or os.environ.get("R1LAB_TWIN_PODS") or "host"
+    """The kind of twin pod: `pods` if given, else $R1LAB_TWIN_PODS, else "bare" (as bare as a RunPod pod)."""
+    kind = pods or os.environ.get("R1LAB_TWIN_PODS") or "bare"
     if kind not in POD_KINDS:
         raise ValueError(f"R1LAB_TWIN_PODS / pods must be 'bare' or 'host', got {kind!r}")
     return kind
