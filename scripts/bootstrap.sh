@@ -16,8 +16,8 @@ WANT_DV=0
 for a in "$@"; do case "$a" in --vllm) WANT_VLLM=1; WANT_DV=1 ;; --vllm-only) WANT_VLLM=1; VLLM_ONLY=1 ;; --dynamo-vllm) WANT_DV=1 ;; *) echo "bootstrap: unknown option $a" >&2; exit 2 ;; esac; done
 
 PY=${PYTHON:-python3}
-DEB_PACKAGES=(openssh-server etcd-server nats-server chromium prometheus prometheus-node-exporter iproute2 iptables procps psmisc debootstrap dpkg-dev)
-DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/sbin/nats-server /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/ip /usr/sbin/iptables /usr/bin/pkill /usr/bin/killall /usr/sbin/debootstrap /usr/bin/dpkg-scanpackages)
+DEB_PACKAGES=(openssh-server etcd-server nats-server chromium prometheus prometheus-node-exporter iproute2 iptables procps psmisc debootstrap mmdebstrap dpkg-dev)
+DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/sbin/nats-server /usr/bin/chromium /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/sbin/ip /usr/sbin/iptables /usr/bin/pkill /usr/bin/killall /usr/sbin/debootstrap /usr/bin/mmdebstrap /usr/bin/dpkg-scanpackages)
 
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 
@@ -70,8 +70,8 @@ if [ "$VLLM_ONLY" = 0 ] && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; t
 fi
 
 # --- 2c. the twin's base image and package sources (its bare pods; as root) --------------------------------------
-# The root filesystem standing in for the params' images (debootstrap from Debian's registry, ~2.5 min the first
-# time, progress on stderr) and the apt repository + package index the pods' setup lines install from, both cached
+# The root filesystem standing in for the params' images (mmdebstrap from Debian's registry, 2.5 min the first
+# time at load 11, progress on stderr) and the apt repository + package index the pods' setup lines install from, both cached
 # in /var/cache/r1lab (R1LAB_TWIN_BASE_CACHE, R1LAB_TWIN_SOURCES): a second run finds them and builds nothing.
 if [ "$VLLM_ONLY" = 0 ] && [ "$(id -u)" = 0 ]; then
   t0=$(date +%s)

@@ -2,7 +2,7 @@
 
 Each image tag the params may name has a manifest in `images/<slug>.json`: what the real image ships (OS, Python,
 pip, sshd, what is absent) and how the twin's base differs from it. A manifest names a build recipe
-(`images/recipes.json`): debootstrap suite, mirror, packages, post steps. The built rootfs lives outside the
+(`images/recipes.json`): builder (mmdebstrap), suite, mirror, packages, post steps. The built rootfs lives outside the
 repository, under `cache_root()/<recipe hash>/rootfs` (default /var/cache/r1lab/twin-base), built once (with
 progress on stderr and its duration in `build.json`) and reused by every pod: pods mount an overlay over it.
 
@@ -109,19 +109,22 @@ def ensure(image: str) -> Path:
 
 
 def build(r: Recipe, d: Path) -> dict:
-    """debootstrap the recipe into `d/rootfs`, apply its post steps, write `d/build.json` (duration included)."""
-    if shutil.which("debootstrap") is None:
-        raise BaseImageError("debootstrap is not installed. Fix: run scripts/bootstrap.sh (it installs it)")
+    """Bootstrap the recipe into `d/rootfs` with its builder, apply its post steps, write `d/build.json` (duration
+    included). mmdebstrap (Debian's) resolves with apt and downloads in parallel: measured here at load 11-12,
+    147 s for the recipe against debootstrap's 300 s, whose shell resolver alone took 54 s."""
     s = r.spec
+    builder = s.get("builder", "debootstrap")
+    if shutil.which(builder) is None:
+        raise BaseImageError(f"{builder} is not installed. Fix: run scripts/bootstrap.sh (it installs it)")
     tmp = d.with_name(d.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rootfs = tmp / "rootfs"
     t0 = time.monotonic()
-    _say(f"building {r.key} (debootstrap {s['suite']} {s['variant']}, {len(s['include'])} packages) in {d}")
-    cmd = ["debootstrap", f"--variant={s['variant']}", "--include=" + ",".join(s["include"]),
+    _say(f"building {r.key} ({builder} {s['suite']} {s['variant']}, {len(s['include'])} packages) in {d}")
+    cmd = [builder, f"--variant={s['variant']}", "--include=" + ",".join(s["include"]),
            s["suite"], str(rootfs), s["mirror"]]  # fmt: skip
-    log = tmp / "debootstrap.log"
+    log = tmp / f"{builder}.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
@@ -133,7 +136,7 @@ def build(r: Recipe, d: Path) -> dict:
                 last = time.monotonic()
         if proc.wait() != 0:
             tail = log.read_text(errors="replace")[-1500:]
-            raise BaseImageError(f"debootstrap failed for {r.key} (log {log}):\n{tail}")
+            raise BaseImageError(f"{builder} failed for {r.key} (log {log}):\n{tail}")
     _post(rootfs)
     info = {
         "key": r.key,

@@ -91,7 +91,7 @@ def setup_bare(cfg: dict) -> None:
         os.symlink(target, f"{root}/dev/{name}")
     _mount("-t", "tmpfs", "-o", f"mode=1777,nosuid,nodev,size={cfg['shm_size']}", "tmpfs", f"{root}/dev/shm")
     _mount("-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs", f"{root}/run")
-    (r / "etc/hosts").touch()  # debootstrap leaves none; a container runtime provides it
+    (r / "etc/hosts").touch()  # the bootstrapped base has none; a container runtime provides it
     _mount("--bind", cfg["hosts_file"], f"{root}/etc/hosts")
     (r / "etc/hostname").write_text(cfg["hostname"] + "\n")
     for rel, text in (cfg.get("files") or {}).items():  # apt/pip sources of the twin, resolv.conf
