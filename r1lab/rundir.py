@@ -21,10 +21,13 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from r1lab import resolve
 from r1lab.config import Experiment, load_experiment
+from r1lab.resolve import ResolvedDeployment
 from r1lab.runs import current_run, outputs_root, params_key, record_join, run_state, set_current
 from r1lab.teardown import Ledger
 
@@ -150,6 +153,12 @@ class RunContext:
         self.ledger = Ledger(self.run_dir)
         self.state = State(self.run_dir / "state.json")
 
+    @cached_property
+    def resolved(self) -> ResolvedDeployment:
+        """The run's resolved deployment (resolved.json, written once when the run was created; a run directory
+        older than that file: resolved from the params now)."""
+        return resolve.for_run(self.run_dir, self.exp)
+
     @property
     def run_id(self) -> str:
         return self.run_dir.name
@@ -205,6 +214,7 @@ def new_run(params_path: str | Path, root: str | Path | None = None, run_id: str
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
+    resolve.save(resolve.resolve(exp), run_dir)
     set_current(run_dir, params_path)
     return ctx
 

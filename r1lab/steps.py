@@ -331,7 +331,7 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
     exp = ctx.exp
     roles = serving_roles(exp)[:1] if stage == "single" else serving_roles(exp)
     if stage == "single":
-        reason = single_node_misfit(exp)
+        reason = single_node_misfit(exp, ctx.resolved)
         if reason:
             print(f"stage 'single' skipped: {reason}")
             result = StageResult(stage, "", exp.model.served_name, exp.serving.engine, {"ok": False,
@@ -349,7 +349,7 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
         if not check.ok:
             raise RuntimeError(f"stage {stage}: the minimal completion failed: {check.error}")
         head = pods.executors[roles[0]]
-        vram = vram_per_gpu(exp, head, stage_parallelism(exp, launched.deployment))
+        vram = vram_per_gpu(exp, head, stage_parallelism(exp, launched.deployment), ctx.resolved)
         result = StageResult(
             stage=stage, endpoint=launched.endpoint.url, model=launched.endpoint.model,
             engine=launched.endpoint.engine or exp.serving.engine, completion=asdict(check),
@@ -474,14 +474,14 @@ def stage_parallelism(exp: Experiment, dep: Any) -> Any:
     return VllmSpec.from_experiment(exp).parallelism
 
 
-def single_node_misfit(exp: Experiment) -> str | None:
-    """Why R1 cannot be served by one pod of this experiment (None when it fits), from the memory plan."""
+def single_node_misfit(exp: Experiment, resolved: Any = None) -> str | None:
+    """Why R1 cannot be served by one pod of this experiment (None when it fits), from the memory plan of TP over
+    one pod's GPUs under the run's resolved engine spec (`resolved`, default resolve(exp))."""
     from r1lab.model import Parallelism
-    from r1lab.perf.memory import memory_plan
+    from r1lab.resolve import instance_memory, resolve
 
-    s = exp.serving
-    plan = memory_plan(exp.gpu_type or "", Parallelism(tp=exp.gpus_per_node), kv_dtype=s.kv_cache_dtype,
-                       gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len)  # fmt: skip
+    r = resolved or resolve(exp)
+    plan = instance_memory(r.gpu_type, Parallelism(tp=r.gpus_per_node), r.engine)
     return (
         None
         if plan.fits

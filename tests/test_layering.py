@@ -30,6 +30,8 @@ LAYERS: list[set[str]] = [
     # modelling: performance (imports nothing of ours but model, the GPU catalog and progress), prices -> $,
     # the list of run directories
     {"perf", "cost", "runs"},
+    # the resolved deployment: the Experiment turned once per run into what every layer above reads
+    {"resolve"},
     # the provider: RunPod client, pods, ledger, budget guard, the twin
     {"cloud"},
     # what runs on the pods and against them: peers, never importing each other

@@ -36,7 +36,7 @@ import numpy as np
 
 from r1lab.model import ModelSpec, Parallelism
 from r1lab.perf import hardware
-from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, memory_plan
+from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, MemoryPlan, memory_plan
 from r1lab.perf.ops import Deployment
 from r1lab.perf.predict import _step_model, parse_parallelism
 
@@ -94,16 +94,18 @@ def mocker_setup(
     resolution: int = 48,
     profile: str | None = None,
     decode_tp: int | None = None,
+    memory: MemoryPlan | None = None,
 ) -> MockerSetup:
     """Write the NPZ for one deployment and return the mocker CLI args; raises if the model does not fit.
 
     Under P/D (`disaggregation_mode` prefill|decode) `--kv-bytes-per-token` is what the mocker times the KV
     transfer with (its `kv_transfer_bytes_per_token`; the GPU blocks are given by count): the bytes that cross
-    the link per prompt token, one latent copy per decode TP rank (`decode_tp`, default this instance's TP)."""
+    the link per prompt token, one latent copy per decode TP rank (`decode_tp`, default this instance's TP).
+    `memory`: the instance's memory plan where the caller has it (r1lab.resolve.instance_memory); else built here."""
     hw = hardware.gpu(hardware_name)
     par = parse_parallelism(parallelism)
     spec = ModelSpec.deepseek_r1()
-    mem = memory_plan(
+    mem = memory or memory_plan(
         hw.runpod_id,
         par,
         kv_dtype,

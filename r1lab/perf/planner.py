@@ -36,7 +36,6 @@ from typing import Any
 from r1lab import gpus
 from r1lab.model import Parallelism
 from r1lab.perf import hardware, network
-from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, memory_plan
 from r1lab.perf.predict import MODEL_VERSION, Disaggregation, _efficiency, predict
 
 SCHEMA_VERSION = 1
@@ -225,16 +224,6 @@ def _points(exp: Any) -> list[dict[str, Any]]:
 
 def _kv_dtype(s: Any) -> str:
     return s.kv_cache_dtype if s.kv_cache_dtype != "bfloat16" else "auto"
-
-
-def params_memory(exp: Any) -> dict[str, Any]:
-    """The memory plan of the params' serving instance (the decode instance under P/D) as the planner models it
-    (at the first load point): what the plan's params topology reports, for readers without a plan.json."""
-    topo, s = params_topology(exp), exp.serving
-    pt = _points(exp)[0]
-    return memory_plan(topo.gpu_type, topo.par, _kv_dtype(s), s.gpu_memory_utilization, s.max_num_batched_tokens,
-                       s.max_num_seqs, DEFAULT_BLOCK_SIZE, pt["isl"], pt["osl"], s.max_model_len,
-                       s.num_speculative_tokens).as_dict()  # fmt: skip
 
 
 def _profile_label(gpu_type: str) -> dict[str, Any]:

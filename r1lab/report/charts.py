@@ -401,10 +401,11 @@ def gpu_memory(data: RunData) -> go.Figure | None:
 
 
 def _model_memory(data: RunData) -> dict[str, Any]:
-    """The planner's memory plan of the params' serving instance (the same one the plan's topology reports)."""
-    from r1lab.perf.planner import params_memory
+    """The memory plan of the params' serving instance from the run's resolved deployment (resolved.json; the same
+    plan the planner's params topology reports)."""
+    from r1lab.resolve import for_run
 
-    return params_memory(data.exp)
+    return for_run(getattr(data, "run_dir", None), data.exp).serving_group.memory
 
 
 def predicted_vs_measured(data: RunData) -> go.Figure | None:

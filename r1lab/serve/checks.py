@@ -21,6 +21,7 @@ from typing import Any
 from r1lab.config import Experiment
 from r1lab.execution import Executor
 from r1lab.model import Parallelism
+from r1lab.resolve import ResolvedDeployment, instance_memory, resolve
 from r1lab.secrets import redact
 from r1lab.serve.commands import Deployment
 from r1lab.serve.launch import Endpoint
@@ -206,25 +207,27 @@ def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
     return rows
 
 
-def vram_per_gpu(exp: Experiment, executor: Executor | None, parallelism: Parallelism) -> VramReport:
-    """Real pods: nvidia-smi on the pod. The twin (no GPUs): the memory plan of the performance model, labelled
-    modelled, never presented as measured."""
+def vram_per_gpu(
+    exp: Experiment,
+    executor: Executor | None,
+    parallelism: Parallelism,
+    resolved: ResolvedDeployment | None = None,
+) -> VramReport:
+    """Real pods: nvidia-smi on the pod. The twin (no GPUs): the memory plan of the performance model under the
+    run's resolved engine spec (`resolved`, default resolve(exp)), labelled modelled, never presented as measured."""
     if exp.provider.kind == "runpod":
         if executor is None:
             raise ValueError("vram_per_gpu on RunPod needs the pod's executor")
         res = executor.run(NVIDIA_SMI, timeout=60)
         return VramReport("nvidia-smi", parse_nvidia_smi(res.output), note=f"measured on {executor.name}")
-    from r1lab.perf.memory import GIB, memory_plan
+    from r1lab.perf.memory import GIB
 
-    s = exp.serving
-    plan = memory_plan(exp.gpu_type or "NVIDIA H100 NVL", parallelism, kv_dtype=s.kv_cache_dtype,
-                       gpu_memory_utilization=s.gpu_memory_utilization,
-                       max_num_batched_tokens=s.max_num_batched_tokens, max_num_seqs=s.max_num_seqs,
-                       max_model_len=s.max_model_len, num_speculative_tokens=s.num_speculative_tokens)  # fmt: skip
+    r = resolved or resolve(exp)
+    plan = instance_memory(r.gpu_type, parallelism, r.engine)
     used = (plan.weights_bytes + plan.activation_bytes + plan.cudagraph_bytes + plan.non_torch_bytes
             + plan.kv_bytes) / 2**20  # fmt: skip
     gpus = [{"index": i, "name": plan.gpu, "used_mib": round(used, 1), "total_mib": round(plan.total_bytes / 2**20, 1)}
-            for i in range(exp.gpus_per_node)]  # fmt: skip
+            for i in range(r.gpus_per_node)]  # fmt: skip
     return VramReport(
         "modelled",
         gpus,

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from r1lab.config import Experiment
 from r1lab.model import Parallelism
+from r1lab.resolve import engine_spec, instance_memory
 from r1lab.serve.cpu_engine import POD_INTERFACE, cpu_env, cpu_spec, is_cpu_engine
 from r1lab.tinymodel import think_token_ids
 
@@ -348,15 +349,14 @@ def resolve_max_model_len(exp: Experiment, spec: VllmSpec, gpu_type: str | None 
     """Fill a null max_model_len with the KV capacity the performance model predicts (capped at R1's 163,840)."""
     if spec.max_model_len is not None:
         return spec
-    from r1lab.perf.memory import memory_plan
-
-    plan = memory_plan(
+    plan = instance_memory(
         gpu_type or exp.gpu_type or "NVIDIA H100 NVL",
         spec.parallelism,
-        kv_dtype=spec.kv_cache_dtype,
-        gpu_memory_utilization=spec.gpu_memory_utilization,
+        engine_spec(exp),
+        max_model_len=None,
         max_num_batched_tokens=spec.max_num_batched_tokens,
         max_num_seqs=spec.max_num_seqs,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
         num_speculative_tokens=spec.num_speculative_tokens,
     )
     if not plan.fits:

@@ -19,6 +19,7 @@ from typing import Literal
 
 from r1lab.config import Experiment
 from r1lab.execution import Executor
+from r1lab.resolve import ResolvedDeployment, for_run, instance_memory, resolve
 from r1lab.serve.checks import write_command_file
 from r1lab.serve.commands import Deployment, MockerTiming, Node, Ports, Stage, nodes_of, render
 from r1lab.serve.launch import Launched, Launcher, ServeError
@@ -103,11 +104,15 @@ def launch_deadline_s(exp: Experiment, stage: Stage, read_bytes_per_s: float | N
     return secs, how
 
 
-def mocker_timings(exp: Experiment, dep: Deployment, out_dir: Path) -> dict[str, MockerTiming]:
-    """Timing tables from the performance model for every mocker worker group of a rendered deployment."""
+def mocker_timings(
+    exp: Experiment, dep: Deployment, out_dir: Path, resolved: ResolvedDeployment | None = None
+) -> dict[str, MockerTiming]:
+    """Timing tables from the performance model for every mocker worker group of a rendered deployment, under
+    the run's resolved engine spec (`resolved`, default resolve(exp)): one memory plan per worker group."""
     from r1lab.perf.mocker import mocker_setup
 
-    s = exp.serving
+    r = resolved or resolve(exp)
+    eng = r.engine
     out: dict[str, MockerTiming] = {}
     link = None
     for c in dep.commands:
@@ -117,14 +122,15 @@ def mocker_timings(exp: Experiment, dep: Deployment, out_dir: Path) -> dict[str,
     decode_tp = decode["parallelism"].tp if decode else None
     for group, g in dep.mocker_groups.items():
         spec = g["spec"]
+        own = dict(max_num_seqs=spec.max_num_seqs, max_num_batched_tokens=spec.max_num_batched_tokens,
+                   max_model_len=spec.max_model_len or 16384)  # fmt: skip
+        memory = instance_memory(r.gpu_type, g["parallelism"], eng, **own)
         setup = mocker_setup(
-            exp.gpu_type or "NVIDIA H100 NVL", g["parallelism"], "vllm", out_dir,
-            kv_dtype=s.kv_cache_dtype if s.kv_cache_dtype != "bfloat16" else "auto",
-            gpu_memory_utilization=s.gpu_memory_utilization, max_num_seqs=spec.max_num_seqs,
-            max_num_batched_tokens=spec.max_num_batched_tokens, max_model_len=spec.max_model_len or 16384,
-            gpus_per_node=exp.gpus_per_node, network_name=exp.provider.network,
-            num_speculative_tokens=s.num_speculative_tokens, disaggregation_mode=g["mode"],
-            kv_transfer_gb_s=link if g["mode"] else None, decode_tp=decode_tp if g["mode"] else None,
+            r.gpu_type, g["parallelism"], "vllm", out_dir, kv_dtype=eng.kv_dtype,
+            gpu_memory_utilization=eng.gpu_memory_utilization, gpus_per_node=r.gpus_per_node,
+            network_name=exp.provider.network, num_speculative_tokens=eng.num_speculative_tokens,
+            disaggregation_mode=g["mode"], kv_transfer_gb_s=link if g["mode"] else None,
+            decode_tp=decode_tp if g["mode"] else None, memory=memory, **own,
         )  # fmt: skip
         out[group] = MockerTiming.from_setup(setup)
     return out
@@ -148,7 +154,7 @@ def plan_stage(
         exp, stage, nodes=nodes, ports=ports, remote_dir=remote_dir, discovery=discovery, engine=engine
     )
     if (engine or exp.serving.engine) == "mocker":
-        timings = mocker_timings(exp, dep, run_dir / "mocker" / stage)
+        timings = mocker_timings(exp, dep, run_dir / "mocker" / stage, for_run(run_dir, exp))
         dep = render(exp, stage, nodes=nodes, ports=ports, mocker=timings, remote_dir=remote_dir,
                      discovery=discovery, engine=engine)  # fmt: skip
     write_command_file(run_dir, dep)

@@ -1,0 +1,68 @@
+"""resolve(exp): one resolved deployment per run, saved in the run dir and read back (#19)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from r1lab import resolve
+from r1lab.config import load_experiment
+from r1lab.perf import planner
+from r1lab.report import charts
+from r1lab.rundir import new_run
+
+PARAMS = sorted((Path(__file__).resolve().parents[1] / "params").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=[p.stem for p in PARAMS])
+def test_round_trip_and_agreement_with_the_plan(params: Path) -> None:
+    exp = load_experiment(params)
+    r = resolve.resolve(exp)
+    assert resolve.ResolvedDeployment.from_dict(json.loads(r.to_json())) == r
+    plan = planner.plan_experiment(exp, include_standard=False).as_dict()
+    me = next(t for t in plan["topologies"] if t["is_params"])
+    # the serving group's memory plan is the one the planner reports for the params topology
+    assert r.serving_group.memory == me["memory"]
+    assert (r.gpu_type, r.nodes, r.gpus_per_node) == (me["gpu_type"], me["nodes"], me["gpus_per_node"])
+    assert [p.scenario for p in r.load_points] == [p["scenario"] for p in me["points"]]
+    assert {k: v.usd_per_gpu_hour for k, v in r.prices.items()}[me["gpu_type"]] == me["price"][
+        "usd_per_gpu_hour"
+    ]
+    assert all(q.date for q in r.prices.values())
+    roles = [g.role for g in r.groups]
+    assert roles == (["prefill", "decode"] if exp.dynamo.enabled and exp.dynamo.disaggregated else ["engine"])
+    for g in r.groups:
+        assert g.memory["gpu_memory_utilization"] == exp.serving.gpu_memory_utilization
+        assert g.memory["parallelism"] == g.parallelism.label
+
+
+def test_twin_groups() -> None:
+    r = resolve.resolve(load_experiment(PARAMS[0].parent / "twin.yaml"))
+    assert [(g.role, g.pd_mode, g.parallelism.label, g.pods) for g in r.groups] == [
+        ("prefill", "prefill", "TP8", ("head",)),
+        ("decode", "decode", "TP8", ("worker",)),
+    ]
+    assert r.provider.kind == "twin" and not r.provider.bills and not r.provider.gpus
+    assert "kv_transfer" in r.links
+
+
+def test_saved_once_in_the_run_dir_and_read_back(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("R1LAB_OUTPUTS", str(tmp_path))
+    ctx = new_run(PARAMS[0].parent / "twin.yaml")
+    saved = json.loads((ctx.run_dir / "resolved.json").read_text())
+    assert saved["schema_version"] == resolve.SCHEMA_VERSION and saved["source"] == "modelled"
+    assert ctx.resolved == resolve.resolve(ctx.exp) == resolve.load(ctx.run_dir)
+    with pytest.raises(resolve.ResolvedError, match="exists already"):
+        resolve.save(ctx.resolved, ctx.run_dir)
+    # a later reader reads the file, not the params: what the run was resolved to is what it gets
+    edited = json.loads(json.dumps(saved))
+    edited["groups"][-1]["memory"]["kv_tokens"] = 12345
+    (ctx.run_dir / "resolved.json").write_text(json.dumps(edited))
+    assert charts._model_memory(SimpleNamespace(exp=ctx.exp, run_dir=ctx.run_dir))["kv_tokens"] == 12345
+    bad = {**saved, "schema_version": 99}
+    (ctx.run_dir / "resolved.json").write_text(json.dumps(bad))
+    with pytest.raises(resolve.ResolvedError, match="schema_version 99"):
+        resolve.load(ctx.run_dir)
