@@ -1,6 +1,7 @@
 """`r1lab plan PARAMS [--json] [--out DIR] [--only-params] [--method simulate|auto]`: the capacity plan of a params file (r1lab.perf.planner).
 
-An entry point: it loads the params (config) and calls the planner, which itself reads no params file."""
+An entry point: it loads the params (config) and calls stage 00's make_plan (the planner, which itself reads no
+params file, with the commands r1lab.serve renders)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 from pathlib import Path
 
 from r1lab.config import ParamsError, load_experiment
-from r1lab.perf.planner import plan_experiment, render_text
+from r1lab.perf.planner import render_text
+from r1lab.stages.plan import make_plan
 
 
 def cli_main(argv: list[str]) -> int:
@@ -38,7 +40,7 @@ def cli_main(argv: list[str]) -> int:
         for p in exc.problems:
             print(p, file=sys.stderr)
         return 1
-    plan = plan_experiment(exp, include_standard=not a.only_params, method=a.method)
+    plan = make_plan(exp, include_standard=not a.only_params, method=a.method)
     if a.out:
         from r1lab.perf.charts import write_charts  # plotly: only when charts are asked for
 

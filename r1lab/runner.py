@@ -489,7 +489,7 @@ def cli_main(argv: list[str]) -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
     if (ctx.run_dir / "summary.json").exists():
-        from r1lab.demo import summary_lines  # the same summary block `make demo` prints
+        from r1lab.report.brief import summary_lines  # the same summary block `make demo` prints
 
         _say("\n" + "\n".join(summary_lines(ctx.run_dir)))
     try:

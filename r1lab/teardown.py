@@ -2,8 +2,9 @@
 
 `ledger.jsonl` in the run directory is append-only: a resource is recorded as `created` before anything waits on
 it, and as `deleted` once its handler has removed it. Handlers are looked up by resource kind; cloud, twin and
-serving layers register theirs (`register("runpod-pod", "r1lab.cloud.ledger:delete_pod")`). Teardown calls the
-handler of every live resource, newest first, and keeps going past failures (each is recorded and reported).
+serving layers register theirs when imported (`register("runpod-pod", delete_pod)`), and each entry records the
+handler's "module:function" so that a teardown in another process finds it. Teardown calls the handler of every
+live resource, newest first, and keeps going past failures (each is recorded and reported).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import datetime as _dt
 import importlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,19 +22,12 @@ from typing import Any
 
 Handler = Callable[[dict[str, Any], Path], None]
 
-_HANDLERS: dict[str, str | Handler] = {
-    "local-process": "r1lab.teardown:kill_local_process",
-    "test-marker": "r1lab.teardown:touch_marker",
-    "twin": "r1lab.cloud.twin.api:teardown_twin",  # a twin a run started (teardown in a fresh process too)
-    "runpod-pod": "r1lab.cloud.ledger:delete_pod",
-    "runpod-volume": "r1lab.cloud.ledger:delete_volume",
-    "runpod-cluster": "r1lab.cloud.ledger:delete_cluster",
-    "runpod-ssh-key": "r1lab.cloud.ledger:delete_ssh_key",
-    # processes on pods: stopped through a live connection if this process has one, else they end with their pod
-    "pod-process": "r1lab.serve.launch:stop_pod_process",
-    "serve-daemons": "r1lab.serve.launch:run_stop_command",
-}
+# kind -> delete handler. This module owns the registry and only its own kinds; the layers that create resources
+# register theirs when imported (r1lab.cloud.ledger, r1lab.cloud.twin, r1lab.serve.launch), and every ledger entry
+# names its handler ("handler": "module:function"), so a teardown in a fresh process finds it without a table here.
+_HANDLERS: dict[str, str | Handler] = {}
 _LOCK = threading.Lock()
+_NAME = re.compile(r"^r1lab(?:\.\w+)+:\w+$")
 
 
 def register(kind: str, handler: str | Handler) -> None:
@@ -40,11 +35,24 @@ def register(kind: str, handler: str | Handler) -> None:
     _HANDLERS[kind] = handler
 
 
-def _resolve(kind: str) -> Handler:
-    handler = _HANDLERS.get(kind)
+def handler_name(kind: str) -> str | None:
+    """The "module:function" of the handler registered for `kind` in this process (None if none is)."""
+    h = _HANDLERS.get(kind)
+    if h is None or isinstance(h, str):
+        return h
+    return f"{h.__module__}:{h.__qualname__}"
+
+
+def _resolve(kind: str, entry: dict[str, Any] | None = None) -> Handler:
+    handler = _HANDLERS.get(kind) or (entry or {}).get("handler")
     if handler is None:
-        raise KeyError(f"no teardown handler registered for resource kind {kind!r}")
+        raise KeyError(
+            f"no teardown handler registered for resource kind {kind!r} and its ledger entry names none: "
+            "import the module that creates such resources (it registers the handler) and tear down again"
+        )
     if isinstance(handler, str):
+        if not _NAME.match(handler):
+            raise KeyError(f"resource kind {kind!r}: handler {handler!r} is not an r1lab 'module:function'")
         module, _, attr = handler.partition(":")
         handler = getattr(importlib.import_module(module), attr)
     return handler
@@ -83,6 +91,9 @@ class Ledger:
             "time": _now(),
             "meta": meta,
         }
+        handler = handler_name(kind)
+        if handler:
+            entry["handler"] = handler  # how to delete it, for a teardown in another process
         self._append(entry)
         return entry
 
@@ -141,7 +152,7 @@ def teardown_run(run_dir: Path | str) -> TeardownReport:
     report = TeardownReport()
     for entry in reversed(ledger.live()):
         try:
-            _resolve(entry["kind"])(entry, ledger.run_dir)
+            _resolve(entry["kind"], entry)(entry, ledger.run_dir)
         except Exception as exc:  # noqa: BLE001 - every resource gets its turn; failures are reported
             ledger.failed(entry["kind"], entry["id"], f"{type(exc).__name__}: {exc}")
             report.failed.append((entry, f"{type(exc).__name__}: {exc}"))
@@ -156,7 +167,7 @@ def release(run_dir: Path | str, kind: str, resource_id: str) -> None:
     ledger = Ledger(Path(run_dir))
     for entry in ledger.live():
         if entry["kind"] == kind and entry["id"] == resource_id:
-            _resolve(kind)(entry, ledger.run_dir)
+            _resolve(kind, entry)(entry, ledger.run_dir)
             ledger.deleted(kind, resource_id)
             return
 
@@ -175,3 +186,7 @@ def touch_marker(entry: dict[str, Any], run_dir: Path) -> None:
     """Test resource: its teardown appends a line to the file named in meta.path (proves teardown ran)."""
     with open(entry["meta"]["path"], "a", encoding="utf-8") as f:
         f.write(f"torn down {entry['id']}\n")
+
+
+register("local-process", kill_local_process)
+register("test-marker", touch_marker)

@@ -7,7 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import r1lab.cloud.ledger
+import r1lab.cloud.twin
+import r1lab.serve.launch
 from r1lab.teardown import Ledger, teardown_run
+
+# the modules that create resources register their teardown handlers when imported (r1lab.teardown's registry):
+# imported here for ledgers written before each entry named its handler
+_REGISTERING = (r1lab.cloud.ledger, r1lab.cloud.twin, r1lab.serve.launch)
 
 
 def _attach_provider(run_dir: Path) -> None:

@@ -56,8 +56,8 @@ def test_names_and_provider():
     assert cl.provider_of("https://api.runpod.io") == "runpod"
 
 
-def test_teardown_run_uses_the_default_handlers(client, emu, tmp_path):
-    # r1lab.teardown knows the runpod kinds without anyone importing r1lab.cloud.ledger first
+def test_teardown_run_uses_the_registered_handlers(client, emu, tmp_path):
+    # r1lab.cloud.ledger registers the runpod kinds with r1lab.teardown when imported; each entry names its handler
     assert core._HANDLERS["runpod-pod"] == "r1lab.cloud.ledger:delete_pod"
     ledger = core.Ledger(tmp_path)
     vol = client.create_volume(cl.resource_name("t1", "volume"), 50, "EU-RO-1")
@@ -72,6 +72,10 @@ def test_teardown_run_uses_the_default_handlers(client, emu, tmp_path):
     # a pod deleted behind our back: not found counts as done
     gone = make(client, "t1", "gone", ledger)
     client.terminate_pod(gone["id"])
+    assert {e.get("handler") for e in core.Ledger(tmp_path).live()} == {
+        "r1lab.cloud.ledger:delete_pod",
+        "r1lab.cloud.ledger:delete_volume",
+    }
     report = core.teardown_run(tmp_path)
     assert report.ok and len(report.deleted) == 4
     assert emu.pods == {} and emu.volumes == {}

@@ -11,13 +11,14 @@ import pytest
 from r1lab.config import load_experiment
 from r1lab.perf.planner import plan_experiment
 from r1lab.plan_cli import cli_main
+from r1lab.stages.plan import make_plan
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 
 
 @pytest.fixture(scope="module")
 def nvl_plan():
-    return plan_experiment(load_experiment(PARAMS / "runpod-2x8-h100nvl.yaml"))
+    return make_plan(load_experiment(PARAMS / "runpod-2x8-h100nvl.yaml"))  # the planner + serve's commands
 
 
 def test_inter_pod_link_is_named_with_numbers(nvl_plan):
@@ -87,7 +88,14 @@ def test_json_is_standard_and_complete(nvl_plan):
         "points",
     ):
         assert key in t
-    assert d["commands"]["lines"]
+    assert d["commands"]["lines"] and d["commands"]["source"] == "r1lab.serve.commands"
+    assert set(d["commands"]["stages"]) == {"single", "multi", "dynamo"}
+
+
+def test_the_planner_alone_renders_no_commands():
+    # perf stands below serve: without the commands passed in, the plan says they were not rendered
+    plan = plan_experiment(load_experiment(PARAMS / "runpod-1x8-h200.yaml"), include_standard=False)
+    assert plan.commands["source"] == "not rendered" and plan.commands["lines"] == []
 
 
 def test_cli_json_and_out(tmp_path, capsys):

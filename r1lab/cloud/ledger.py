@@ -470,5 +470,7 @@ def teardown(run_dir: Path | str) -> TeardownReport:
     return teardown_run(run_dir)
 
 
+register_handlers()  # at import: every pod/volume/cluster/key this module records names its handler
+
 if __name__ == "__main__":
     sys.exit(cli_main(sys.argv[1:]))

@@ -20,7 +20,7 @@ JSON schema (`Plan.as_dict()`, schema_version 1; stable: fields are only ever ad
                                "preemptions", "kv_transfer_ms"}]}],
    "problems": [{"id", "severity": "error"|"warning"|"info", "status": "present"|"avoided", "title",
                  "detail", "fix"}],
-   "commands": {"source": "r1lab.serve.commands" | "reference (facts.md)", "lines": [str], ...},
+   "commands": {"source": "r1lab.serve.commands" | "not rendered", "lines": [str], ...},
    "summary": [str]}
 Latencies in ms, throughput in output tokens/s, money in USD. Every number is modelled, never measured.
 """
@@ -492,85 +492,22 @@ def _problems(exp: Any, topos: list[dict[str, Any]], params: Topology) -> list[d
     return out
 
 
-COMMANDS_HOOK = "r1lab.serve.commands.render(exp) -> dict with 'lines' (serving engineer, issue 6)"
-
-
-def _commands(exp: Any) -> dict[str, Any]:
-    """Commands rendered by r1lab.serve.commands (it owns them), per stage; facts.md's reference forms only if
-    that module is missing."""
-    try:
-        from r1lab.serve import commands as serve_commands  # serve stands above perf: imported lazily
-    except ImportError:
-        return _reference_commands(exp)
-    out: dict[str, Any] = {"source": "r1lab.serve.commands", "stages": {}, "lines": []}
-    for stage in serve_commands.stages(exp):
-        try:
-            dep = serve_commands.render(exp, stage)
-        except ValueError as exc:  # ServeConfigError: a params combination serve cannot render
-            out["stages"][stage] = {"error": str(exc)}
-            out["lines"].append(f"# {stage}: cannot render: {exc}")
-            continue
-        lines = [
-            ("" if c.run else "# not run (stood in for by the mocker): ") + c.shell() for c in dep.commands
-        ]
-        out["stages"][stage] = {
-            "topology": dep.topology,
-            "engine": dep.engine,
-            "lines": lines,
-            "notes": list(dep.notes),
-        }
-        out["lines"] += [f"# --- stage {stage}: {dep.topology} ({dep.engine})", *lines]
-    return out
-
-
-def _reference_commands(exp: Any) -> dict[str, Any]:
-    s, m = exp.serving, exp.model
-    base = (
-        f"vllm serve {m.path} --served-model-name {m.served_name} --tensor-parallel-size {s.tensor_parallel}"
-    )
-    lines = []
-    if s.pipeline_parallel > 1:
-        lines += [
-            "ray start --head --port 6379 --dashboard-host 127.0.0.1  # head pod, VLLM_HOST_IP set",
-            "ray start --address HEAD:6379  # worker pod, VLLM_HOST_IP set",
-            f"{base} --pipeline-parallel-size {s.pipeline_parallel} --distributed-executor-backend ray",
-        ]
-    elif s.data_parallel > 1:
-        lines += [
-            f"{base} --data-parallel-size {s.data_parallel} --data-parallel-size-local 1"
-            f"{' --enable-expert-parallel' if s.expert_parallel else ''} --data-parallel-address HEAD "
-            "--data-parallel-rpc-port 13345"
-        ]
-    else:
-        lines.append(base)
-    lines[-1] += f" --kv-cache-dtype {s.kv_cache_dtype} --gpu-memory-utilization {s.gpu_memory_utilization}"
-    if s.max_model_len:
-        lines[-1] += f" --max-model-len {s.max_model_len}"
-    if exp.dynamo.enabled:
-        lines += [
-            f"python -m dynamo.frontend --router-mode {exp.dynamo.router_mode}",
-            f"python -m dynamo.vllm --model {m.path} --tensor-parallel-size {s.tensor_parallel}"
-            + (
-                " --disaggregation-mode prefill|decode --kv-transfer-config "
-                '\'{"kv_connector":"NixlConnector","kv_role":"kv_both"}\''
-                if exp.dynamo.disaggregated
-                else ""
-            ),
-        ]
-    return {
-        "source": "reference (facts.md)",
-        "hook": COMMANDS_HOOK,
-        "lines": lines,
-        "note": "r1lab.serve.commands does not exist yet: reference forms, not the rendered commands",
-    }
+NOT_RENDERED = {"source": "not rendered", "lines": [], "note": "the serving commands are rendered above perf: "
+                "r1lab.stages.plan.make_plan(exp) carries them (r1lab.serve.plan_commands)"}  # fmt: skip
 
 
 def plan_experiment(
-    exp: Any, prices: dict[str, Any] | None = None, include_standard: bool = True, method: str = "simulate"
+    exp: Any,
+    prices: dict[str, Any] | None = None,
+    include_standard: bool = True,
+    method: str = "simulate",
+    commands: dict[str, Any] | None = None,
 ) -> Plan:
     """Plan one Experiment (r1lab.config). `prices`: live {gpu_type: usd_per_gpu_hour or price dict}.
     `method`: "simulate" (every point through the event simulation) or "auto" (the analytic closed-loop steady
-    state where it applies, r1lab.perf.steady: faster, within the tolerance that module states)."""
+    state where it applies, r1lab.perf.steady: faster, within the tolerance that module states).
+    `commands`: the serving commands per stage as r1lab.serve.plan_commands renders them (serve stands above
+    perf, so the caller passes them in; r1lab.stages.plan.make_plan does)."""
     ptopo = params_topology(exp)
     topos = [ptopo] + (STANDARD if include_standard else [])
     from r1lab.progress import track  # noqa: PLC0415
@@ -602,7 +539,7 @@ def plan_experiment(
         prices=price_table,
         topologies=results,
         problems=problems,
-        commands=_commands(exp),
+        commands=commands if commands is not None else dict(NOT_RENDERED),
         summary=summary,
     )
 
