@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from r1lab import gpus
+from r1lab.loadshapes import shape_of
 from r1lab.secrets import looks_like_api_key
 
 # --- errors -----------------------------------------------------------------------------------------------
@@ -401,13 +402,14 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _shape_params(self) -> Scenario:
-        if self.until_knee is not None and (self.shape != "concurrency" or self.workload == "multi-turn"):
+        shape = shape_of(self)
+        if self.until_knee is not None and (not shape.extends_to_knee or self.workload == "multi-turn"):
             raise _Rule("until_knee", "only a concurrency sweep extends until its knee: set shape: concurrency "
                         "(synthetic or shared-prefix workload) or drop until_knee")  # fmt: skip
         if self.until_knee is not None and self.until_knee <= max(self.concurrency):
             raise _Rule("until_knee", f"the cap {self.until_knee} must exceed the sweep's largest listed "
                         f"concurrency {max(self.concurrency)}: raise it or drop until_knee")  # fmt: skip
-        if self.at_knee_of is not None and self.shape != "stress":
+        if self.at_knee_of is not None and not shape.holds_knee:
             raise _Rule(
                 "at_knee_of", "only a stress phase runs at a sweep's knee: set shape: stress or drop it"
             )
@@ -428,18 +430,14 @@ class Scenario(Strict):
                 "workload",
                 "a trace brings its own prompts (hash_ids): leave workload out of a trace scenario",
             )
-        if self.workload == "multi-turn" and self.shape not in ("concurrency", "ramp", "stress"):
+        if self.workload == "multi-turn" and not shape.can_close:
             raise _Rule(
                 "shape", "multi-turn conversations run closed-loop: use shape concurrency (users in flight)"
             )
         if self.workload == "multi-turn" and self.rate:
             raise _Rule("rate", "multi-turn conversations run closed-loop: give concurrency, not rate")
-        if self.shape == "poisson" and not self.rate:
-            raise _Rule("rate", "a poisson scenario needs a list of request rates (requests/s)")
-        if self.shape in ("ramp", "stress") and self.duration_s is None:
-            raise _Rule("duration_s", f"a {self.shape} scenario is timed: set duration_s (seconds)")
-        if self.shape == "stress" and len(self.rate or self.concurrency) != 1:
-            raise _Rule("concurrency", "a stress phase holds one load: give one concurrency (or one rate)")
+        for key, message in shape.problems(self):  # the shape's own rules (r1lab.loadshapes)
+            raise _Rule(key, message)
         if self.requests_per_point is None and self.duration_s is None:
             self.requests_per_point = 64
         return self

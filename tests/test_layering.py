@@ -22,7 +22,7 @@ ROOT = Path(r1lab.__file__).parent
 # bench, report; the runner on top). Derived from design.md and from what the code does today.
 LAYERS: list[set[str]] = [
     # facts and leaf utilities: import nothing of r1lab
-    {"secrets", "gpus", "model", "progress", "outcome", "tinymodel", "nbstrip", "pins"},
+    {"secrets", "gpus", "model", "progress", "outcome", "tinymodel", "nbstrip", "pins", "loadshapes"},
     # the validated Experiment; the process/ssh execution primitives
     {"config", "execution"},
     # the resource ledger and its teardown handlers
@@ -53,7 +53,7 @@ LAYERS: list[set[str]] = [
 ]
 
 # perf's own, stricter rule (design.md: perf imports nothing of ours but model)
-PERF_MAY_IMPORT = {"model", "gpus", "progress"}
+PERF_MAY_IMPORT = {"model", "gpus", "progress", "loadshapes"}
 # below in rank but still never imported (design.md: bench never imports cloud; nor serve: it only speaks HTTP)
 NEVER: dict[str, set[str]] = {"bench": {"cloud", "serve"}}
 

@@ -37,6 +37,7 @@ from r1lab.bench.workloads import (
     build_workload,
     conversation_plan,
 )
+from r1lab.loadshapes import shape_of
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -69,10 +70,11 @@ def shapes_for(sc: Any) -> list[Shape]:
                       warmup_s=sc.warmup_s, warmup_requests=sc.warmup_requests)]  # fmt: skip
     if sc.workload == "multi-turn":
         common["requests"] = sc.multi_turn.conversations * sc.multi_turn.turns
-    if sc.shape == "poisson" or (sc.shape == "stress" and sc.rate):
+    shape = shape_of(sc)  # its points, the ones the planner models (r1lab.loadshapes)
+    if shape.loop(sc) == "open":
         return [Shape("poisson", rate=r, concurrency=sc.max_concurrency, burstiness=sc.burstiness, **common)
-                for r in sc.rate]  # fmt: skip
-    return [Shape("concurrency", concurrency=c, **common) for c in sc.concurrency]
+                for _, r in shape.loads(sc)]  # fmt: skip
+    return [Shape("concurrency", concurrency=c, **common) for c, _ in shape.loads(sc)]
 
 
 def _pool_size(shape: Shape) -> int:
@@ -270,10 +272,16 @@ def summarize_run(
     for name in dict.fromkeys(p["scenario"] for p in points):
         sc = by_name.get(name)
         pts = [p for p in points if p["scenario"] == name]
-        if sc is not None and sc.shape == "stress":
+        closed = len([p for p in pts if p.get("concurrency") and not p.get("rate")])
+        kind = (
+            shape_of(sc).summarized_as(sc, closed)
+            if sc is not None
+            else ("saturation" if closed >= 2 else None)
+        )
+        if kind == "trends" and sc is not None:
             trends[name] = stress_checks([r for r in records if r["scenario"] == name],
                                          window_s=sc.trend_window_s, metrics=metrics)  # fmt: skip
-        elif len([p for p in pts if p.get("concurrency") and not p.get("rate")]) >= 2:
+        elif kind == "saturation":
             saturation[name] = find_knee(pts)
             ext = rd / "load" / name / "extension.json"
             if (

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from r1lab import gpus
+from r1lab.loadshapes import shape_of
 from r1lab.model import Parallelism
 from r1lab.perf import hardware, network
 from r1lab.perf.predict import MODEL_VERSION, Disaggregation, _efficiency, predict
@@ -190,7 +191,7 @@ def _points(exp: Any) -> list[dict[str, Any]]:
         isl, isl_r = _length(sc.input_tokens)
         osl, osl_r = _length(sc.output_tokens)
         loads: list[tuple[int | None, float | None]]
-        loads = [(None, r) for r in sc.rate] if sc.shape == "poisson" else [(c, None) for c in sc.concurrency]
+        loads = shape_of(sc).loads(sc)  # the same points the bench runs (r1lab.loadshapes)
         n, how = sc.requests_per_point, None
         wl = getattr(sc, "workload", "synthetic")
         if sc.shape == "trace":
