@@ -1,4 +1,5 @@
-"""The experiment's provisioning and serving steps, one function per notebook (01-04).
+"""The experiment's provisioning steps (01) and the helpers its stages build on (pods, setup, preflight, load
+placement, monitoring, calibration); the serving stages 02-04 are r1lab.stages.serve.
 
 Each step works the same on RunPod and on the twin: pods come from `r1lab.cloud.provision` (RunPod REST v2, or
 the twin's emulator through the same client), commands run over SSH (`SshExecutor`), serving goes through
@@ -300,90 +301,6 @@ def release(ctx: RunContext, kind: str, resource_id: str) -> None:
     _release(ctx.run_dir, kind, resource_id)
 
 
-# --- 02-04: serving stages -------------------------------------------------------------------------------------
-
-
-@dataclass
-class StageResult:
-    stage: str
-    endpoint: str
-    model: str
-    engine: str
-    completion: dict[str, Any]
-    vram: dict[str, Any]
-    commands_file: str
-    not_run: list[str]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> StageResult:
-    """Bring up one serving stage on the run's pods ("single", "multi" or "dynamo"), check it answers, record it.
-
-    keep_running: leave it serving for the next notebook (the load test uses the last stage); otherwise it is
-    stopped here so the next stage has the GPUs.
-    """
-    from r1lab.serve.checks import minimal_completion, vram_per_gpu
-    from r1lab.serve.deploy import deploy, launch_deadline_s
-
-    exp = ctx.exp
-    roles = serving_roles(exp)[:1] if stage == "single" else serving_roles(exp)
-    if stage == "single":
-        reason = single_node_misfit(exp, ctx.resolved)
-        if reason:
-            print(f"stage 'single' skipped: {reason}")
-            result = StageResult(stage, "", exp.model.served_name, exp.serving.engine, {"ok": False,
-                                 "skipped": reason}, {}, "", [])  # fmt: skip
-            ctx.write_json(f"stage-{stage}.json", result.as_dict())
-            return result
-    pods = ensure_pods(ctx, roles)
-    pf = preflight(ctx, stage, pods)
-    deadline, how = launch_deadline_s(exp, stage, pf.volume_read_bps)  # type: ignore[arg-type]
-    print(f"launch deadline {deadline / 60:.0f} min: {how}")
-    with step(f"serving stage {stage!r} on {', '.join(roles)}"):
-        launched = deploy(exp, ctx.run_dir, stage, pods.executors, deadline_s=deadline)  # type: ignore[arg-type]
-    try:
-        check = minimal_completion(launched.endpoint)
-        if not check.ok:
-            raise RuntimeError(f"stage {stage}: the minimal completion failed: {check.error}")
-        head = pods.executors[roles[0]]
-        vram = vram_per_gpu(exp, head, stage_parallelism(exp, launched.deployment), ctx.resolved)
-        result = StageResult(
-            stage=stage, endpoint=launched.endpoint.url, model=launched.endpoint.model,
-            engine=launched.endpoint.engine or exp.serving.engine, completion=asdict(check),
-            vram=vram.as_dict(), commands_file=str(_commands_file(ctx, stage)),
-            not_run=[c.shell() for c in launched.deployment.not_run],
-            extra={"topology": launched.deployment.topology, "notes": launched.deployment.notes,
-                   **launched.extra},
-        )  # fmt: skip
-        ctx.write_json(f"stage-{stage}.json", result.as_dict())
-        if keep_running:
-            dep = launched.deployment
-            node = pods.executors[dep.endpoint_node]
-            # the forwarded URL lives only as long as this kernel: hand over where the server really listens
-            ctx.state.set("endpoint", {"private_url": f"http://{node.address}:{dep.endpoint_port}/v1",
-                                       "node": dep.endpoint_node, "port": dep.endpoint_port,
-                                       "model": launched.endpoint.model, "stage": stage,
-                                       "engine": result.engine, "gpus": exp.total_gpus,
-                                       "topology": dep.topology, "roles": roles})  # fmt: skip
-            ctx.state.set("model_dir", str(fetch_tokenizer(ctx, node)))
-            from r1lab.monitor import targets as mon_targets
-
-            addresses = {role: ex.address for role, ex in pods.executors.items()}
-            ctx.state.set(
-                "monitor_targets", mon_targets.to_state(mon_targets.from_deployment(dep, addresses))
-            )
-    except BaseException:
-        launched.launcher.stop()
-        raise
-    if not keep_running:
-        with step(f"stopping stage {stage!r} (the next stage needs the GPUs)"):
-            launched.launcher.stop()
-    return result
-
-
 def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
     """The twin's real P/D path (dynamo.real_engine_requests > 0): Dynamo's frontend, a real `dynamo.vllm` prefill
     worker and a real decode worker (vLLM's CPU build, the tiny DeepSeek-V3-shaped model) on the same pods, the same
@@ -461,32 +378,6 @@ def fetch_tokenizer(ctx: RunContext, executor: Any) -> Path:
         if not (dest / name).exists():
             executor.get(f"{ctx.exp.model.path}/{name}", dest / name)
     return dest
-
-
-def stage_parallelism(exp: Experiment, dep: Any) -> Any:
-    """The parallelism of one engine instance of a deployment (the first worker group for Dynamo)."""
-    if dep.mocker_groups:
-        return next(iter(dep.mocker_groups.values()))["parallelism"]
-    from r1lab.serve.commands import VllmSpec
-
-    if dep.stage == "single":
-        return VllmSpec.from_experiment(exp, tp=exp.gpus_per_node, pp=1, dp=1).parallelism
-    return VllmSpec.from_experiment(exp).parallelism
-
-
-def single_node_misfit(exp: Experiment, resolved: Any = None) -> str | None:
-    """Why R1 cannot be served by one pod of this experiment (None when it fits), from the memory plan of TP over
-    one pod's GPUs under the run's resolved engine spec (`resolved`, default resolve(exp))."""
-    from r1lab.model import Parallelism
-    from r1lab.resolve import instance_memory, resolve
-
-    r = resolved or resolve(exp)
-    plan = instance_memory(r.gpu_type, Parallelism(tp=r.gpus_per_node), r.engine)
-    return (
-        None
-        if plan.fits
-        else f"one pod of {exp.gpus_per_node} x {exp.gpu_type} cannot hold R1: {plan.reason}"
-    )
 
 
 def load_shell(ctx: RunContext) -> Any:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from r1lab.config import load_experiment
 from r1lab.perf.profile import load_profile, reference_profiles
-from r1lab.steps import pod_plan, profile_vs_datasheet, single_node_misfit
+from r1lab.stages.serve import single_node_misfit
+from r1lab.steps import pod_plan, profile_vs_datasheet
 
 PARAMS = Path(__file__).resolve().parent.parent / "params"
 

@@ -1,2 +1,3 @@
-"""The experiment's stages, one module each (00_plan: `plan`): each takes the run (its resolved deployment and
-directory, `r1lab.rundir.RunContext`) and returns a typed result; the notebooks call them."""
+"""The experiment's stages, one module each: `plan` (00), `serve` (02-04). Each takes the run (`RunContext`: its
+resolved deployment and directory) and returns a typed result it also writes into the run directory; the
+notebooks call them."""
