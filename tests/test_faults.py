@@ -4,8 +4,11 @@ process the run started is left, the ledger holds nothing live, the requests com
 disk (at most 1 s of them lost), `--resume` gives exact counts, and a budget-capped run stops at its cap.
 
 Everything is real but the GPUs (the twin: RunPod's API emulated, pods are namespaces with sshd, real Ray, Dynamo
-and HTTP load). `make test` runs a bounded subset (each signal once, each moment once, the resume and the budget
-run); the full 4 x 4 matrix runs with `pytest tests/test_faults.py --faults` (marker `faults`).
+and HTTP load). `make test` runs a bounded subset (BOUNDED, printed with the table at the end); the full 4 x 4
+matrix, the resume test and the budget run go with `pytest tests/test_faults.py --faults` (marker `faults`). Each
+case adds a row to the closing table of faults and outcomes (signal x phase: rc, the run's own teardown, what was
+left before and after `r1lab reap --all`, requests lost against the Dynamo frontend's own count, resume counts),
+printed at the end of the session and appended to $R1LAB_FAULT_TABLE (JSON lines) when set.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ SIGNALS = {
     "SIGINT": signal.SIGINT,
 }
 EXIT = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL}
-# make test's bounded subset (about 5 min here): a closed terminal during provisioning, the resume test (a SIGKILL
-# mid-load, the records checked, then --resume) and the budget-capped run; the other 15 kills need --faults.
-BOUNDED = {("SIGHUP", "provisioning")}
+# make test's bounded subset (about 9 min here): a closed terminal during provisioning, a polite kill in the middle
+# of the load (the records checked against the frontend's count; the teardown of a whole Dynamo deployment), and the
+# budget-capped run (stops in 02-04); Ray start and teardown kills, the other signals and the resume test (about 7
+# min) need --faults: each full-pipeline case costs 3-6 min on this machine, more than make test's share allows.
+BOUNDED = {("SIGHUP", "provisioning"), ("SIGTERM", "load")}
 LOAD_RECORDS_BEFORE_KILL = 16
 # Bounded cases run in `make test` once seen green on this machine; until then they are behind --faults like the
 # rest (R1LAB_FAULTS=bounded runs the whole bounded subset).
@@ -312,7 +317,9 @@ def test_kill_then_reap_leaves_nothing(tmp_path: Path, sig: str, phase: str) -> 
         row["after_reap"] = _assert_nothing_left(run, api_base)
         row["resume"] = "test_resume_* (SIGKILL at load)" if (sig, phase) == ("SIGKILL", "load") else "n/a"
     except BaseException as exc:
-        row["after_reap"] = row.get("after_reap") or f"FAILED: {str(exc).splitlines()[0][:120]}"
+        row["after_reap"] = (
+            row.get("after_reap") or f"FAILED: {(str(exc) or type(exc).__name__).splitlines()[0][:120]}"
+        )
         raise
     finally:
         _row(**row)
@@ -384,7 +391,9 @@ def test_resume_after_a_kill_mid_load_gives_exact_counts(_: int, tmp_path: Path)
                          f"{len(aside.splitlines())} cut-short records aside")  # fmt: skip
         row["after_reap"] = _assert_nothing_left(again, _api_base(again))
     except BaseException as exc:
-        row["after_reap"] = row.get("after_reap") or f"FAILED: {str(exc).splitlines()[0][:120]}"
+        row["after_reap"] = (
+            row.get("after_reap") or f"FAILED: {(str(exc) or type(exc).__name__).splitlines()[0][:120]}"
+        )
         raise
     finally:
         _row(**row)
