@@ -89,9 +89,6 @@ def test_ray_tp8_pp2_two_nodes() -> None:
     # a loaded machine's dashboard agent needs more than Ray's 30 s to register, 10 s to write its port files
     assert head.env["RAY_agent_register_timeout_ms"] == "180000"
     assert head.env["RAY_raylet_start_wait_time_s"] == "180"
-    for c in (head, worker):  # every agent port given: the raylet never waits for an agent to report its own
-        assert [flag(c.argv, f) for f in ("--metrics-export-port", "--dashboard-agent-grpc-port",
-                "--dashboard-agent-listen-port", "--runtime-env-agent-port")] == ["8091", "8092", "52365", "8093"]  # fmt: skip
     assert not head.background and head.stop_argv == ["ray", "stop"]
     assert flag(serve.argv, "--tensor-parallel-size") == "8"
     assert flag(serve.argv, "--pipeline-parallel-size") == "2"

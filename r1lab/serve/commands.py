@@ -60,13 +60,6 @@ class Ports:
     frontend: int = 8080
     ray: int = 6379
     ray_dashboard: int = 8265
-    # the Ray agents' ports on each node, named so the raylet never waits for the agents to report OS-assigned ones
-    # (NodeManager::WaitForDashboardAgentPorts: 15 s per port, not configurable; the raylet dies when a loaded
-    # machine's agent is slower to start). Each node's own, on its private address.
-    ray_metrics_export: int = 8091
-    ray_agent_grpc: int = 8092
-    ray_agent_http: int = 52365  # Ray's default dashboard agent listen port
-    ray_runtime_env_agent: int = 8093
     etcd: int = 2379
     etcd_peer: int = 2380
     nats: int = 4222
@@ -498,21 +491,17 @@ class _Renderer:
     def ray(self) -> list[Command]:
         """`ray start` on every node, on its private address; the dashboard on the head's 127.0.0.1."""
         gpus = self.head.gpus
-        # the raylet died ("Timed out waiting for file .../metrics_agent_port_*", 16 s after it started, seen on the
-        # twin at load 12) waiting for its dashboard agent to report OS-assigned ports: every agent port is given
-        # (agent_ports), and the agent's registration and the raylet's start get longer waits than Ray's 30 s and
-        # 10 s; longer waits only make a genuinely broken agent fail later
+        # the raylet dies ("Timed out waiting for file .../metrics_agent_port_*", NodeManager::
+        # WaitForDashboardAgentPorts, bounded by raylet_start_wait_time_s: 10 s by default) when its dashboard agent
+        # is slower to come up, as on a loaded machine (seen on the twin at load 12: 16 s after the raylet started);
+        # longer waits only make a genuinely broken agent fail later
         common = {"RAY_AUTH_MODE": "token", "RAY_agent_register_timeout_ms": str(RAY_AGENT_REGISTER_MS),
                   "RAY_raylet_start_wait_time_s": str(RAY_AGENT_REGISTER_MS // 1000), **nccl_env(self.exp)}  # fmt: skip
-        p = self.ports
-        agent_ports = ["--metrics-export-port", str(p.ray_metrics_export), "--dashboard-agent-grpc-port",
-                       str(p.ray_agent_grpc), "--dashboard-agent-listen-port", str(p.ray_agent_http),
-                       "--runtime-env-agent-port", str(p.ray_runtime_env_agent)]  # fmt: skip
         cmds = [Command(
             "ray-head", self.head.name,
             ["ray", "start", "--head", "--node-ip-address", self.head.address, "--port", str(self.ports.ray),
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.ports.ray_dashboard),
-             "--num-gpus", str(gpus), *agent_ports, "--disable-usage-stats"],
+             "--num-gpus", str(gpus), "--disable-usage-stats"],
             env={**common, **self._vllm_env(self.head)}, secrets={RAY_TOKEN_ENV: RAY_TOKEN_ENV},
             background=False, stop_argv=["ray", "stop"],
             note="Ray on the private address only; dashboard/job API on the pod's 127.0.0.1 (reach it by SSH "
@@ -522,7 +511,7 @@ class _Renderer:
             cmds.append(Command(
                 f"ray-worker-{n.name}", n.name,
                 ["ray", "start", "--address", f"{self.head.address}:{self.ports.ray}",
-                 "--node-ip-address", n.address, "--num-gpus", str(n.gpus), *agent_ports, "--disable-usage-stats"],
+                 "--node-ip-address", n.address, "--num-gpus", str(n.gpus), "--disable-usage-stats"],
                 env={**common, **self._vllm_env(n)}, secrets={RAY_TOKEN_ENV: RAY_TOKEN_ENV},
                 background=False, stop_argv=["ray", "stop"],
             ))  # fmt: skip
