@@ -8,9 +8,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1lab.bench.sse import Stream, parse_response
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _dumps: Callable[[object], bytes]
 try:
@@ -173,10 +176,10 @@ def load_records(run_dir: str | Path, scenarios: list[str] | None = None) -> lis
     return out
 
 
-def arrow_schema():  # -> pyarrow.Schema
+def arrow_schema() -> pa.Schema:
     import pyarrow as pa
 
-    return pa.schema([
+    fields: list[tuple[str, pa.DataType]] = [
         ("scenario", pa.string()), ("point", pa.string()), ("request_id", pa.string()), ("worker", pa.int32()),
         ("concurrency", pa.int64()), ("rate", pa.float64()), ("warmup", pa.bool_()),
         ("t_sched", pa.float64()), ("t_send", pa.float64()), ("t_first", pa.float64()), ("t_end", pa.float64()),
@@ -186,7 +189,8 @@ def arrow_schema():  # -> pyarrow.Schema
         ("stamp_uncertain", pa.list_(pa.int32())), ("stamp_uncert_s", pa.float64()), ("t_first_token", pa.float64()),
         ("t_first_answer", pa.float64()), ("reasoning_tokens", pa.int64()), ("answer_tokens", pa.int64()),
         ("loop", pa.string()), ("reasoning_source", pa.string()),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    return pa.schema(fields)
 
 
 def write_parquet(records: list[dict[str, Any]], path: str | Path) -> Path:
