@@ -86,9 +86,7 @@ def test_ray_tp8_pp2_two_nodes() -> None:
     assert head.env["VLLM_HOST_IP"] == "10.0.0.1" and worker.env["VLLM_HOST_IP"] == "10.0.0.2"
     assert head.env["NCCL_IB_DISABLE"] == "1"  # Global Networking: TCP only
     assert head.env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" in head.secrets
-    # a loaded machine's dashboard agent needs more than Ray's 30 s to register, 10 s to write its port files
-    assert head.env["RAY_agent_register_timeout_ms"] == "180000"
-    assert head.env["RAY_raylet_start_wait_time_s"] == "180"
+    assert head.env["RAY_agent_register_timeout_ms"] == "180000"  # loaded: agents need > 30 s
     assert not head.background and head.stop_argv == ["ray", "stop"]
     assert flag(serve.argv, "--tensor-parallel-size") == "8"
     assert flag(serve.argv, "--pipeline-parallel-size") == "2"

@@ -26,7 +26,7 @@ from r1lab.serve.cpu_engine import POD_INTERFACE, cpu_env, cpu_spec, is_cpu_engi
 from r1lab.tinymodel import think_token_ids
 
 Stage = Literal["single", "multi", "dynamo"]
-RAY_AGENT_REGISTER_MS = 180_000  # a raylet's waits for its dashboard agent (Ray's defaults: 10 s, 30 s)
+RAY_AGENT_REGISTER_MS = 180_000  # how long a raylet lets its agents register (Ray's default: 30 s)
 API_KEY_ENV = (
     "R1LAB_VLLM_API_KEY"  # on this machine; handed to vLLM as VLLM_API_KEY (never on a command line)
 )
@@ -491,12 +491,13 @@ class _Renderer:
     def ray(self) -> list[Command]:
         """`ray start` on every node, on its private address; the dashboard on the head's 127.0.0.1."""
         gpus = self.head.gpus
-        # the raylet dies ("Timed out waiting for file .../metrics_agent_port_*", NodeManager::
-        # WaitForDashboardAgentPorts, bounded by raylet_start_wait_time_s: 10 s by default) when its dashboard agent
-        # is slower to come up, as on a loaded machine (seen on the twin at load 12: 16 s after the raylet started);
-        # longer waits only make a genuinely broken agent fail later
+        # On a loaded machine Ray's agents start slowly: RAY_agent_register_timeout_ms (30 s by default) bounds how
+        # long the raylet lets its agents register. NOT covered by any setting in Ray 2.60: the raylet's 15 s wait
+        # per port for the agents to report OS-assigned ports (NodeManager::WaitForDashboardAgentPorts; it died
+        # there at load 12-15 with both waits raised) and `ray start`'s 30 s wait for the node to register. The
+        # launcher waits for a late registration and restarts `ray start` on that message (launch.TRANSIENT_ONE_SHOT).
         common = {"RAY_AUTH_MODE": "token", "RAY_agent_register_timeout_ms": str(RAY_AGENT_REGISTER_MS),
-                  "RAY_raylet_start_wait_time_s": str(RAY_AGENT_REGISTER_MS // 1000), **nccl_env(self.exp)}  # fmt: skip
+                  **nccl_env(self.exp)}  # fmt: skip
         cmds = [Command(
             "ray-head", self.head.name,
             ["ray", "start", "--head", "--node-ip-address", self.head.address, "--port", str(self.ports.ray),
