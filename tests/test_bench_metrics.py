@@ -106,6 +106,21 @@ def test_knee_where_the_server_turns_the_excess_away():
     assert not find_knee(pts)["saturated"]
     pts[1].update(requests=1000, errors=990)
     pts[2].update(requests=1000, errors=990)
+    k = find_knee(pts)  # 512 fails no more than 256 did: the knee is before 256, where most first failed
+    assert k["knee_concurrency"] == 128 and "99% of requests failed at concurrency 256" in k["knee_why"]
+
+
+def test_a_point_where_most_requests_fail_is_past_the_knee_even_if_throughput_grew():
+    """Seen in the twin demo (main 9ac43db): c=512 had 7,143 of 7,655 requests fail (500/503, answered at once,
+    so the closed loop sent more) while the 512 that succeeded still raised throughput; the sweep then went on to
+    c=1024, which took the frontend down. A majority of failures is past capacity: the knee is the point before."""
+    pts = [point(128, 1596, 4946), point(256, 2129, 5628), point(512, 2536 * 1.5, 5643)]
+    for p, (n, err) in zip(pts, [(257, 0), (344, 0), (7655, 7143)], strict=True):
+        p.update(requests=n, errors=err)
+    assert find_knee(pts)["steps"][-1]["scaling"] > 0.2  # throughput "still scaled"
+    k = find_knee(pts)
+    assert k["saturated"] and k["knee_concurrency"] == 256 and "93% of requests failed" in k["knee_why"]
+    pts[2].update(errors=3000)  # 39%: a minority, and throughput grew: not a knee
     assert not find_knee(pts)["saturated"]
 
 

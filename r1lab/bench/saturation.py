@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+MAJORITY_FAILED = 0.5  # a point where at least this share of requests failed is past the knee
+
 
 def find_knee(
     points: list[dict[str, Any]],
@@ -48,11 +50,14 @@ def find_knee(
                              "latency_ratio": rise, "error_rate": err_b})  # fmt: skip
         queued = rise is not None and rise >= min_latency_rise
         refused = err_b is not None and err_b > max_error_rate and err_b > (err_a or 0.0)
-        if not out["saturated"] and scaling < min_scaling and (queued or refused):
+        # a point where most requests fail is past capacity whatever its throughput does (failures return fast,
+        # so a closed loop sends more and the successes of its first wave can still look like growth)
+        turned_away = err_b is not None and err_b >= MAJORITY_FAILED and err_b > (err_a or 0.0)
+        if not out["saturated"] and ((scaling < min_scaling and (queued or refused)) or turned_away):
+            why = f"latency x{rise:.2f}" if queued and not turned_away else f"{err_b:.0%} of requests failed"
             out.update(saturated=True, knee_concurrency=a["concurrency"], knee_throughput=a[throughput],
-                       knee_why=(f"latency x{rise:.2f}" if queued else f"{err_b:.0%} of requests failed") +
-                       f" at concurrency {b['concurrency']} while throughput grew {scaling:.0%} as fast as the "
-                       "concurrency")  # fmt: skip
+                       knee_why=why + f" at concurrency {b['concurrency']} while throughput grew {scaling:.0%} as "
+                       "fast as the concurrency")  # fmt: skip
     if not out["saturated"]:
         out["note"] = f"throughput still scaled at concurrency {pts[-1]['concurrency']}: extend the sweep"
     return out
