@@ -69,7 +69,7 @@ def test_report_shows_the_real_engine_check_when_the_run_has_one(tmp_path: Path)
 def test_demo_summary_names_the_real_engine_and_its_bytes(tmp_path: Path) -> None:
     import json
 
-    from r1lab.demo import _real_engine_line
+    from r1lab.report.brief import _real_engine_line
 
     assert _real_engine_line(tmp_path) == []
     row = {"nixl_bytes": 1935360.0, "predicted_bytes": 1935360}
