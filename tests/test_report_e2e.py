@@ -108,7 +108,14 @@ def test_load_run_to_report(tmp_path: Path) -> None:
     # reasoning records in test_report_build)
     assert rep.missing == {"reasoning": "no request had a reasoning phase"}, rep.missing
     found = {f.kind: f for f in rep.findings}
-    assert {"kv-bound", "queueing", "compute-bound", "network-bound"} <= set(found)
+    assert {"kv-bound", "compute-bound", "network-bound"} <= set(found)
+    # queueing compares TTFT at the lowest and highest points; where a loaded machine left the lowest point's TTFTs
+    # out as client-limited (every first chunk coalesced), no queueing verdict may be drawn from it
+    low = min(json.loads((rd / "summary.json").read_text())["points"], key=lambda p: p["concurrency"])
+    if (low.get("ttft_ms") or {}).get("p50") is None:
+        assert low["client_limited"] and "queueing" not in found
+    else:
+        assert "queueing" in found
     assert "head/mocker" in found["kv-bound"].evidence[0]
     checks, _ = check_report(rep.path)
     assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
