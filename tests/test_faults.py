@@ -220,6 +220,11 @@ TABLE: list[dict] = []
 TABLE_FILE = os.environ.get("R1LAB_FAULT_TABLE")  # also append each row here (JSON lines), across pytest runs
 
 
+def _failed(exc: BaseException) -> str:
+    """A failed case's cell in the closing table: the first line of what went wrong."""
+    return f"FAILED: {(str(exc) or type(exc).__name__).splitlines()[0][:120]}"
+
+
 def _row(**row: object) -> None:
     TABLE.append(row)
     if TABLE_FILE:
@@ -320,9 +325,7 @@ def test_kill_then_reap_leaves_nothing(tmp_path: Path, sig: str, phase: str) -> 
         row["after_reap"] = _assert_nothing_left(run, api_base)
         row["resume"] = "test_resume_* (SIGKILL at load)" if (sig, phase) == ("SIGKILL", "load") else "n/a"
     except BaseException as exc:
-        row["after_reap"] = (
-            row.get("after_reap") or f"FAILED: {(str(exc) or type(exc).__name__).splitlines()[0][:120]}"
-        )
+        row["after_reap"] = row.get("after_reap") or _failed(exc)
         raise
     finally:
         _row(**row)
@@ -394,9 +397,7 @@ def test_resume_after_a_kill_mid_load_gives_exact_counts(_: int, tmp_path: Path)
                          f"{len(aside.splitlines())} cut-short records aside")  # fmt: skip
         row["after_reap"] = _assert_nothing_left(again, _api_base(again))
     except BaseException as exc:
-        row["after_reap"] = (
-            row.get("after_reap") or f"FAILED: {(str(exc) or type(exc).__name__).splitlines()[0][:120]}"
-        )
+        row["after_reap"] = row.get("after_reap") or _failed(exc)
         raise
     finally:
         _row(**row)

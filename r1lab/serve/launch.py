@@ -522,7 +522,7 @@ class Launcher:
         ) as p:
             last = start
             while True:
-                self._check_all()
+                self.check()
                 if stage == "health" and _get_ok(url + ready.path):
                     stage = "workers" if ready.instances else "completion"
                     if stage == "workers":
@@ -563,11 +563,8 @@ class Launcher:
 
     def check(self) -> None:
         """Raise ServeError naming the first started process that exited or logged a known failure (its log
-        tail attached); return when all are well. For callers whose request to the deployment failed."""
-        self._check_all()
-
-    def _check_all(self) -> None:
-        """Every started process still alive and no known failure in its log."""
+        tail attached); return when all are well. Polled while waiting for readiness, and called by those whose
+        request to the deployment failed."""
         for r in self.running:
             text = self._read_log(r, 100_000)
             found = scan_failure(text)
