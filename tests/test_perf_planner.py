@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -145,3 +146,20 @@ def test_plan_times_of_prefix_sharing_scenarios():
         (tr["requests"] - 1) / tr["rate"] + tr["e2e_ms"]["mean"] / 1000
     )
     assert 55 < (tr["requests"] - 1) / tr["rate"] < 61  # the trace's own 60 s
+
+
+def test_plan_after_mocker_tables_is_the_same_json(tmp_path):
+    """The step models the mocker's tables fill (numpy figures) are cached and reused by the planner: a plan made
+    after them in the same process (a notebook kernel, `scripts/golden_outputs.py`) must still be plain JSON, the
+    same bytes as a plan made alone (it raised on a numpy bool `meets_slo`)."""
+    from r1lab.serve.commands import render
+    from r1lab.serve.deploy import mocker_timings
+
+    one = load_experiment(PARAMS / "runpod-1x8-h200.yaml")
+    exp = load_experiment(PARAMS / "runpod-1x8-h200.yaml")
+    predict = importlib.import_module("r1lab.perf.predict")  # the package re-exports the function `predict`
+    predict._step_model.cache_clear()
+    mocker_timings(one, render(one, "single", engine="mocker"), tmp_path)
+    after = json.dumps(make_plan(exp, include_standard=False).as_dict(), indent=1)
+    predict._step_model.cache_clear()
+    assert json.dumps(make_plan(exp, include_standard=False).as_dict(), indent=1) == after

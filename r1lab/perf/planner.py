@@ -309,7 +309,7 @@ def evaluate_topology(
                 tok_s_per_gpu=p.tok_s_per_gpu,
                 tok_s_per_user=p.tok_s_per_user,
                 usd_per_mtok_out=usd_mtok,
-                meets_slo=meets,
+                meets_slo=bool(meets),  # numpy bool when the step model was cached from the mocker tables
                 preemptions=p.preemptions,
                 kv_transfer_ms=p.kv_transfer_ms,
                 **({"modelled_as": pt["modelled_as"], "requests": pt["n"]} if pt.get("modelled_as") else {}),
