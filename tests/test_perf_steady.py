@@ -44,20 +44,48 @@ def test_agrees_with_simulation(
     assert a.preemptions == s.preemptions == 0
 
 
+# lock-step attention-DP ranks under EP (one instance, one node; an engine that schedules step by step)
+LOCKSTEP = [Parallelism(1, 1, 8, True), Parallelism(2, 1, 4, True)]
+LOCKSTEP_LOADS = [(1024, 1024, 8, None), (1024, 1024, 64, None), (1024, 1024, 512, None), (256, 4096, 64, 64),
+                  (8000, 256, 16, None), (1280, 256, 16, 160)]  # fmt: skip
+
+
+@pytest.mark.parametrize("par", LOCKSTEP, ids=lambda v: v.label())
+@pytest.mark.parametrize("isl,osl,conc,n", LOCKSTEP_LOADS)
+def test_lockstep_ranks_agree_with_simulation(
+    par: Parallelism, isl: int, osl: int, conc: int, n: int | None
+) -> None:
+    kw = dict(KW, num_requests=n)
+    a = P.predict("NVIDIA H200", 8, par, "vllm", isl, osl, conc, method="analytic", **kw)
+    s = P.predict("NVIDIA H200", 8, par, "vllm", isl, osl, conc, method="simulate", **kw)
+    assert a.evaluated_by == "steady-state" and s.evaluated_by == "simulation"
+    assert a.output_tok_s == pytest.approx(s.output_tok_s, rel=steady.THROUGHPUT_TOLERANCE)
+    assert a.tpot_ms["mean"] == pytest.approx(s.tpot_ms["mean"], rel=steady.LOCKSTEP_TPOT_TOLERANCE)
+    for q in ("mean", "p99"):
+        assert a.ttft_ms[q] == pytest.approx(s.ttft_ms[q], rel=steady.TTFT_TOLERANCE)
+
+
 def test_auto_falls_back_to_the_simulation_where_it_does_not_apply() -> None:
     cases = [
         (Parallelism(8), dict(concurrency=None, rate=2.0)),  # Poisson arrivals
         (Parallelism(8), dict(concurrency=16, isl_range=(512, 1536))),  # length spread
         (Parallelism(8), dict(concurrency=16, isl=16000)),  # a prompt longer than one step's budget
-        (Parallelism(1, 1, 8, True), dict(concurrency=64)),  # lock-step attention-DP ranks under EP
+        (Parallelism(1, 1, 8, True), dict(concurrency=12)),  # lock-step ranks, clients not an even share
+        (Parallelism(1, 1, 8, True), dict(concurrency=64, engine="sglang")),  # lock-step, schedules ahead
     ]
     for par, case in cases:
-        kw = {"isl": 1024, "osl": 256, **case}
+        kw = {"isl": 1024, "osl": 256, "engine": "vllm", **case}
         with pytest.raises(ValueError, match="does not apply"):
-            P.predict("NVIDIA H200", 8, par, "vllm", method="analytic", **kw, **KW)
-        auto = P.predict("NVIDIA H200", 8, par, "vllm", method="auto", **kw, **KW)
-        sim = P.predict("NVIDIA H200", 8, par, "vllm", method="simulate", **kw, **KW)
+            P.predict("NVIDIA H200", 8, par, method="analytic", **kw, **KW)
+        auto = P.predict("NVIDIA H200", 8, par, method="auto", **kw, **KW)
+        sim = P.predict("NVIDIA H200", 8, par, method="simulate", **kw, **KW)
         assert auto == sim  # the very same simulation
+    # lock-step ranks whose experts' all-to-all leaves the node (two pods over Global Networking)
+    two = dict(kv_dtype="fp8", gpu_memory_utilization=0.92, network_name="global-networking")
+    with pytest.raises(ValueError, match="does not apply"):
+        P.predict(
+            "NVIDIA H100 NVL", 16, Parallelism(8, 1, 2, True), "vllm", 1024, 256, 16, method="analytic", **two
+        )
 
 
 def test_unknown_method_is_refused() -> None:
