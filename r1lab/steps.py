@@ -1,5 +1,5 @@
-"""The experiment's provisioning steps (01) and the helpers its stages build on (pods, setup, preflight, load
-placement, monitoring, calibration); the serving stages 02-04 are r1lab.stages.serve.
+"""The helpers the experiment's stages build on (pods, setup, preflight, load placement, monitoring, calibration);
+the stages themselves are modules of r1lab.stages (01 environment, 02-04 serve, 05 load, 06 report).
 
 Each step works the same on RunPod and on the twin: pods come from `r1lab.cloud.provision` (RunPod REST v2, or
 the twin's emulator through the same client), commands run over SSH (`SshExecutor`), serving goes through
@@ -13,11 +13,10 @@ import hashlib
 import json
 import os
 import shlex
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,95 +193,6 @@ def _twin_bare() -> bool:
 
     twin = Twin.find(os.environ.get("R1LAB_TWIN_DIR"))
     return bool(twin is not None and twin.info.get("pods") == "bare")
-
-
-# --- 01: environment ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EnvironmentResult:
-    volume: dict[str, Any]
-    utility_pod: str
-    files: int
-    bytes: int
-    downloaded_files: int
-    complete: bool
-    commit: str
-    hub: str
-    manifest_path: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _hub_for(ctx: RunContext) -> tuple[str | None, Any]:
-    """Where weights come from: the Hugging Face Hub, or on the twin a local fake Hub on the twin's bridge
-    serving a generated repo laid out like DeepSeek-R1 (nothing can be downloaded here)."""
-    if ctx.exp.provider.kind != "twin":
-        return None, None
-    from r1lab.cloud.twin.api import Twin
-    from r1lab.hub.fake import FakeHub, build_r1_like_repo
-
-    twin = Twin.find(os.environ.get("R1LAB_TWIN_DIR"))
-    if twin is None:
-        raise RuntimeError(
-            "no twin is running: `r1lab twin up` (or run through `r1lab run`, which starts it)"
-        )
-    repo = build_r1_like_repo(Path(tempfile.mkdtemp(prefix="r1lab-fakehub-", dir=ctx.run_dir / "logs")))
-    hub = FakeHub({ctx.exp.model.repo_id: repo}, host=twin.host_ip)
-    hub.start()
-    return hub.url, hub
-
-
-def prepare_environment(ctx: RunContext) -> EnvironmentResult:
-    """SSH key, network volume, utility pod; download + verify the weights onto the volume; terminate the pod."""
-    from r1lab.hub.download import download_to_volume, ssh_exec
-
-    exp = ctx.exp
-    prov = provisioner(ctx)
-    with step("registering the run's SSH key"):
-        prov.ensure_key()
-    with step(f"network volume of {exp.volume.size_gb} GB in {exp.provider.data_center}"):
-        volume = prov.volume(exp.volume.size_gb, exp.provider.data_center)
-    ctx.state.set("volume", volume)
-    pods = ensure_pods(ctx, [UTILITY_ROLE])
-    utility = pods.ready[UTILITY_ROLE]
-    endpoint, hub = _hub_for(ctx)
-    try:
-        preflight(ctx, "environment", pods, weights_bytes=_weights_bytes(ctx, hub))
-        with step(f"downloading {exp.model.repo_id}@{exp.model.revision} to {exp.model.path}"):
-            manifest = download_to_volume(
-                ssh_exec(utility.ssh), exp.model.repo_id, exp.model.revision, exp.model.path,
-                list(exp.model.include), exclude=list(exp.model.exclude), endpoint=endpoint,
-                volume_size_gb=exp.volume.size_gb, log_path=ctx.run_dir / "logs" / "download.jsonl",
-            )  # fmt: skip
-    finally:
-        if hub is not None:
-            hub.stop()
-    with step("terminating the utility pod"):
-        release(ctx, "runpod-pod", utility.id)
-    result = EnvironmentResult(
-        volume={k: volume.get(k) for k in ("id", "name", "size", "dataCenterId", "dataCenter") if k in volume},
-        utility_pod=utility.name, files=len(manifest.files), bytes=sum(f.get("size", 0) for f in manifest.files),
-        downloaded_files=manifest.downloaded_files, complete=manifest.complete, commit=manifest.commit,
-        hub=endpoint or "https://huggingface.co", manifest_path=f"{exp.model.path}/.r1lab/manifest.json",
-    )  # fmt: skip
-    ctx.write_json("environment.json", result.as_dict())
-    ctx.state.set(
-        "weights", {"path": exp.model.path, "commit": manifest.commit, "complete": manifest.complete}
-    )
-    return result
-
-
-def _weights_bytes(ctx: RunContext, hub: Any) -> float | None:
-    """What the download puts on the volume: the twin's fake repo, or DeepSeek-R1's checkpoint (~689 GB)."""
-    if hub is not None:
-        return float(sum(e.size for e in hub.repos[ctx.exp.model.repo_id].entries.values()))
-    if ctx.exp.model.repo_id == "deepseek-ai/DeepSeek-R1":
-        from r1lab.model import ModelSpec
-
-        return ModelSpec.deepseek_r1().checkpoint_bytes()
-    return None
 
 
 def preflight(ctx: RunContext, stage: str, pods: Pods, **kw: Any) -> Any:
