@@ -12,12 +12,13 @@ Every figure in it is modelled (the memory plans come from r1lab.perf.memory); n
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from r1lab import gpus
 from r1lab.config import Experiment
+from r1lab.model import Parallelism
 from r1lab.perf import network, planner
 from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, MemoryPlan, memory_plan
 
@@ -27,6 +28,10 @@ FILENAME = "resolved.json"
 
 class ResolvedError(RuntimeError):
     pass
+
+
+class PlacementError(ValueError):
+    """The params' workers cannot be placed on their pods (r1lab.serve renders it as a ServeConfigError)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,25 @@ class InstanceGroup:
     pd_mode: str | None  # None (aggregated) | "prefill" | "decode"
     pods: tuple[str, ...]  # the params' pod roles this group runs on
     memory: dict[str, Any]  # r1lab.perf.memory.memory_plan(...).as_dict() of one GPU of one instance
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Where one engine process of a stage runs: the pod's name in the run (head, worker, worker-1) and its GPUs."""
+
+    pod: str
+    gpus: tuple[int, ...]  # CUDA device indices on that pod
+
+
+@dataclass(frozen=True)
+class StageGroup:
+    """The engines of one serving stage with one role: "engine" (single/multi: one instance over `workers`' pods),
+    "agg" (Dynamo aggregated workers) or "prefill" / "decode" (Dynamo P/D: one instance per worker, TP = its GPUs)."""
+
+    role: str
+    pd_mode: str | None  # None | "prefill" | "decode"
+    parallelism: Parallel  # of one instance (of the first worker under Dynamo)
+    workers: tuple[Worker, ...]
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,10 @@ class ResolvedDeployment:
     groups: tuple[InstanceGroup, ...]
     load_points: tuple[LoadPoint, ...]
     prices: dict[str, Quote]
+    # per serving stage ("single", "multi", "dynamo") its engine groups and where each worker runs; a stage the
+    # params' pods cannot hold is in placement_errors instead (the reason)
+    stages: dict[str, tuple[StageGroup, ...]] = field(default_factory=dict)
+    placement_errors: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     source: str = "modelled"
 
@@ -191,6 +219,19 @@ class ResolvedDeployment:
                 for p in d["load_points"]
             ),
             prices={k: Quote(**v) for k, v in d["prices"].items()},
+            stages={
+                stage: tuple(
+                    StageGroup(
+                        g["role"],
+                        g["pd_mode"],
+                        Parallel(**g["parallelism"]),
+                        tuple(Worker(w["pod"], tuple(w["gpus"])) for w in g["workers"]),
+                    )
+                    for g in groups
+                )
+                for stage, groups in d.get("stages", {}).items()
+            },  # fmt: skip
+            placement_errors=dict(d.get("placement_errors", {})),
             schema_version=d["schema_version"],
             source=d.get("source", "modelled"),
         )
@@ -231,6 +272,88 @@ def instance_memory(
 
 def _parallel(par: Any) -> Parallel:
     return Parallel(par.tp, par.pp, par.dp, par.ep, par.label())
+
+
+def serving_stages(exp: Experiment) -> list[str]:
+    """The serving stages this experiment runs: single always; multi with several nodes; dynamo when enabled."""
+    out = ["single"]
+    if exp.nodes > 1:
+        out.append("multi")
+    if exp.dynamo.enabled:
+        out.append("dynamo")
+    return out
+
+
+@dataclass(frozen=True)
+class _Pod:
+    name: str
+    role: str
+    gpus: int
+
+
+def _serving_pods(exp: Experiment) -> list[_Pod]:
+    """The serving pods in rank order (head first), named as in the run: the role, or role-i in a group."""
+    return [
+        _Pod(pod.role if pod.count == 1 else f"{pod.role}-{i}", pod.role, pod.gpu_count)
+        for pod in exp.serving_pods
+        for i in range(pod.count)
+    ]
+
+
+def stage_groups(exp: Experiment, stage: str) -> tuple[StageGroup, ...]:
+    """The engine groups of one serving stage and where each worker runs (PlacementError when the params' pods
+    cannot hold them). single: TP over the head's GPUs (or the params' TP x DP when it fills them); multi: the
+    params' parallelism over every serving pod; dynamo: the params' workers on their roles' pods, each worker TP
+    over its share of its pod's GPUs."""
+    s, pods = exp.serving, _serving_pods(exp)
+    head = pods[0]
+    if stage == "single":
+        n = head.gpus
+        fills = s.data_parallel > 1 and s.data_parallel <= n and s.tensor_parallel * s.data_parallel == n
+        par = Parallelism(s.tensor_parallel, 1, s.data_parallel, s.expert_parallel) if fills else (
+            Parallelism(n, 1, 1, s.expert_parallel))  # fmt: skip
+        return (StageGroup("engine", None, _parallel(par), (Worker(head.name, tuple(range(n))),)),)
+    if stage == "multi":
+        par = Parallelism(s.tensor_parallel, s.pipeline_parallel, s.data_parallel, s.expert_parallel)
+        every = tuple(Worker(p.name, tuple(range(p.gpus))) for p in pods)
+        return (StageGroup("engine", None, _parallel(par), every),)
+    if stage != "dynamo":
+        raise PlacementError(f"unknown stage {stage!r}: expected one of single, multi, dynamo")
+    d = exp.dynamo
+    by_role: dict[str, list[_Pod]] = {}
+    for p in pods:
+        by_role.setdefault(p.role, []).append(p)
+
+    def place(role: str | None, count: int, default: list[_Pod]) -> list[_Pod]:
+        pool = by_role.get(role, []) if role else default
+        return [pool[i % len(pool)] for i in range(count)]
+
+    if d.disaggregated:
+        placed = [("prefill", w) for w in place(d.prefill_role, d.prefill_workers, pods[:1])]
+        placed += [("decode", w) for w in place(d.decode_role, d.decode_workers, pods[-1:])]
+    else:
+        placed = [("agg", w) for w in place(d.decode_role, d.decode_workers, pods)]
+    per_pod: dict[str, int] = {}
+    for _, p in placed:
+        per_pod[p.name] = per_pod.get(p.name, 0) + 1
+    gpus_of = {p.name: p.gpus for p in pods}
+    for name, k in per_pod.items():
+        if gpus_of[name] % k:
+            raise PlacementError(
+                f"dynamo: {k} workers on pod {name!r} cannot split its {gpus_of[name]} GPUs evenly: "
+                "change dynamo.prefill_workers/decode_workers or the roles"
+            )
+    local: dict[str, int] = {}
+    workers: dict[str, list[Worker]] = {}
+    for mode, p in placed:
+        j = local.get(p.name, 0)
+        local[p.name] = j + 1
+        tp = p.gpus // per_pod[p.name]
+        workers.setdefault(mode, []).append(Worker(p.name, tuple(range(j * tp, (j + 1) * tp))))
+    return tuple(
+        StageGroup(mode, None if mode == "agg" else mode, _parallel(Parallelism(len(ws[0].gpus))), tuple(ws))
+        for mode, ws in workers.items()
+    )
 
 
 def _points(exp: Experiment) -> tuple[LoadPoint, ...]:
@@ -283,6 +406,13 @@ def resolve(exp: Experiment, prices: dict[str, Any] | None = None) -> ResolvedDe
         q = planner._price(gpu_type, exp, prices)
         if q:
             quotes[gpu_type] = Quote(gpu_type, float(q["usd_per_gpu_hour"]), str(q["date"]), str(q["source"]))
+    placed: dict[str, tuple[StageGroup, ...]] = {}
+    unplaced: dict[str, str] = {}
+    for stage in serving_stages(exp):
+        try:
+            placed[stage] = stage_groups(exp, stage)
+        except PlacementError as exc:
+            unplaced[stage] = str(exc)
     pv = exp.provider
     return ResolvedDeployment(
         experiment=exp.name,
@@ -316,6 +446,8 @@ def resolve(exp: Experiment, prices: dict[str, Any] | None = None) -> ResolvedDe
         groups=tuple(groups),
         load_points=points,
         prices=quotes,
+        stages=placed,
+        placement_errors=unplaced,
     )
 
 

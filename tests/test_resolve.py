@@ -66,3 +66,46 @@ def test_saved_once_in_the_run_dir_and_read_back(tmp_path: Path, monkeypatch) ->
     (ctx.run_dir / "resolved.json").write_text(json.dumps(bad))
     with pytest.raises(resolve.ResolvedError, match="schema_version 99"):
         resolve.load(ctx.run_dir)
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=[p.stem for p in PARAMS])
+def test_rendered_workers_are_the_resolved_stage_groups(params: Path) -> None:
+    """r1lab.serve renders each stage's engines where resolve placed them: a Dynamo worker per resolved worker,
+    on its pod, on its GPUs, at its TP; single/multi at the resolved parallelism."""
+    from r1lab.serve.commands import render
+
+    exp = load_experiment(params)
+    r = resolve.resolve(exp)
+    assert list(r.stages) + list(r.placement_errors) == resolve.serving_stages(exp)
+    for stage, groups in r.stages.items():
+        dep = render(exp, stage)  # type: ignore[arg-type]  # (the twin: the vLLM commands its mocker stands for)
+        if stage == "dynamo":
+            want = sorted((g.role, w.pod, ",".join(map(str, w.gpus))) for g in groups for w in g.workers)
+            workers = [c for c in dep.commands if "dynamo.vllm" in c.argv]
+            got = sorted((c.name.split("-")[2], c.node, c.env["CUDA_VISIBLE_DEVICES"]) for c in workers)
+            assert got == want
+            for c in workers:
+                assert c.argv[c.argv.index("--tensor-parallel-size") + 1] == str(
+                    len(c.env["CUDA_VISIBLE_DEVICES"].split(","))
+                )
+        else:
+            (g,) = groups
+            serve = next(c for c in dep.commands if c.argv[:2] == ["vllm", "serve"])
+            assert serve.argv[serve.argv.index("--tensor-parallel-size") + 1] == str(g.parallelism.tp)
+            assert dep.notes[0].startswith(g.parallelism.label)
+
+
+def test_an_unplaceable_stage_is_named_in_resolve_and_refused_by_serve() -> None:
+    import yaml
+
+    from r1lab.config import parse_experiment
+    from r1lab.serve.commands import ServeConfigError, render
+
+    data = yaml.safe_load((PARAMS[0].parent / "runpod-1x8-h200.yaml").read_text())
+    data["dynamo"] = {"enabled": True, "router_mode": "round-robin", "decode_workers": 3}
+    exp = parse_experiment(yaml.safe_dump(data), "agg3")
+    r = resolve.resolve(exp)
+    assert "dynamo" not in r.stages and "cannot split its 8 GPUs" in r.placement_errors["dynamo"]
+    assert resolve.ResolvedDeployment.from_dict(json.loads(r.to_json())) == r
+    with pytest.raises(ServeConfigError, match="cannot split its 8 GPUs"):
+        render(exp, "dynamo")

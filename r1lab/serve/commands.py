@@ -17,11 +17,18 @@ import json
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from r1lab.config import Experiment
 from r1lab.model import Parallelism
-from r1lab.resolve import engine_spec, instance_memory
+from r1lab.resolve import (
+    PlacementError,
+    StageGroup,
+    engine_spec,
+    instance_memory,
+    serving_stages,
+    stage_groups,
+)
 from r1lab.serve.cpu_engine import POD_INTERFACE, cpu_env, cpu_spec, is_cpu_engine
 from r1lab.tinymodel import think_token_ids
 
@@ -371,13 +378,9 @@ def resolve_max_model_len(exp: Experiment, spec: VllmSpec, gpu_type: str | None 
 
 
 def stages(exp: Experiment) -> list[Stage]:
-    """The stages this experiment runs: single always; multi with several nodes; dynamo when enabled."""
-    out: list[Stage] = ["single"]
-    if exp.nodes > 1:
-        out.append("multi")
-    if exp.dynamo.enabled:
-        out.append("dynamo")
-    return out
+    """The stages this experiment runs (r1lab.resolve.serving_stages): single always; multi with several nodes;
+    dynamo when enabled."""
+    return cast(list[Stage], serving_stages(exp))
 
 
 def render(
@@ -447,6 +450,13 @@ class _Renderer:
 
     def _bind(self) -> str:
         return "0.0.0.0"
+
+    def _groups(self, stage: str) -> tuple[StageGroup, ...]:
+        """The stage's engine groups and their workers' placement, as r1lab.resolve resolves them."""
+        try:
+            return stage_groups(self.exp, stage)
+        except PlacementError as exc:
+            raise ServeConfigError(str(exc)) from exc
 
     def _spec(self, **kw: Any) -> VllmSpec:
         return resolve_max_model_len(self.exp, VllmSpec.from_experiment(self.exp, **kw))
@@ -523,14 +533,14 @@ class _Renderer:
 
     # -- single node ----------------------------------------------------------------------------------------
     def single(self) -> Deployment:
-        gpus = self.head.gpus
-        s = self.exp.serving
-        if s.data_parallel > 1 and s.data_parallel <= gpus and s.tensor_parallel * s.data_parallel == gpus:
-            spec = self._spec(tp=s.tensor_parallel, pp=1, dp=s.data_parallel)
-            topo = f"TP{spec.tp} DP{spec.dp}{' EP' if spec.ep else ''} on 1 node"
-        else:
-            spec = self._spec(tp=gpus, pp=1, dp=1)
-            topo = f"TP{gpus} on 1 node"
+        # the resolved stage: TP over the head's GPUs (or the params' TP x DP where it fills them)
+        par = self._groups("single")[0].parallelism
+        spec = self._spec(tp=par.tp, pp=1, dp=par.dp)
+        topo = (
+            f"TP{spec.tp} DP{spec.dp}{' EP' if spec.ep else ''} on 1 node"
+            if par.dp > 1
+            else f"TP{spec.tp} on 1 node"
+        )
         vllm = Command(
             "vllm-serve", self.head.name,
             vllm_serve_argv(spec, host=self._bind(), port=self.ports.vllm),
@@ -548,7 +558,9 @@ class _Renderer:
     # -- multi node -----------------------------------------------------------------------------------------
     def multi(self) -> Deployment:
         s = self.exp.serving
-        spec = self._spec()
+        # the resolved stage: the params' parallelism over the pods
+        par = self._groups("multi")[0].parallelism
+        spec = self._spec(tp=par.tp, pp=par.pp, dp=par.dp)
         key = self._api_key()
         head = self.head
         cmds: list[Command] = []
@@ -686,30 +698,11 @@ class _Renderer:
     def dynamo(self, discovery: Literal["etcd", "file"] | None) -> Deployment:
         d = self.exp.dynamo
         by_name = {n.name: n for n in self.nodes}
-        by_role: dict[str, list[Node]] = {}
-        for n in self.nodes:
-            by_role.setdefault(n.role, []).append(n)
-
-        def place(role: str | None, count: int, default: list[Node]) -> list[Node]:
-            pool = by_role.get(role, []) if role else default
-            return [pool[i % len(pool)] for i in range(count)]
-
-        if d.disaggregated:
-            groups = [("prefill", w) for w in place(d.prefill_role, d.prefill_workers, self.nodes[:1])]
-            groups += [("decode", w) for w in place(d.decode_role, d.decode_workers, self.nodes[-1:])]
-        else:
-            groups = [("agg", w) for w in place(d.decode_role, d.decode_workers, self.nodes)]
-        per_node: dict[str, int] = {}
-        for _, n in groups:
-            per_node[n.name] = per_node.get(n.name, 0) + 1
-        for name, k in per_node.items():
-            if by_name[name].gpus % k:
-                raise ServeConfigError(
-                    f"dynamo: {k} workers on pod {name!r} cannot split its {by_name[name].gpus} GPUs evenly: "
-                    "change dynamo.prefill_workers/decode_workers or the roles"
-                )
-        decoders = [n for mode, n in groups if mode == "decode"]
-        self.decode_tp = decoders[0].gpus // per_node[decoders[0].name] if decoders else None
+        # the workers as r1lab.resolve places them: (mode, node, GPUs), prefill before decode
+        placed = [(g.role, by_name[w.pod], w.gpus) for g in self._groups("dynamo") for w in g.workers]
+        groups = [(mode, node) for mode, node, _ in placed]
+        decoders = [gpus for mode, _, gpus in placed if mode == "decode"]
+        self.decode_tp = len(decoders[0]) if decoders else None
         discovery = discovery or ("etcd" if len({n.name for _, n in groups}) > 1 else "file")
         head = self.head
         cmds: list[Command] = []
@@ -756,19 +749,17 @@ class _Renderer:
         not_run: list[Command] = []
         link = _kv_link_gbps(self.exp)
         counters: dict[str, int] = {}
-        local_index: dict[str, int] = {}
-        for i, (mode, node) in enumerate(groups):
+        for i, (mode, node, devices) in enumerate(placed):
             k = counters.get(mode, 0)
             counters[mode] = k + 1
-            j = local_index.get(node.name, 0)
-            local_index[node.name] = j + 1
-            tp = node.gpus // per_node[node.name]
+            tp = len(devices)
             spec = resolve_max_model_len(
                 self.exp, replace(VllmSpec.from_experiment(self.exp, tp=tp, pp=1, dp=1), ep=False)
             )
             if self.is_cpu:
-                spec, tp = cpu_spec(spec), 1
-            gpus = ",".join(str(g) for g in range(j * tp, (j + 1) * tp))
+                # one CPU device per worker: the worker's index on its pod
+                spec, devices = cpu_spec(spec), (devices[0] // len(devices),)
+            gpus = ",".join(str(g) for g in devices)
             env = {**env_base, **_bind_env(node.address), "DYN_SYSTEM_PORT": str(self.ports.system_base + i),
                    **self._plane_ports(i)}  # fmt: skip
             name = f"{mode}-{k}"
