@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/perf_model_accuracy.py [--anchors benchmarks/perf_anchors.csv]
         [--profile SLUG ...]   (use these hardware profiles instead of each GPU's reference profile)
+        [--sglang-dp-handoff]  (sglang's attention-DP hand-off as its source runs it; off by default, see ops.py)
 
 `benchmarks/perf_anchors.csv` holds every published R1/V3 FP8 Hopper serving point found (source, address, date,
 the stated setup); rows the model cannot replay are listed with the reason. For every row in scope: predicted vs
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import re
 import statistics
 import sys
@@ -27,7 +29,7 @@ from r1lab.model import Parallelism
 from r1lab.perf import Disaggregation, parse_parallelism, predict
 from r1lab.perf.ops import ENGINES
 from r1lab.perf.planner import STANDARD
-from r1lab.perf.predict import _efficiency
+from r1lab.perf.predict import _efficiency, _step_model
 from r1lab.perf.profile import load_profile
 
 DEFAULT_ANCHORS = Path(__file__).resolve().parent / "perf_anchors.csv"
@@ -207,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anchors", default=str(DEFAULT_ANCHORS))
     ap.add_argument("--profile", action="append", default=[], metavar="SLUG",
                     help="hardware profile (slug or path) to use for the GPU type it was measured on; repeatable")  # fmt: skip
+    ap.add_argument("--sglang-dp-handoff", action="store_true",
+                    help="model sglang's attention-DP -> TP MoE hand-off as its source runs it "
+                         "(EngineConstants.dp_attention_handoff; off by default)")  # fmt: skip
     a = ap.parse_args(argv)
+    if a.sglang_dp_handoff:
+        ENGINES["sglang"] = dataclasses.replace(ENGINES["sglang"], dp_attention_handoff=True)
+        _step_model.cache_clear()
     profiles: dict[str, str] = {}
     for slug in a.profile:
         try:

@@ -223,3 +223,31 @@ def test_sglang_and_trtllm_tokenise_at_the_measured_rate():
         e = engine_constants(name)
         assert e.frontend_per_token_s == sp.per_token_s and e.frontend_s == 0.0
     assert engine_constants("vllm").frontend_s == sp.fixed_s
+
+
+def test_sglang_dp_attention_handoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sglang's attention-DP -> TP-split MLP hand-off (EngineConstants.dp_attention_handoff, off by default): a step
+    carrying prefill gathers by all-reduce and all-reduces the MLP output (two all-reduces of the gathered tokens
+    per MoE and dense layer), a decode step one; the MoE block's kernels run on the gathered tokens."""
+    import dataclasses
+
+    from r1lab.perf.ops import ENGINES, engine_constants
+
+    base = engine_constants("sglang")
+    assert not base.dp_attention_handoff  # default: today's model
+    par = parse_parallelism("TP1 DP8 EP1")
+    local, tokens = 512, 8 * 512
+
+    def parts(n_dec: float, ctx: float, n_pre: float) -> dict[str, float]:
+        sm = StepModel(Deployment("H200", par, "sglang"))
+        return sm.parts(n_dec, ctx, n_pre, n_pre * (n_pre + 1) / 2, moe_tokens=tokens)
+
+    sm = StepModel(Deployment("H200", par, "sglang"))
+    ar = sm._allreduce_world(tokens * sm.h * 2, 8)
+    off = parts(0, 0, local)
+    assert off["ep_all_to_all"] == pytest.approx(ar * sm.moe_layers)
+    monkeypatch.setitem(ENGINES, "sglang", dataclasses.replace(base, dp_attention_handoff=True))
+    pre, dec = parts(0, 0, local), parts(local, local * 1000.0, 0)
+    assert pre["ep_all_to_all"] == pytest.approx(2 * ar * (sm.moe_layers + sm.dense_layers))
+    assert dec["ep_all_to_all"] == pytest.approx(ar * (sm.moe_layers + sm.dense_layers))
+    assert pre["small_kernels"] > off["small_kernels"]

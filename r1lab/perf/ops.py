@@ -100,6 +100,18 @@ class EngineConstants:
     1 (overlap scheduler on by default since 0.4, `--disable-overlap-schedule` turns it off); TensorRT-LLM
     PyTorch backend: 1 (overlap scheduler on by default, NVIDIA's MTP blog measures it); vLLM: 0 (synchronous
     unless `--async-scheduling`).
+    dp_attention_handoff: attention DP in front of TP-split experts (sglang `--enable-dp-attention` without EP),
+    off by default (today's model: one all-reduce of the gathered tokens per MoE layer, the MoE block's other work
+    on the rank's own tokens). On, as read from sglang's source (not fitted): sglang gathers the DP ranks' hidden states before every MLP and scatters
+    them after (layers/dp_attention.py, communicator.py; PR #8280): in a batch with any extend (prefill) it pads to
+    the sum of the ranks' tokens and gathers by all-reducing a zero-filled buffer, then all-reduces the MLP output
+    (`DpPaddingMode.get_dp_padding_mode`: is_extend_in_batch -> SUM_LEN): two all-reduces of the gathered tokens;
+    decode batches (MAX_LEN) all-gather and reduce-scatter, one all-reduce's worth. Its dense layers' MLP runs
+    TP-split on the gathered tokens too (`--moe-dense-tp-size` unset), and so do the router, the shared expert
+    (fused into the routed experts' kernel, expert parallelism being 1) and the MoE block's small kernels. Off by
+    default because it moves sglang's attention-DP burst TPOT further from the published rows (gpustack 2025-11-12:
+    +6 -> +29 % at 2000/100) while it brings throughput and TTFT closer (+59 -> +30 %, -42 -> -28 %): the model's
+    sglang scheduler (mixed prefill/decode steps, vLLM-style) is what those rows also test, and it is not sglang's.
     """
 
     name: str
@@ -108,6 +120,9 @@ class EngineConstants:
     mtp_acceptance: float = 0.76
     schedule_ahead_steps: int = 0
     fuses_shared_expert: bool = False  # the shared expert runs inside the routed experts' grouped GEMMs
+    dp_attention_handoff: bool = (
+        False  # the attention-DP -> TP-split MLP hand-off as sglang runs it (see above)
+    )
     frontend_s: float = 0.0  # serving front end's CPU work per request, served FIFO (r1lab.perf.serving)
     frontend_per_token_s: float = 0.0  # ... and per prompt token (tokenisation)
 
@@ -457,6 +472,8 @@ class StepModel:
         if n_pre and self._prefill_factors:  # the prefill rows' share at the measured kernels' rate
             f = 1.0 + (self._prefill_factor("gemm", m) - 1.0) * n_pre / m
             attn_lin, dense, shared, router = attn_lin * f, dense * f, shared * f, router * f
+        moe_m = m  # tokens whose hidden states enter this rank's MoE block (routing, experts' activations)
+        gather = 0.0  # attention-DP -> TP-split MoE hand-off: gather the DP ranks' tokens, reduce them back
         if self.dep.par.ep:
             tokens = m * self.dp if moe_tokens is None else moe_tokens  # every DP rank's tokens meet here
             local = self.E / self.dep.par.ep_size
@@ -479,23 +496,43 @@ class StepModel:
             # experts split over ranks that hold different attention-DP batches (sglang --enable-dp-attention
             # with TP MoE): those ranks all-gather their tokens before the experts and reduce-scatter after,
             # together one all-reduce of the gathered hidden states
+            # with dp_attention_handoff (sglang), the MLP runs on the gathered tokens of those g ranks (router, MoE
+            # kernels, shared expert, dense layers) and a step carrying prefill gathers by all-reduce (SUM_LEN
+            # padding): two all-reduces of the gathered tokens there
             g = min(self.moe_tp, self.dp)
-            if g > 1:
+            if g > 1 and not self.eng.dp_attention_handoff:
                 comm_ep += self._allreduce_world(tokens * g / self.dp * self.h * 2, g)
+            elif g > 1:
+                moe_m = tokens * g / self.dp
+                gather = (2 if n_pre else 1) * self._allreduce_world(moe_m * self.h * 2, g)
+                comm_ep += gather
+                shared = self._g(moe_m, self.h, 2 * self.shared_i / g) + self._g(
+                    moe_m, self.shared_i / g, self.h
+                )
+                router = self._g(moe_m, self.h, self.E, "bf16")
+                dense = self._g(moe_m, self.h, 2 * self.dense_i / g) + self._g(
+                    moe_m, self.dense_i / g, self.h
+                )
         else:
             touched = self.E * (1.0 - (1.0 - self.k / self.E) ** m)
             rows = m * self.k
             wbytes = touched * self.expert_bytes_full / self.tp
             flops = 2.0 * rows * 3 * self.h * self.I / self.tp
             comm_ep = 0.0
-        fused_shared = self.eng.fuses_shared_expert and not self.dep.par.ep
+        dense_gather = gather  # the dense layers' MLP crosses the same hand-off (0 without it)
+        # sglang fuses it unless experts are spread by id (expert parallelism of size > 1); today's model (the
+        # hand-off off) only where there is no EP at all
+        fused_shared = self.eng.fuses_shared_expert and (
+            self.dep.par.ep_size == 1 if self.eng.dp_attention_handoff else not self.dep.par.ep
+        )
         if (
             fused_shared
         ):  # the shared expert as one more expert of the grouped GEMMs, every token routed to it
+            split = self.moe_tp if self.dep.par.ep else self.tp
             touched += 1.0
-            rows += m
-            wbytes += self.expert_bytes_full / self.tp
-            flops += 2.0 * m * 3 * self.h * self.I / self.tp
+            rows += moe_m
+            wbytes += self.expert_bytes_full / split
+            flops += 2.0 * moe_m * 3 * self.h * self.I / split
             shared = 0.0
         measured_rows = (
             self.kt.moe_rows_s(rows, wbytes / max(touched, 1e-9))
@@ -519,6 +556,10 @@ class StepModel:
         floor = KERNEL_MIN_US * 1e-6 if self.eff.timing == "queued" else 0.0
         act = m * self.h * ACT_BYTES_PER_VALUE / (self.eff.kv_tb_s * 1e12)
         kernels = per_layer * max(floor, act) + k_step * floor
+        if moe_m != m:  # the MoE block's kernels run on the gathered tokens, not this rank's own
+            act_moe = moe_m * self.h * ACT_BYTES_PER_VALUE / (self.eff.kv_tb_s * 1e12)
+            kernels += Lm * k_moe * (max(floor, act_moe) - max(floor, act))
+            kernels += Ld * len(NON_GEMM_KERNELS["dense"]) * (max(floor, act_moe) - max(floor, act))
         if self.mtp:  # each MTP draft pass: one more layer's kernels and the head's, on n_dec tokens
             act_d = n_dec * self.h * ACT_BYTES_PER_VALUE / (self.eff.kv_tb_s * 1e12)
             kernels += self.mtp * ((k_attn + k_moe) * max(floor, act_d) + k_step * floor)
@@ -546,7 +587,8 @@ class StepModel:
                 + 2 * self.allreduce_s(n_dec * self.h * 2)
             )
         gpu = (
-            L * (attn_lin + attn_core + ar) + Ld * dense + Lm * (routed + shared + router + comm_ep) + head
+            L * (attn_lin + attn_core + ar) + Ld * (dense + dense_gather) + Lm * (routed + shared + router + comm_ep)
+            + head
             + mtp_draft + kernels
         )  # fmt: skip
         # overlap scheduling (schedule_ahead_steps >= 1) prepares the next step on the CPU while this one runs:
@@ -560,7 +602,7 @@ class StepModel:
             "dense_mlp": Ld * dense,
             "moe_experts": Lm * (routed + shared + router),
             "tp_allreduce": L * ar,
-            "ep_all_to_all": Lm * comm_ep,
+            "ep_all_to_all": Lm * comm_ep + Ld * dense_gather,
             "lm_head": head,
             "mtp_draft": mtp_draft,
             "small_kernels": kernels,
