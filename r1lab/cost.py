@@ -37,12 +37,21 @@ class PriceQuote:
 
 
 def quote(
-    gpu_type: str, fallback: Cost, live: Mapping[str, float] | None = None, live_date: str | None = None
+    gpu_type: str,
+    fallback: Cost,
+    live: Mapping[str, float] | None = None,
+    live_date: str | None = None,
+    resolved: Mapping[str, Any] | None = None,
 ) -> PriceQuote:
-    """The live price when the catalog gave one, else the params' dated fallback; a clear error otherwise."""
+    """The live price when the catalog gave one, else the run's resolved quote (`resolved`: the resolved
+    deployment's `prices`, dated when the run was resolved), else the params' dated fallback; a clear error
+    otherwise."""
     if live and live.get(gpu_type):
         date = live_date or _dt.datetime.now(_dt.UTC).date().isoformat()
         return PriceQuote(gpu_type, float(live[gpu_type]), date, "runpod catalog", True)
+    q = (resolved or {}).get(gpu_type)
+    if q is not None:
+        return PriceQuote(gpu_type, float(q.usd_per_gpu_hour), str(q.date), str(q.source), False)
     price = fallback.prices.get(gpu_type)
     if price is None:
         raise PriceError(
@@ -81,23 +90,25 @@ def deployment_cost(
     live: Mapping[str, float] | None = None,
     live_date: str | None = None,
     serving_only: bool = True,
+    quotes: Mapping[str, Any] | None = None,
 ) -> DeploymentCost:
-    """$/h of the experiment's pods (serving pods by default: the utility pod is gone before load starts)."""
+    """$/h of the experiment's pods (serving pods by default: the utility pod is gone before load starts), priced
+    as `quote` prices (`quotes`: the run's resolved deployment's `prices`)."""
     groups: list[dict[str, Any]] = []
-    quotes: dict[str, PriceQuote] = {}
+    priced: dict[str, PriceQuote] = {}
     total, gpus = 0.0, 0
     for pod in exp.pods:
         if not pod.gpu_type or not pod.gpu_count or (serving_only and not pod.serves):
             continue
-        q = quotes.get(pod.gpu_type) or quote(pod.gpu_type, exp.cost, live, live_date)
-        quotes[pod.gpu_type] = q
+        q = priced.get(pod.gpu_type) or quote(pod.gpu_type, exp.cost, live, live_date, quotes)
+        priced[pod.gpu_type] = q
         usd = q.usd_per_gpu_hour * pod.gpu_count * pod.count
         groups.append({"role": pod.role, "gpu_type": pod.gpu_type, "gpus": pod.gpu_count * pod.count,
                        "usd_per_hour": usd})  # fmt: skip
         total += usd
         gpus += pod.gpu_count * pod.count
     volume = exp.volume.size_gb * exp.cost.volume_usd_per_gb_month / HOURS_PER_MONTH
-    return DeploymentCost(total + volume, gpus, total, groups, volume, quotes, exp.provider.kind == "runpod")
+    return DeploymentCost(total + volume, gpus, total, groups, volume, priced, exp.provider.kind == "runpod")
 
 
 def usd_per_mtok(usd_per_hour: float | None, tok_s: float | None) -> float | None:
@@ -144,11 +155,13 @@ def run_total(
     live: Mapping[str, float] | None = None,
     live_date: str | None = None,
     now: float | None = None,
+    quotes: Mapping[str, Any] | None = None,
 ) -> RunCost:
     """The run's cost from its ledger: each pod from `created` to `deleted` (or now, if still live) at its rate,
     and each network volume at its $/GB-month. A pod's rate is the `usd_per_hour` the cloud layer recorded at
     creation, else its GPUs (ledger meta gpu_type, gpu_count, or the params pod group whose role ends its name,
-    r1lab-<run_id>-<role>) at the quoted price."""
+    r1lab-<run_id>-<role>) at the quoted price (`quote`; `quotes`: the run's resolved deployment's `prices`). The
+    one function that prices a run: the budget guard and the report both call it."""
     now = now if now is not None else _dt.datetime.now(_dt.UTC).timestamp()
     created: dict[tuple[str, str], dict[str, Any]] = {}
     ended: dict[tuple[str, str], float] = {}
@@ -182,7 +195,7 @@ def run_total(
             if meta.get("usd_per_hour") is not None:  # the rate the cloud layer recorded at creation
                 rate = float(meta["usd_per_hour"])
             elif gpu_type and gpus:
-                rate = quote(gpu_type, exp.cost, live, live_date).usd_per_gpu_hour * gpus
+                rate = quote(gpu_type, exp.cost, live, live_date, quotes).usd_per_gpu_hour * gpus
             else:
                 rate = 0.0
             usd = rate * hours

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
-from r1lab import cost
+from r1lab import cost, resolve
+from r1lab.cloud.budget import BudgetGuard
 from r1lab.config import load_experiment
+from r1lab.report.build import cost_context
+from r1lab.rundir import new_run
 
 
 @pytest.fixture
@@ -83,3 +90,33 @@ def test_topology_comparison() -> None:
     assert rows[1]["measured_usd_per_mtok_out"] == pytest.approx(51.04 / (350 * 3600) * 1e6)
     with pytest.raises(ValueError, match="topology"):
         cost.topology_comparison([{"usd_per_hour": 1.0}])
+
+
+PARAMS = sorted((Path(__file__).resolve().parents[1] / "params").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=[p.stem for p in PARAMS])
+def test_the_resolved_quotes_price_every_params_file_as_before(params: Path) -> None:
+    """The resolved deployment's quotes (the planner's) are the params' prices: same $/h, date and source."""
+    exp = load_experiment(params)
+    quotes = resolve.resolve(exp).prices
+    assert cost.deployment_cost(exp, quotes=quotes).as_dict() == cost.deployment_cost(exp).as_dict()
+
+
+def test_budget_guard_and_report_price_the_run_as_it_was_resolved(tmp_path: Path, monkeypatch) -> None:
+    """Both read the run's resolved.json quotes through one run_total: a quote edited there moves both."""
+    monkeypatch.setenv("R1LAB_OUTPUTS", str(tmp_path))
+    ctx = new_run(Path(__file__).resolve().parents[1] / "params" / "twin.yaml")
+    saved = json.loads((ctx.run_dir / resolve.FILENAME).read_text())
+    saved["prices"]["NVIDIA H100 NVL"] |= {"usd_per_gpu_hour": 1.25, "date": "2026-12-01", "source": "edited"}
+    (ctx.run_dir / resolve.FILENAME).write_text(json.dumps(saved))
+    entry = ctx.ledger.record("runpod-pod", "p1", f"r1lab-{ctx.run_id}-head", "twin")
+    now = cost._parse_time(entry["time"]) + 1800.0  # the head pod (8 GPUs) has lived half an hour
+    guard = BudgetGuard(ctx.run_dir, ctx.exp, clock=lambda: now)
+    assert guard.status().usd == pytest.approx(8 * 1.25 * 0.5)
+    data = SimpleNamespace(run_dir=ctx.run_dir, exp=ctx.exp, points=[], ledger=ctx.ledger.entries())
+    costs = cost_context(data)  # type: ignore[arg-type]
+    assert (
+        costs["deployment"].quotes["NVIDIA H100 NVL"].label() == "$1.25/GPU-h (fallback 2026-12-01, edited)"
+    )
+    assert costs["deployment"].gpu_usd_per_hour == pytest.approx(16 * 1.25)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from r1lab import resolve
 from r1lab.cloud.errors import BudgetExceededError
 from r1lab.cost import run_total
 from r1lab.teardown import Ledger
@@ -60,11 +61,18 @@ class BudgetGuard:
         self._started = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._resolved: resolve.ResolvedDeployment | None = None
 
     def status(self) -> BudgetStatus:
-        cost = run_total(self.exp, Ledger(self.run_dir).entries(), now=self.clock())
+        cost = run_total(self.exp, Ledger(self.run_dir).entries(), now=self.clock(), quotes=self._quotes())
         hours = max(cost.hours, (self.clock() - self._started) / 3600)
         return BudgetStatus(cost.usd, hours, self.max_usd, self.max_hours, self.tripped)
+
+    def _quotes(self) -> dict[str, Any] | None:
+        """The run's resolved price quotes (resolved.json), as the report prices the run; None before it exists."""
+        if self._resolved is None and (self.run_dir / resolve.FILENAME).exists():
+            self._resolved = resolve.load(self.run_dir)
+        return dict(self._resolved.prices) if self._resolved is not None else None
 
     def check(self) -> BudgetStatus:
         """Price the run now; tear it down if a cap is reached."""

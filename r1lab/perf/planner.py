@@ -151,7 +151,11 @@ def _price(gpu_type: str, exp: Any, prices: dict[str, Any] | None) -> dict[str, 
     cp = getattr(getattr(exp, "cost", None), "prices", {}) or {}
     if gpu_type in cp:
         p = cp[gpu_type]
-        return {"usd_per_gpu_hour": p.usd_per_gpu_hour, "date": p.date, "source": p.source or "params"}
+        return {
+            "usd_per_gpu_hour": p.usd_per_gpu_hour,
+            "date": p.date,
+            "source": p.source or "params cost.prices",
+        }
     return FALLBACK_PRICES.get(gpu_type)
 
 

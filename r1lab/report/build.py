@@ -17,6 +17,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from r1lab import resolve
 from r1lab.progress import step
 from r1lab.report import analysis as A
 from r1lab.report import charts as C
@@ -88,8 +89,12 @@ def cost_context(data: RunData, live: dict[str, float] | None = None) -> dict[st
                            "deployment": None, "run_total": None}  # fmt: skip
     if data.exp is None:
         return ctx
+    resolved = (
+        data.run_dir / resolve.FILENAME
+    )  # the run's price quotes as it was resolved (runs before it: none)
+    resolved_quotes = resolve.load(data.run_dir).prices if resolved.exists() else None
     try:
-        dep = deployment_cost(data.exp, live=live)
+        dep = deployment_cost(data.exp, live=live, quotes=resolved_quotes)
     except KeyError as exc:
         ctx["error"] = str(exc)
         return ctx
@@ -101,7 +106,7 @@ def cost_context(data: RunData, live: dict[str, float] | None = None) -> dict[st
     else:
         ctx["price_label"] = f"${summary_rate:,.2f}/h (summary.json; prices {quotes})"
     if data.ledger:
-        ctx["run_total"] = run_total(data.exp, data.ledger, live=live)
+        ctx["run_total"] = run_total(data.exp, data.ledger, live=live, quotes=resolved_quotes)
     return ctx
 
 

@@ -63,7 +63,7 @@ def run(ctx: RunContext, to: Target, only: list[str] | None = None) -> LoadResul
             exp.load, url=to.url, model_dir=to.tokenizer_dir, model=exp.model.served_name, run_dir=ctx.run_dir,
             only=only, shell=load_shell(ctx),  # load.run_on "pod": the generator runs next to the server
         )  # fmt: skip
-    dep = cost.deployment_cost(exp)
+    dep = cost.deployment_cost(exp, quotes=ctx.resolved.prices)  # priced as the run was resolved
     slo = exp.load.slo
     metrics_file = (
         ctx.run_dir / "metrics.parquet"
