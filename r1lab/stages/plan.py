@@ -10,6 +10,7 @@ from typing import Any
 
 from r1lab.config import Experiment
 from r1lab.perf.planner import Plan, plan_experiment, render_text
+from r1lab.resolve import ResolvedDeployment, resolve
 from r1lab.rundir import RunContext
 from r1lab.serve.plan_commands import plan_commands
 
@@ -26,14 +27,19 @@ def make_plan(
     prices: dict[str, Any] | None = None,
     include_standard: bool = True,
     method: str = "simulate",
+    resolved: ResolvedDeployment | None = None,
 ) -> Plan:
     """The plan (modelled by r1lab.perf; `method` as plan_experiment's) carrying the commands r1lab.serve renders
-    for every stage."""
-    return plan_experiment(exp, prices, include_standard, method, commands=plan_commands(exp))
+    for every stage, priced at the resolved deployment's quotes (`resolved`, default resolve(exp, prices): live
+    `prices` where given, else the params' dated fallbacks)."""
+    r = resolved or resolve(exp, prices)
+    quotes = {k: {"usd_per_gpu_hour": q.usd_per_gpu_hour, "date": q.date, "source": q.source}
+              for k, q in r.prices.items()}  # fmt: skip
+    return plan_experiment(exp, quotes, include_standard, method, commands=plan_commands(exp))
 
 
 def run(ctx: RunContext) -> PlanResult:
     """Plan the run's experiment, write plan.json (never overwritten) and return it with its text form."""
-    plan = make_plan(ctx.exp)
+    plan = make_plan(ctx.exp, resolved=ctx.resolved)
     path = ctx.write_json("plan.json", plan.as_dict())
     return PlanResult(plan, path, render_text(plan, ctx.exp))
