@@ -336,3 +336,17 @@ def test_twin_real_engine_renders_the_same_workers_on_the_cpu_build() -> None:
         assert c.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == c.env["VLLM_HOST_IP"] == c.env["DYN_TCP_RPC_HOST"]
         assert json.loads(flag(c.argv, "--kv-events-config"))["enable_kv_cache_events"]
     assert render(exp, "dynamo", nodes=NODES).engine == "mocker"  # default unchanged
+
+
+def test_cpu_spec_replaces_the_flags_it_owns() -> None:
+    from dataclasses import replace
+
+    from r1lab.serve.commands import VllmSpec
+    from r1lab.serve.cpu_engine import CPU_KVCACHE_BYTES, cpu_spec
+
+    base = VllmSpec.from_experiment(exp_of("twin.yaml"))
+    mine = replace(base, extra_args=("--kv-cache-memory-bytes", "1", "--enforce-eager", "--seed", "3"))
+    args = cpu_spec(mine).extra_args
+    assert args.count("--kv-cache-memory-bytes") == 1 and args.count("--enforce-eager") == 1
+    assert args[args.index("--kv-cache-memory-bytes") + 1] == str(CPU_KVCACHE_BYTES)
+    assert args[:2] == ("--seed", "3")  # what is not the CPU build's own is kept
