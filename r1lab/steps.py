@@ -223,7 +223,7 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
     from r1lab.model import ModelSpec
     from r1lab.serve.cpu_engine import cpu_engine_python
     from r1lab.serve.deploy import deploy
-    from r1lab.serve.kv_transfer import ENGINE_LABEL, prove_transfer
+    from r1lab.serve.kv_transfer import ENGINE_LABEL, SOURCES, TOLERANCE, prove_transfer
     from r1lab.serve.startup import startup_phases
     from r1lab.tinymodel import write_tiny_model
 
@@ -235,6 +235,12 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
         )
     roles = serving_roles(exp)
     pods = ensure_pods(ctx, roles)
+    # a bare pod sees the CPU engine where the twin binds it (its own root has none of the host's files)
+    from r1lab.cloud.twin.netns import POD_ENGINE_VENV
+
+    in_pod = f"{POD_ENGINE_VENV}/bin/python"
+    if all(pods.executors[r].run(f"test -x {in_pod}", check=False).code == 0 for r in roles):
+        py = Path(in_pod)
     local = write_tiny_model(ctx.run_dir / "real-engine" / "tiny-model", weights=True, shards=1,
                              max_position_embeddings=4096)  # fmt: skip
     remote = f"{exp.volume.mount.rstrip('/')}/models/tiny-r1-cpu"
@@ -270,7 +276,7 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
               for c in launched.deployment.to_run if c.name.startswith("dynamo-vllm-")
               and (logs / f"{c.name}.log").exists()}  # fmt: skip
     out = {"engine": ENGINE_LABEL, "topology": launched.deployment.topology, "start_s": round(start_s, 1),
-           "startup_phases_s": phases, "requests": rows,
+           "startup_phases_s": phases, "requests": rows, "sources": SOURCES, "tolerance": TOLERANCE,
            "commands": [c.shell() for c in launched.deployment.to_run]}  # fmt: skip
     ctx.write_json("real-engine.json", out)
     return out

@@ -123,6 +123,20 @@ def test_runpod_environment_volume_and_interface(twin: dict, pod) -> None:
     assert (vol / "from-pod").read_text() == "hi\n"
 
 
+def test_the_twins_cpu_engine_is_bound_read_only(twin: dict, pod) -> None:
+    """The stand-in for the GPU engine (netns.engine_binds): .venv-dynamo-vllm at /opt/r1lab-cpu-engine, its
+    interpreter and libnuma, read-only; vLLM's CPU kernels load against the pod's own libraries."""
+    from r1lab.cloud.twin.netns import POD_ENGINE_VENV, engine_binds
+
+    if not engine_binds():
+        pytest.fail("no .venv-dynamo-vllm here: make test bootstraps it (scripts/bootstrap.sh --vllm)")
+    py = f"{POD_ENGINE_VENV}/bin/python"
+    r = ssh(twin, pod, f"touch {POD_ENGINE_VENV}/x 2>&1; {py} -c 'import ctypes, sys; ctypes.CDLL(\"libnuma.so.1\"); "
+                       f"print(sys.prefix)'")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Read-only file system" in r.stdout and r.stdout.strip().splitlines()[-1] == POD_ENGINE_VENV
+
+
 def test_setup_installs_from_the_twins_sources(twin: dict, pod) -> None:
     """apt and pip inside the pod reach only the twin's repository and index (nothing else is reachable)."""
     t0 = time.monotonic()

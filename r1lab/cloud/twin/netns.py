@@ -64,6 +64,31 @@ def project_venv() -> Path:
     return Path(sys.prefix)
 
 
+# vLLM's CPU build links libnuma (vllm/_C*.so); the pods' base image has no libnuma1 (RunPod's CUDA images do)
+ENGINE_SYSTEM_LIBS = ("/usr/lib/x86_64-linux-gnu/libnuma.so.1",)
+POD_ENGINE_VENV = "/opt/r1lab-cpu-engine"  # where a bare pod sees the twin's CPU engine (engine_binds)
+
+
+def engine_binds() -> list[tuple[str, str]]:
+    """What a bare pod gets of the twin's CPU engine (the stand-in for the GPU build of vLLM, NIXL and torch that
+    the setup lines install on RunPod and the twin leaves out, `setuplines.GPU_ONLY`): `.venv-dynamo-vllm`
+    (`scripts/bootstrap.sh --dynamo-vllm`; $R1LAB_DYNAMO_VLLM_VENV overrides) at `POD_ENGINE_VENV`, the
+    interpreter it was made with (its venv's python links to it by path) and the system libraries of
+    `ENGINE_SYSTEM_LIBS`; all read-only. (host, pod path) pairs; none when that venv is absent."""
+    venv = Path(os.environ.get("R1LAB_DYNAMO_VLLM_VENV") or Path(_package_root()) / ".venv-dynamo-vllm")
+    cfg = venv / "pyvenv.cfg"
+    if not cfg.is_file():
+        return []
+    home = next((ln.split("=", 1)[1].strip() for ln in cfg.read_text().splitlines()
+                 if ln.split("=", 1)[0].strip() == "home"), "")  # fmt: skip
+    out = [(os.path.realpath(venv), POD_ENGINE_VENV)]
+    prefix = Path(os.path.realpath(home)).parent if home else None
+    if prefix is not None and prefix != Path("/usr") and prefix.is_dir():  # a system python is in the image
+        out.append((str(prefix), str(prefix)))
+    out += [(lib, lib) for lib in ENGINE_SYSTEM_LIBS if os.path.exists(lib)]
+    return out
+
+
 def _bind_through(home: Path) -> list[str]:
     """Top-level directories of `home` the interpreter lives in (e.g. /root/.pyenv), kept visible in pods."""
     out = []
@@ -335,6 +360,7 @@ class PodHosts:
             "shm_size": os.environ.get("R1LAB_TWIN_SHM", "64m"),
             "hosts_file": str(self.hosts_file),
             "mounts": [[str(src), dst] for src, dst in self._volume_mounts(pod, d)],
+            "ro_mounts": [[src, dst] for src, dst in engine_binds()],
             "files": files,
             "remove": remove,
             "args": pod.get("args") or "",

@@ -103,6 +103,17 @@ def setup_bare(cfg: dict) -> None:
     for src, dst in cfg.get("mounts", []):
         (r / dst.lstrip("/")).mkdir(parents=True, exist_ok=True)
         _mount("--bind", src, f"{root}/{dst.lstrip('/')}")
+    for src, dst in cfg.get(
+        "ro_mounts", []
+    ):  # the twin's CPU engine (netns.engine_binds): files or directories
+        target = r / dst.lstrip("/")
+        if os.path.isdir(src):
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+        _mount("--bind", src, str(target))
+        _mount("-o", "remount,bind,ro", str(target))
     os.chdir(root)
     os.makedirs(".oldroot", exist_ok=True)
     subprocess.run(
