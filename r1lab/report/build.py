@@ -374,9 +374,19 @@ def _real_engine_html(run_dir: Path) -> str:
     real = json.loads(p.read_text(encoding="utf-8"))
     rows = "".join(
         f"<tr><td>{r['prompt_tokens']}</td><td>{r['nixl_transfers']:.0f}</td><td>{r['nixl_bytes']:,.0f}</td>"
-        f"<td>{r['link_rx_bytes']:,}</td><td>{r['predicted_bytes']:,}</td><td>{r['tokens_external']:.0f}</td>"
+        f"<td>{r['link_rx_bytes']:,}</td><td>{r['predicted_bytes']:,}</td>"
+        f"<td>{r['nixl_bytes'] / r['predicted_bytes'] if r['predicted_bytes'] else float('nan'):.3f}</td><td>{r['tokens_external']:.0f}</td>"
         f"<td>{r['tokens_local']:.0f}</td><td>{r.get('request_s', '')}</td></tr>"
         for r in real.get("requests", [])
+    )
+    src = real.get("sources") or {}
+    sources = (
+        "<ul>"
+        + "".join(f"<li>{e(k.replace('_', ' '))}: {e(v)}</li>" for k, v in src.items())
+        + (f"<li>tolerance: {e(real['tolerance'])}</li>" if real.get("tolerance") else "")
+        + "</ul>"
+        if src
+        else "<p>Predicted bytes: one MLA copy per decode TP rank, whole KV blocks (modelled).</p>"
     )
     phases = "".join(
         f"<li>{e(name)}: " + ", ".join(f"{e(k)} {v:g} s" for k, v in ph.items()) + "</li>"
@@ -384,10 +394,10 @@ def _real_engine_html(run_dir: Path) -> str:
     )
     return (
         f"<h2>Real prefill/decode KV transfer</h2><p><span class='tag'>{e(real.get('engine', '?'))}</span> "
-        f"{e(real.get('topology', ''))}; started in {real.get('start_s', '?')} s. Predicted bytes: one MLA copy per "
-        "decode TP rank, whole KV blocks (modelled from the model's config). Times are the CPU engine's on the "
-        "twin's shared cores, not R1's.</p><table><tr><th>prompt tokens</th>"
+        f"{e(real.get('topology', ''))}; started in {real.get('start_s', '?')} s. Times are the CPU engine's on the "
+        f"twin's shared cores, not R1's.</p>{sources}<table><tr><th>prompt tokens</th>"
         "<th>NIXL transfers</th><th>NIXL bytes</th><th>decode pod link rx bytes</th><th>predicted bytes</th>"
+        "<th>NIXL / predicted</th>"
         f"<th>prompt tokens received</th><th>computed on decode</th><th>request s</th></tr>{rows}</table>"
         + (
             f"<p>Start-up, seconds after the launch (from the workers' logs):</p><ul>{phases}</ul>"

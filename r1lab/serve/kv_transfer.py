@@ -80,9 +80,23 @@ class DecodeCounters:
 def predicted_kv_bytes(
     model: ModelSpec, tokens: int, *, decode_tp: int = 1, block_size: int, kv_dtype: str = "auto"
 ) -> int:
-    """Bytes NIXL moves for `tokens` prompt tokens: whole blocks, one full MLA copy per decode TP rank."""
+    """Bytes NIXL moves for `tokens` prompt tokens: whole blocks of the planner's P/D KV model
+    (`ModelSpec.kv_transfer_bytes_per_token`, which `perf.ops` times on the link: one MLA copy per decode rank)."""
     blocks = math.ceil(tokens / block_size)
-    return decode_tp * blocks * block_size * model.kv_bytes_per_token(kv_dtype)
+    return blocks * block_size * model.kv_transfer_bytes_per_token(kv_dtype, decode_tp)
+
+
+# where each byte count comes from (written beside the numbers in real-engine.json, 04 and the report)
+SOURCES = {
+    "nixl_bytes": "measured: the decode worker's vllm:nixl_bytes_transferred_sum (real engine on the twin)",
+    "link_rx_bytes": "measured: the decode pod's eth0 rx_bytes around the request, less the counter reads' own",
+    "predicted_bytes": "modelled: the planner's P/D KV model (ModelSpec.kv_transfer_bytes_per_token) on the "
+    "served model's config.json, whole KV blocks",
+}
+TOLERANCE = (
+    "NIXL bytes within one KV block per decode rank below the predicted bytes (vLLM may leave the prompt's last "
+    "block to the decode engine) and never above; link rx bytes at least the NIXL bytes"
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,19 @@ class TransferProof:
     decode_tp: int
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "agrees": self.agrees(), "nixl_over_predicted": round(self.ratio(), 4)}
+
+    def ratio(self) -> float:
+        """Measured NIXL bytes over the planner's predicted bytes."""
+        return self.nixl_bytes / self.predicted_bytes if self.predicted_bytes else math.nan
+
+    def agrees(self) -> bool:
+        """Measured and predicted agree within `TOLERANCE`."""
+        block = self.decode_tp * self.block_size * self.kv_bytes_per_token
+        return (
+            self.predicted_bytes - block <= self.nixl_bytes <= self.predicted_bytes
+            and self.link_rx_bytes >= self.nixl_bytes > 0
+        )
 
     def summary(self) -> str:
         return (
@@ -110,7 +136,8 @@ class TransferProof:
             f"{self.nixl_bytes:,.0f} B; decode pod link rx {self.link_rx_bytes:,} B; predicted "
             f"{self.predicted_bytes:,} B ({self.decode_tp} decode TP rank(s) x blocks of {self.block_size} x "
             f"{self.kv_bytes_per_token} B/token); prompt tokens by transfer {self.tokens_external:.0f}, "
-            f"computed on decode {self.tokens_local:.0f}"
+            f"computed on decode {self.tokens_local:.0f}; NIXL/predicted {self.ratio():.3f} "
+            f"({'agrees' if self.agrees() else 'DISAGREES'} within the stated tolerance)"
         )
 
 
