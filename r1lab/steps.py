@@ -262,7 +262,8 @@ def real_engine_check(ctx: RunContext) -> dict[str, Any] | None:
             t1 = time.monotonic()
             try:  # ~170, ~340, ... prompt tokens (whole KV blocks of 16 and more), 8 out: CPU time is the cost
                 proof, chunks = prove_transfer(launched.endpoint.url, "tiny-r1", metrics, pods.executors[dec.node],
-                                               spec, prompt_words=check_prompt_words(i), max_tokens=8)  # fmt: skip
+                                               spec, prompt_words=check_prompt_words(i), max_tokens=8,
+                                               alive=launched.launcher.check)  # fmt: skip
             except OSError:  # a refused or failed request: name the worker that died, with its log tail
                 launched.launcher.check()
                 raise

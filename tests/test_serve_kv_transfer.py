@@ -133,3 +133,47 @@ def test_the_real_engine_params_file_fits_the_cpu_engine(tmp_path: Path) -> None
     make = (REPO / "Makefile").read_text()
     pattern = re.search(r"grep -Eq '([^']+)' \$\(PARAMS\)", make)
     assert pattern and re.search(pattern.group(1).replace("[[:space:]]", r"\s"), path.read_text(), re.M)
+
+
+def test_wait_for_metrics_waits_for_the_engines_cache_config_and_names_a_dead_worker() -> None:
+    import http.server
+    import socket
+    import threading
+
+    from r1lab.serve.kv_transfer import wait_for_metrics
+
+    with socket.socket() as s:  # a port nobody listens on: refused, as a worker not yet up
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    class Dead(RuntimeError):
+        pass
+
+    def died() -> None:
+        raise Dead("decode worker exited")
+
+    with pytest.raises(Dead):
+        wait_for_metrics(url, deadline_s=5, alive=died, poll_s=0.05)
+    with pytest.raises(OSError, match="no vLLM cache config after"):
+        wait_for_metrics(url, deadline_s=0.2, poll_s=0.05)
+    bodies = iter(["# only Dynamo's own metrics so far\n"] * 2)
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = next(bodies, TEXT).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", port), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        samples = wait_for_metrics(url, deadline_s=30, poll_s=0.05)
+        assert DecodeCounters.of(samples).nixl_bytes == 1327104.0
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +50,31 @@ def metric(samples: dict, name: str, **labels: str) -> float:
 def fetch_metrics(url: str, timeout: float = 10.0) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return parse_metrics(resp.read().decode("utf-8", "replace"))
+
+
+def wait_for_metrics(
+    url: str, deadline_s: float = 180.0, alive: Callable[[], None] | None = None, poll_s: float = 1.0
+) -> dict:
+    """The worker's metrics once its port answers with vLLM's cache config (a worker registered in discovery may
+    still be bringing up its system server on a loaded machine); `alive()` raises when the worker died meanwhile.
+    OSError naming the URL when it never answered within `deadline_s`."""
+    end = time.monotonic() + deadline_s
+    last: Exception | None = None
+    while True:
+        try:
+            samples = fetch_metrics(url)
+            if any(n == "vllm:cache_config_info" for n, _ in samples):
+                return samples
+            last = None
+        except OSError as e:
+            last = e
+        if alive is not None:
+            alive()
+        if time.monotonic() > end:
+            raise OSError(
+                f"{url}: no vLLM cache config after {deadline_s:.0f} s ({last or 'engine metrics absent'})"
+            )
+        time.sleep(poll_s)
 
 
 @dataclass(frozen=True)
@@ -187,12 +214,14 @@ def prove_transfer(
     max_tokens: int = 16,
     decode_tp: int = 1,
     engine: str = ENGINE_LABEL,
+    alive: Callable[[], None] | None = None,
 ) -> tuple[TransferProof, int]:
     """Send one streamed request through the frontend at `url` and measure its KV transfer; (proof, chunks).
 
     The link bytes are the decode pod's eth0 receive counter around the request, less what one SSH read of
-    that counter adds by itself (measured just before)."""
-    m0 = fetch_metrics(decode_metrics_url)
+    that counter adds by itself (measured just before). `alive` (e.g. `Launcher.check`) is polled while the decode
+    worker's metrics are not up yet."""
+    m0 = wait_for_metrics(decode_metrics_url, alive=alive)
     sizes = [dict(ls).get("block_size") for (n, ls) in m0 if n == "vllm:cache_config_info"]
     block_size = int(next(b for b in sizes if b))
     before = DecodeCounters.of(m0)
