@@ -139,7 +139,7 @@ def test_twin_real_prefill_decode_over_nixl(tmp_path: Path, monkeypatch: pytest.
             ):
                 t0 = time.monotonic()
                 proof, chunks = prove_transfer(endpoint.url, endpoint.model, metrics_url, worker, spec,
-                                               prompt_words=120, max_tokens=8)  # fmt: skip
+                                               prompt_words=120, max_tokens=8, alive=launcher.check)  # fmt: skip
                 timings["request_s"] = time.monotonic() - t0
             print(proof.summary())
             print(json.dumps({**proof.as_dict(), **timings}))
