@@ -33,8 +33,10 @@ def _stream(url: str, n: int, tokens: int) -> list[Raw]:
 def test_every_stream_keeps_its_schedule_and_the_log_matches_what_arrived(tmp_path):
     """64 concurrent streams (TTFT 30 ms, a token every 10 ms): the first chunk leaves within a few ms of its
     nominal time and so does every later one (a wheel slot that is never armed would make chunks wait for
-    another stream's turn: tens of ms late), and every chunk the client read is one the server logged."""
-    with gtserver.running(ttft_ms=30, itl_ms=10, log=tmp_path / "t") as url:
+    another stream's turn: tens of ms late), and every chunk the client read is one the server logged. The server
+    runs under SCHED_RR when root (CI), as benchmarks/loadgen_capacity.py runs it: what is checked is its wheel,
+    not how long a loaded machine's CPU scheduler keeps a normal process waiting."""
+    with gtserver.running(ttft_ms=30, itl_ms=10, log=tmp_path / "t", realtime=True) as url:
         raws = _stream(url, 64, 12)
     truth = gtserver.read_truth(tmp_path / "t")
     first_late, gap_late = [], []

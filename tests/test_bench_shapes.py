@@ -49,9 +49,19 @@ def test_poisson_arrivals_statistics():
     assert np.array_equal(d, arrivals(20.0, requests=None, duration_s=30.0, seed=2))
 
 
+def stall_bound_s(res, extra_s: float) -> dict[int, float]:
+    """Per worker: how late a send may be, the worker's own measured worst loop stall in this run plus
+    `extra_s`; on a loaded machine the CPU, not the generator, decides how long a process waits to run."""
+    return {s["worker"]: s["loop_lag_max_ms"] / 1e3 + extra_s for s in res.worker_stats}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with gtserver.running(ttft_ms=20, itl_ms=10, log=tmp_path_factory.mktemp("gt") / "truth") as url:
+    # under SCHED_RR when root (CI), as benchmarks/loadgen_capacity.py runs it: the truth keeps its schedule on a
+    # loaded machine, so what these tests measure is the generator
+    with gtserver.running(
+        ttft_ms=20, itl_ms=10, log=tmp_path_factory.mktemp("gt") / "truth", realtime=True
+    ) as url:
         yield url
 
 
@@ -60,9 +70,20 @@ def test_fixed_concurrency_holds_its_target_across_workers(server, tmp_path):
     res = run_point(server, bodies(10), shape, scenario="c", out=tmp_path / "r.jsonl", workers=2)
     recs = res.records
     assert res.workers == 2 and all(r["error"] is None for r in recs)
-    t0 = min(r["t_send"] for r in recs)
-    mean, peak = inflight(recs, t0 + 0.5, t0 + 2.9)
-    assert peak <= 40 and mean >= 0.95 * 40, (mean, peak)
+    t0 = res.t0  # the common start the workers were given (a loaded machine may wake them late for it)
+    assert t0 is not None and min(r["t_send"] for r in recs) >= t0 - 0.002  # (a timer may fire 1 ms early)
+    lo, hi = t0 + 0.5, t0 + 2.9
+    # Each worker keeps its 20 slots full: >= 95% of them in flight, less only what its own measured stalls
+    # explain (while a worker's process waits for the CPU, what ends is not refilled: at most all its slots empty
+    # for the stalled time). On a quiet machine the stalls are ~0 and this is the plain 95%.
+    stats = {s["worker"]: s for s in res.worker_stats}
+    assert sorted(stats) == [0, 1]
+    for w, st in stats.items():
+        mean_w, _ = inflight([r for r in recs if r["worker"] == w], lo, hi)
+        need = 20 * (0.95 - min(st["loop_stalled_s"], hi - lo) / (hi - lo))
+        assert mean_w >= need, (w, mean_w, need, st)
+    mean, peak = inflight(recs, lo, hi)
+    assert peak <= 40, (mean, peak)
     assert len({r["request_id"] for r in recs}) == len(recs)
     assert all(
         r["warmup"] == (r["t_send"] < t0 + 0.5 - 1e-3) for r in recs if abs(r["t_send"] - t0 - 0.5) > 2e-3
@@ -88,13 +109,23 @@ def test_poisson_keeps_its_schedule_and_cap(server, tmp_path):
     recs = sorted(res.records, key=lambda r: r["t_sched"])
     assert len(recs) == 300 and all(r["error"] is None for r in recs)
     lag = np.array([r["t_send"] - r["t_sched"] for r in recs])
-    # sends leave on schedule: the median within 5 ms; the tail only bounded (a loaded CI box stalls processes)
-    assert np.median(lag) < 0.005 and np.percentile(lag, 99) < 0.1, (np.median(lag), np.percentile(lag, 99))
+    # sends leave on schedule: never early, the median within 5 ms (plus the workers' typical loop lag in this
+    # run); the tail within 100 ms, or within the sending worker's own worst measured stall + 20 ms when the
+    # machine stalled it longer (a loaded CI box stalls processes; the generator must add nothing to that)
+    typical = max(s["loop_lag_p50_ms"] for s in res.worker_stats) / 1e3
+    bound = stall_bound_s(res, 0.02)
+    assert lag.min() > -0.002 and np.median(lag) < 0.005 + typical, (lag.min(), np.median(lag), typical)
+    late = [(r["request_id"], x, bound[r["worker"]]) for r, x in zip(recs, lag, strict=True)
+            if x >= max(0.1, bound[r["worker"]])]  # fmt: skip
+    assert len(late) <= len(recs) // 100, (late, res.worker_stats)  # (p99: at most 3 of 300 over the bound)
     sched = np.array([r["t_sched"] for r in recs]) - recs[0]["t_sched"]
     expected = arrivals(150.0, requests=300, duration_s=None, seed=3)
     assert np.allclose(sched, expected, atol=0.005)  # the seeded schedule, exactly
     sends = np.array([r["t_send"] for r in recs]) - recs[0]["t_sched"]
-    assert np.polyfit(sched, sends, 1)[0] == pytest.approx(1.0, abs=0.02)  # delivered rate = offered rate
+    # delivered rate = offered rate: within 2%, plus what the workers' measured stalls can tilt a fit (sends late
+    # by anything in [0, L] tilt a line over the span by at most 1.5 L / span; ~0 on a quiet machine)
+    tilt = 1.5 * max(0.0, res.loop_lag_max_ms / 1e3 - 0.005) / sched[-1]
+    assert np.polyfit(sched, sends, 1)[0] == pytest.approx(1.0, abs=0.02 + tilt)
     capped = run_point(server, bodies(15), Shape("poisson", rate=200.0, requests=120, concurrency=4),
                        scenario="cap", out=tmp_path / "c.jsonl", workers=1)  # fmt: skip
     _, peak = inflight(capped.records, 0, 1e12)

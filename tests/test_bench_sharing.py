@@ -122,16 +122,19 @@ def test_trace_replay_sends_at_trace_times_with_trace_lengths(tmp_path, tok):
     shape = Shape("trace", offsets=trace_offsets(tr, 2.0))  # scaled: 0, 0.3, 0.8, 0.8, 1.8 s
     out = tmp_path / "r.jsonl"
     with gtserver.running(ttft_ms=5, itl_ms=2, log=tmp_path / "truth", extra=["--log-prompts"]) as url:
-        run_point(url, bodies(wl), shape, scenario="tr", out=out, workers=1)
+        res = run_point(url, bodies(wl), shape, scenario="tr", out=out, workers=1)
     recs = sorted(read_jsonl(out), key=lambda r: int(r["request_id"].rsplit("-", 1)[1]))
     truth = gtserver.read_truth(tmp_path / "truth")
     t0 = recs[0]["t_sched"]
+    # sent no earlier than scheduled and within 200 ms of it (the smallest non-zero gap of the scaled trace is
+    # 300 ms), or, when a loaded machine stalled the worker longer, within its own worst measured stall + 50 ms:
+    # the generator adds nothing to what the CPU made it wait
+    late_ok = max(0.2, res.loop_lag_max_ms / 1e3 + 0.05)
     for k, (r, row) in enumerate(zip(recs, rows, strict=True)):
         assert r["loop"] == "open" and r["error"] is None
-        # scheduled at the trace's (scaled) time; sent no earlier and, on this shared 2-core machine, within 200 ms
-        # of it (the smallest non-zero gap of the scaled trace is 300 ms)
-        assert r["t_sched"] - t0 == pytest.approx(row["timestamp"] / 1000 * 2.0, abs=1e-6)
-        assert -0.002 <= r["t_send"] - r["t_sched"] < 0.2  # a loop timer may fire up to 1 ms early
+        assert r["t_sched"] - t0 == pytest.approx(row["timestamp"] / 1000 * 2.0, abs=1e-6)  # the trace's time
+        lag = r["t_send"] - r["t_sched"]
+        assert -0.002 <= lag < late_ok, (lag, res.worker_stats)  # a loop timer may fire up to 1 ms early
         assert r["output_tokens"] == row["output_length"]
         assert (
             truth[r["request_id"]]["prompt"] == wl[k].prompt

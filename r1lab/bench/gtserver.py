@@ -476,12 +476,33 @@ def read_truth(log: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def realtime_allowed() -> bool:
-    """Whether this process may start real-time (SCHED_RR) processes: root on Linux."""
-    return hasattr(os, "sched_setscheduler") and os.geteuid() == 0
+    """Whether this process may start real-time (SCHED_RR) processes: root on Linux, and the kernel grants it
+    (tried on a short-lived thread: a container without CAP_SYS_NICE, or a cgroup with no real-time runtime,
+    refuses it even to root)."""
+    if not hasattr(os, "sched_setscheduler") or os.geteuid() != 0:
+        return False
+    import threading
+
+    granted: list[bool] = []
+
+    def probe() -> None:  # (the scheduling policy is per thread on Linux: this one ends right after)
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_RR, os.sched_param(1))
+            granted.append(True)
+        except OSError:
+            granted.append(False)
+
+    t = threading.Thread(target=probe, name="r1lab-rt-probe")
+    t.start()
+    t.join()
+    return granted == [True]
 
 
 def _realtime() -> None:  # in the child, before exec: inherited by the server's processes
-    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except OSError:
+        pass  # refused after all (realtime_allowed said yes): run at normal priority rather than not at all
 
 
 @contextmanager

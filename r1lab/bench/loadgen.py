@@ -38,10 +38,12 @@ API_KEY_ENV = "R1LAB_VLLM_API_KEY"
 
 @dataclass
 class PointResult:
-    """What one load point did: records written, the workers' loop lag, and the wall time it took."""
+    """What one load point did: records written, the workers' loop lag, and the wall time it took. `t0`: the
+    common start the workers were given (epoch seconds, as the records' times)."""
 
     scenario: str
     point: str
+    t0: float | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     workers: int = 0
     worker_stats: list[dict[str, float]] = field(default_factory=list)
@@ -56,6 +58,10 @@ class PointResult:
     @property
     def loop_lag_p99_ms(self) -> float:
         return max((s.get("loop_lag_p99_ms", 0.0) for s in self.worker_stats), default=0.0)
+
+    @property
+    def loop_lag_max_ms(self) -> float:
+        return max((s.get("loop_lag_max_ms", 0.0) for s in self.worker_stats), default=0.0)
 
 
 def auto_workers(
@@ -106,7 +112,7 @@ def _collect(
                     obj = pickle.loads(data)
                     if isinstance(obj, tuple):
                         if obj[0] == "done":
-                            result.worker_stats.append(obj[1])
+                            result.worker_stats.append({**obj[1], "worker": i})
                             del live[c]
                         elif obj[0] == "failed":
                             raise RuntimeError(f"load worker {i} failed: {obj[1]}")
@@ -219,6 +225,7 @@ def run_point(
             if len(msg) > 2:
                 raise RuntimeError(f"load worker could not connect to {url}: {msg[2]}")
         t0 = time.perf_counter() + start_delay_s
+        result.t0 = t0 + offset
         for c in conns:
             c.send(("go", t0))
         errors: list[BaseException] = []
@@ -255,7 +262,7 @@ def write_client_stats(path: Path, result: PointResult) -> None:
     """One line per point: what the generator itself did (loop lag, CPU), read back by the summary."""
     line = {"scenario": result.scenario, "point": result.point, "workers": result.workers,
             "loop_lag_p99_ms": result.loop_lag_p99_ms,
-            "loop_lag_max_ms": max((s.get("loop_lag_max_ms", 0.0) for s in result.worker_stats), default=0.0),
+            "loop_lag_max_ms": result.loop_lag_max_ms,
             "client_cpu_s": result.client_cpu_s, "parse_cpu_s": result.parse_cpu_s, "wall_s": result.wall_s}  # fmt: skip
     w = RecordWriter(path)
     try:

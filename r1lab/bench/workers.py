@@ -41,23 +41,32 @@ def unpack(t: tuple) -> Raw:
 
 
 class _Lag:
-    """Measures how late a 5 ms timer fires: the event loop's own backlog."""
+    """Measures how late a 5 ms timer fires: the event loop's own backlog. Samples count from `since` (the point's
+    start), so a late wake-up for the start itself is measured too; `loop_stalled_s` bounds from above the time the
+    loop could not run (each tick later than 1 ms: its lateness plus one period)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    PERIOD_S = 0.005
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, since: float = 0.0) -> None:
         self.loop = loop
+        self.since = since
         self.samples: list[float] = []
         self.handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self.cpu0 = time.process_time()
-        self._due = perf_counter() + 0.005
-        self.handle = self.loop.call_later(0.005, self._tick)
+        now = perf_counter()
+        if now > self.since:  # started after the start time: that is lag too
+            self.samples.append(now - self.since)
+        self._due = now + self.PERIOD_S
+        self.handle = self.loop.call_later(self.PERIOD_S, self._tick)
 
     def _tick(self) -> None:
         now = perf_counter()
-        self.samples.append(now - self._due)
-        self._due = now + 0.005
-        self.handle = self.loop.call_later(0.005, self._tick)
+        if now >= self.since:
+            self.samples.append(now - self._due)
+        self._due = now + self.PERIOD_S
+        self.handle = self.loop.call_later(self.PERIOD_S, self._tick)
 
     def stop(self) -> dict[str, float]:
         if self.handle:
@@ -67,6 +76,7 @@ class _Lag:
             "loop_lag_p50_ms": s[len(s) // 2] * 1e3,
             "loop_lag_p99_ms": s[int(len(s) * 0.99)] * 1e3,
             "loop_lag_max_ms": s[-1] * 1e3,
+            "loop_stalled_s": sum(x + self.PERIOD_S for x in s if x > 0.001),
             "cpu_s": time.process_time() - self.cpu0,
         }
 
@@ -85,16 +95,26 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
     warm_s, warm_n = plan["warmup_s"], plan["warmup_requests"]
     try:
         await client.prewarm(plan["prewarm"])
-        conn.send(("ready", len(client.idle)))
+        ready: tuple = ("ready", len(client.idle))
     except OSError as exc:
-        conn.send(("ready", 0, f"{type(exc).__name__}: {exc}"))
+        ready = ("ready", 0, f"{type(exc).__name__}: {exc}")
+    # The collection is part of getting ready, before the parent picks the start: run after the start, it made
+    # the point's first sends late (200-490 ms when the workers had 15% of a core, measured with a CPU cgroup cap).
+    gc.collect()
+    gc.freeze()  # what exists now is never scanned again
+    # No collector pauses while streams run: the hot path makes no reference cycles (measured: gc.collect() found
+    # 0 unreachable objects after 30 s at 1,024 streams); an error's traceback cycle lives until this worker exits
+    # at the end of its load point.
+    gc.disable()
+    conn.send(ready)
     msg = conn.recv()
     if msg[0] != "go":
         client.close()
         return
     t0 = msg[1]
+    lag = _Lag(loop, since=t0)
+    lag.start()  # (now: ticking through the wait, so a late wake-up for the start is measured too)
     results: list[Raw] = []
-    lag = _Lag(loop)
     # Batches go out on a non-blocking duplicate of the pipe, framed as multiprocessing's Connection frames them
     # (4-byte big-endian length, then the pickle): a parent that is slow to read never stalls this event loop.
     out = socket.socket(fileno=os.dup(conn.fileno()))
@@ -135,13 +155,6 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
         return raw
 
     await asyncio.sleep(max(0.0, t0 - perf_counter()))
-    gc.collect()
-    gc.freeze()  # what exists now is never scanned again
-    # No collector pauses while streams run: the hot path makes no reference cycles (measured: gc.collect() found
-    # 0 unreachable objects after 30 s at 1,024 streams); an error's traceback cycle lives until this worker exits
-    # at the end of its load point.
-    gc.disable()
-    lag.start()
     ftask = asyncio.ensure_future(flusher())
     stask = asyncio.ensure_future(sender())
     deadline = t0 + plan["duration_s"] if plan["duration_s"] is not None else None
