@@ -140,7 +140,8 @@ def test_timeout_is_recorded_and_the_connection_dropped():
 
     raw, took, idle = run(main())
     rec = record(raw)
-    assert rec["error"] == "timeout" and 0.25 < took < 1.0 and idle == 0
+    # its own 0.3 s timer ended it (a loaded machine may run that timer late, never early), not the hung stream
+    assert rec["error"] == "timeout" and 0.25 < took < 2.0 and idle == 0
 
 
 def test_http_error_and_refused_connection():

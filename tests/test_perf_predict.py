@@ -95,9 +95,10 @@ def test_mtp_speeds_up_single_stream():
 def test_speed_of_one_prediction():
     import time
 
-    t0 = time.perf_counter()
+    # CPU seconds, not wall time: what a prediction costs, not how busy the machine is
+    t0 = time.process_time()
     predict("H200", 8, "TP8", "vllm", 1024, 1024, 64)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < 2.0
 
 
 def test_tp_x_ep_parallelism():
