@@ -504,8 +504,12 @@ class _Renderer:
         # On a loaded machine Ray's agents start slowly: RAY_agent_register_timeout_ms (30 s by default) bounds how
         # long the raylet lets its agents register. NOT covered by any setting in Ray 2.60: the raylet's 15 s wait
         # per port for the agents to report OS-assigned ports (NodeManager::WaitForDashboardAgentPorts; it died
-        # there at load 12-15 with both waits raised) and `ray start`'s 30 s wait for the node to register. The
-        # launcher waits for a late registration and restarts `ray start` on that message (launch.TRANSIENT_ONE_SHOT).
+        # there at load 12-15 with both waits raised) and `ray start`'s 30 s wait for the node to register. Naming
+        # the agent ports does not avoid it: Ray 2.60's services.start_raylet passes the raylet the metrics-agent,
+        # metrics-export and runtime-env ports but never the dashboard agent's listen port, so the raylet always
+        # waits for its file (seen with all four named: raylet dead 15.6 s after start, the agent wrote the file 29 s
+        # after). The launcher waits for a late registration and restarts `ray start` on that message
+        # (launch.TRANSIENT_ONE_SHOT).
         common = {"RAY_AUTH_MODE": "token", "RAY_agent_register_timeout_ms": str(RAY_AGENT_REGISTER_MS),
                   **nccl_env(self.exp)}  # fmt: skip
         cmds = [Command(
