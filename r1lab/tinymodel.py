@@ -14,8 +14,10 @@ with `--load-format dummy` (bf16 variant), the load generator, and the fake Hub 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import os
 import random
 import struct
 from pathlib import Path
@@ -142,7 +144,43 @@ def _corpus(seed: int, lines: int = 6000) -> list[str]:
 
 
 def build_tokenizer(seed: int = 0, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> Any:
-    """Train the byte-level BPE tokenizer (deterministic for a given seed) and add R1's special tokens."""
+    """Train the byte-level BPE tokenizer (deterministic for a given seed) and add R1's special tokens.
+
+    Training takes seconds and every notebook kernel that renders the mocker's commands needs it, so the result is
+    kept in the cache dir (`R1LAB_CACHE`, default ~/.cache/r1lab), keyed by this module's source, the seed, the
+    vocabulary size and the tokenizers version: the same bytes as training again (tested)."""
+    from tokenizers import Tokenizer
+
+    path = _tokenizer_cache(seed, vocab_size)
+    if path is not None and path.exists():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception:  # noqa: BLE001 - a torn or foreign cache file: train again and replace it
+            pass
+    tok = train_tokenizer(seed, vocab_size)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(tok.to_str(), encoding="utf-8")
+            os.replace(tmp, path)  # atomic: concurrent kernels never read half a file
+        except OSError:
+            pass
+    return tok
+
+
+def _tokenizer_cache(seed: int, vocab_size: int) -> Path | None:
+    import tokenizers
+
+    root = os.environ.get("R1LAB_CACHE") or str(Path.home() / ".cache" / "r1lab")
+    if root in ("0", "off"):
+        return None
+    blob = Path(__file__).read_bytes() + json.dumps([seed, vocab_size, tokenizers.__version__]).encode()
+    return Path(root) / "tinymodel" / f"tokenizer-{hashlib.sha256(blob).hexdigest()[:16]}.json"
+
+
+def train_tokenizer(seed: int = 0, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> Any:
+    """`build_tokenizer` without the cache: train it now."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())

@@ -149,3 +149,23 @@ def test_fp8_variant_has_r1_quantization(fp8_dir: Path) -> None:
 def test_bad_shards_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shards must be >= 1"):
         write_tiny_model(tmp_path / "x", weights=True, shards=0)
+
+
+def test_tokenizer_cache_gives_the_trained_bytes_and_survives_a_torn_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_tokenizer keeps the trained tokenizer in R1LAB_CACHE: a hit is byte for byte what training gives,
+    and a torn cache file is trained again and replaced (never a half tokenizer)."""
+    from r1lab import tinymodel
+
+    monkeypatch.setenv("R1LAB_CACHE", str(tmp_path / "cache"))
+    trained = tinymodel.train_tokenizer(3).to_str()
+    first = tinymodel.build_tokenizer(3)  # a miss: trains and writes the cache
+    [cached] = list((tmp_path / "cache" / "tinymodel").glob("tokenizer-*.json"))
+    assert first.to_str() == trained and cached.read_text(encoding="utf-8") == trained
+    assert tinymodel.build_tokenizer(3).to_str() == trained  # a hit
+    cached.write_text(trained[: len(trained) // 2], encoding="utf-8")
+    assert tinymodel.build_tokenizer(3).to_str() == trained
+    assert cached.read_text(encoding="utf-8") == trained
+    assert tinymodel.build_tokenizer(4).to_str() != trained  # another seed, another entry
+    assert len(list(cached.parent.glob("tokenizer-*.json"))) == 2
