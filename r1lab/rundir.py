@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import getpass
+import importlib.abc
 import importlib.metadata as md
+import importlib.util
 import json
 import os
 import platform
@@ -18,7 +20,8 @@ import secrets as _random
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -295,13 +298,18 @@ def _join_provider(ctx: RunContext, step: str) -> None:
 
 def _notebook_setup() -> None:
     """Inside a kernel: plotly figures embed plotly.js and load nothing from a CDN (not even MathJax), so the
-    rendered HTML opens offline."""
+    rendered HTML opens offline. Set when plotly.io is first imported (now, if it already is): a notebook that
+    draws no figure does not pay plotly's import (seconds on a loaded machine)."""
     try:
         from IPython import get_ipython
     except ImportError:
         return
     if get_ipython() is None:
         return
+    _after_import("plotly.io", _offline_plotly)
+
+
+def _offline_plotly() -> None:
     import plotly.io as pio
     from plotly.io._base_renderers import NotebookRenderer
 
@@ -320,3 +328,42 @@ def _notebook_setup() -> None:
         return
     pio.renderers["r1lab_notebook"] = OfflineNotebookRenderer()
     pio.renderers.default = "plotly_mimetype+r1lab_notebook"
+
+
+def _after_import(name: str, configure: Callable[[], None]) -> None:
+    """Run `configure` once `name` is imported: now if it is, else right after its module first executes."""
+    if name in sys.modules:
+        configure()
+        return
+    if any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        return  # a kernel that opens the run twice: one hook is enough
+
+    sys.meta_path.insert(0, _AfterImport(name, configure))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds `name` with the other finders and wraps its loader so `configure` runs after the module executed."""
+
+    def __init__(self, name: str, configure: Callable[[], None]) -> None:
+        self.name, self.configure = name, configure
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, configure = spec.loader, self.configure
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, s: Any) -> Any:
+                return loader.create_module(s)
+
+            def exec_module(self, module: Any) -> None:
+                module.__loader__ = loader
+                loader.exec_module(module)
+                configure()
+
+        spec.loader = Loader()
+        return spec
