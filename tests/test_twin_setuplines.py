@@ -98,3 +98,20 @@ def test_bare_twin_setup_runs_the_lines_without_gpu_builds_and_records_why(
     monkeypatch.setattr(steps, "_twin_bare", lambda: False)
     assert steps._setup_commands(SimpleNamespace(exp=exp, run_dir=tmp_path), "head", exp.pods[0].setup) == []
     assert "setup lines not run" in capsys.readouterr().out
+
+
+def test_the_build_only_dpkg_option_leaves_the_image(tmp_path: Path) -> None:
+    """mmdebstrap builds without dpkg's fsyncs (--dpkgopt=force-unsafe-io) and keeps that line in the rootfs;
+    _post takes it out, so pods' dpkg behaves as the image's, and leaves any other dpkg config alone."""
+    assert "--dpkgopt=force-unsafe-io" in baseimage.BUILD_ONLY_OPTS["mmdebstrap"]
+    cfg = tmp_path / baseimage.BUILD_ONLY_DPKG_CFG
+    cfg.parent.mkdir(parents=True)
+    (tmp_path / "usr/local/bin").mkdir(parents=True)
+    cfg.write_text("force-unsafe-io\n")
+    keep = cfg.with_name("excludes")
+    keep.write_text("path-exclude=/usr/share/doc/*\n")
+    baseimage._post(tmp_path)
+    assert not cfg.exists() and keep.exists()
+    cfg.write_text("force-unsafe-io\npath-exclude=/usr/share/man/*\n")  # not only ours: kept
+    baseimage._post(tmp_path)
+    assert cfg.exists()
