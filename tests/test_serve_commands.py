@@ -350,3 +350,13 @@ def test_cpu_spec_replaces_the_flags_it_owns() -> None:
     assert args.count("--kv-cache-memory-bytes") == 1 and args.count("--enforce-eager") == 1
     assert args[args.index("--kv-cache-memory-bytes") + 1] == str(CPU_KVCACHE_BYTES)
     assert args[:2] == ("--seed", "3")  # what is not the CPU build's own is kept
+
+
+def test_etcd_and_nats_start_on_fresh_stores() -> None:
+    """An etcd restarted on an earlier deployment's data dir (04's real-engine check, then its mocker stage, on the
+    same head) replays that deployment's lease revocations and revoked a new worker's lease: each launch clears
+    the stores first."""
+    dep = render(exp_of("twin.yaml"), "dynamo", nodes=NODES)
+    etcd, nats = by_name(dep, "etcd"), by_name(dep, "nats")
+    assert etcd.pre == [f"rm -rf {flag(etcd.argv, '--data-dir')}"]
+    assert nats.pre == [f"rm -rf {flag(nats.argv, '--store_dir')}"]

@@ -726,10 +726,15 @@ class _Renderer:
                     "--listen-peer-urls", f"http://127.0.0.1:{self.ports.etcd_peer}",
                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.ports.etcd_peer}",
                     "--initial-cluster", f"r1lab=http://127.0.0.1:{self.ports.etcd_peer}"],
-                    ready=Ready(self.ports.etcd, "/health"), note="Dynamo discovery, private address only"),
+                    ready=Ready(self.ports.etcd, "/health"), note="Dynamo discovery, private address only",
+                    # a fresh store: an etcd restarted on an earlier deployment's data dir replays its leases'
+                    # revocations, and a new worker's lease was revoked with them (seen: 04's mocker stage after
+                    # the real-engine check, "etcdserver: requested lease not found", the worker exited)
+                    pre=[f"rm -rf {shlex.quote(self.rdir + '/etcd')}"]),
                 Command("nats", head.name, ["nats-server", "-js", "-a", head.address, "-p", str(self.ports.nats),
                                             "--store_dir", f"{self.rdir}/nats"],
-                        note="Dynamo event plane (KV events for the kv router), private address only"),
+                        note="Dynamo event plane (KV events for the kv router), private address only",
+                        pre=[f"rm -rf {shlex.quote(self.rdir + '/nats')}"]),
             ]  # fmt: skip
         else:
             kv = f"{self.rdir}/discovery"
