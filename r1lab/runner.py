@@ -306,52 +306,35 @@ def _kernel_manager(log: Path) -> type:
 
 class _Kernels:
     """Each notebook's kernel, started while the notebook before it runs: a kernel takes seconds to start
-    (IPython, ipykernel's debugger, zmq), that much less between two notebooks. The next one starts once the
-    current one answers (nbclient's on_notebook_start), so two never boot at once; it gets the environment its own
-    notebook would (`_kernel_env`: HF_TOKEN only for 01) and nbclient's arguments, runs nothing before papermill
-    hands it its notebook, and is shut down after it; `close()` shuts down one never used."""
+    (IPython, ipykernel's debugger, zmq), that much less between two notebooks. A kernel gets the environment its
+    own notebook would (`_kernel_env`: HF_TOKEN only for 01), starts with nbclient's arguments, runs nothing
+    before papermill hands it its notebook, and is shut down after it; `close()` shuts down one never used."""
 
     def __init__(self, ctx: RunContext, env_extra: dict[str, str], kernel_name: str) -> None:
         self.ctx, self.env_extra, self.kernel_name = ctx, env_extra, kernel_name
         self.next: tuple[str, Any] | None = None
 
-    def _manager(self, step: Step) -> tuple[Any, dict[str, Any]]:
+    def start(self, step: Step) -> Any:
+        from jupyter_core.utils import run_sync
+
         log = self.ctx.run_dir / "logs" / "kernels" / f"{step.name}.log"
         km = _kernel_manager(log)(kernel_name=self.kernel_name, config=kernel_config())
-        kw = {"extra_arguments": ["--HistoryManager.hist_file=:memory:"],  # as nbclient starts its kernels
-              "env": _kernel_env(step, self.env_extra), "cwd": str(REPO_ROOT)}  # fmt: skip
-        return km, kw
+        run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"],  # as nbclient does
+                                  env=_kernel_env(step, self.env_extra), cwd=str(REPO_ROOT))  # fmt: skip
+        return km
 
     def take(self, step: Step) -> Any:
         """This step's kernel: the one started for it, else one started now."""
-        from jupyter_core.utils import run_sync
-
         if self.next is not None and self.next[0] == step.name:
             km, self.next = self.next[1], None
             return km
+        return self.start(step)
+
+    def prestart(self, step: Step | None) -> None:
+        """Start the kernel of the notebook that runs next (None: none runs next)."""
         self.close()
-        km, kw = self._manager(step)
-        run_sync(km.start_kernel)(**kw)
-        return km
-
-    def starter(self, step: Step | None) -> Any:
-        """The hook that starts `step`'s kernel once the current notebook's kernel is ready (None: no hook)."""
-        if step is None:
-            return None
-
-        async def start(**_: Any) -> None:
-            self.close()
-            km, kw = self._manager(step)
-            try:
-                await km.start_kernel(**kw)
-            except Exception as exc:  # noqa: BLE001 - that notebook starts its own kernel then
-                _say(
-                    f"  {step.name}: its kernel did not start ahead ({type(exc).__name__}: {exc}); starting it then"
-                )
-                return
-            self.next = (step.name, km)
-
-        return start
+        if step is not None:
+            self.next = (step.name, self.start(step))
 
     @staticmethod
     def shutdown(km: Any) -> None:
@@ -429,19 +412,19 @@ def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_nam
                 if step.name in done:
                     _say(f"= {step.name}: complete in this run dir, skipped (--resume)")
                     continue
+                km = kernels.take(step)
                 after = todo[todo.index(step) + 1 :]
-                _execute_one(ctx, step, f"[{i}/{len(steps)}]", env_extra, log, kernel_name, kernels.take(step),
-                             kernels.starter(after[0] if after else None))  # fmt: skip
+                kernels.prestart(after[0] if after else None)
+                _execute_one(ctx, step, f"[{i}/{len(steps)}]", env_extra, log, kernel_name, km)
     finally:
         kernels.close()
 
 
 def _execute_one(
     ctx: RunContext, step: Step, counter: str, env_extra: dict[str, str], log: EventLog, kernel_name: str,
-    km: Any = None, on_ready: Any = None,
+    km: Any = None,
 ) -> None:  # fmt: skip
-    """One notebook with papermill, in `km` (a kernel started for it; shut down here) or a new kernel;
-    `on_ready` runs once that kernel answers (it starts the next notebook's)."""
+    """One notebook with papermill, in `km` (a kernel started for it; shut down here) or a new kernel."""
     import papermill as pm
 
     out = ctx.run_dir / "notebooks" / f"{step.name}.ipynb"
@@ -480,7 +463,6 @@ def _execute_one(
                     config=kernel_config(),
                     kernel_manager_class=_kernel_manager(kernel_log),
                     km=km,
-                    on_notebook_start=on_ready,
                 )
         finally:
             os.environ.clear()
