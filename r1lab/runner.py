@@ -283,78 +283,17 @@ def _mark_notebook(out: Path, text: str, hide_code: bool) -> None:
 
 def _kernel_manager(log: Path) -> type:
     """A kernel manager whose kernel writes its own log (IPKernelApp messages, a ZMQError when the runner goes)
-    to `log` instead of the runner's terminal, and which remembers the clients made of it (nbclient leaves a
-    client of a kernel it was handed open: `_Kernels.shutdown` stops them)."""
+    to `log` instead of the runner's terminal."""
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
-        clients: list[Any]
-
         async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "ab") as f:  # the kernel holds its own copy of the descriptor
                 kw["stdout"] = kw["stderr"] = f
                 await super()._async_launch_kernel(kernel_cmd, **kw)
 
-        def client(self, **kwargs: Any) -> Any:
-            kc = super().client(**kwargs)
-            self.__dict__.setdefault("clients", []).append(kc)
-            return kc
-
     return LoggedKernelManager
-
-
-class _Kernels:
-    """Each notebook's kernel, started while the notebook before it runs: a kernel takes seconds to start
-    (IPython, ipykernel's debugger, zmq), that much less between two notebooks. A kernel gets the environment its
-    own notebook would (`_kernel_env`: HF_TOKEN only for 01), starts with nbclient's arguments, runs nothing
-    before papermill hands it its notebook, and is shut down after it; `close()` shuts down one never used."""
-
-    def __init__(self, ctx: RunContext, env_extra: dict[str, str], kernel_name: str) -> None:
-        self.ctx, self.env_extra, self.kernel_name = ctx, env_extra, kernel_name
-        self.next: tuple[str, Any] | None = None
-
-    def start(self, step: Step) -> Any:
-        from jupyter_core.utils import run_sync
-
-        log = self.ctx.run_dir / "logs" / "kernels" / f"{step.name}.log"
-        km = _kernel_manager(log)(kernel_name=self.kernel_name, config=kernel_config())
-        run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"],  # as nbclient does
-                                  env=_kernel_env(step, self.env_extra), cwd=str(REPO_ROOT))  # fmt: skip
-        return km
-
-    def take(self, step: Step) -> Any:
-        """This step's kernel: the one started for it, else one started now."""
-        if self.next is not None and self.next[0] == step.name:
-            km, self.next = self.next[1], None
-            return km
-        return self.start(step)
-
-    def prestart(self, step: Step | None) -> None:
-        """Start the kernel of the notebook that runs next (None: none runs next)."""
-        self.close()
-        if step is not None:
-            self.next = (step.name, self.start(step))
-
-    @staticmethod
-    def shutdown(km: Any) -> None:
-        from jupyter_core.utils import run_sync
-
-        for kc in km.__dict__.get("clients", []):
-            kc.stop_channels()
-        try:
-            if run_sync(km.is_alive)():
-                run_sync(km.shutdown_kernel)(now=False)
-        except RuntimeError as exc:  # nbclient shut it down already (on a signal)
-            if "No kernel is running" not in str(exc):
-                raise
-        finally:
-            run_sync(km.cleanup_resources)()
-
-    def close(self) -> None:
-        if self.next is not None:
-            km, self.next = self.next[1], None
-            self.shutdown(km)
 
 
 def _kernel_env(step: Step, env_extra: dict[str, str]) -> dict[str, str]:
@@ -404,27 +343,17 @@ def execute(ctx: RunContext, steps: list[Step], resume: bool = False, kernel_nam
     done = _still_standing(ctx, log.completed()) if resume else set()
     refuse_to_rent(ctx, [s for s in steps if s.name not in done])
     env_extra = _start_provider(ctx)
-    todo = [s for s in steps if s.name not in done]
-    kernels = _Kernels(ctx, env_extra, kernel_name)
-    try:
-        with _budget_guard(ctx):
-            for i, step in enumerate(steps, 1):
-                if step.name in done:
-                    _say(f"= {step.name}: complete in this run dir, skipped (--resume)")
-                    continue
-                km = kernels.take(step)
-                after = todo[todo.index(step) + 1 :]
-                kernels.prestart(after[0] if after else None)
-                _execute_one(ctx, step, f"[{i}/{len(steps)}]", env_extra, log, kernel_name, km)
-    finally:
-        kernels.close()
+    with _budget_guard(ctx):
+        for i, step in enumerate(steps, 1):
+            if step.name in done:
+                _say(f"= {step.name}: complete in this run dir, skipped (--resume)")
+                continue
+            _execute_one(ctx, step, f"[{i}/{len(steps)}]", env_extra, log, kernel_name)
 
 
 def _execute_one(
-    ctx: RunContext, step: Step, counter: str, env_extra: dict[str, str], log: EventLog, kernel_name: str,
-    km: Any = None,
-) -> None:  # fmt: skip
-    """One notebook with papermill, in `km` (a kernel started for it; shut down here) or a new kernel."""
+    ctx: RunContext, step: Step, counter: str, env_extra: dict[str, str], log: EventLog, kernel_name: str
+) -> None:
     import papermill as pm
 
     out = ctx.run_dir / "notebooks" / f"{step.name}.ipynb"
@@ -462,16 +391,10 @@ def _execute_one(
                     request_save_on_cell_execute=True,
                     config=kernel_config(),
                     kernel_manager_class=_kernel_manager(kernel_log),
-                    km=km,
                 )
         finally:
             os.environ.clear()
             os.environ.update(env_backup)
-            if km is not None:
-                try:
-                    _Kernels.shutdown(km)
-                except Exception as exc:  # noqa: BLE001 - never in the way of the notebook's own outcome
-                    _say(f"  {step.name}: its kernel did not shut down cleanly: {type(exc).__name__}: {exc}")
     except Exception as exc:  # papermill's PapermillExecutionError, kernel deaths, ...
         elapsed = time.monotonic() - start
         reason = redact(_failure_from(exc, step))
