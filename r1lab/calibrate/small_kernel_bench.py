@@ -4,7 +4,7 @@ activation-sized ones, at decode and prefill token counts (m = 1 .. 8192).
     python -m r1lab.calibrate.small_kernel_bench [--out FILE]
 
 Needs a CUDA GPU (torch, triton). Each kernel kind runs as a chain of CHAIN launches on distinct buffers, captured
-in one CUDA graph and replayed; seconds = median over REPS replays (CUDA events) / CHAIN, so the figure includes
+in one CUDA graph and replayed; seconds = median over REPS replays (CUDA events, layer_bench.graph_time) / CHAIN, so the figure includes
 the graph's node-to-node gap, as a decode step's kernels see it. Kinds:
 - `tiny_add`: a one-element in-place add (torch): the floor of any kernel in a graph;
 - `rmsnorm_residual`: Triton, one program per token: x += residual; residual = x; x = rmsnorm(x) * w, hidden 7168
@@ -18,8 +18,8 @@ Writes one JSON record per (kind, m) as it measures: bytes moved, seconds, tb_s.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -62,6 +62,8 @@ def _kernels():  # noqa: ANN202
 
 def measure(kind: str, m: int) -> dict:
     import torch
+
+    from r1lab.calibrate.layer_bench import graph_time
 
     triton, rmsnorm_residual, group_quant = _kernels()
     dev = "cuda"
@@ -122,30 +124,8 @@ def measure(kind: str, m: int) -> dict:
     for i in range(CHAIN):  # compile / warm up outside the graph
         one(i)
     torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for i in range(CHAIN):
-            one(i)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(CHAIN):
-            one(i)
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(REPS):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / CHAIN)
-    sec = statistics.median(times)
+    sec = graph_time([functools.partial(one, i) for i in range(CHAIN)], replays=REPS) / CHAIN
     bufs.clear()
-    del g
     torch.cuda.empty_cache()
     return {
         "kind": kind,
