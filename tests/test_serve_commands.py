@@ -220,6 +220,27 @@ def test_command_files_numbered_never_overwritten(tmp_path: Path) -> None:
     assert json.loads(a.with_suffix(".json").read_text())["commands"][0]["argv"][1] == "serve"
 
 
+def test_command_files_replay_what_the_launcher_runs(tmp_path: Path) -> None:
+    """commands/NN-<stage>.sh replays a process as the launcher starts it: the files it needs copied named, its
+    `pre` lines (etcd's and NATS's fresh stores) just before its command line; the JSON records both."""
+    from r1lab.serve.deploy import plan_stage
+
+    dep = plan_stage(exp_of("twin.yaml"), tmp_path, "dynamo", nodes=NODES)  # the twin's: with mocker tables
+    sh = sorted((tmp_path / "commands").glob("*-serve-dynamo.sh"))[-1]
+    lines = sh.read_text().splitlines()
+    meta = {c["name"]: c for c in json.loads(sh.with_suffix(".json").read_text())["commands"]}
+    pres = [c for c in dep.to_run if c.pre]
+    assert {c.name for c in pres} >= {"etcd", "nats"} and any(c.uploads for c in dep.to_run)
+    for c in dep.to_run:
+        at = lines.index(c.shell() + (" &" if c.background else ""))
+        assert lines[at - len(c.pre) : at] == c.pre, c.name
+        head = lines.index(f"# --- {c.name} on {c.node}")
+        for src, dst in c.uploads:
+            copy = f"# before it, copy from where r1lab ran: {src} -> {c.node}:{dst}"
+            assert copy in lines[head:at], c.name
+        assert meta[c.name]["pre"] == c.pre and [tuple(u) for u in meta[c.name]["uploads"]] == c.uploads
+
+
 def test_secrets_never_in_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(API_KEY_ENV, "sk-very-secret-value-123")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "ray-secret-token-456")

@@ -254,7 +254,7 @@ def write_command_file(run_dir: Path | str, dep: Deployment) -> Path:
     path.chmod(0o755)
     meta = {"stage": dep.stage, "experiment": dep.experiment, "engine": dep.engine, "topology": dep.topology,
             "endpoint": {"node": dep.endpoint_node, "port": dep.endpoint_port}, "notes": dep.notes,
-            "commands": [c.as_dict() for c in dep.commands]}  # fmt: skip
+            "commands": [{**c.as_dict(), "pre": c.pre, "uploads": c.uploads} for c in dep.commands]}  # fmt: skip
     with open(path.with_suffix(".json"), "x", encoding="utf-8") as f:
         f.write(redact(json.dumps(meta, indent=2)) + "\n")
     return path

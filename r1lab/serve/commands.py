@@ -261,7 +261,9 @@ class Deployment:
         return [c for c in self.commands if not c.run]
 
     def script(self) -> str:
-        """A replayable shell script: one section per node, secrets as references."""
+        """A replayable shell script: one section per process, on the node it names, as the launcher starts it:
+        the files to copy there first (the mocker's timing tables), its `pre` lines (fresh data dirs), then its
+        command; secrets as references."""
         lines = [
             "#!/usr/bin/env bash",
             f"# r1lab serve: {self.experiment} stage {self.stage}: {self.topology} ({self.engine})",
@@ -274,6 +276,7 @@ class Deployment:
             if c.note:
                 lines.append(f"# {c.note}")
             prefix = "" if c.run else "# "
+            lines += [f"# before it, copy from where r1lab ran: {a} -> {c.node}:{b}" for a, b in c.uploads]
             lines += [prefix + p for p in c.pre]
             lines.append(prefix + c.shell() + (" &" if c.background else ""))
         return "\n".join(lines) + "\n"
