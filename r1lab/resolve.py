@@ -3,16 +3,17 @@
 It holds the GPU record from the one catalog (r1lab.gpus) and the links between GPUs and pods (perf.network), the
 instance groups the params serve with (role, count, pods, GPUs, parallelism, P/D mode and the memory plan of one
 instance), the engine spec, the expanded load points (the planner's), the price quotes with their dates and the
-provider with its capabilities. `save(run_dir)` writes it as `resolved.json` (never overwritten); `load(run_dir)`
-reads it back, so a later notebook or stage reads the same deployment instead of deriving it again.
+provider with its capabilities. Its types, `save(resolved, run_dir)` (`resolved.json`, never overwritten) and
+`load(run_dir)` live in r1lab.resolved, low in the flow, so perf reads it too; a later notebook or stage reads the
+same deployment instead of deriving it again. Each serving stage's engine groups carry their memory plan too:
+one plan per group, the one every reader takes.
 
 Every figure in it is modelled (the memory plans come from r1lab.perf.memory); nothing here is measured.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,240 +21,42 @@ from r1lab import gpus
 from r1lab.config import Experiment
 from r1lab.model import Parallelism
 from r1lab.perf import network, planner
-from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, MemoryPlan, memory_plan
+from r1lab.perf.memory import MemoryPlan, memory_plan
+from r1lab.resolved import (
+    FILENAME,
+    SCHEMA_VERSION,
+    EngineSpec,
+    GPURecord,
+    InstanceGroup,
+    Link,
+    LoadPoint,
+    Parallel,
+    ProviderCaps,
+    Quote,
+    ResolvedDeployment,
+    ResolvedError,
+    StageGroup,
+    Worker,
+    load,
+    save,
+)
 
-SCHEMA_VERSION = 1
-FILENAME = "resolved.json"
-
-
-class ResolvedError(RuntimeError):
-    pass
+__all__ = [
+    "FILENAME", "SCHEMA_VERSION", "EngineSpec", "GPURecord", "InstanceGroup", "Link", "LoadPoint", "Parallel",
+    "PlacementError", "ProviderCaps", "Quote", "ResolvedDeployment", "ResolvedError", "StageGroup", "Worker",
+    "engine_spec", "for_run", "instance_memory", "load", "resolve", "save", "serving_stages", "stage_groups",
+]  # fmt: skip
 
 
 class PlacementError(ValueError):
     """The params' workers cannot be placed on their pods (r1lab.serve renders it as a ServeConfigError)."""
 
 
-@dataclass(frozen=True)
-class Link:
-    """A link between GPUs (inside a node) or pods (between nodes), as the performance model times it."""
-
-    name: str
-    gb_s: float  # usable GB/s per GPU per direction
-    latency_us: float
-    description: str
-
-
-@dataclass(frozen=True)
-class GPURecord:
-    """The catalog entry of the params' GPU type (datasheet figures; r1lab.gpus)."""
-
-    runpod_id: str
-    short: str
-    memory_bytes: int
-    hbm_tb_s: float
-    fp8_tflops: float
-    bf16_tflops: float
-    nvlink_all_pairs: bool
-    instant_cluster: bool
-    default_profile: str
-    profile_measured: bool
-
-
-@dataclass(frozen=True)
-class Parallel:
-    tp: int
-    pp: int = 1
-    dp: int = 1
-    ep: bool = False
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class InstanceGroup:
-    """Identical serving instances with one role: "engine" (aggregated) or "prefill" / "decode" (Dynamo P/D)."""
-
-    role: str
-    count: int  # instances
-    gpus_per_instance: int
-    parallelism: Parallel
-    pd_mode: str | None  # None (aggregated) | "prefill" | "decode"
-    pods: tuple[str, ...]  # the params' pod roles this group runs on
-    memory: dict[str, Any]  # r1lab.perf.memory.memory_plan(...).as_dict() of one GPU of one instance
-
-
-@dataclass(frozen=True)
-class Worker:
-    """Where one engine process of a stage runs: the pod's name in the run (head, worker, worker-1) and its GPUs."""
-
-    pod: str
-    gpus: tuple[int, ...]  # CUDA device indices on that pod
-
-
-@dataclass(frozen=True)
-class StageGroup:
-    """The engines of one serving stage with one role: "engine" (single/multi: one instance over `workers`' pods),
-    "agg" (Dynamo aggregated workers) or "prefill" / "decode" (Dynamo P/D: one instance per worker, TP = its GPUs)."""
-
-    role: str
-    pd_mode: str | None  # None | "prefill" | "decode"
-    parallelism: Parallel  # of one instance (of the first worker under Dynamo)
-    workers: tuple[Worker, ...]
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    engine: str
-    kv_cache_dtype: str
-    kv_dtype: str  # the memory model's name for it ("auto" for bf16)
-    gpu_memory_utilization: float
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int | None
-    num_speculative_tokens: int
-    block_size: int
-
-
-@dataclass(frozen=True)
-class LoadPoint:
-    """One load point as the planner models it (concurrency or rate; lengths; `modelled_as` when approximated)."""
-
-    scenario: str
-    isl: int
-    osl: int
-    isl_range: tuple[int, int] | None
-    osl_range: tuple[int, int] | None
-    concurrency: int | None
-    rate: float | None
-    requests: int | None
-    modelled_as: str | None
-
-
-@dataclass(frozen=True)
-class Quote:
-    gpu_type: str
-    usd_per_gpu_hour: float
-    date: str
-    source: str
-
-
-@dataclass(frozen=True)
-class ProviderCaps:
-    """The provider and what it can do for these params."""
-
-    kind: str  # twin | runpod
-    data_center: str
-    cloud_type: str
-    network: str  # between pods: none | global-networking | instant-cluster | infiniband
-    bills: bool  # False on the twin: its costs are what the same pods would cost on RunPod
-    instant_cluster: bool  # the GPU type is offered as an Instant Cluster
-    gpus: bool  # real GPUs (False on the twin: the mocker stands in, timed by the performance model)
-
-
-@dataclass(frozen=True)
-class ResolvedDeployment:
-    experiment: str
-    gpu_type: str
-    gpu: GPURecord
-    nodes: int
-    gpus_per_node: int
-    total_gpus: int
-    links: dict[str, Link]  # "intranode", "internode", and "kv_transfer" under P/D
-    provider: ProviderCaps
-    engine: EngineSpec
-    groups: tuple[InstanceGroup, ...]
-    load_points: tuple[LoadPoint, ...]
-    prices: dict[str, Quote]
-    # per serving stage ("single", "multi", "dynamo") its engine groups and where each worker runs; a stage the
-    # params' pods cannot hold is in placement_errors instead (the reason)
-    stages: dict[str, tuple[StageGroup, ...]] = field(default_factory=dict)
-    placement_errors: dict[str, str] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
-    source: str = "modelled"
-
-    def group(self, role: str) -> InstanceGroup:
-        for g in self.groups:
-            if g.role == role:
-                return g
-        raise KeyError(
-            f"{self.experiment}: no instance group {role!r} (groups: {[g.role for g in self.groups]})"
-        )
-
-    @property
-    def serving_group(self) -> InstanceGroup:
-        """The group that decodes (the "decode" group under P/D, else the one "engine" group)."""
-        return next((g for g in self.groups if g.role == "decode"), self.groups[0])
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=1, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ResolvedDeployment:
-        if d.get("schema_version") != SCHEMA_VERSION:
-            raise ResolvedError(
-                f"resolved deployment schema_version {d.get('schema_version')!r}, this r1lab reads {SCHEMA_VERSION}"
-            )
-
-        def rng(v: Any) -> tuple[int, int] | None:
-            return (int(v[0]), int(v[1])) if v is not None else None
-
-        return cls(
-            experiment=d["experiment"],
-            gpu_type=d["gpu_type"],
-            gpu=GPURecord(**d["gpu"]),
-            nodes=d["nodes"],
-            gpus_per_node=d["gpus_per_node"],
-            total_gpus=d["total_gpus"],
-            links={k: Link(**v) for k, v in d["links"].items()},
-            provider=ProviderCaps(**d["provider"]),
-            engine=EngineSpec(**d["engine"]),
-            groups=tuple(
-                InstanceGroup(**{**g, "parallelism": Parallel(**g["parallelism"]), "pods": tuple(g["pods"])})
-                for g in d["groups"]
-            ),
-            load_points=tuple(
-                LoadPoint(**{**p, "isl_range": rng(p["isl_range"]), "osl_range": rng(p["osl_range"])})
-                for p in d["load_points"]
-            ),
-            prices={k: Quote(**v) for k, v in d["prices"].items()},
-            stages={
-                stage: tuple(
-                    StageGroup(
-                        g["role"],
-                        g["pd_mode"],
-                        Parallel(**g["parallelism"]),
-                        tuple(Worker(w["pod"], tuple(w["gpus"])) for w in g["workers"]),
-                    )
-                    for g in groups
-                )
-                for stage, groups in d.get("stages", {}).items()
-            },  # fmt: skip
-            placement_errors=dict(d.get("placement_errors", {})),
-            schema_version=d["schema_version"],
-            source=d.get("source", "modelled"),
-        )
-
-
 def _link(link: network.Link) -> Link:
     return Link(link.name, link.gb_s, link.latency_us, link.description)
 
 
-def engine_spec(exp: Experiment) -> EngineSpec:
-    s = exp.serving
-    return EngineSpec(
-        engine=s.engine,
-        kv_cache_dtype=s.kv_cache_dtype,
-        kv_dtype=planner._kv_dtype(s),
-        gpu_memory_utilization=s.gpu_memory_utilization,
-        max_num_seqs=s.max_num_seqs,
-        max_num_batched_tokens=s.max_num_batched_tokens,
-        max_model_len=s.max_model_len,
-        num_speculative_tokens=s.num_speculative_tokens,
-        block_size=DEFAULT_BLOCK_SIZE,
-    )
+engine_spec = planner.engine_spec  # the engine settings the params serve with (one definition, in perf)
 
 
 def instance_memory(
@@ -410,7 +213,15 @@ def resolve(exp: Experiment, prices: dict[str, Any] | None = None) -> ResolvedDe
     unplaced: dict[str, str] = {}
     for stage in serving_stages(exp):
         try:
-            placed[stage] = stage_groups(exp, stage)
+            placed[stage] = tuple(
+                replace(
+                    sg,
+                    memory=instance_memory(
+                        topo.gpu_type, sg.parallelism.parallelism(), engine, first
+                    ).as_dict(),
+                )
+                for sg in stage_groups(exp, stage)
+            )
         except PlacementError as exc:
             unplaced[stage] = str(exc)
     pv = exp.provider
@@ -448,26 +259,9 @@ def resolve(exp: Experiment, prices: dict[str, Any] | None = None) -> ResolvedDe
         prices=quotes,
         stages=placed,
         placement_errors=unplaced,
+        kv_network=topo.disagg.network if topo.disagg is not None else None,
+        kv_transfer_gb_s=topo.disagg.kv_transfer_gb_s if topo.disagg is not None else None,
     )
-
-
-def save(resolved: ResolvedDeployment, run_dir: Path | str) -> Path:
-    """Write `resolved.json` into the run directory; one exists already: refused (results are never overwritten)."""
-    p = Path(run_dir) / FILENAME
-    if p.exists():
-        raise ResolvedError(f"{p} exists already: a run is resolved once (start a new run)")
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(resolved.to_json(), encoding="utf-8")
-    tmp.replace(p)
-    return p
-
-
-def load(run_dir: Path | str) -> ResolvedDeployment:
-    """The resolved deployment a run directory holds (written when the run was created)."""
-    p = Path(run_dir) / FILENAME
-    if not p.exists():
-        raise ResolvedError(f"{p} missing: runs created by this r1lab write it in new_run (r1lab.rundir)")
-    return ResolvedDeployment.from_dict(json.loads(p.read_text(encoding="utf-8")))
 
 
 def for_run(run_dir: Path | str | None, exp: Experiment | None) -> ResolvedDeployment:

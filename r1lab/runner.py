@@ -242,9 +242,12 @@ def refuse_to_rent(ctx: RunContext, steps: list[Step]) -> None:
             "Fix: add at least one scenario (see params/twin.yaml), or run without the load test: --only 00,01,02"
         )
     if keys & RENTING:
-        from r1lab.perf.planner import evaluate_topology, params_topology
+        from r1lab.perf.planner import evaluate_topology, point_dict, resolved_topology
 
-        verdict = evaluate_topology(params_topology(exp), exp)
+        r = ctx.resolved  # the params' deployment as the run resolved it
+        verdict = evaluate_topology(resolved_topology(r), exp, engine=r.engine,
+                                    load_points=[point_dict(p) for p in r.load_points],
+                                    memory=r.serving_group.memory)  # fmt: skip
         if not verdict["fits"]:
             raise RunRefused(
                 f"{ctx.params_path}: the plan says this deployment DOES NOT FIT: {verdict['reason']}. Nothing was "

@@ -23,8 +23,9 @@ ROOT = Path(r1lab.__file__).parent
 LAYERS: list[set[str]] = [
     # facts and leaf utilities: import nothing of r1lab
     {"secrets", "gpus", "model", "progress", "outcome", "tinymodel", "nbstrip", "pins", "loadshapes"},
-    # the validated Experiment; the process/ssh execution primitives
-    {"config", "execution"},
+    # the validated Experiment; the process/ssh execution primitives; the resolved deployment's types and files
+    # (what resolve builds, read by every layer above, perf included)
+    {"config", "execution", "resolved"},
     # the resource ledger and its teardown handlers
     {"teardown"},
     # modelling: performance (imports nothing of ours but model, the GPU catalog and progress), prices -> $,
@@ -52,8 +53,9 @@ LAYERS: list[set[str]] = [
     {"cli", "teardown_cli", "plan_cli"},
 ]
 
-# perf's own, stricter rule (design.md: perf imports nothing of ours but model)
-PERF_MAY_IMPORT = {"model", "gpus", "progress", "loadshapes"}
+# perf's own, stricter rule (design.md: perf imports nothing of ours but model; here also the GPU catalog,
+# progress, the load shapes and the resolved deployment's types)
+PERF_MAY_IMPORT = {"model", "gpus", "progress", "loadshapes", "resolved"}
 # below in rank but still never imported (design.md: bench never imports cloud; nor serve: it only speaks HTTP)
 NEVER: dict[str, set[str]] = {"bench": {"cloud", "serve"}}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from r1lab import loadshapes
 from r1lab.bench.scenarios import shapes_for
 from r1lab.config import ParamsError, Scenario, load_experiment, parse_experiment
 from r1lab.perf import planner
+from r1lab.resolve import resolve
 
 PARAMS = sorted((Path(__file__).resolve().parents[1] / "params").glob("*.yaml"))
 
@@ -32,6 +34,24 @@ def test_planner_and_bench_run_the_same_points(params: Path) -> None:
         bench = [(s.concurrency if s.kind == "concurrency" else None, s.rate) for s in shapes_for(sc)]
         plan = [(p["conc"], p["rate"]) for p in modelled if p["scenario"] == sc.name]
         assert plan == bench, sc.name
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=[p.stem for p in PARAMS])
+def test_bench_runs_the_resolved_points(params: Path) -> None:
+    """Given the run's resolved load points (stage 05 passes resolved.json's), the bench runs those: the same
+    shapes as expanded from the params, and a resolved point list that says otherwise wins."""
+    exp = load_experiment(params)
+    points = resolve(exp).load_points
+    for sc in exp.load.scenarios:
+        if sc.shape == "trace":
+            continue
+        assert shapes_for(sc, points) == shapes_for(sc), sc.name
+    sc = next(sc for sc in exp.load.scenarios if sc.shape != "trace")
+    mine = [p for p in points if p.scenario == sc.name]
+    other = [dataclasses.replace(mine[0], concurrency=3, rate=None)]
+    assert [s.concurrency for s in shapes_for(sc, other)] == [3]
+    with pytest.raises(ValueError, match=f"scenario {sc.name}: the run's resolved deployment"):
+        shapes_for(sc, [p for p in points if p.scenario != sc.name])
 
 
 STRESS_AT_A_RATE = """

@@ -296,9 +296,7 @@ def test_plan_audit_flag_by_flag() -> None:
 
 
 def test_vram_twin_is_modelled_and_nvidia_smi_parsed() -> None:
-    from r1lab.model import Parallelism
-
-    rep = vram_per_gpu(exp_of("twin.yaml"), None, Parallelism(8, 2))
+    rep = vram_per_gpu(exp_of("twin.yaml"), None, "multi")
     assert rep.source == "modelled" and len(rep.gpus) == 8 and "modelled" in rep.note
     rows = parse_nvidia_smi("0, NVIDIA H100 NVL, 88000, 95830\n1, NVIDIA H100 NVL, 87990, 95830\n")
     assert rows[1] == {"index": 1, "name": "NVIDIA H100 NVL", "used_mib": 87990.0, "total_mib": 95830.0}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from r1lab.bench.workloads import (
     conversation_plan,
 )
 from r1lab.loadshapes import shape_of
+from r1lab.resolved import LoadPoint
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -58,8 +60,9 @@ def default_scenarios(max_concurrency: int = 64, long_context: int = 120_000) ->
     ]  # fmt: skip
 
 
-def shapes_for(sc: Any) -> list[Shape]:
-    """The load points of one config Scenario."""
+def shapes_for(sc: Any, points: Sequence[LoadPoint] | None = None) -> list[Shape]:
+    """The load points of one config Scenario: `points`, the run's resolved load points (r1lab.resolved: the ones
+    the planner modelled; those of other scenarios are ignored), else expanded from `sc` (r1lab.loadshapes)."""
     common = {"requests": sc.requests_per_point, "duration_s": sc.duration_s, "warmup_s": sc.warmup_s,
               "warmup_requests": sc.warmup_requests}  # fmt: skip
     if sc.shape == "trace":
@@ -70,11 +73,20 @@ def shapes_for(sc: Any) -> list[Shape]:
                       warmup_s=sc.warmup_s, warmup_requests=sc.warmup_requests)]  # fmt: skip
     if sc.workload == "multi-turn":
         common["requests"] = sc.multi_turn.conversations * sc.multi_turn.turns
-    shape = shape_of(sc)  # its points, the ones the planner models (r1lab.loadshapes)
+    shape = shape_of(sc)
+    if points is None:
+        loads = shape.loads(sc)  # its points, the ones the planner models (r1lab.loadshapes)
+    else:
+        loads = [(p.concurrency, p.rate) for p in points if p.scenario == sc.name]
+        if not loads:
+            raise ValueError(
+                f"scenario {sc.name}: the run's resolved deployment (resolved.json) has no load point for it: "
+                "the params changed after the run was resolved; start a new run"
+            )
     if shape.loop(sc) == "open":
         return [Shape("poisson", rate=r, concurrency=sc.max_concurrency, burstiness=sc.burstiness, **common)
-                for _, r in shape.loads(sc)]  # fmt: skip
-    return [Shape("concurrency", concurrency=c, **common) for c, _ in shape.loads(sc)]
+                for _, r in loads]  # fmt: skip
+    return [Shape("concurrency", concurrency=c, **common) for c, _ in loads]
 
 
 def _pool_size(shape: Shape) -> int:
@@ -85,12 +97,13 @@ def _pool_size(shape: Shape) -> int:
 
 
 def _workloads(
-    sc: Any, tokenizer: ModelTokenizer, model: str, seed: int, first: int = 0
-) -> list[tuple[Shape, list, Any]]:
-    """Each point's shape, fresh workload (its own seed; point i of the scenario, counted from `first`) and, for
-    multi-turn, its conversations."""
+    sc: Any, tokenizer: ModelTokenizer, model: str, seed: int, first: int = 0,
+    points: Sequence[LoadPoint] | None = None,
+) -> list[tuple[Shape, list, Any]]:  # fmt: skip
+    """Each point's shape (from the resolved `points` where given), fresh workload (its own seed; point i of the
+    scenario, counted from `first`) and, for multi-turn, its conversations."""
     out = []
-    for i, shape in enumerate(shapes_for(sc), start=first):
+    for i, shape in enumerate(shapes_for(sc, points), start=first):
         s = seed * 1000 + i
         conv = None
         if sc.shape == "trace":
@@ -120,9 +133,10 @@ def _workloads(
 
 def run_scenario(
     sc: Any, *, url: str, tokenizer: ModelTokenizer, model: str, run_dir: str | Path, seed: int = 0,
-    workers: int = 0, verify_tls: bool = True, shell: Any = None,
+    workers: int = 0, verify_tls: bool = True, shell: Any = None, points: Sequence[LoadPoint] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Run every point of one scenario; returns its records (also appended to load/<name>/requests.jsonl).
+    """Run every point of one scenario (the run's resolved `points` where given, else expanded from `sc`);
+    returns its records (also appended to load/<name>/requests.jsonl).
     With `shell` (a remote.Shell on a pod next to the server) the generator runs there, and `url` is the
     server's address as seen from that pod. A sweep with `until_knee` then adds points at twice the last
     concurrency while its measured points show no knee (find_knee), up to that cap; load/<name>/extension.json
@@ -134,7 +148,7 @@ def run_scenario(
         )
     args = dict(url=url, tokenizer=tokenizer, model=model, run_dir=run_dir, seed=seed, workers=workers,
                 verify_tls=verify_tls, shell=shell)  # fmt: skip
-    records = _run_points(sc, first=0, **args)
+    records = _run_points(sc, first=0, points=points, **args)
     cap = getattr(sc, "until_knee", None)
     if not cap:
         return records
@@ -166,11 +180,12 @@ def run_scenario(
 
 def _run_points(
     sc: Any, *, first: int, url: str, tokenizer: ModelTokenizer, model: str, run_dir: str | Path, seed: int,
-    workers: int, verify_tls: bool, shell: Any,
+    workers: int, verify_tls: bool, shell: Any, points: Sequence[LoadPoint] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Run the points of `sc` (point indices from `first`, for their seeds), here or through `shell`."""
+    """Run the points of `sc` (or the resolved `points`; point indices from `first`, for their seeds), here or
+    through `shell`."""
     out = Path(run_dir) / "load" / sc.name / "requests.jsonl"
-    wls = _workloads(sc, tokenizer, model, seed, first)
+    wls = _workloads(sc, tokenizer, model, seed, first, points)
     kept = complete_points(out.parent) & {w[0].label for w in wls}  # from an earlier attempt (--resume)
     todo = [(i, w) for i, w in enumerate(wls, start=first) if w[0].label not in kept]
     if kept:
@@ -202,19 +217,22 @@ def _run_points(
 
 def run_load(
     load: Any, *, url: str, model_dir: str | Path, model: str, run_dir: str | Path, only: list[str] | None = None,
-    verify_tls: bool = True, shell: Any = None,
+    verify_tls: bool = True, shell: Any = None, points: Sequence[LoadPoint] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Run the Experiment's `load.scenarios` (or those named in `only`) against `url`; with `shell`, from the pod
-    that shell reaches (params `load.run_on: pod`)."""
+    that shell reaches (params `load.run_on: pod`). `points`: the run's resolved load points (resolved.json), run
+    as they are; a scenario placed at another's knee (`at_knee_of`) and a sweep's added points (`until_knee`)
+    are set while the load runs, from what was measured."""
     tok = ModelTokenizer(model_dir)
     done = {}
     for sc in load.scenarios:
         if only is None or sc.name in only:
+            pts = points
             if getattr(sc, "at_knee_of", None):
-                sc = at_knee(sc, run_dir)
+                sc, pts = at_knee(sc, run_dir), None
             done[sc.name] = run_scenario(sc, url=url, tokenizer=tok, model=model, run_dir=run_dir,
                                          seed=load.seed, workers=load.processes, verify_tls=verify_tls,
-                                         shell=shell)  # fmt: skip
+                                         shell=shell, points=pts)  # fmt: skip
     return done
 
 

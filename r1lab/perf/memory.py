@@ -13,7 +13,8 @@ replaces them with vLLM's logged values when available.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism
 from r1lab.perf import hardware
@@ -71,6 +72,12 @@ class MemoryPlan:
     fits: bool
     reason: str
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MemoryPlan:
+        """The plan `as_dict()` gave (its derived *_gib figures dropped): a resolved deployment's stored plan."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def as_dict(self) -> dict:
         d = asdict(self)

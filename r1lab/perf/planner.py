@@ -37,7 +37,9 @@ from r1lab import gpus
 from r1lab.loadshapes import shape_of
 from r1lab.model import Parallelism
 from r1lab.perf import hardware, network
+from r1lab.perf.memory import DEFAULT_BLOCK_SIZE
 from r1lab.perf.predict import MODEL_VERSION, Disaggregation, _efficiency, predict
+from r1lab.resolved import EngineSpec, LoadPoint, ResolvedDeployment
 
 SCHEMA_VERSION = 1
 # The catalog's dated fallbacks (r1lab.gpus, secure cloud); params and live prices win.
@@ -140,6 +142,52 @@ def params_topology(exp: Any) -> Topology:
     par = Parallelism(s.tensor_parallel, s.pipeline_parallel, s.data_parallel, s.expert_parallel)
     del pods
     return Topology("params", gpu_type, nodes, gpn, par, net)
+
+
+def resolved_topology(r: ResolvedDeployment) -> Topology:
+    """The params' topology as the resolved deployment holds it: its instance groups (one "engine" group, or
+    "prefill" feeding "decode" under P/D over the resolved KV link)."""
+    roles = {g.role: g for g in r.groups}
+    net = r.provider.network
+    if "decode" in roles and "prefill" in roles:
+        pre, dec = roles["prefill"], roles["decode"]
+        dis = Disaggregation(pre.parallelism.parallelism(), pre.count, dec.count, r.kv_network or net,
+                             r.kv_transfer_gb_s)  # fmt: skip
+        return Topology(
+            "params", r.gpu_type, r.nodes, r.gpus_per_node, dec.parallelism.parallelism(), net, dis
+        )
+    return Topology(
+        "params", r.gpu_type, r.nodes, r.gpus_per_node, r.group("engine").parallelism.parallelism(), net
+    )
+
+
+def engine_spec(exp: Any) -> EngineSpec:
+    """The engine settings the params serve with (the resolved deployment's engine spec)."""
+    s = exp.serving
+    return EngineSpec(
+        engine=s.engine,
+        kv_cache_dtype=s.kv_cache_dtype,
+        kv_dtype=_kv_dtype(s),
+        gpu_memory_utilization=s.gpu_memory_utilization,
+        max_num_seqs=s.max_num_seqs,
+        max_num_batched_tokens=s.max_num_batched_tokens,
+        max_model_len=s.max_model_len,
+        num_speculative_tokens=s.num_speculative_tokens,
+        block_size=DEFAULT_BLOCK_SIZE,
+        enable_chunked_prefill=s.enable_chunked_prefill,
+    )
+
+
+def point_dict(p: LoadPoint) -> dict[str, Any]:
+    """A resolved load point in the planner's form (as `_points` gives it)."""
+    return dict(scenario=p.scenario, isl=p.isl, osl=p.osl, isl_r=p.isl_range, osl_r=p.osl_range,
+                conc=p.concurrency, rate=p.rate, n=p.requests, modelled_as=p.modelled_as)  # fmt: skip
+
+
+def quotes(r: ResolvedDeployment) -> dict[str, dict[str, Any]]:
+    """The resolved deployment's dated price quotes in the planner's form."""
+    return {k: {"usd_per_gpu_hour": q.usd_per_gpu_hour, "date": q.date, "source": q.source}
+            for k, q in r.prices.items()}  # fmt: skip
 
 
 def _price(gpu_type: str, exp: Any, prices: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -247,26 +295,33 @@ def evaluate_topology(
     prices: dict[str, Any] | None = None,
     method: str = "simulate",
     memo: dict[tuple[Any, ...], Any] | None = None,
+    engine: EngineSpec | None = None,
+    load_points: list[dict[str, Any]] | None = None,
+    memory: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Memory, load points, cost and bottleneck of one topology under the params' serving settings.
+
+    `engine`, `load_points`: the resolved deployment's engine spec and load points (default: derived from `exp`);
+    `memory`: the memory plan the resolved deployment holds for this topology's serving instance (the params'
+    own), reported as is (default: the plan predict() makes at the first point).
 
     `method`: predict()'s ("simulate", or "auto": the analytic steady state where it applies, r1lab.perf.steady).
     `memo`: predictions already made in this plan, by their arguments (the params' topology is often one of the
     standard ones: the same deployment at the same load point is predicted once)."""
-    s = exp.serving
+    s = engine or engine_spec(exp)
     eng = "vllm" if s.engine in ("vllm", "mocker") else s.engine
     price = _price(topo.gpu_type, exp, prices)
     usd_h = price["usd_per_gpu_hour"] * topo.gpus if price else None
     slo = exp.load.slo
     points: list[dict[str, Any]] = []
     fits, reason = True, ""
-    memory: dict[str, Any] = {}
+    memory = dict(memory or {})
     bottleneck: dict[str, Any] = {}
-    for pt in _points(exp):
+    for pt in _points(exp) if load_points is None else load_points:
         args = (topo.gpu_type, topo.gpus, topo.par, eng, pt["isl"], pt["osl"], pt["conc"])
         kwargs = dict(
             rate=pt["rate"],
-            kv_dtype=_kv_dtype(s),
+            kv_dtype=s.kv_dtype,
             gpu_memory_utilization=s.gpu_memory_utilization,
             max_num_seqs=s.max_num_seqs,
             max_num_batched_tokens=s.max_num_batched_tokens,
@@ -507,19 +562,29 @@ def plan_experiment(
     include_standard: bool = True,
     method: str = "simulate",
     commands: dict[str, Any] | None = None,
+    resolved: ResolvedDeployment | None = None,
 ) -> Plan:
     """Plan one Experiment (r1lab.config). `prices`: live {gpu_type: usd_per_gpu_hour or price dict}.
     `method`: "simulate" (every point through the event simulation) or "auto" (the analytic closed-loop steady
     state where it applies, r1lab.perf.steady: faster, within the tolerance that module states).
     `commands`: the serving commands per stage as r1lab.serve.plan_commands renders them (serve stands above
-    perf, so the caller passes them in; r1lab.stages.plan.make_plan does)."""
-    ptopo = params_topology(exp)
+    perf, so the caller passes them in; r1lab.stages.plan.make_plan does).
+    `resolved`: the run's resolved deployment (r1lab.resolve): the params' topology, its memory plan, the engine
+    spec, the load points and the price quotes are read from it (live `prices` are then ignored: it was priced
+    when resolved), and the standard alternatives are planned under the same engine spec and points; None: all
+    derived from `exp` here."""
+    if resolved is not None:
+        ptopo, engine = resolved_topology(resolved), resolved.engine
+        points: list[dict[str, Any]] | None = [point_dict(p) for p in resolved.load_points]
+        prices, memory = quotes(resolved), resolved.serving_group.memory
+    else:
+        ptopo, engine, points, memory = params_topology(exp), engine_spec(exp), None, None
     topos = [ptopo] + (STANDARD if include_standard else [])
     from r1lab.progress import track  # noqa: PLC0415
 
     memo: dict[tuple[Any, ...], Any] = {}
     results = [
-        evaluate_topology(t, exp, prices, method, memo)
+        evaluate_topology(t, exp, prices, method, memo, engine, points, memory if t is ptopo else None)
         for t in track(topos, "planning topologies", len(topos))
     ]
     problems = _problems(exp, results, ptopo)
@@ -556,4 +621,13 @@ def render_text(plan: Plan, exp: Any = None) -> str:
     return _render(plan, exp)
 
 
-__all__ = ["Plan", "Topology", "STANDARD", "plan_experiment", "evaluate_topology", "network"]
+__all__ = [
+    "Plan",
+    "Topology",
+    "STANDARD",
+    "plan_experiment",
+    "evaluate_topology",
+    "resolved_topology",
+    "engine_spec",
+    "network",
+]

@@ -3,7 +3,7 @@ VRAM per GPU (nvidia-smi on real pods; the performance model's memory plan on th
 the replayable command file in `<run_dir>/commands/`.
 
 Public interface: `minimal_completion(endpoint) -> CompletionCheck`, `streamed_chat(endpoint) -> StreamCheck`,
-`read_metrics(url) -> dict[str, float]`, `vram_per_gpu(exp, executor, parallelism) -> VramReport`,
+`read_metrics(url) -> dict[str, float]`, `vram_per_gpu(exp, executor, stage) -> VramReport`,
 `write_command_file(run_dir, deployment) -> Path`.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 
 from r1lab.config import Experiment
 from r1lab.execution import Executor
-from r1lab.model import Parallelism
-from r1lab.resolve import ResolvedDeployment, instance_memory, resolve
+from r1lab.perf.memory import GIB, MemoryPlan
+from r1lab.resolve import ResolvedDeployment, resolve
 from r1lab.secrets import redact
 from r1lab.serve.commands import Deployment
 from r1lab.serve.launch import Endpoint
@@ -210,20 +210,19 @@ def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
 def vram_per_gpu(
     exp: Experiment,
     executor: Executor | None,
-    parallelism: Parallelism,
+    stage: str,
     resolved: ResolvedDeployment | None = None,
 ) -> VramReport:
-    """Real pods: nvidia-smi on the pod. The twin (no GPUs): the memory plan of the performance model under the
-    run's resolved engine spec (`resolved`, default resolve(exp)), labelled modelled, never presented as measured."""
+    """Real pods: nvidia-smi on the pod. The twin (no GPUs): the memory plan the run's resolved deployment holds
+    for the stage's (first) engine group (`resolved`, default resolve(exp)), labelled modelled, never presented
+    as measured."""
     if exp.provider.kind == "runpod":
         if executor is None:
             raise ValueError("vram_per_gpu on RunPod needs the pod's executor")
         res = executor.run(NVIDIA_SMI, timeout=60)
         return VramReport("nvidia-smi", parse_nvidia_smi(res.output), note=f"measured on {executor.name}")
-    from r1lab.perf.memory import GIB
-
     r = resolved or resolve(exp)
-    plan = instance_memory(r.gpu_type, parallelism, r.engine)
+    plan = MemoryPlan.from_dict(r.stage_group(stage).memory)
     used = (plan.weights_bytes + plan.activation_bytes + plan.cudagraph_bytes + plan.non_torch_bytes
             + plan.kv_bytes) / 2**20  # fmt: skip
     gpus = [{"index": i, "name": plan.gpu, "used_mib": round(used, 1), "total_mib": round(plan.total_bytes / 2**20, 1)}

@@ -19,7 +19,8 @@ from typing import Literal
 
 from r1lab.config import Experiment
 from r1lab.execution import Executor
-from r1lab.resolve import ResolvedDeployment, for_run, instance_memory, resolve
+from r1lab.perf.memory import MemoryPlan
+from r1lab.resolve import ResolvedDeployment, for_run, resolve
 from r1lab.serve.checks import write_command_file
 from r1lab.serve.commands import Deployment, MockerTiming, Node, Ports, Stage, nodes_of, render
 from r1lab.serve.launch import Launched, Launcher, ServeError
@@ -108,7 +109,8 @@ def mocker_timings(
     exp: Experiment, dep: Deployment, out_dir: Path, resolved: ResolvedDeployment | None = None
 ) -> dict[str, MockerTiming]:
     """Timing tables from the performance model for every mocker worker group of a rendered deployment, under
-    the run's resolved engine spec (`resolved`, default resolve(exp)): one memory plan per worker group."""
+    the run's resolved engine spec (`resolved`, default resolve(exp)), each group's KV capacity from the memory
+    plan the resolved deployment holds for it."""
     from r1lab.perf.mocker import mocker_setup
 
     r = resolved or resolve(exp)
@@ -124,7 +126,10 @@ def mocker_timings(
         spec = g["spec"]
         own = dict(max_num_seqs=spec.max_num_seqs, max_num_batched_tokens=spec.max_num_batched_tokens,
                    max_model_len=spec.max_model_len or 16384)  # fmt: skip
-        memory = instance_memory(r.gpu_type, g["parallelism"], eng, **own)
+        # the group's one memory plan, as the resolved deployment holds it (prefill/decode by role; else the
+        # stage's one engine group)
+        sg = r.stage_group(dep.stage, group if group in ("prefill", "decode") else None)
+        memory = MemoryPlan.from_dict(sg.memory)
         setup = mocker_setup(
             r.gpu_type, g["parallelism"], "vllm", out_dir, kv_dtype=eng.kv_dtype,
             gpu_memory_utilization=eng.gpu_memory_utilization, gpus_per_node=r.gpus_per_node,

@@ -62,6 +62,7 @@ def run(ctx: RunContext, to: Target, only: list[str] | None = None) -> LoadResul
         records = scenarios.run_load(
             exp.load, url=to.url, model_dir=to.tokenizer_dir, model=exp.model.served_name, run_dir=ctx.run_dir,
             only=only, shell=load_shell(ctx),  # load.run_on "pod": the generator runs next to the server
+            points=ctx.resolved.load_points,  # the expanded load points, as the run resolved them (and 00 planned)
         )  # fmt: skip
     dep = cost.deployment_cost(exp, quotes=ctx.resolved.prices)  # priced as the run was resolved
     slo = exp.load.slo

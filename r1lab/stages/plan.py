@@ -29,13 +29,11 @@ def make_plan(
     method: str = "simulate",
     resolved: ResolvedDeployment | None = None,
 ) -> Plan:
-    """The plan (modelled by r1lab.perf; `method` as plan_experiment's) carrying the commands r1lab.serve renders
-    for every stage, priced at the resolved deployment's quotes (`resolved`, default resolve(exp, prices): live
-    `prices` where given, else the params' dated fallbacks)."""
+    """The plan (modelled by r1lab.perf; `method` as plan_experiment's) of the resolved deployment (`resolved`,
+    default resolve(exp, prices): live `prices` where given, else the params' dated fallbacks), carrying the
+    commands r1lab.serve renders for every stage."""
     r = resolved or resolve(exp, prices)
-    quotes = {k: {"usd_per_gpu_hour": q.usd_per_gpu_hour, "date": q.date, "source": q.source}
-              for k, q in r.prices.items()}  # fmt: skip
-    return plan_experiment(exp, quotes, include_standard, method, commands=plan_commands(exp))
+    return plan_experiment(exp, None, include_standard, method, commands=plan_commands(exp), resolved=r)
 
 
 def run(ctx: RunContext) -> PlanResult:

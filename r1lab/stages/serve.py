@@ -10,13 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from r1lab.config import Experiment
-from r1lab.model import Parallelism
 from r1lab.monitor import targets as mon_targets
 from r1lab.progress import step
-from r1lab.resolve import ResolvedDeployment, instance_memory, resolve
+from r1lab.resolve import ResolvedDeployment, resolve
 from r1lab.rundir import RunContext
 from r1lab.serve.checks import minimal_completion, vram_per_gpu
-from r1lab.serve.commands import Deployment, VllmSpec
 from r1lab.serve.deploy import deploy, launch_deadline_s
 from r1lab.steps import _commands_file, ensure_pods, fetch_tokenizer, preflight, serving_roles
 
@@ -64,7 +62,7 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
         if not check.ok:
             raise RuntimeError(f"stage {stage}: the minimal completion failed: {check.error}")
         head = pods.executors[roles[0]]
-        vram = vram_per_gpu(exp, head, stage_parallelism(exp, launched.deployment), ctx.resolved)
+        vram = vram_per_gpu(exp, head, stage, ctx.resolved)
         result = StageResult(
             stage=stage, endpoint=launched.endpoint.url, model=launched.endpoint.model,
             engine=launched.endpoint.engine or exp.serving.engine, completion=asdict(check),
@@ -97,24 +95,15 @@ def serve_stage(ctx: RunContext, stage: str, keep_running: bool = False) -> Stag
     return result
 
 
-def stage_parallelism(exp: Experiment, dep: Deployment) -> Parallelism:
-    """The parallelism of one engine instance of a deployment (the first worker group for Dynamo)."""
-    if dep.mocker_groups:
-        return next(iter(dep.mocker_groups.values()))["parallelism"]
-    if dep.stage == "single":
-        return VllmSpec.from_experiment(exp, tp=exp.gpus_per_node, pp=1, dp=1).parallelism
-    return VllmSpec.from_experiment(exp).parallelism
-
-
 def single_node_misfit(exp: Experiment, resolved: ResolvedDeployment | None = None) -> str | None:
-    """Why R1 cannot be served by one pod of this experiment (None when it fits), from the memory plan of TP over
-    one pod's GPUs under the run's resolved engine spec (`resolved`, default resolve(exp))."""
+    """Why R1 cannot be served by one pod of this experiment (None when it fits), from the memory plan the run's
+    resolved deployment holds for stage single (`resolved`, default resolve(exp))."""
     r = resolved or resolve(exp)
-    plan = instance_memory(r.gpu_type, Parallelism(tp=r.gpus_per_node), r.engine)
+    plan = r.stage_group("single").memory
     return (
         None
-        if plan.fits
-        else f"one pod of {exp.gpus_per_node} x {exp.gpu_type} cannot hold R1: {plan.reason}"
+        if plan["fits"]
+        else f"one pod of {exp.gpus_per_node} x {exp.gpu_type} cannot hold R1: {plan['reason']}"
     )
 
 
