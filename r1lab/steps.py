@@ -15,14 +15,27 @@ import os
 import shlex
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from r1lab.bench.remote import ExecutorShell
+from r1lab.calibrate.cli import calibrate_over_ssh
+from r1lab.cloud.heartbeat import keep_alive
+from r1lab.cloud.provision import PodPlan, Provisioner
+from r1lab.cloud.sshexec import SshExecutor
+from r1lab.cloud.twin import setuplines
+from r1lab.cloud.twin.api import Twin
 from r1lab.config import Experiment, Pod
+from r1lab.execution import LocalExecutor
+from r1lab.perf import hardware
+from r1lab.perf.profile import load_profile
+from r1lab.preflight import run_preflight
 from r1lab.progress import step
 from r1lab.rundir import RunContext
+from r1lab.teardown import release as _release
 
 UTILITY_ROLE = "utility"
 
@@ -30,10 +43,8 @@ UTILITY_ROLE = "utility"
 # --- pods -----------------------------------------------------------------------------------------------------
 
 
-def pod_plan(exp: Experiment, pod: Pod) -> Any:
+def pod_plan(exp: Experiment, pod: Pod) -> PodPlan:
     """The RunPod create request for one pod group (ports: SSH only; services stay private, reached by SSH)."""
-    from r1lab.cloud.provision import PodPlan
-
     return PodPlan(
         role=pod.role, image=pod.image, gpu_type=pod.gpu_type, gpu_count=pod.gpu_count,
         cloud=exp.provider.cloud_type, data_center=exp.provider.data_center, ports=["22/tcp"],
@@ -42,10 +53,8 @@ def pod_plan(exp: Experiment, pod: Pod) -> Any:
     )  # fmt: skip
 
 
-def provisioner(ctx: RunContext) -> Any:
+def provisioner(ctx: RunContext) -> Provisioner:
     """The run's provisioner: its SSH key, ledger, pod deadline and fallback prices."""
-    from r1lab.cloud.provision import Provisioner
-
     exp = ctx.exp
     return Provisioner(
         ctx.run_dir, ctx.run_id, pod_deadline_hours=exp.provider.pod_deadline_hours,
@@ -83,8 +92,6 @@ class Pods:
 
 def ensure_pods(ctx: RunContext, roles: list[str]) -> Pods:
     """Create (or find, by name) the run's pods for these roles, on the run's volume, and wait until SSH works."""
-    from r1lab.cloud.sshexec import SshExecutor
-
     prov = provisioner(ctx)
     volume = ctx.state.require("volume", "01_environment")
     plans = [pod_plan(ctx.exp, _pod_group(ctx.exp, role)) for role in roles]
@@ -96,8 +103,6 @@ def ensure_pods(ctx: RunContext, roles: list[str]) -> Pods:
     else:
         ready = prov.pods(plans, volume=volume)
     if ctx.exp.provider.heartbeat_timeout_s:
-        from r1lab.cloud.heartbeat import keep_alive
-
         for rp in ready:  # while this kernel lives, the pods' watchdogs hear from it (setup may take long)
             keep_alive(ctx.run_dir, rp.id, rp.ssh)
     pods = Pods()
@@ -128,8 +133,6 @@ def _run_setup(ctx: RunContext, pods: Pods) -> None:
 
     On the twin's bare pods, what needs a GPU is taken out of the lines and resolved for the real pod instead
     (`r1lab.cloud.twin.setuplines`); both are recorded in `setup/<role>.json` and printed."""
-    from concurrent.futures import ThreadPoolExecutor
-
     jobs = []
     for role, ex in pods.executors.items():
         commands = _pod_group(ctx.exp, role).setup
@@ -161,8 +164,6 @@ def _setup_commands(ctx: RunContext, role: str, commands: list[str]) -> list[str
         print(f"[{role}] twin pods of kind 'host' (asked for with R1LAB_TWIN_PODS=host) share this machine's "
               "files: setup lines not run (the default, bare pods, run them)", flush=True)  # fmt: skip
         return []
-    from r1lab.cloud.twin import setuplines
-
     plans = [setuplines.plan_line(c, ctx.exp.serving.engine) for c in commands]
     reqs = [r for p in plans for r in p.requirements]
     python = setuplines.image_python(_pod_group(ctx.exp, role).image)
@@ -188,8 +189,6 @@ def _setup_commands(ctx: RunContext, role: str, commands: list[str]) -> list[str
 
 
 def _twin_bare() -> bool:
-    from r1lab.cloud.twin.api import Twin
-
     twin = Twin.find(os.environ.get("R1LAB_TWIN_DIR"))
     return bool(twin is not None and twin.info.get("pods") == "bare")
 
@@ -197,16 +196,12 @@ def _twin_bare() -> bool:
 def preflight(ctx: RunContext, stage: str, pods: Pods, **kw: Any) -> Any:
     """The preflight of one stage on its pods (`r1lab.preflight`): one table in `preflight-<stage>.json`,
     `PreflightError` naming pod, check and fix on the first failure."""
-    from r1lab.preflight import run_preflight
-
     with step(f"preflight {stage} on {', '.join(pods.executors)}"):
         return run_preflight(ctx.exp, stage, pods.executors, run_dir=ctx.run_dir, **kw)
 
 
 def release(ctx: RunContext, kind: str, resource_id: str) -> None:
     """Delete one resource now, through its ledger handler (so the ledger stays the single truth)."""
-    from r1lab.teardown import release as _release
-
     _release(ctx.run_dir, kind, resource_id)
 
 
@@ -224,13 +219,11 @@ def fetch_tokenizer(ctx: RunContext, executor: Any) -> Path:
     return dest
 
 
-def load_shell(ctx: RunContext) -> Any:
+def load_shell(ctx: RunContext) -> ExecutorShell | None:
     """Where the load generator runs: None for here, or the serving pod's shell when `load.run_on: pod` (so TTFT
     does not include the round trip from this machine to the data center)."""
     if ctx.exp.load.run_on != "pod":
         return None
-    from r1lab.bench.remote import ExecutorShell
-
     node = ctx.state.require("endpoint", "04_dynamo")["node"]
     return ExecutorShell(ensure_pods(ctx, [node]).executors[node])
 
@@ -240,8 +233,7 @@ def monitoring(ctx: RunContext) -> Iterator[Any]:
     """A real Prometheus scraping the serving processes (and a node exporter) while the block runs; the series
     land in `metrics.parquet`. On the twin it runs here (the host reaches the pods' private addresses); on
     RunPod it runs on the head pod, installed there, and is reached through an SSH forward."""
-    from r1lab import monitor
-    from r1lab.execution import LocalExecutor
+    from r1lab import monitor  # here, not on top: pandas (~1.7 s) only for the stages that monitor (05)
 
     targets = monitor.targets.from_state(ctx.state.get("monitor_targets"))
     workdir = ctx.run_dir / "prometheus"
@@ -278,8 +270,6 @@ def shell_join(argv: list[str]) -> str:
 
 def profile_vs_datasheet(profile: Any, gpu_type: str) -> list[dict[str, Any]]:
     """A hardware profile's ceilings against the GPU's datasheet (dense rates)."""
-    from r1lab.perf import hardware
-
     g = hardware.gpu(gpu_type)
 
     def best(dtype: str) -> float | None:
@@ -305,17 +295,12 @@ def calibration(ctx: RunContext) -> dict[str, Any]:
     `<run_dir>/calibration/`, the profile the performance model can use in place of datasheet efficiencies.
     On the twin there is no GPU: shows the reference profile the model times the mocker with (measured on lent
     GPUs, labelled as such)."""
-    from r1lab.perf import hardware
-    from r1lab.perf.profile import load_profile
-
     exp = ctx.exp
     if exp.provider.kind == "twin":
         slug = hardware.gpu(exp.gpu_type or "").default_profile
         profile = load_profile(slug)
         source = f"reference profile {slug} ({profile.device_name} x{profile.gpus}, {profile.measured}); the twin has no GPUs"
     else:
-        from r1lab.calibrate.cli import calibrate_over_ssh
-
         role = serving_roles(exp)[0]
         pods = ensure_pods(ctx, [role])
         out = ctx.run_dir / "calibration"
