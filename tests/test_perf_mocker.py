@@ -107,9 +107,10 @@ def test_setups_for_twin_params(tmp_path):
     from pathlib import Path
 
     from r1lab.config import load_experiment
+    from r1lab.resolve import resolve
 
-    exp = load_experiment(Path(__file__).resolve().parents[1] / "params" / "twin.yaml")
-    setups = mocker_setups_for(exp, tmp_path)
+    r = resolve(load_experiment(Path(__file__).resolve().parents[1] / "params" / "twin.yaml"))
+    setups = mocker_setups_for(r, tmp_path)
     assert set(setups) == {"prefill", "decode"}
     d = setups["decode"].args
     assert d[d.index("--disaggregation-mode") + 1] == "decode"
@@ -117,6 +118,7 @@ def test_setups_for_twin_params(tmp_path):
     assert setups["prefill"].npz_path != setups["decode"].npz_path
     for s in setups.values():
         check_npz(s.npz_path)
+    assert setups["decode"].memory == r.group("decode").memory  # the plan the resolved deployment holds
 
 
 def test_pd_mocker_times_the_transfer_with_one_copy_per_decode_rank(tmp_path):

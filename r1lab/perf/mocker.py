@@ -19,8 +19,8 @@ layers: the mocker's own formula is wrong for MLA), --num-gpu-blocks-override (K
 memory_plan), --block-size, --max-num-seqs, --max-num-batched-tokens, and --data-parallel-size when DP > 1,
 plus --disaggregation-mode / --kv-transfer-bandwidth for P/D workers.
 
-`mocker_setups_for(exp, out_dir)` does it for every worker group of an Experiment ("engine", or "prefill" and
-"decode" under Dynamo P/D), keyed like r1lab.serve.commands' `mocker` timing map (its MockerTiming takes
+`mocker_setups_for(resolved, out_dir)` does it for every worker group of a resolved deployment ("engine", or
+"prefill" and "decode" under Dynamo P/D), keyed like r1lab.serve.commands' `mocker` timing map (its MockerTiming takes
 npz_path, kv_bytes_per_token, num_gpu_blocks, block_size, max_num_seqs, deployment from a MockerSetup).
 """
 
@@ -39,6 +39,7 @@ from r1lab.perf import hardware
 from r1lab.perf.memory import DEFAULT_BLOCK_SIZE, MemoryPlan, memory_plan
 from r1lab.perf.ops import Deployment
 from r1lab.perf.predict import _step_model, parse_parallelism
+from r1lab.resolved import ResolvedDeployment
 
 NPZ_KEYS = (
     "prefill_isl",
@@ -222,16 +223,17 @@ def check_npz(path: str | Path) -> None:
             raise ValueError(f"{path}: prefill_isl and prefill_ttft_ms differ in length")
 
 
-def mocker_setups_for(exp: Any, out_dir: str | Path) -> dict[str, MockerSetup]:
-    """Tables and args for every mocker worker group of an Experiment, keyed like r1lab.serve's timing map:
-    {"engine": ...} for aggregated serving, {"prefill": ..., "decode": ...} under Dynamo P/D."""
+def mocker_setups_for(r: ResolvedDeployment, out_dir: str | Path) -> dict[str, MockerSetup]:
+    """Tables and args for every mocker worker group of a resolved deployment (r1lab.resolve), keyed like
+    r1lab.serve's timing map: {"engine": ...} for aggregated serving, {"prefill": ..., "decode": ...} under Dynamo
+    P/D; each group's KV capacity from the memory plan the deployment holds for it."""
     from r1lab.perf import network
-    from r1lab.perf.planner import params_topology
+    from r1lab.perf.planner import resolved_topology
 
-    topo = params_topology(exp)
-    s = exp.serving
-    common = dict(
-        kv_dtype=s.kv_cache_dtype if s.kv_cache_dtype != "bfloat16" else "auto",
+    topo = resolved_topology(r)
+    s = r.engine
+    common: dict[str, Any] = dict(
+        kv_dtype=s.kv_dtype,
         gpu_memory_utilization=s.gpu_memory_utilization,
         max_num_seqs=s.max_num_seqs,
         max_num_batched_tokens=s.max_num_batched_tokens,
@@ -239,10 +241,20 @@ def mocker_setups_for(exp: Any, out_dir: str | Path) -> dict[str, MockerSetup]:
         gpus_per_node=topo.gpus_per_node,
         num_speculative_tokens=s.num_speculative_tokens,
     )
+
+    def memory(role: str) -> MemoryPlan:
+        return MemoryPlan.from_dict(r.group(role).memory)
+
     if topo.disagg is None:
         return {
             "engine": mocker_setup(
-                topo.gpu_type, topo.par, s.engine, out_dir, network_name=topo.network, **common
+                topo.gpu_type,
+                topo.par,
+                s.engine,
+                out_dir,
+                network_name=topo.network,
+                memory=memory("engine"),
+                **common,
             )
         }
     d = topo.disagg
@@ -257,6 +269,7 @@ def mocker_setups_for(exp: Any, out_dir: str | Path) -> dict[str, MockerSetup]:
             disaggregation_mode="prefill",
             kv_transfer_gb_s=gb_s,
             decode_tp=topo.par.tp,
+            memory=memory("prefill"),
             **common,
         ),
         "decode": mocker_setup(
@@ -266,6 +279,7 @@ def mocker_setups_for(exp: Any, out_dir: str | Path) -> dict[str, MockerSetup]:
             out_dir,
             disaggregation_mode="decode",
             kv_transfer_gb_s=gb_s,
+            memory=memory("decode"),
             **common,
         ),
     }
