@@ -1,11 +1,14 @@
-"""Pure parts of the notebook steps: what fits on one pod, and a profile against its datasheet."""
+"""Pure parts of the notebook steps: what fits on one pod, a profile against its datasheet, 04's real-engine
+stage when it is off."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from r1lab.config import load_experiment
 from r1lab.perf.profile import load_profile, reference_profiles
+from r1lab.stages import real_engine
 from r1lab.stages.serve import single_node_misfit
 from r1lab.steps import pod_plan, profile_vs_datasheet
 
@@ -36,3 +39,12 @@ def test_pod_plan_keeps_services_private_and_uses_global_networking_only_when_as
     assert not utility.global_networking and utility.gpu_type is None
     single = load_experiment(PARAMS / "runpod-1x8-h200.yaml")
     assert not pod_plan(single, single.pods[0]).global_networking
+
+
+def test_real_engine_stage_runs_nothing_without_requests(tmp_path: Path) -> None:
+    """Stage 04's real-engine check (r1lab.stages.real_engine) is off with dynamo.real_engine_requests 0: no pods,
+    no real-engine.json."""
+    twin = load_experiment(PARAMS / "twin.yaml")
+    off = twin.model_copy(update={"dynamo": twin.dynamo.model_copy(update={"real_engine_requests": 0})})
+    assert real_engine.run(SimpleNamespace(exp=off, run_dir=tmp_path)) is None  # type: ignore[arg-type]
+    assert not (tmp_path / "real-engine.json").exists()
