@@ -234,7 +234,6 @@ def mocker_setups_for(r: ResolvedDeployment, out_dir: str | Path) -> dict[str, M
     s = r.engine
     common: dict[str, Any] = dict(
         kv_dtype=s.kv_dtype,
-        gpu_memory_utilization=s.gpu_memory_utilization,
         max_num_seqs=s.max_num_seqs,
         max_num_batched_tokens=s.max_num_batched_tokens,
         max_model_len=s.max_model_len or 16384,

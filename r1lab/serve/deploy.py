@@ -131,8 +131,7 @@ def mocker_timings(
         sg = r.stage_group(dep.stage, group if group in ("prefill", "decode") else None)
         memory = MemoryPlan.from_dict(sg.memory)
         setup = mocker_setup(
-            r.gpu_type, g["parallelism"], "vllm", out_dir, kv_dtype=eng.kv_dtype,
-            gpu_memory_utilization=eng.gpu_memory_utilization, gpus_per_node=r.gpus_per_node,
+            r.gpu_type, g["parallelism"], "vllm", out_dir, kv_dtype=eng.kv_dtype, gpus_per_node=r.gpus_per_node,
             network_name=exp.provider.network, num_speculative_tokens=eng.num_speculative_tokens,
             disaggregation_mode=g["mode"], kv_transfer_gb_s=link if g["mode"] else None,
             decode_tp=decode_tp if g["mode"] else None, memory=memory, **own,
