@@ -45,6 +45,7 @@ __all__ = [
     "FILENAME", "SCHEMA_VERSION", "EngineSpec", "GPURecord", "InstanceGroup", "Link", "LoadPoint", "Parallel",
     "PlacementError", "ProviderCaps", "Quote", "ResolvedDeployment", "ResolvedError", "StageGroup", "Worker",
     "engine_spec", "for_run", "instance_memory", "load", "resolve", "save", "serving_stages", "stage_groups",
+    "with_stage_memory",
 ]  # fmt: skip
 
 
@@ -264,10 +265,27 @@ def resolve(exp: Experiment, prices: dict[str, Any] | None = None) -> ResolvedDe
     )
 
 
+def with_stage_memory(r: ResolvedDeployment) -> ResolvedDeployment:
+    """`r` with every serving stage group's memory plan: a resolved.json written before stage groups carried
+    theirs gets them now, made as resolve() makes them (its engine spec, at its first load point's lengths)."""
+    if all(g.memory for groups in r.stages.values() for g in groups):
+        return r
+    first = r.load_points[0] if r.load_points else None
+    stages = {
+        stage: tuple(
+            g if g.memory else replace(g, memory=instance_memory(r.gpu_type, g.parallelism.parallelism(), r.engine,
+                                                                 first).as_dict())
+            for g in groups
+        )
+        for stage, groups in r.stages.items()
+    }  # fmt: skip
+    return replace(r, stages=stages)
+
+
 def for_run(run_dir: Path | str | None, exp: Experiment | None) -> ResolvedDeployment:
     """The run's resolved deployment when its directory holds one (runs older than resolved.json: resolved now)."""
     if run_dir is not None and (Path(run_dir) / FILENAME).exists():
-        return load(run_dir)
+        return with_stage_memory(load(run_dir))
     if exp is None:
         raise ResolvedError(f"{run_dir}: no {FILENAME} and no params to resolve it from")
     return resolve(exp)

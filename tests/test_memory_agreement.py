@@ -6,6 +6,7 @@ For params/twin.yaml (Dynamo P/D, two 8-GPU pods) the serving instance is TP8 (o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from r1lab.config import load_experiment
 from r1lab.perf import mocker, planner
 from r1lab.report import charts
-from r1lab.resolve import load, resolve, save
+from r1lab.resolve import for_run, load, resolve, save
 from r1lab.serve.checks import vram_per_gpu
 from r1lab.serve.commands import render
 from r1lab.serve.deploy import mocker_timings
@@ -88,6 +89,19 @@ def test_the_mocker_reads_the_stored_plan(name: str, tmp_path: Path, monkeypatch
         for group, t in timings.items():
             want = r.stage_group(stage, group if group in ("prefill", "decode") else None).memory
             assert t.num_gpu_blocks == want["num_blocks"], (stage, group)
+
+
+def test_a_resolved_json_without_stage_plans_gets_them(tmp_path: Path) -> None:
+    """A run resolved before stage groups carried their memory plans (resumed with --resume) reads the same ones."""
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "params" / "twin.yaml")
+    r = resolve(exp)
+    d = r.as_dict()
+    for groups in d["stages"].values():
+        for g in groups:
+            del g["memory"]
+    (tmp_path / "resolved.json").write_text(json.dumps(d))
+    assert not load(tmp_path).stage_group("single").memory
+    assert for_run(tmp_path, None) == r
 
 
 def test_twin_instance_is_tp8() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,9 @@ from r1lab.config import load_experiment
 from r1lab.perf import planner
 from r1lab.report import charts
 from r1lab.rundir import new_run
+from r1lab.serve.commands import ServeConfigError, render
 
+REPO = Path(__file__).resolve().parents[1]
 PARAMS = sorted((Path(__file__).resolve().parents[1] / "params").glob("*.yaml"))
 
 
@@ -109,3 +112,28 @@ def test_an_unplaceable_stage_is_named_in_resolve_and_refused_by_serve() -> None
     assert resolve.ResolvedDeployment.from_dict(json.loads(r.to_json())) == r
     with pytest.raises(ServeConfigError, match="cannot split its 8 GPUs"):
         render(exp, "dynamo")
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=[p.stem for p in PARAMS])
+def test_serve_renders_the_placement_the_run_resolved(params: Path) -> None:
+    """r1lab.serve renders each stage as the resolved deployment places it (deploy passes resolved.json's)."""
+    exp = load_experiment(params)
+    r = resolve.resolve(exp)
+    for stage in r.stages:
+        given = render(exp, stage, resolved=r)  # type: ignore[arg-type]
+        assert [c.shell() for c in given.commands] == [c.shell() for c in render(exp, stage).commands]  # type: ignore[arg-type]
+
+
+def test_serve_follows_the_resolved_deployment_not_the_params() -> None:
+    exp = load_experiment(REPO / "params" / "twin.yaml")
+    r = resolve.resolve(exp)
+    g = r.stage_group("single")
+    half = dataclasses.replace(g, parallelism=resolve.Parallel(4, label="TP4"),
+                               workers=(resolve.Worker(g.workers[0].pod, (0, 1, 2, 3)),))  # fmt: skip
+    moved = dataclasses.replace(r, stages={**r.stages, "single": (half,)})
+    assert "--tensor-parallel-size 4" in render(exp, "single", resolved=moved).script()
+    unplaced = dataclasses.replace(
+        r, stages={}, placement_errors={"dynamo": "dynamo: no room on pod 'worker'"}
+    )
+    with pytest.raises(ServeConfigError, match="no room on pod 'worker'"):
+        render(exp, "dynamo", resolved=unplaced)

@@ -23,6 +23,7 @@ from r1lab.config import Experiment
 from r1lab.model import Parallelism
 from r1lab.resolve import (
     PlacementError,
+    ResolvedDeployment,
     StageGroup,
     engine_spec,
     instance_memory,
@@ -396,6 +397,7 @@ def render(
     remote_dir: str = "/tmp/r1lab",
     discovery: Literal["etcd", "file"] | None = None,
     engine: Literal["vllm", "mocker"] | None = None,
+    resolved: ResolvedDeployment | None = None,
 ) -> Deployment:
     """The commands of one stage, in launch order.
 
@@ -406,10 +408,12 @@ def render(
     discovery: Dynamo discovery; default etcd (+ NATS) when Dynamo spans nodes, file on one node.
     engine: this stage's engine in place of `serving.engine` (the twin's 04 runs the real CPU engine for a few
       requests while the load runs on the mocker); the real engine on the twin is vLLM's CPU build (cpu_engine.py).
+    resolved: the run's resolved deployment: the stage's engine groups and where each worker runs are read from
+      it (default: r1lab.resolve.stage_groups of `exp`, as resolve() places them).
     """
     nodes = nodes or nodes_of(exp)
     ports = ports or Ports(vllm=exp.serving.port, frontend=exp.dynamo.port)
-    r = _Renderer(exp, nodes, ports, mocker or {}, remote_dir.rstrip("/"), engine)
+    r = _Renderer(exp, nodes, ports, mocker or {}, remote_dir.rstrip("/"), engine, resolved)
     r.stage = stage
     if stage == "single":
         return r.single()
@@ -431,8 +435,10 @@ class _Renderer:
         mocker: dict[str, MockerTiming],
         remote_dir: str,
         engine: str | None = None,
+        resolved: ResolvedDeployment | None = None,
     ) -> None:
         self.exp, self.nodes, self.ports, self.mocker, self.rdir = exp, nodes, ports, mocker, remote_dir
+        self.resolved = resolved
         self.head = nodes[0]
         self.engine = engine or exp.serving.engine
         self.is_mocker = self.engine == "mocker"
@@ -455,7 +461,13 @@ class _Renderer:
         return "0.0.0.0"
 
     def _groups(self, stage: str) -> tuple[StageGroup, ...]:
-        """The stage's engine groups and their workers' placement, as r1lab.resolve resolves them."""
+        """The stage's engine groups and their workers' placement: the resolved deployment's, else as
+        r1lab.resolve resolves them."""
+        r = self.resolved
+        if r is not None and stage in r.placement_errors:
+            raise ServeConfigError(r.placement_errors[stage])
+        if r is not None and stage in r.stages:
+            return r.stages[stage]
         try:
             return stage_groups(self.exp, stage)
         except PlacementError as exc:

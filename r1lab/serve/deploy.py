@@ -151,16 +151,17 @@ def plan_stage(
     discovery: Literal["etcd", "file"] | None = None,
     engine: Literal["vllm", "mocker"] | None = None,
 ) -> Deployment:
-    """Render a stage (with the model's mocker tables on the twin) and write its command file.
+    """Render a stage as the run's resolved deployment places it (with the model's mocker tables on the twin) and
+    write its command file.
     engine: this stage's engine in place of serving.engine (render's `engine`)."""
     run_dir = Path(run_dir)
-    dep = render(
-        exp, stage, nodes=nodes, ports=ports, remote_dir=remote_dir, discovery=discovery, engine=engine
-    )
+    r = for_run(run_dir, exp)  # the run's resolved deployment: placement, memory plans
+    dep = render(exp, stage, nodes=nodes, ports=ports, remote_dir=remote_dir, discovery=discovery, engine=engine,
+                 resolved=r)  # fmt: skip
     if (engine or exp.serving.engine) == "mocker":
-        timings = mocker_timings(exp, dep, run_dir / "mocker" / stage, for_run(run_dir, exp))
+        timings = mocker_timings(exp, dep, run_dir / "mocker" / stage, r)
         dep = render(exp, stage, nodes=nodes, ports=ports, mocker=timings, remote_dir=remote_dir,
-                     discovery=discovery, engine=engine)  # fmt: skip
+                     discovery=discovery, engine=engine, resolved=r)  # fmt: skip
     write_command_file(run_dir, dep)
     return dep
 
