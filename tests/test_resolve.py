@@ -8,9 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from r1lab import resolve
-from r1lab.config import load_experiment
+from r1lab.config import load_experiment, parse_experiment
 from r1lab.perf import planner
 from r1lab.report import charts
 from r1lab.rundir import new_run
@@ -25,6 +26,7 @@ def test_round_trip_and_agreement_with_the_plan(params: Path) -> None:
     exp = load_experiment(params)
     r = resolve.resolve(exp)
     assert resolve.ResolvedDeployment.from_dict(json.loads(r.to_json())) == r
+    assert planner.resolved_topology(r) == planner.params_topology(exp)  # what the planner reads of it
     plan = planner.plan_experiment(exp, include_standard=False).as_dict()
     me = next(t for t in plan["topologies"] if t["is_params"])
     # the serving group's memory plan is the one the planner reports for the params topology
@@ -137,3 +139,18 @@ def test_serve_follows_the_resolved_deployment_not_the_params() -> None:
     )
     with pytest.raises(ServeConfigError, match="no room on pod 'worker'"):
         render(exp, "dynamo", resolved=unplaced)
+
+
+def test_the_kv_link_override_is_resolved_once_for_planner_and_mocker() -> None:
+    """dynamo.kv_transfer_gbps: the resolved deployment carries it; the planner's P/D model and the mocker's
+    --kv-transfer-bandwidth both read it from there."""
+    data = yaml.safe_load((REPO / "params" / "twin.yaml").read_text())
+    data["dynamo"]["kv_transfer_gbps"] = 2.5
+    exp = parse_experiment(yaml.safe_dump(data), "twin+kv")
+    r = resolve.resolve(exp)
+    assert r.kv_transfer_gb_s == 2.5 and r.kv_network == "global-networking"
+    topo = planner.resolved_topology(r)
+    assert topo.disagg is not None and topo.disagg.kv_transfer_gb_s == 2.5
+    assert topo == planner.params_topology(exp)
+    text = render(exp, "dynamo", resolved=r).script()
+    assert text.count("--kv-transfer-bandwidth 2.5") == 2  # the prefill and the decode mocker

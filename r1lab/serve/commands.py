@@ -27,6 +27,7 @@ from r1lab.resolve import (
     StageGroup,
     engine_spec,
     instance_memory,
+    resolve,
     serving_stages,
     stage_groups,
 )
@@ -771,7 +772,7 @@ class _Renderer:
         ))  # fmt: skip
         workers: list[Command] = []
         not_run: list[Command] = []
-        link = _kv_link_gbps(self.exp)
+        link = _kv_link_gbps(self.resolved or resolve(self.exp))  # the run's, else the params' resolved now
         counters: dict[str, int] = {}
         for i, (mode, node, devices) in enumerate(placed):
             k = counters.get(mode, 0)
@@ -901,19 +902,9 @@ def _kv_bytes(spec: VllmSpec, mode: str | None = None, decode_tp: int | None = N
     return int(r1.kv_bytes_per_token(spec.kv_cache_dtype))
 
 
-def _kv_link_gbps(exp: Experiment) -> float | None:
-    """GB/s between prefill and decode workers: the params' value, else the modelled inter-pod link."""
-    if exp.dynamo.kv_transfer_gbps is not None:
-        return exp.dynamo.kv_transfer_gbps
-    if exp.nodes < 2:
-        return None
-    try:
-        from r1lab.perf.network import internode_link
-
-        link = internode_link(exp.provider.network)
-    except (ImportError, KeyError, ValueError):
-        return None
-    for attr in ("gb_s", "bandwidth_gb_s", "bw_gb_s"):
-        if hasattr(link, attr):
-            return float(getattr(link, attr))
-    return None
+def _kv_link_gbps(r: ResolvedDeployment) -> float | None:
+    """GB/s between prefill and decode workers, as resolved: the params' value (dynamo.kv_transfer_gbps), else
+    the modelled link between the pods (None on one pod)."""
+    if r.kv_transfer_gb_s is not None:
+        return r.kv_transfer_gb_s
+    return r.links["internode"].gb_s if r.nodes >= 2 else None
