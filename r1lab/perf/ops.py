@@ -213,6 +213,11 @@ class Deployment:
         )
 
 
+# parts()' components in the order it returns them (StepModel._stage_s adds them in this order)
+_PART_KEYS = ("attention_gemm", "attention_core", "dense_mlp", "moe_experts", "tp_allreduce", "ep_all_to_all",
+              "lm_head", "mtp_draft", "small_kernels", "engine_overhead")  # fmt: skip
+
+
 class StepModel:
     """Step times of one deployment (precomputed constants; `step_s` is a few dozen float operations)."""
 
@@ -261,6 +266,8 @@ class StepModel:
         self.kt = KernelTable.for_gpu(hw.short) if self.eff.timing == "queued" else None
         self._attn_rate = self.eff.bf16_curve[-1][1] * 1e12  # attention kernels run at the bf16 plateau
         self._cache: dict[tuple, dict[str, float]] = {}
+        self._vals: dict[tuple, tuple[float, ...]] = {}  # _cache's values as tuples (step_s' fast path)
+        self._gemm: dict[tuple[float, float, float, str], float] = {}  # _g's results (pure in its args)
         # TP x EP: experts spread over ep_size ranks, each expert split over the moe_tp ranks that share it
         self.moe_tp = par.moe_tp
         self._prefill_factors = self._measured_prefill_factors() if measured_prefill else {}
@@ -331,12 +338,20 @@ class StepModel:
 
     # -- primitives ----------------------------------------------------------------------------------------
     def _g(self, m: float, k: float, n: float, dtype: str = "fp8") -> float:
-        t = self.eff.gemm_s(m, k, n, dtype=dtype)
-        if self.kt is not None and dtype == "fp8":
-            tuned = self.kt.gemm_s(m, k, n)  # the faster measured kernel, as an engine picks one per shape
-            if tuned is not None:
-                t = min(t, tuned)
-        return max(t, KERNEL_MIN_US * 1e-6)
+        key = (m, k, n, dtype)  # a pure function of its (hashable, immutable) args: kept per deployment
+        t = self._gemm.get(key)
+        if t is None:
+            t = self.eff.gemm_s(m, k, n, dtype=dtype)
+            if self.kt is not None and dtype == "fp8":
+                # the faster measured kernel, as an engine picks one per shape
+                tuned = self.kt.gemm_s(m, k, n)
+                if tuned is not None:
+                    t = min(t, tuned)
+            t = max(t, KERNEL_MIN_US * 1e-6)
+            if len(self._gemm) > 200_000:
+                self._gemm.clear()
+            self._gemm[key] = t
+        return t
 
     def _expert_stream_s(self, touched: float, wbytes: float) -> float:
         """Routed experts' weights streamed by the grouped GEMMs: the fused MoE measured on the GPU where there
@@ -430,6 +445,41 @@ class StepModel:
             gpu = sum(v for k, v in out.items() if k != "engine_overhead")
             out["engine_overhead"] = max(0.0, self.eng.step_overhead_s - gpu)
         return out
+
+    def _stage_s(
+        self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float, moe_tokens: float | None
+    ) -> tuple[float, float] | None:
+        """(GPU seconds, exposed engine overhead) of `parts(...)` without building its dict: the same values
+        added in the same order (bit-identical to summing `parts()`), None for an empty step. The per-key base
+        values are kept as a tuple in `_PART_KEYS` order; a base of other keys takes the dict path."""
+        key = (n_dec, n_pre, None, moe_tokens)
+        vals = self._vals.get(key)
+        if vals is None:
+            base = self._cache.get(key)
+            if base is None:
+                base = self._parts(n_dec, 0.0, n_pre, 0.0, None, moe_tokens)
+                if len(self._cache) > 200_000:
+                    self._cache.clear()
+                    self._vals.clear()
+                self._cache[key] = base
+            vals = tuple(base.values()) if tuple(base) == _PART_KEYS else ()
+            self._vals[key] = vals
+        if not vals:
+            out = self.parts(n_dec, ctx_sum, n_pre, pre_pairs, moe_tokens=moe_tokens)
+            if not out:
+                return None
+            gpu = sum(v for k, v in out.items() if k != "engine_overhead")
+            return gpu, out.get("engine_overhead", 0.0)
+        ag, _, dm, me, ar, ep, lm, md, sk, eo = vals
+        core = self.layers * self._attn_core(n_dec, ctx_sum, n_pre, pre_pairs)
+        if self.mtp and ctx_sum:  # as parts(): each draft pass reads the latent cache once more
+            kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
+            floor = KERNEL_MIN_US * 1e-6
+            md += self.mtp * (max(kv_read / (1 + self.mtp), floor) - floor)
+        gpu = 0 + ag + core + dm + me + ar + ep + lm + md + sk  # sum()'s order, from its int start
+        if self.eng.schedule_ahead_steps:
+            eo = max(0.0, self.eng.step_overhead_s - gpu)
+        return gpu, eo
 
     def _attn_core(self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float) -> float:
         """MLA core of one layer: decode reads the latent cache (q queries per seq), prefill computes causal
@@ -623,11 +673,12 @@ class StepModel:
         p x stage time of a 1/p microbatch plus (p - 1) activation sends."""
         p = self.pp
         if p == 1:
-            return sum(self.parts(n_dec, ctx_sum, n_pre, pre_pairs, moe_tokens=moe_tokens).values())
+            st = self._stage_s(n_dec, ctx_sum, n_pre, pre_pairs, moe_tokens)
+            return 0 if st is None else st[0] + st[1]  # sum(parts(...).values())
         mb = self._microbatches(n_dec, n_pre)
         mt = None if moe_tokens is None else moe_tokens / mb
-        parts = self.parts(n_dec / mb, ctx_sum / mb, n_pre / mb, pre_pairs / mb, moe_tokens=mt)
-        stage = sum(v for k, v in parts.items() if k != "engine_overhead")
+        st = self._stage_s(n_dec / mb, ctx_sum / mb, n_pre / mb, pre_pairs / mb, mt)
+        stage = 0 if st is None else st[0]
         tokens = (n_dec * (1 + self.mtp) + n_pre) / mb
         return p * stage + (p - 1) * self.p2p_s(tokens) + self.eng.step_overhead_s
 
