@@ -147,6 +147,7 @@ def simulate(
     request goes to the rank with the least work (closed loop: a client sends its next request when its last one
     ends). Under EP the experts of one instance see the tokens of its `ranks_per_instance` ranks (default: all)."""
     sched = sched or SchedulerConfig()
+    ceil = math.ceil
     rng = random.Random(wl.seed)
     n_total = wl.n()
     tps = step.tokens_per_step()
@@ -257,8 +258,9 @@ def simulate(
         decodes = [r for r in x.running if r.computed >= r.prompt]
         budget -= len(decodes) * q
         chunks: list[tuple[_Req, float]] = []
-        for r in x.running:
-            if r.computed < r.prompt and budget > 0:
+        prefills = [r for r in x.running if r.computed < r.prompt] if len(decodes) < len(x.running) else ()
+        for r in prefills:
+            if budget > 0:
                 c = min(r.prompt - r.computed, budget)
                 if not sched.enable_chunked_prefill and c < r.prompt - r.computed:
                     continue
@@ -284,7 +286,7 @@ def simulate(
         while True:
             need = 0
             for r in decodes:
-                d = math.ceil((r.computed + q) / bs) - r.blocks
+                d = ceil((r.computed + q) / bs) - r.blocks
                 if d > 0:
                     need += d
             for r, c in chunks:
@@ -343,9 +345,9 @@ def simulate(
             per.append(
                 (
                     len(decodes),
-                    float(sum(r.computed for r in decodes)),
-                    sum(c for _, c in chunks),
-                    sum(c * r.computed + c * (c + 1) / 2 for r, c in chunks),
+                    float(sum([r.computed for r in decodes])),
+                    sum([c for _, c in chunks]) if chunks else 0,
+                    sum([c * r.computed + c * (c + 1) / 2 for r, c in chunks]) if chunks else 0,
                 )
             )
         moe_tok = None
@@ -376,7 +378,7 @@ def simulate(
                 decodes = plans[i][0]
                 if not decodes:
                     continue
-                k = min(k, min(math.ceil((r.osl - r.generated) / tps) for r in decodes))
+                k = min(k, min([ceil((r.osl - r.generated) / tps) for r in decodes]))
                 if x.waiting and len(x.running) < sched.max_num_seqs:
                     head = x.waiting[0]
                     c0 = min(head.prompt - head.computed, max_tokens - len(decodes) * q)
@@ -402,7 +404,10 @@ def simulate(
                     k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
             if pd is not None and p_queue:
                 k = min(k, max(1, int((max(min(p_free), p_queue[0].at_engine) - t) / max(dt0, 1e-9))))
-        dt = max(rank_dt(i, tps * (k - 1) / 2.0) for i in range(ranks))
+        if k == 1 and not any_chunks:
+            dt = dt0
+        else:
+            dt = max(rank_dt(i, tps * (k - 1) / 2.0) for i in range(ranks))
         t_next = t + k * dt
         last_step_start = t_next - dt
         steps += k
@@ -412,19 +417,21 @@ def simulate(
             full = k * tps  # what a sequence gains in k steps unless it ends sooner
             full_chunks = max(1.0, math.ceil(full / tps))
             streamed = 0.0
+            free = x.free_blocks
             for r in decodes:
                 rem = r.osl - r.generated
                 if full <= rem:
                     gained, chunks_out = full, full_chunks
                 else:
-                    gained, chunks_out = rem, max(1.0, math.ceil(rem / tps))
+                    gained, chunks_out = rem, max(1.0, ceil(rem / tps))
                 r.generated += gained
-                r.computed += gained
-                nb = math.ceil(r.computed / bs)
-                x.free_blocks -= nb - r.blocks
+                r.computed = computed = r.computed + gained
+                nb = ceil(computed / bs)
+                free -= nb - r.blocks
                 r.blocks = nb
                 streamed += chunks_out
                 r.last_t = t_next
+            x.free_blocks = free
             if decodes:
                 itl_w[dt] = itl_w.get(dt, 0.0) + streamed
             for r, c in chunks:
@@ -440,6 +447,9 @@ def simulate(
             peak_blocks = max(peak_blocks, sched.num_blocks - x.free_blocks)
         t = t_next
         for x in rk:
+            # only a request that reached its output length can finish: look further only if one did
+            if not any([r.generated >= r.osl for r in x.running]):
+                continue
             still = []
             for r in x.running:
                 if r.first is not None and r.generated >= r.osl and r.computed >= r.prompt:
