@@ -6,6 +6,7 @@ For params/twin.yaml (Dynamo P/D, two 8-GPU pods) the serving instance is TP8 (o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -111,3 +112,17 @@ def test_twin_instance_is_tp8() -> None:
     assert (
         resolve(exp).stage_group("multi").memory["parallelism"] == "TP8xPP2"
     )  # stage 03's own, stored apart
+
+
+def test_a_null_max_model_len_is_the_stored_plans_kv_capacity() -> None:
+    """serving.max_model_len: null renders the KV capacity of the stage group's stored plan (serve reads it)."""
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "params" / "runpod-1x8-h200.yaml")
+    exp = exp.model_copy(update={"serving": exp.serving.model_copy(update={"max_model_len": None})})
+    r = resolve(exp)
+    g = r.stage_group("single")
+    assert (
+        f"--max-model-len {min(g.memory['kv_tokens'], 163840)}" in render(exp, "single", resolved=r).script()
+    )
+    small = dataclasses.replace(g, memory={**g.memory, "kv_tokens": 4096})
+    moved = dataclasses.replace(r, stages={**r.stages, "single": (small,)})
+    assert "--max-model-len 4096" in render(exp, "single", resolved=moved).script()

@@ -25,7 +25,6 @@ from r1lab.resolve import (
     PlacementError,
     ResolvedDeployment,
     StageGroup,
-    engine_spec,
     instance_memory,
     resolve,
     serving_stages,
@@ -357,26 +356,17 @@ def _public(exp: Experiment) -> bool:
     return exp.provider.kind == "runpod"
 
 
-def resolve_max_model_len(exp: Experiment, spec: VllmSpec, gpu_type: str | None = None) -> VllmSpec:
-    """Fill a null max_model_len with the KV capacity the performance model predicts (capped at R1's 163,840)."""
+def resolve_max_model_len(spec: VllmSpec, memory: dict[str, Any]) -> VllmSpec:
+    """Fill a null max_model_len with the KV capacity of the engine group's memory plan (the resolved deployment's,
+    r1lab.resolve; capped at R1's 163,840)."""
     if spec.max_model_len is not None:
         return spec
-    plan = instance_memory(
-        gpu_type or exp.gpu_type or "NVIDIA H100 NVL",
-        spec.parallelism,
-        engine_spec(exp),
-        max_model_len=None,
-        max_num_batched_tokens=spec.max_num_batched_tokens,
-        max_num_seqs=spec.max_num_seqs,
-        gpu_memory_utilization=spec.gpu_memory_utilization,
-        num_speculative_tokens=spec.num_speculative_tokens,
-    )
-    if not plan.fits:
+    if not memory["fits"]:
         raise ServeConfigError(
-            f"serving.max_model_len: null asks for the planner's KV capacity, but {plan.parallelism} on "
-            f"{plan.gpu} does not fit: {plan.reason}"
+            f"serving.max_model_len: null asks for the planner's KV capacity, but {memory['parallelism']} on "
+            f"{memory['gpu']} does not fit: {memory['reason']}"
         )
-    return replace(spec, max_model_len=min(plan.kv_tokens, 163840))
+    return replace(spec, max_model_len=min(memory["kv_tokens"], 163840))
 
 
 # --- stages -------------------------------------------------------------------------------------------------
@@ -439,7 +429,7 @@ class _Renderer:
         resolved: ResolvedDeployment | None = None,
     ) -> None:
         self.exp, self.nodes, self.ports, self.mocker, self.rdir = exp, nodes, ports, mocker, remote_dir
-        self.resolved = resolved
+        self.resolved = resolved or resolve(exp)  # the run's, else the params' resolved now (a few ms)
         self.head = nodes[0]
         self.engine = engine or exp.serving.engine
         self.is_mocker = self.engine == "mocker"
@@ -462,20 +452,22 @@ class _Renderer:
         return "0.0.0.0"
 
     def _groups(self, stage: str) -> tuple[StageGroup, ...]:
-        """The stage's engine groups and their workers' placement: the resolved deployment's, else as
-        r1lab.resolve resolves them."""
+        """The stage's engine groups, their workers' placement and memory plans, as the resolved deployment holds
+        them (a stage it does not serve, e.g. dynamo for params without it: placed as resolve places them)."""
         r = self.resolved
-        if r is not None and stage in r.placement_errors:
+        if stage in r.placement_errors:
             raise ServeConfigError(r.placement_errors[stage])
-        if r is not None and stage in r.stages:
+        if stage in r.stages:
             return r.stages[stage]
         try:
-            return stage_groups(self.exp, stage)
+            groups = stage_groups(self.exp, stage)
         except PlacementError as exc:
             raise ServeConfigError(str(exc)) from exc
+        return tuple(replace(g, memory=instance_memory(r.gpu_type, g.parallelism.parallelism(), r.engine).as_dict())
+                     for g in groups)  # fmt: skip
 
-    def _spec(self, **kw: Any) -> VllmSpec:
-        return resolve_max_model_len(self.exp, VllmSpec.from_experiment(self.exp, **kw))
+    def _spec(self, group: StageGroup, **kw: Any) -> VllmSpec:
+        return resolve_max_model_len(VllmSpec.from_experiment(self.exp, **kw), group.memory)
 
     def _deployment(
         self, stage: Stage, topology: str, cmds: list[Command], port: int, notes: list[str]
@@ -554,8 +546,9 @@ class _Renderer:
     # -- single node ----------------------------------------------------------------------------------------
     def single(self) -> Deployment:
         # the resolved stage: TP over the head's GPUs (or the params' TP x DP where it fills them)
-        par = self._groups("single")[0].parallelism
-        spec = self._spec(tp=par.tp, pp=1, dp=par.dp)
+        group = self._groups("single")[0]
+        par = group.parallelism
+        spec = self._spec(group, tp=par.tp, pp=1, dp=par.dp)
         topo = (
             f"TP{spec.tp} DP{spec.dp}{' EP' if spec.ep else ''} on 1 node"
             if par.dp > 1
@@ -579,8 +572,9 @@ class _Renderer:
     def multi(self) -> Deployment:
         s = self.exp.serving
         # the resolved stage: the params' parallelism over the pods
-        par = self._groups("multi")[0].parallelism
-        spec = self._spec(tp=par.tp, pp=par.pp, dp=par.dp)
+        group = self._groups("multi")[0]
+        par = group.parallelism
+        spec = self._spec(group, tp=par.tp, pp=par.pp, dp=par.dp)
         key = self._api_key()
         head = self.head
         cmds: list[Command] = []
@@ -719,7 +713,9 @@ class _Renderer:
         d = self.exp.dynamo
         by_name = {n.name: n for n in self.nodes}
         # the workers as r1lab.resolve places them: (mode, node, GPUs), prefill before decode
-        placed = [(g.role, by_name[w.pod], w.gpus) for g in self._groups("dynamo") for w in g.workers]
+        engines = self._groups("dynamo")
+        placed = [(g.role, by_name[w.pod], w.gpus) for g in engines for w in g.workers]
+        memory = {g.role: g.memory for g in engines}  # each role's memory plan (its KV capacity)
         groups = [(mode, node) for mode, node, _ in placed]
         decoders = [gpus for mode, _, gpus in placed if mode == "decode"]
         self.decode_tp = len(decoders[0]) if decoders else None
@@ -772,14 +768,14 @@ class _Renderer:
         ))  # fmt: skip
         workers: list[Command] = []
         not_run: list[Command] = []
-        link = _kv_link_gbps(self.resolved or resolve(self.exp))  # the run's, else the params' resolved now
+        link = _kv_link_gbps(self.resolved)
         counters: dict[str, int] = {}
         for i, (mode, node, devices) in enumerate(placed):
             k = counters.get(mode, 0)
             counters[mode] = k + 1
             tp = len(devices)
             spec = resolve_max_model_len(
-                self.exp, replace(VllmSpec.from_experiment(self.exp, tp=tp, pp=1, dp=1), ep=False)
+                replace(VllmSpec.from_experiment(self.exp, tp=tp, pp=1, dp=1), ep=False), memory[mode]
             )
             if self.is_cpu:
                 # one CPU device per worker: the worker's index on its pod
