@@ -77,7 +77,6 @@ class _Req:
     first: float | None = None
     end: float | None = None
     blocks: int = 0
-    last_t: float = 0.0
     preempted: int = 0
     admitted_remote: bool = False
     at_engine: float = 0.0  # when the front end handed it to the engine (arrival + queue + its CPU work)
@@ -217,7 +216,6 @@ def simulate(
                 ready = max(done_at, link_free[0]) + pd.prefill.kv_transfer_s(r.isl, pd.link, pd.decode_tp)
                 link_free[0] = ready
                 r.first = ready + overhead
-                r.last_t = r.first
                 r.generated = 1
                 r.computed = r.prompt = r.isl
                 r.admitted_remote = True
@@ -251,8 +249,9 @@ def simulate(
         if wl.concurrency and issued < n_total:
             submit(new_request(r.end))
 
-    def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]]]:
-        """One rank's batch for this step (running first, then waiting); preempts the newest when short."""
+    def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]], float, int]:
+        """One rank's batch for this step (running first, then waiting); preempts the newest when short.
+        (decodes, prefill chunks, the decodes' context sum, the blocks they hold)."""
         nonlocal preemptions
         budget: float = max_tokens  # `computed` is fractional (MTP acceptance), so are prefill chunks
         decodes = [r for r in x.running if r.computed >= r.prompt]
@@ -283,7 +282,16 @@ def simulate(
             else:
                 decodes.append(r)
                 budget -= q
-        while True:
+        ctx = float(sum([r.computed for r in decodes]))
+        held = sum([r.blocks for r in decodes])
+        # each decode needs ceil((computed + q) / bs) - blocks new blocks (never negative: a running request
+        # holds ceil(computed / bs) blocks or fewer), less than (computed + q) / bs + 1 - blocks: where that
+        # bound (+1 against rounding) fits in the free blocks, no one is preempted
+        bound = (ctx + len(decodes) * q) / bs + len(decodes) - held + 1
+        if chunks:
+            bound += sum([max(0, math.ceil((r.computed + c) / bs) - r.blocks) for r, c in chunks])
+        preempted = bound > x.free_blocks
+        while preempted:
             need = 0
             for r in decodes:
                 d = ceil((r.computed + q) / bs) - r.blocks
@@ -303,6 +311,9 @@ def simulate(
             x.waiting.appendleft(victim)
             decodes = [r for r in decodes if r is not victim]
             chunks = [(r, c) for r, c in chunks if r is not victim]
+        if preempted:
+            ctx = float(sum([r.computed for r in decodes]))
+            held = sum([r.blocks for r in decodes])
         if not decodes and not chunks and (x.running or x.waiting):
             # cannot make progress (a single prompt larger than the cache): fail it loudly
             r = x.running[0] if x.running else x.waiting[0]
@@ -310,7 +321,7 @@ def simulate(
                 f"request of {r.isl} input tokens cannot be scheduled: KV cache holds "
                 f"{sched.num_blocks * bs} tokens"
             )
-        return decodes, chunks
+        return decodes, chunks, ctx, held
 
     ahead = step.eng.schedule_ahead_steps
     last_step_start = 0.0
@@ -339,13 +350,13 @@ def simulate(
             t = max(t, min(nxt))
             continue
         # --- schedule one step on every rank ---
-        plans = [schedule(x) if not x.idle() else ([], []) for x in rk]
+        plans = [schedule(x) if not x.idle() else ([], [], 0.0, 0) for x in rk]
         per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
-        for decodes, chunks in plans:
+        for decodes, chunks, ctx, _ in plans:
             per.append(
                 (
                     len(decodes),
-                    float(sum([r.computed for r in decodes])),
+                    ctx,
                     sum([c for _, c in chunks]) if chunks else 0,
                     sum([c * r.computed + c * (c + 1) / 2 for r, c in chunks]) if chunks else 0,
                 )
@@ -357,7 +368,7 @@ def simulate(
                 tot = sum(per[i][0] * q + per[i][2] for i in range(g0, min(ranks, g0 + rpi)))
                 for i in range(g0, min(ranks, g0 + rpi)):
                     moe_tok[i] = tot
-        any_chunks = any(chunks for _, chunks in plans)
+        any_chunks = any(plan[1] for plan in plans)
 
         def rank_dt(
             i: int, ctx_shift: float = 0.0, per: list = per, moe_tok: list[float] | None = moe_tok
@@ -375,10 +386,11 @@ def simulate(
             dt0 = max(rank_dt(i) for i in range(ranks))
             k = 1 << 60
             for i, x in enumerate(rk):
-                decodes = plans[i][0]
+                decodes, _, ctx, held = plans[i]
                 if not decodes:
                     continue
-                k = min(k, min([ceil((r.osl - r.generated) / tps) for r in decodes]))
+                # ceil(x / tps) grows with x: the least of them is the one of the least x
+                k = min(k, ceil(min([r.osl - r.generated for r in decodes]) / tps))
                 if x.waiting and len(x.running) < sched.max_num_seqs:
                     head = x.waiting[0]
                     c0 = min(head.prompt - head.computed, max_tokens - len(decodes) * q)
@@ -388,7 +400,9 @@ def simulate(
                     k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
                 # free blocks bound: the longest stretch whose new blocks fit in the free ones
                 k = max(1, k)
-                if _block_needs(decodes, k, q, bs) > x.free_blocks:
+                # new blocks for k steps: less than (ctx + n k q) / bs + n - held (+1 against rounding)
+                bound = (ctx + len(decodes) * k * q) / bs + len(decodes) - held + 1
+                if bound > x.free_blocks and _block_needs(decodes, k, q, bs) > x.free_blocks:
                     lo, hi = 1, k
                     while lo < hi:
                         mid = (lo + hi + 1) // 2
@@ -412,7 +426,7 @@ def simulate(
         last_step_start = t_next - dt
         steps += k
         # --- apply ---
-        for x, (decodes, chunks) in zip(rk, plans, strict=True):
+        for x, (decodes, chunks, _, _) in zip(rk, plans, strict=True):
             batch_sum += k * (len(decodes) + len(chunks)) / ranks
             full = k * tps  # what a sequence gains in k steps unless it ends sooner
             full_chunks = max(1.0, math.ceil(full / tps))
@@ -430,7 +444,6 @@ def simulate(
                 free -= nb - r.blocks
                 r.blocks = nb
                 streamed += chunks_out
-                r.last_t = t_next
             x.free_blocks = free
             if decodes:
                 itl_w[dt] = itl_w.get(dt, 0.0) + streamed
@@ -443,7 +456,6 @@ def simulate(
                     if r.first is None:
                         r.first = t_next + overhead
                         r.generated = 1
-                    r.last_t = t_next
             peak_blocks = max(peak_blocks, sched.num_blocks - x.free_blocks)
         t = t_next
         for x in rk:
