@@ -26,9 +26,12 @@ import json
 import math
 from dataclasses import dataclass
 from importlib import resources
+from operator import itemgetter
 from typing import Any
 
 from r1lab.perf import hardware
+
+_first = itemgetter(0)  # a measured point's size: the bisect key of (size, value) points
 
 MEASURED = {"H200": "h200-kernels-2026-12-01.json"}
 # the layer forward's prefill attention at longer prompts (r1lab/calibrate/prefill_attention_bench.py)
@@ -181,8 +184,7 @@ class KernelTable:
             return pts[-1][1]
         if m <= pts[0][0]:
             return pts[0][1]
-        ms = [p[0] for p in pts]
-        i = bisect.bisect_right(ms, m)
+        i = bisect.bisect_right(pts, m, key=_first)  # the first measured m above m
         (m0, t0), (m1, t1) = pts[i - 1], pts[i]
         f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
         return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
@@ -199,8 +201,7 @@ class KernelTable:
         scale = fit.expert_bytes / expert_bytes  # fewer bytes per expert slice: proportionally less work
         if rows >= pts[-1][0]:
             return pts[-1][1] * rows / pts[-1][0] / scale / self.flops_scale
-        ms = [p[0] for p in pts]
-        i = bisect.bisect_right(ms, rows)
+        i = bisect.bisect_right(pts, rows, key=_first)
         (r0, t0), (r1, t1) = pts[i - 1], pts[i]
         f = (math.log(rows) - math.log(r0)) / (math.log(r1) - math.log(r0))
         return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0))) / scale / self.flops_scale

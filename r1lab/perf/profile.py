@@ -31,10 +31,13 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from r1lab.perf import hardware
+
+_first = itemgetter(0)  # a measured point's size: the bisect key of (size, value) points
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
 SCHEMA_VERSION = 1
@@ -295,8 +298,7 @@ class Efficiency:
             return pts[0][1]
         if m >= pts[-1][0]:
             return pts[-1][1]
-        ms = [p[0] for p in pts]
-        i = bisect.bisect_right(ms, m)
+        i = bisect.bisect_right(pts, m, key=_first)  # the first measured m above m
         (m0, t0), (m1, t1) = pts[i - 1], pts[i]
         f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
         return t0 + f * (t1 - t0)
@@ -331,8 +333,7 @@ class Efficiency:
             return pts[0][1]
         if m >= pts[-1][0]:
             return pts[-1][1] * m / pts[-1][0]
-        ms = [p[0] for p in pts]
-        i = bisect.bisect_right(ms, m)
+        i = bisect.bisect_right(pts, m, key=_first)  # the first measured m above m
         (m0, t0), (m1, t1) = pts[i - 1], pts[i]
         f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
         return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
@@ -347,13 +348,12 @@ class Efficiency:
         w = world if world in self.ar_points else max(self.ar_points)
         pts = self.ar_points[w]
         ring = (2 * (world - 1) / world) / (2 * (w - 1) / w)
-        bs = [p[0] for p in pts]
-        if nbytes <= bs[0]:
+        if nbytes <= pts[0][0]:
             return pts[0][1]
-        if nbytes >= bs[-1]:
+        if nbytes >= pts[-1][0]:
             b, t = pts[-1]
             return t * (nbytes / b) * ring
-        i = bisect.bisect_right(bs, nbytes)
+        i = bisect.bisect_right(pts, nbytes, key=_first)
         (b0, t0), (b1, t1) = pts[i - 1], pts[i]
         f = (nbytes - b0) / (b1 - b0)
         t = t0 + f * (t1 - t0)
