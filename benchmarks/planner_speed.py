@@ -40,11 +40,17 @@ METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 
 
 def _clear_caches() -> None:
-    """Forget everything a previous plan computed (each timed plan starts cold, as a fresh process would)."""
-    for mod in (_predict_mod, planner):
+    """Forget everything a previous plan computed (each timed plan starts cold, as a fresh process would): every
+    functools cache of r1lab.perf's modules and their classes (step models with their kept step costs, profiles,
+    memory plans, the GPU's kernel tables)."""
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("r1lab.perf"):
+            continue
         for obj in vars(mod).values():
-            if hasattr(obj, "cache_clear"):
-                obj.cache_clear()
+            for o in (obj, *(vars(obj).values() if isinstance(obj, type) else ())):
+                f = getattr(o, "__func__", o)  # a classmethod's function
+                if hasattr(f, "cache_clear"):
+                    f.cache_clear()
 
 
 def _supports_method() -> bool:
