@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,54 @@ def test_ready_then_clean_stop_and_teardown(tmp_path: Path) -> None:
     pid = again.start(_dep(other), other).bg.pid
     report = teardown_run(tmp_path)
     assert report.ok and len(report.deleted) == 1 and not LocalExecutor().alive(pid)
+
+
+_ON_TERM = """
+import signal, sys, time
+log, name, peers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def say(what):
+    with open(log, "a") as f:
+        f.write(what + " " + name + "\\n")
+def term(*_):
+    say("term")
+    t0 = time.monotonic()
+    while open(log).read().count("term w") < peers:  # a worker exits only once every worker was signalled
+        if time.monotonic() - t0 > 30:
+            sys.exit(3)
+        time.sleep(0.05)
+    say("exit")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+say("up")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_stop_signals_a_stages_workers_together_and_what_they_need_after(tmp_path: Path) -> None:
+    """Workers started back to back (no readiness check of their own) get SIGTERM together, so their shutdowns
+    overlap (each Dynamo worker waits out a 5 s grace period); what has a readiness check (etcd, the frontend)
+    stops alone, after every worker started after it has exited. No timing: each worker exits only once it has
+    seen every worker's SIGTERM, which a one-at-a-time stop would never let happen within its grace."""
+    log = tmp_path / "events.log"
+    infra = Command("infra", "local", [PY, "-c", _ON_TERM, str(log), "infra", "0"], ready=Ready(1, "/"))
+    workers = [Command(f"w{i}", "local", [PY, "-c", _ON_TERM, str(log), f"w{i}", "3"]) for i in range(3)]
+    launcher = Launcher(tmp_path, {"local": LocalExecutor()})
+    for c in (infra, *workers):
+        launcher.start(_dep(infra, *workers), c)
+    deadline = time.monotonic() + 60
+    while not (log.exists() and log.read_text().count("up ") == 4):
+        assert time.monotonic() < deadline, "the processes did not start"
+        time.sleep(0.1)
+    launcher.stop(grace=60)
+    events = log.read_text().split("\n")
+    assert {f"exit w{i}" for i in range(3)} <= set(events), events  # none was killed at its grace
+    assert (
+        max(events.index(f"exit w{i}") for i in range(3))
+        < events.index("term infra")
+        < events.index("exit infra")
+    )
+    assert Ledger(tmp_path).live() == []
 
 
 def test_public_port_needs_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ import shlex
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,28 @@ def _ray_address(argv: list[str]) -> str | None:
 
 def _num_gpus(argv: list[str]) -> float:
     return float(_opt(argv, "--num-gpus") or 0)
+
+
+def stop_waves(running: list[Running]) -> list[list[Running]]:
+    """The started background processes, newest first, in the waves `Launcher.stop` stops them in: a run of
+    processes the launch started back to back with no readiness check of their own (a stage's engine workers, which
+    depend only on what started before them) stops together; a process with a readiness check (etcd, the frontend:
+    what later ones register with or are reached through) stops alone, after everything started after it."""
+    waves: list[list[Running]] = []
+    run: list[Running] = []
+    for r in reversed(running):
+        if r.bg is None:
+            continue
+        if r.command.ready is None:
+            run.append(r)
+            continue
+        if run:
+            waves.append(run)
+            run = []
+        waves.append([r])
+    if run:
+        waves.append(run)
+    return waves
 
 
 class Launcher:
@@ -575,26 +598,36 @@ class Launcher:
 
     # -- stop ---------------------------------------------------------------------------------------------
     def stop(self, grace: float = 15.0) -> None:
-        """Stop every process started (newest first, SIGTERM then SIGKILL), then `ray stop` where Ray was
-        started; copy remote logs into the run dir; record each as deleted in the ledger. Keeps going past a
+        """Stop every process started (newest first, in `stop_waves`; SIGTERM then SIGKILL), then `ray stop` where
+        Ray was started; copy remote logs into the run dir; record each as deleted in the ledger. Keeps going past a
         failure (recorded as teardown_failed, the run's teardown retries it) and raises one error at the end."""
         self._fetch_logs()
         failed: list[str] = []
-        for r in reversed(self.running):
-            if r.bg is None:
-                continue
-            kind, rid = (
-                ("local-process", str(r.bg.pid))
-                if isinstance(r.executor, LocalExecutor)
-                else ("pod-process", f"{r.command.node}:{r.bg.pid}")
-            )
+
+        def stop_one(r: Running) -> Exception | None:
+            assert r.bg is not None  # only started processes are in the waves
             try:
                 r.executor.stop(r.bg.pid, grace=grace)
             except Exception as exc:  # noqa: BLE001 - every process gets its turn
-                self.ledger.failed(kind, rid, f"{type(exc).__name__}: {exc}")
-                failed.append(f"{r.command.name} on {r.command.node}: {exc}")
-                continue
-            self.ledger.deleted(kind, rid)
+                return exc
+            return None
+
+        for wave in stop_waves(self.running):
+            # a wave's processes stop at once: each dynamo worker waits out its grace period (5 s) on SIGTERM
+            with ThreadPoolExecutor(len(wave)) as pool:
+                outcomes = list(pool.map(stop_one, wave))
+            for r, exc in zip(wave, outcomes, strict=True):
+                assert r.bg is not None
+                kind, rid = (
+                    ("local-process", str(r.bg.pid))
+                    if isinstance(r.executor, LocalExecutor)
+                    else ("pod-process", f"{r.command.node}:{r.bg.pid}")
+                )
+                if exc is not None:
+                    self.ledger.failed(kind, rid, f"{type(exc).__name__}: {exc}")
+                    failed.append(f"{r.command.name} on {r.command.node}: {exc}")
+                else:
+                    self.ledger.deleted(kind, rid)
         for c, ex, env in reversed(self._stops):
             assert c.stop_argv is not None  # only commands with a stop_argv are in _stops
             stop = shlex.join([self.programs.get(c.stop_argv[0], c.stop_argv[0]), *c.stop_argv[1:]])
