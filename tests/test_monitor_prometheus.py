@@ -146,10 +146,11 @@ def test_recording_saves_the_window_and_stops(tmp_path: Path, exporter) -> None:
         for v in (0.25, 0.5, 0.75):
             kv.set(v)
             time.sleep(0.6)
+        kv.set(0.9)  # as the block ends: the recording waits for one more scrape of every target
     assert not prom.alive() and not ledger.live()
     df = monitor.load_metrics(run_dir / "metrics.parquet")
     kv_rows = df[df.metric == "vllm:kv_cache_usage_perc"]
-    assert {0.25, 0.75} <= set(kv_rows.value) and set(kv_rows.source) == {"head/vllm"}
+    assert {0.25, 0.75, 0.9} <= set(kv_rows.value) and set(kv_rows.source) == {"head/vllm"}
 
     # a run killed before it saved: the TSDB in the run dir still has every scrape
     (run_dir / "metrics.parquet").rename(tmp_path / "saved.parquet")

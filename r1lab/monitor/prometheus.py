@@ -103,6 +103,25 @@ class Prometheus:
             time.sleep(0.25)
         raise PrometheusError(f"prometheus did not scrape {n_targets} targets within {timeout:.0f}s")
 
+    def _last_scrapes(self) -> dict[str, str]:
+        import json
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=5) as resp:
+            active = json.load(resp)["data"]["activeTargets"]
+        return {t.get("scrapeUrl", str(i)): t.get("lastScrape", "") for i, t in enumerate(active)}
+
+    def wait_next_scrape(self, timeout: float) -> bool:
+        """Wait until every target has been scraped again since the call (its `lastScrape`, Prometheus's own
+        clock, changed): the series then cover what happened up to the call. False when `timeout` ran out."""
+        before = self._last_scrapes()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = self._last_scrapes()
+            if all(now.get(k) != v for k, v in before.items()):
+                return True
+        return False
+
     def stop(self, ledger: Ledger | None = None) -> None:
         """Stop the server (SIGTERM, it flushes its head block) and record it deleted in the ledger."""
         self._stack.close()
@@ -200,7 +219,7 @@ def recording(
         prom.wait_scraped(len(targets))
         t0 = time.time()
         yield prom
-        time.sleep(scrape_interval_s * 1.5)  # one more scrape after the load ends
+        prom.wait_next_scrape(timeout=scrape_interval_s * 3)  # one more scrape of each after the load ends
         snapshot(prom.url, run_dir, t0, time.time(), step=scrape_interval_s)
     finally:
         prom.stop(ledger)
