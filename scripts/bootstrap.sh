@@ -21,6 +21,24 @@ DEB_COMMANDS=(/usr/sbin/sshd /usr/bin/etcd /usr/sbin/nats-server /usr/bin/chromi
 
 log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 
+# Every module of a venv compiled to bytecode once, after it is (re)installed: uv installs without bytecode, and
+# where PYTHONDONTWRITEBYTECODE is set (these machines) or the venv is read-only (the twin's pods see the CPU
+# engine's venv read-only) every process that imports a module compiles it from source again: each notebook's
+# kernel, the mocker, Ray's processes, each dynamo.vllm worker and its engine core (~10 s of CPU per worker
+# process for torch + vLLM + Dynamo). Its own marker (.r1lab-pyc: the venv's stamp it compiled), so a checkout
+# whose bootstrap predates this step leaves a shared venv's own stamp alone. Files that do not compile (a
+# package's Python 2 test data) are skipped as compileall skips them.
+compile_venv() {  # DIR [extra source dirs...]
+  local dir=$1; shift
+  local stamp; stamp=$(cat "$dir/.r1lab-stamp" 2>/dev/null || true)
+  [ -n "$stamp" ] && [ "$(cat "$dir/.r1lab-pyc" 2>/dev/null)" = "$stamp" ] && return 0
+  local t0; t0=$(date +%s)
+  local site; site=$("$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  "$dir/bin/python" -m compileall -q -j0 "$site" "$@" >/dev/null 2>&1 || true
+  echo "$stamp" > "$dir/.r1lab-pyc"
+  log "$dir: bytecode compiled ($(( $(date +%s) - t0 )) s)"
+}
+
 # --- 1. Debian packages -------------------------------------------------------------------------
 if [ "$VLLM_ONLY" = 0 ]; then
 missing=()
@@ -61,6 +79,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.r1lab-stamp 2>/dev/null)" != "$S
 else
   log ".venv up to date"
 fi
+compile_venv .venv r1lab
 fi  # VLLM_ONLY
 
 # --- 2b. notebook output filter (a git clean filter, see r1lab/nbstrip.py and .gitattributes) ------------------
@@ -113,6 +132,7 @@ if [ "$WANT_VLLM" = 1 ]; then
   else
     log "$VENV up to date"
   fi
+  compile_venv "$VENV"
 fi
 
 # --- 4. .venv-dynamo-vllm (the real engine on the twin) ----------------------------------------------------
@@ -155,4 +175,5 @@ if [ "$WANT_DV" = 1 ]; then
   else
     log "$DV up to date"
   fi
+  compile_venv "$DV"
 fi
