@@ -65,7 +65,7 @@ class PDConfig:
     decode_tp: int = 1  # each decode TP rank pulls its own copy of the MLA latent cache
 
 
-@dataclass
+@dataclass(slots=True)
 class _Req:
     rid: int
     isl: int
