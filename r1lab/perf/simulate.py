@@ -440,9 +440,11 @@ def simulate(
                     gained, chunks_out = rem, max(1.0, ceil(rem / tps))
                 r.generated += gained
                 r.computed = computed = r.computed + gained
-                nb = ceil(computed / bs)
-                free -= nb - r.blocks
-                r.blocks = nb
+                # not past its last block: ceil(computed / bs) is still its blocks (a request never holds more)
+                if computed > r.blocks * bs:
+                    nb = ceil(computed / bs)
+                    free -= nb - r.blocks
+                    r.blocks = nb
                 streamed += chunks_out
             x.free_blocks = free
             if decodes:
