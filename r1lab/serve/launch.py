@@ -177,6 +177,10 @@ teardown.register("serve-daemons", "r1lab.serve.launch:run_stop_command")
 TRANSIENT_ONE_SHOT = {"ray": ("The current node timed out during startup",)}
 TRANSIENT_WHY = "Ray's fixed 30 s wait for its raylet to register ran out (a loaded machine)"
 ONE_SHOT_ATTEMPTS = 3
+# While waiting for readiness, every process's liveness and log are checked every third poll (on pods two SSH
+# commands per process: ten a second for 04's real engine, CPU taken from the engines starting on the same cores);
+# the endpoint itself is polled every time.
+CHECK_EVERY_POLLS = 3
 RAY_LATE_S = 90.0  # after Ray's 30 s: how long its still-running raylet may take to register before a restart
 
 
@@ -544,8 +548,11 @@ class Launcher:
             f"{r.command.name} on {r.command.node}: waiting for /health", total=round(total), unit="s"
         ) as p:
             last = start
+            polls = 0
             while True:
-                self.check()
+                if polls % CHECK_EVERY_POLLS == 0:
+                    self.check()
+                polls += 1
                 if stage == "health" and _get_ok(url + ready.path):
                     stage = "workers" if ready.instances else "completion"
                     if stage == "workers":
@@ -568,6 +575,7 @@ class Launcher:
                         )
                 now = time.monotonic()
                 if now > deadline:
+                    self.check()  # a process that failed names the cause, not the deadline
                     if stage == "workers":
                         raise self._fail(
                             r,
