@@ -113,10 +113,12 @@ SETUPS: dict[str, Setup] = {
     "gpustack_sglang_burst": Setup(
         1.0,
         None,
-        1024,
-        0.88,
-        why="gpustack: sglang 0.5.3 `--tp 8 --enable-dp-attention` (attention DP8, MoE TP8); defaults: chunked "
-        "prefill 8192 split over 8 DP ranks; random dataset, every prompt at once",
+        8192,
+        0.897,
+        why="gpustack: sglang 0.5.3 `--tp 8 --enable-dp-attention` without --dp: dp_size stays 1 and "
+        "ServerArgs._handle_data_parallelism turns DP attention off (TP8 attention and MoE); H200 defaults "
+        "(_handle_gpu_memory_settings): chunked prefill 8192, cuda-graph max bs 512, mem-fraction-static "
+        "(143771 - 14848 MiB reserved) / 143771 = 0.897; random dataset, every prompt at once",
     ),
     "tenstorrent": Setup(
         1.0,
