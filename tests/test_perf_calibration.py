@@ -142,6 +142,31 @@ def test_scheduling_one_step_ahead_delays_mid_step_arrivals_by_one_step():
     assert 0.3 * step < ahead - now < 1.5 * step
 
 
+def test_sglang_prefill_batches_pause_decoding_and_admission_reserves_decode_room():
+    """sglang's scheduler (EngineConstants.prefill_first): a prefill batch never carries decodes, so requests
+    prefilled in earlier batches wait for the later ones and a burst ends together; a request is admitted only
+    while its prompt and max_new_tokens fit beside the running requests' reserved decode (no preemption)."""
+    sm = StepModel(Deployment("NVIDIA H200", Parallelism(tp=8), "sglang"))
+    assert sm.eng.prefill_first
+    sm.eng = dataclasses.replace(sm.eng, frontend_per_token_s=0.0, frontend_s=0.0, schedule_ahead_steps=0)
+    mixed = StepModel(Deployment("NVIDIA H200", Parallelism(tp=8), "sglang"), sm.eff)
+    mixed.eng = dataclasses.replace(sm.eng, prefill_first=False)
+    burst = Workload(isl=4000, osl=20, concurrency=4, num_requests=4)
+    sched = SchedulerConfig(256, 8192, True, 1 << 30, 64)
+    pf, mx = simulate(sm, burst, sched), simulate(mixed, burst, sched)
+    # the first batch: two whole prompts and the third's first 192 tokens (chunked), nothing else
+    first_batch = sm.step_s(0, 0, 8192, 2 * 4000 * 4001 / 2 + 192 * 193 / 2) + sm.eng.request_overhead_s
+    assert min(pf.ttft_s) == pytest.approx(first_batch)
+    assert max(pf.e2e_s) - min(pf.e2e_s) < 1e-9  # the first two waited for the second batch: one decode batch
+    assert max(mx.e2e_s) - min(mx.e2e_s) > 1e-3  # mixed steps: the first two decode during the second chunk
+    # 170 blocks of 64 = 10,880 tokens: two 4000 + 1000 requests fit with their reservation, a third does not
+    small = SchedulerConfig(256, 8192, True, 170, 64)
+    long = Workload(isl=4000, osl=1000, concurrency=4, num_requests=4)
+    pf, mx = simulate(sm, long, small), simulate(mixed, long, small)
+    assert pf.preemptions == 0 and mx.preemptions > 0
+    assert sorted(pf.ttft_s)[2] > min(pf.e2e_s)  # the third waits for a finished request's blocks
+
+
 def test_accuracy_benchmark_replays_each_source_as_documented():
     import importlib.util
     from pathlib import Path

@@ -15,7 +15,7 @@ P = importlib.import_module("r1lab.perf.predict")
 KW = dict(kv_dtype="fp8", gpu_memory_utilization=0.92, network_name="instant-cluster")
 DEPLOYMENTS = [
     ("NVIDIA H200", Parallelism(8), "vllm"),
-    ("NVIDIA H200", Parallelism(8), "sglang"),  # overlap scheduling: arrivals wait one step more
+    ("NVIDIA H200", Parallelism(8), "trtllm"),  # overlap scheduling: arrivals wait one step more
     ("NVIDIA H100 80GB HBM3", Parallelism(8, 2), "vllm"),  # two pipeline stages over an Instant Cluster
     ("NVIDIA H200", Parallelism(8), "trtllm+mtp"),  # one MTP draft token per step (1.85 tokens per step)
 ]
@@ -72,7 +72,8 @@ def test_auto_falls_back_to_the_simulation_where_it_does_not_apply() -> None:
         (Parallelism(8), dict(concurrency=16, isl=16000)),  # a prompt longer than one step's budget
         (Parallelism(8), dict(concurrency=64, isl=100000)),  # the KV cache holds 14 of them: preemption
         (Parallelism(1, 1, 8, True), dict(concurrency=12)),  # lock-step ranks, clients not an even share
-        (Parallelism(1, 1, 8, True), dict(concurrency=64, engine="sglang")),  # lock-step, schedules ahead
+        (Parallelism(1, 1, 8, True), dict(concurrency=64, engine="trtllm")),  # lock-step, schedules ahead
+        (Parallelism(8), dict(concurrency=16, engine="sglang")),  # prefill batches pause decoding
     ]
     for par, case in cases:
         kw = {"isl": 1024, "osl": 256, "engine": "vllm", **case}

@@ -109,9 +109,12 @@ class EngineConstants:
     decode batches (MAX_LEN) all-gather and reduce-scatter, one all-reduce's worth. Its dense layers' MLP runs
     TP-split on the gathered tokens too (`--moe-dense-tp-size` unset), and so do the router, the shared expert
     (fused into the routed experts' kernel, expert parallelism being 1) and the MoE block's small kernels. Off by
-    default because it moves sglang's attention-DP burst TPOT further from the published rows (gpustack 2025-11-12:
-    +6 -> +29 % at 2000/100) while it brings throughput and TTFT closer (+59 -> +30 %, -42 -> -28 %): the model's
-    sglang scheduler (mixed prefill/decode steps, vLLM-style) is what those rows also test, and it is not sglang's.
+    default: it was judged on gpustack's 2025-11-12 sglang bursts, which turned out not to run attention DP at all
+    (`--enable-dp-attention` without `--dp`: sglang turns it off at dp_size 1), so no published row tests it now.
+    prefill_first: sglang's default scheduler (managers/scheduler.py get_next_batch_to_run; enable_mixed_chunk
+    off): a prefill batch runs whenever waiting requests can be admitted, alone, the running requests' decoding
+    paused for it; admission reserves KV for the running requests' expected remaining decode (simulate.py,
+    PrefillAdder). vLLM and TensorRT-LLM mix prefill chunks into decode steps (False).
     """
 
     name: str
@@ -125,6 +128,7 @@ class EngineConstants:
     )
     frontend_s: float = 0.0  # serving front end's CPU work per request, served FIFO (r1lab.perf.serving)
     frontend_per_token_s: float = 0.0  # ... and per prompt token (tokenisation)
+    prefill_first: bool = False  # a step is a prefill batch or a decode batch, never both (sglang, see above)
 
 
 def _vllm(name: str) -> EngineConstants:
@@ -143,7 +147,7 @@ def _vllm(name: str) -> EngineConstants:
 
 
 def _python_front_end(
-    name: str, step_overhead_s: float, fuses_shared_expert: bool = False
+    name: str, step_overhead_s: float, fuses_shared_expert: bool = False, prefill_first: bool = False
 ) -> EngineConstants:
     """sglang (TokenizerManager in the HTTP process) and trtllm-serve tokenise the prompt in their Python front
     end with the same Hugging Face tokenizer as vLLM's API server: they carry its measured per-token cost
@@ -158,13 +162,14 @@ def _python_front_end(
         schedule_ahead_steps=1,
         frontend_per_token_s=sp.per_token_s if sp else 0.0,
         fuses_shared_expert=fuses_shared_expert,
+        prefill_first=prefill_first,
     )
 
 
 ENGINES: dict[str, EngineConstants] = {
     "vllm": _vllm("vllm"),
     "mocker": _vllm("mocker"),  # times vLLM
-    "sglang": _python_front_end("sglang", 1.0e-3, fuses_shared_expert=True),
+    "sglang": _python_front_end("sglang", 1.0e-3, fuses_shared_expert=True, prefill_first=True),
     "trtllm": _python_front_end("trtllm", 0.5e-3),
 }
 

@@ -112,12 +112,25 @@ def _length(v: int | tuple[int, int], rng: random.Random) -> int:
     return v if isinstance(v, int) else rng.randint(v[0], v[1])
 
 
+# sglang's admission (schedule_policy.PrefillAdder, global_config): a new request needs its prompt plus its
+# max_new_tokens (clipped at 4096) below the free KV tokens less what the running requests are expected to still
+# decode, min(remaining, 4096) x new_token_ratio each; the ratio starts at 0.7 (SGLANG_INIT_NEW_TOKEN_RATIO x
+# schedule_conservativeness 1.0), falls by (0.7 - 0.7 x 0.14) / 600 per decode step to 0.7 x 0.14
+# (SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR, SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS), back to the start on a retraction
+# (sglang recomputes it there from the decoded share; the start value is a simplification).
+SGLANG_INIT_TOKEN_RATIO = 0.7
+SGLANG_MIN_TOKEN_RATIO = 0.7 * 0.14
+SGLANG_TOKEN_RATIO_DECAY = (SGLANG_INIT_TOKEN_RATIO - SGLANG_MIN_TOKEN_RATIO) / 600
+SGLANG_CLIP_NEW_TOKENS = 4096
+
+
 class _Rank:
     """One engine rank's scheduler state (vLLM V1: running first, then waiting; blocks allocated as computed)."""
 
-    __slots__ = ("arrivals", "waiting", "running", "free_blocks", "plan")
+    __slots__ = ("arrivals", "waiting", "running", "free_blocks", "plan", "token_ratio")
 
     def __init__(self, num_blocks: int) -> None:
+        self.token_ratio = SGLANG_INIT_TOKEN_RATIO  # prefill-first admission's decode reservation
         self.arrivals: list[tuple[float, int, _Req]] = []  # heap (time it reaches this rank, id, request)
         self.waiting: deque[_Req] = deque()
         self.running: list[_Req] = []
@@ -249,22 +262,68 @@ def simulate(
         if wl.concurrency and issued < n_total:
             submit(new_request(r.end))
 
+    prefill_first = step.eng.prefill_first
+
+    def reserved(x: _Rank) -> float:
+        """KV tokens sglang keeps for the running requests' expected remaining decode."""
+        return sum(min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) for r in x.running) * x.token_ratio
+
+    def admissible(x: _Rank, r: _Req, room: float) -> bool:
+        return r.prompt - r.computed + min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) < room
+
+    def prefill_batch(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]]]:
+        """sglang's default schedule (Scheduler.get_next_batch_to_run, enable_mixed_chunk off): a prefill batch
+        whenever one can be formed (the chunked prompt first, then waiting requests FIFO within the chunk budget
+        and the KV reservation), the running requests' decoding paused for it; else no chunks (a decode batch)."""
+        budget: float = max_tokens
+        chunks: list[tuple[_Req, float]] = []
+        room = x.free_blocks * bs - reserved(x)
+        for r in x.running:
+            if r.computed < r.prompt and budget > 0:
+                c = min(r.prompt - r.computed, budget)
+                chunks.append((r, c))
+                budget -= c
+                room -= c
+        while x.waiting and len(x.running) < sched.max_num_seqs and budget > 0:
+            r = x.waiting[0]
+            if not admissible(x, r, room):
+                break
+            c = min(r.prompt - r.computed, budget)
+            x.waiting.popleft()
+            x.running.append(r)
+            chunks.append((r, c))
+            budget -= c
+            room -= c + (
+                min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) * x.token_ratio
+                if c >= r.prompt - r.computed
+                else 0.0
+            )
+        return [], chunks
+
     def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]], float, int]:
         """One rank's batch for this step (running first, then waiting); preempts the newest when short.
         (decodes, prefill chunks, the decodes' context sum, the blocks they hold)."""
         nonlocal preemptions
         budget: float = max_tokens  # `computed` is fractional (MTP acceptance), so are prefill chunks
-        decodes = [r for r in x.running if r.computed >= r.prompt]
-        budget -= len(decodes) * q
         chunks: list[tuple[_Req, float]] = []
-        prefills = [r for r in x.running if r.computed < r.prompt] if len(decodes) < len(x.running) else ()
-        for r in prefills:
-            if budget > 0:
-                c = min(r.prompt - r.computed, budget)
-                if not sched.enable_chunked_prefill and c < r.prompt - r.computed:
-                    continue
-                chunks.append((r, c))
-                budget -= c
+        if prefill_first:
+            decodes, chunks = prefill_batch(x)
+            if not chunks:
+                decodes = [r for r in x.running if r.computed >= r.prompt]
+            budget = 0  # admission done (a prefill batch, or none: a decode batch admits nobody)
+        else:
+            decodes = [r for r in x.running if r.computed >= r.prompt]
+            budget -= len(decodes) * q
+            prefills = (
+                [r for r in x.running if r.computed < r.prompt] if len(decodes) < len(x.running) else ()
+            )
+            for r in prefills:
+                if budget > 0:
+                    c = min(r.prompt - r.computed, budget)
+                    if not sched.enable_chunked_prefill and c < r.prompt - r.computed:
+                        continue
+                    chunks.append((r, c))
+                    budget -= c
         while x.waiting and len(x.running) < sched.max_num_seqs and budget > 0:
             r = x.waiting[0]
             need_tokens = r.prompt - r.computed
@@ -308,6 +367,7 @@ def simulate(
             victim.computed = 0
             victim.preempted += 1
             preemptions += 1
+            x.token_ratio = SGLANG_INIT_TOKEN_RATIO
             x.waiting.appendleft(victim)
             decodes = [r for r in decodes if r is not victim]
             chunks = [(r, c) for r, c in chunks if r is not victim]
@@ -393,9 +453,13 @@ def simulate(
                 k = min(k, ceil(min([r.osl - r.generated for r in decodes]) / tps))
                 if x.waiting and len(x.running) < sched.max_num_seqs:
                     head = x.waiting[0]
-                    c0 = min(head.prompt - head.computed, max_tokens - len(decodes) * q)
-                    if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
-                        k = 1  # it can be admitted next step
+                    if prefill_first:
+                        # admissible once the reservation has decayed or blocks freed: look again soon
+                        k = min(k, 8)
+                    else:
+                        c0 = min(head.prompt - head.computed, max_tokens - len(decodes) * q)
+                        if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
+                            k = 1  # it can be admitted next step
                 if x.arrivals:
                     k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
                 # free blocks bound: the longest stretch whose new blocks fit in the free ones
@@ -449,6 +513,8 @@ def simulate(
             x.free_blocks = free
             if decodes:
                 itl_w[dt] = itl_w.get(dt, 0.0) + streamed
+                if prefill_first:
+                    x.token_ratio = max(SGLANG_MIN_TOKEN_RATIO, x.token_ratio - SGLANG_TOKEN_RATIO_DECAY * k)
             for r, c in chunks:
                 r.computed += c
                 nb = math.ceil(r.computed / bs)

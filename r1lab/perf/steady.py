@@ -79,6 +79,8 @@ def steady_state(
     c = wl.concurrency // ranks  # clients per rank (the simulation routes to the least-loaded rank)
     n = wl.n() // ranks  # requests per rank
     coupled = ranks > 1 and step.dep.par.ep
+    if step.eng.prefill_first:
+        return None  # prefill batches that pause decoding (sglang): simulated
     if ranks > 1 and step.eng.schedule_ahead_steps:
         return None  # lock-step ranks of an engine that schedules ahead: arrivals wait unevenly, simulated
     if ranks > 1 and step.dep.nodes > 1:
