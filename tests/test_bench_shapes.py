@@ -71,7 +71,7 @@ def test_fixed_concurrency_holds_its_target_across_workers(server, tmp_path):
     recs = res.records
     assert res.workers == 2 and all(r["error"] is None for r in recs)
     t0 = res.t0  # the common start the workers were given (a loaded machine may wake them late for it)
-    assert t0 is not None and min(r["t_send"] for r in recs) >= t0 - 0.002  # (a timer may fire 1 ms early)
+    assert t0 is not None and min(r["t_send"] for r in recs) >= t0  # never early (workers.sleep_until)
     lo, hi = t0 + 0.5, t0 + 2.9
     # Each worker keeps its 20 slots full: >= 95% of them in flight, less only what its own measured stalls
     # explain (while a worker's process waits for the CPU, what ends is not refilled: at most all its slots empty
@@ -95,6 +95,27 @@ def test_fixed_concurrency_holds_its_target_across_workers(server, tmp_path):
     assert 19 < s["ttft_ms"]["p50"] < 30 and 9.5 < s["itl_ms"]["p50"] < 10.5
 
 
+def test_workers_never_wake_before_their_deadline():
+    """uvloop (the workers' loop) rounds a timer to the nearest ms and fires on ms ticks: a plain asyncio.sleep to a
+    random deadline ended early about 1 time in 4, by up to 1.2 ms (measured, 5 x 200 here); a point's first sends
+    then fell before its start and were flagged warm-up (a 12-request point counted 8). sleep_until never does."""
+    import random
+
+    import uvloop
+
+    from r1lab.bench.workers import sleep_until
+
+    async def lateness() -> list[float]:
+        rng, out = random.Random(0), []
+        for _ in range(200):
+            t = time.perf_counter() + 0.002 + rng.random() * 0.002
+            await sleep_until(t)
+            out.append(time.perf_counter() - t)
+        return out
+
+    assert min(uvloop.run(lateness())) >= 0
+
+
 def test_count_bound_sends_exactly_that_many(server, tmp_path):
     res = run_point(server, bodies(3), Shape("concurrency", concurrency=7, requests=50), scenario="n",
                     out=tmp_path / "r.jsonl", workers=2)  # fmt: skip
@@ -114,7 +135,7 @@ def test_poisson_keeps_its_schedule_and_cap(server, tmp_path):
     # machine stalled it longer (a loaded CI box stalls processes; the generator must add nothing to that)
     typical = max(s["loop_lag_p50_ms"] for s in res.worker_stats) / 1e3
     bound = stall_bound_s(res, 0.02)
-    assert lag.min() > -0.002 and np.median(lag) < 0.005 + typical, (lag.min(), np.median(lag), typical)
+    assert lag.min() >= 0 and np.median(lag) < 0.005 + typical, (lag.min(), np.median(lag), typical)
     late = [(r["request_id"], x, bound[r["worker"]]) for r, x in zip(recs, lag, strict=True)
             if x >= max(0.1, bound[r["worker"]])]  # fmt: skip
     assert len(late) <= len(recs) // 100, (late, res.worker_stats)  # (p99: at most 3 of 300 over the bound)

@@ -40,6 +40,13 @@ def unpack(t: tuple) -> Raw:
     return r
 
 
+async def sleep_until(t: float) -> None:
+    """Return once perf_counter() >= t, never before. One asyncio.sleep can end early: uvloop rounds a delay to the
+    nearest ms and fires on ms ticks (measured: 1 in 4 sleeps to a random deadline ended early, by up to 1.2 ms)."""
+    while (d := t - perf_counter()) > 0:
+        await asyncio.sleep(d)
+
+
 class _Lag:
     """Measures how late a 5 ms timer fires: the event loop's own backlog. Samples count from `since` (the point's
     start), so a late wake-up for the start itself is measured too; `loop_stalled_s` bounds from above the time the
@@ -146,15 +153,17 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
         body, in_tok = given or bodies[k % len(bodies)]
         raw = Raw(f"{prefix}-{k}", seq=k, t_sched=t_sched, input_tokens=in_tok)
         await client.send(raw, path, body)
-        raw.warmup = (
-            k < warm_n
-            or (raw.t_send is not None and raw.t_send < t0 + warm_s)
-            or (raw.t_send is None and t_sched is not None and t_sched < t0 + warm_s)
+        raw.warmup = k < warm_n or (
+            warm_s > 0  # warmup_s 0: no request is warm-up by its time
+            and (
+                (raw.t_send is not None and raw.t_send < t0 + warm_s)
+                or (raw.t_send is None and t_sched is not None and t_sched < t0 + warm_s)
+            )
         )
         results.append(raw)
         return raw
 
-    await asyncio.sleep(max(0.0, t0 - perf_counter()))
+    await sleep_until(t0)  # a send before t0 would fall outside the point (and count as warm-up)
     ftask = asyncio.ensure_future(flusher())
     stask = asyncio.ensure_future(sender())
     deadline = t0 + plan["duration_s"] if plan["duration_s"] is not None else None
@@ -201,16 +210,26 @@ async def _run(conn: Any, plan: dict[str, Any]) -> None:
             async with sem:
                 await one(k, when)
 
+        unfired = len(plan["arrivals"])
+        all_fired = loop.create_future()
+
         def fire(k: int, when: float) -> None:
+            nonlocal unfired
+            if (d := when - perf_counter()) > 0:  # the timer fired early (uvloop: ms ticks): never send early
+                loop.call_later(d, fire, k, when)
+                return
             task = loop.create_task(capped(k, when))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            unfired -= 1
+            if unfired == 0:
+                all_fired.set_result(None)
 
         now = perf_counter()  # uvloop's loop.time() has ms resolution: schedule relative to perf_counter
         for k, off in plan["arrivals"]:
             loop.call_later(max(0.0, t0 + off - now), fire, k, t0 + off)
-        last = max((off for _, off in plan["arrivals"]), default=0.0)
-        await asyncio.sleep(max(0.0, t0 + last - perf_counter()) + 0.01)
+        if unfired:
+            await all_fired
         while tasks:
             await asyncio.gather(*list(tasks))
     ftask.cancel()
