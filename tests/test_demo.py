@@ -149,6 +149,12 @@ def test_demo_runs_every_notebook_and_leaves_nothing(tmp_path: Path) -> None:
     from r1lab.teardown import Ledger
 
     assert Ledger(run_dir).live() == []
-    assert _netns() <= netns_before, f"namespaces left: {_netns() - netns_before}"
+    # namespaces this twin made are gone; a new one may only belong to another twin running on this machine at the
+    # same time (its bridge is up); one of ours from an earlier instance of this twin would have lost its bridge
+    inst = json.loads((twin_dir / "twin.json").read_text())["instance"]
+    left = {n for n in _netns() - netns_before if n.startswith("r1lab-")}
+    ours = {n for n in left if n.startswith(f"r1lab-{inst}-")}
+    orphans = {n for n in left - ours if not Path(f"/sys/class/net/r1b{n.split('-')[1]}").exists()}
+    assert not ours and not orphans, f"namespaces left: {sorted(ours | orphans)}"
     left = subprocess.run(["pgrep", "-af", str(twin_dir)], capture_output=True, text=True).stdout.strip()
     assert not left, f"processes left: {left}"
