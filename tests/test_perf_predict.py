@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
 import pytest
 
 from r1lab.model import Parallelism
-from r1lab.perf import Disaggregation, parse_parallelism, predict
+from r1lab.perf import Disaggregation, network, parse_parallelism, predict
 from r1lab.perf.ops import Deployment, StepModel
-from r1lab.perf.simulate import SchedulerConfig, Workload, simulate
+from r1lab.perf.simulate import PDConfig, SchedulerConfig, Workload, simulate
 
 
 def test_parse_parallelism():
@@ -83,6 +84,34 @@ def test_pd_over_global_networking_is_kv_transfer_bound():
     # 1024 tokens x 70,272 B x 8 decode TP ranks (each pulls its own MLA latent copy) at 12.5 MB/s, plus 1 ms
     assert p.kv_transfer_ms == pytest.approx(8 * 1024 * 70_272 / 12.5e6 * 1e3 + 1.0)
     assert p.ttft_ms["mean"] > p.kv_transfer_ms
+
+
+def test_pd_first_token_leaves_the_decode_worker():
+    """The first token reaches the client from the decode worker: vLLM computes the last prompt token there in
+    the step after the KV cache lands (Scheduler._update_waiting_for_remote_kv), sglang streams the prefill's
+    token in its next loop iteration, a batch that decodes nothing; counting it on landing is earlier than both."""
+    link = network.LINKS["infiniband"]
+    wl = Workload(isl=1000, osl=8, concurrency=1, num_requests=1)
+    for engine in ("vllm", "sglang"):
+        sm = StepModel(Deployment("H200", Parallelism(8), engine))
+        pre = StepModel(Deployment("H200", Parallelism(8), engine))
+        pd = PDConfig(pre, link, 1, 8192, 8)
+        real = simulate(sm, wl, SchedulerConfig(), pd).ttft_s[0]
+        landed_sm = StepModel(Deployment("H200", Parallelism(8), engine))
+        landed_sm.eng = dataclasses.replace(sm.eng, pd_first_token="kv_landed")
+        landed = simulate(landed_sm, wl, SchedulerConfig(), pd).ttft_s[0]
+        front = sm.eng.frontend_s + sm.eng.frontend_per_token_s * 1000
+        kv = pre.kv_transfer_s(1000, link, 8)
+        assert landed == pytest.approx(
+            front + pre.step_s(0, 0, 1000, 1000 * 1001 / 2) + kv + sm.eng.request_overhead_s
+        )
+        if engine == "vllm":  # one step computing token 1000 against the 999 landed
+            assert real - landed == pytest.approx(sm.step_s(0, 0, 1, 999 + 1))
+        else:  # an idle decode worker streams it at once; a busy one when its running step ends
+            assert real == pytest.approx(landed)
+            busy = Workload(isl=1000, osl=64, concurrency=8, num_requests=32)
+            waits = statistics.fmean(simulate(sm, busy, SchedulerConfig(), pd).ttft_s)
+            assert waits > statistics.fmean(simulate(landed_sm, busy, SchedulerConfig(), pd).ttft_s)
 
 
 def test_mtp_speeds_up_single_stream():

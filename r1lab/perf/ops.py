@@ -115,6 +115,14 @@ class EngineConstants:
     off): a prefill batch runs whenever waiting requests can be admitted, alone, the running requests' decoding
     paused for it; admission reserves KV for the running requests' expected remaining decode (simulate.py,
     PrefillAdder). vLLM and TensorRT-LLM mix prefill chunks into decode steps (False).
+    pd_first_token: when a P/D request's first token reaches the client, read from each engine's decode side.
+    "recompute_last" (vLLM V1 with a KV connector: Scheduler._update_waiting_for_remote_kv sets
+    num_computed_tokens = num_tokens - 1 once every prompt block has landed, so the decode worker computes the last
+    prompt token in its next step, mixed into the running batch, and streams the first token at that step's end);
+    "next_step" (sglang: event_loop_normal/overlap_disagg_decode polls the transfer queue once per loop iteration
+    and streams the prefill's token from a "prebuilt" batch with no forward, so it goes out at the decode worker's
+    first iteration after the cache has landed, i.e. when the running step ends); "kv_landed" (the token counted
+    as soon as the cache has landed: TensorRT-LLM, not read from its source).
     """
 
     name: str
@@ -129,6 +137,7 @@ class EngineConstants:
     frontend_s: float = 0.0  # serving front end's CPU work per request, served FIFO (r1lab.perf.serving)
     frontend_per_token_s: float = 0.0  # ... and per prompt token (tokenisation)
     prefill_first: bool = False  # a step is a prefill batch or a decode batch, never both (sglang, see above)
+    pd_first_token: str = "kv_landed"  # P/D: when the first token reaches the client (see above)
 
 
 def _vllm(name: str) -> EngineConstants:
@@ -136,18 +145,25 @@ def _vllm(name: str) -> EngineConstants:
     file is present: its one-process front end served FIFO, the engine side as a delay; else a 10 ms estimate."""
     sp = measured_serving_path()
     if sp is None:
-        return EngineConstants(name, step_overhead_s=1.5e-3, request_overhead_s=10e-3)
+        return EngineConstants(
+            name, step_overhead_s=1.5e-3, request_overhead_s=10e-3, pd_first_token="recompute_last"
+        )
     return EngineConstants(
         name,
         step_overhead_s=1.5e-3,
         request_overhead_s=sp.engine_side_s,
         frontend_s=sp.fixed_s,
         frontend_per_token_s=sp.per_token_s,
+        pd_first_token="recompute_last",
     )
 
 
 def _python_front_end(
-    name: str, step_overhead_s: float, fuses_shared_expert: bool = False, prefill_first: bool = False
+    name: str,
+    step_overhead_s: float,
+    fuses_shared_expert: bool = False,
+    prefill_first: bool = False,
+    pd_first_token: str = "kv_landed",
 ) -> EngineConstants:
     """sglang (TokenizerManager in the HTTP process) and trtllm-serve tokenise the prompt in their Python front
     end with the same Hugging Face tokenizer as vLLM's API server: they carry its measured per-token cost
@@ -163,13 +179,16 @@ def _python_front_end(
         frontend_per_token_s=sp.per_token_s if sp else 0.0,
         fuses_shared_expert=fuses_shared_expert,
         prefill_first=prefill_first,
+        pd_first_token=pd_first_token,
     )
 
 
 ENGINES: dict[str, EngineConstants] = {
     "vllm": _vllm("vllm"),
     "mocker": _vllm("mocker"),  # times vLLM
-    "sglang": _python_front_end("sglang", 1.0e-3, fuses_shared_expert=True, prefill_first=True),
+    "sglang": _python_front_end(
+        "sglang", 1.0e-3, fuses_shared_expert=True, prefill_first=True, pd_first_token="next_step"
+    ),
     "trtllm": _python_front_end("trtllm", 0.5e-3),
 }
 

@@ -8,8 +8,9 @@ decode needs a block and none is free, the newest running request is preempted (
 default). Step times come from `ops.StepModel`. Stretches where nothing but decoding happens are advanced in one
 epoch (same batch, context growing: time at the midpoint), so a run costs O(events), not O(tokens).
 
-P/D (`PDConfig`): prompts go to a pool of prefill instances (FIFO, batched up to the token budget), the first
-token returns from prefill, and the KV cache crosses `link` before the decode replica admits the request.
+P/D (`PDConfig`): prompts go to a pool of prefill instances (FIFO, batched up to the token budget), the KV cache
+crosses `link` before the decode replica admits the request, and the first token leaves the decode worker
+(`EngineConstants.pd_first_token`).
 
 Public interface: `Workload`, `SchedulerConfig`, `PDConfig`, `simulate(step, workload, sched, pd) -> SimResult`.
 """
@@ -188,6 +189,12 @@ def simulate(
     link_free = [0.0]
 
     fe_free = [0.0]
+    first_token = step.eng.pd_first_token
+    if pd is not None and first_token == "next_step" and not step.eng.prefill_first:
+        # the token goes out with a batch that admits the request and computes nothing: a prefill-first batch
+        raise ValueError(f"engine {step.eng.name}: pd_first_token 'next_step' needs prefill_first")
+    if first_token not in ("recompute_last", "next_step", "kv_landed"):
+        raise ValueError(f"engine {step.eng.name}: unknown pd_first_token {first_token!r}")
     fe_fixed, fe_tok = step.eng.frontend_s, step.eng.frontend_per_token_s
 
     def submit(r: _Req) -> None:
@@ -225,12 +232,16 @@ def simulate(
             p_free[i] = done_at
             for r in batch:
                 # the link carries one KV cache at a time (FIFO): transfers queue behind each other; the
-                # client's first token comes from the decode worker once the KV cache has landed
+                # client's first token comes from the decode worker (EngineConstants.pd_first_token): vLLM
+                # computes the last prompt token in its next step, sglang streams the prefill's token at its next
+                # loop iteration (a batch without decoding), others count it once the cache has landed
                 ready = max(done_at, link_free[0]) + pd.prefill.kv_transfer_s(r.isl, pd.link, pd.decode_tp)
                 link_free[0] = ready
-                r.first = ready + overhead
-                r.generated = 1
-                r.computed = r.prompt = r.isl
+                r.prompt = r.isl
+                r.computed = r.isl - 1 if first_token == "recompute_last" else r.isl
+                if first_token == "kv_landed":
+                    r.first = ready + overhead
+                    r.generated = 1
                 r.admitted_remote = True
                 route(r, ready)
 
