@@ -47,9 +47,15 @@ def test_prediction_is_the_planners_kv_model() -> None:
     from r1lab.perf.ops import Deployment, StepModel
 
     sm = StepModel(Deployment("H200", Parallelism(8), kv_dtype="fp8"))
-    link = network.Link("test", gb_s=1.0, latency_us=0.0)
+    link = network.Link("test", gb_s=1.0, latency_us=0.0, per_gpu=False)  # one link: every copy crosses it
     predicted = predicted_kv_bytes(sm.spec, 1024, block_size=64, decode_tp=4, kv_dtype="fp8")
     assert sm.kv_transfer_s(1024, link, decode_tp=4) == pytest.approx(predicted / 1e9, rel=1e-12)
+    # a NIC per GPU: the 4 decode ranks pull their copies from 4 different prefill ranks side by side
+    rails = network.Link("test", gb_s=1.0, latency_us=0.0, per_gpu=True)
+    assert sm.kv_transfer_s(1024, rails, decode_tp=4) == pytest.approx(predicted / 4 / 1e9, rel=1e-12)
+    # a TP2 prefill instance: each of its 2 NICs serves 2 of the 4 pulls
+    sm2 = StepModel(Deployment("H200", Parallelism(2), kv_dtype="fp8"))
+    assert sm2.kv_transfer_s(1024, rails, decode_tp=4) == pytest.approx(predicted / 2 / 1e9, rel=1e-12)
 
 
 def _proof(nixl: float, predicted: int, link: int, tp: int = 1) -> TransferProof:

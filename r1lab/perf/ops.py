@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism
+from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism, kv_transfer_copies
 from r1lab.perf import hardware, network
 from r1lab.perf.kernels import KernelTable
 from r1lab.perf.profile import Efficiency, load_profile
@@ -733,6 +733,14 @@ class StepModel:
         return self.step_s(0, 0, isl, pairs)
 
     def kv_transfer_s(self, tokens: int, link: network.Link, decode_tp: int = 1) -> float:
-        """P/D: the prompt's KV cache (all layers) sent to a decode instance of TP `decode_tp`: one latent copy
-        per decode rank (`ModelSpec.kv_transfer_bytes_per_token`)."""
-        return link.transfer_s(tokens * self.spec.kv_transfer_bytes_per_token(self.dep.kv_dtype, decode_tp))
+        """P/D: the prompt's KV cache (all layers) sent from this (prefill) instance to a decode instance of TP
+        `decode_tp`: one latent copy per decode rank (`ModelSpec.kv_transfer_bytes_per_token`). Each decode rank
+        pulls its copy from prefill rank `tp_rank * prefill_tp // decode_tp` (vLLM NixlConnector tp_mapping;
+        sglang's mooncake backend pairs the ranks the same way), each rank over its own transfer agent: on a
+        rail-optimised fabric (`Link.per_gpu`, a NIC per GPU) the pulls run side by side, a prefill NIC carrying
+        ceil(decode_tp / prefill_tp) of them; over one link per node (`per_gpu` False) they share it."""
+        nbytes = tokens * self.spec.kv_transfer_bytes_per_token(self.dep.kv_dtype, decode_tp)
+        if link.per_gpu and decode_tp > 1:
+            copies = kv_transfer_copies(decode_tp)
+            nbytes = nbytes / copies * math.ceil(copies / min(copies, self.dep.par.tp))
+        return link.transfer_s(nbytes)
