@@ -739,7 +739,7 @@ class StepModel:
         sglang's mooncake backend pairs the ranks the same way), each rank over its own transfer agent: on a
         rail-optimised fabric (`Link.per_gpu`, a NIC per GPU) the pulls run side by side, a prefill NIC carrying
         ceil(decode_tp / prefill_tp) of them; over one link per node (`per_gpu` False) they share it."""
-        nbytes = tokens * self.spec.kv_transfer_bytes_per_token(self.dep.kv_dtype, decode_tp)
+        nbytes: float = tokens * self.spec.kv_transfer_bytes_per_token(self.dep.kv_dtype, decode_tp)
         if link.per_gpu and decode_tp > 1:
             copies = kv_transfer_copies(decode_tp)
             nbytes = nbytes / copies * math.ceil(copies / min(copies, self.dep.par.tp))
