@@ -6,7 +6,9 @@ in prefill take chunks of their prompt within `max_num_batched_tokens`, waiting 
 `max_num_seqs` and free KV blocks allow (blocks of `block_size` tokens, allocated as tokens are computed); when a
 decode needs a block and none is free, the newest running request is preempted (recomputed later, vLLM's
 default). Step times come from `ops.StepModel`. Stretches where nothing but decoding happens are advanced in one
-epoch (same batch, context growing: time at the midpoint), so a run costs O(events), not O(tokens).
+epoch (same batch, context growing: time at the midpoint), so a run costs O(events), not O(tokens); with MTP off
+the decoding requests are kept as offsets from their rank's decode steps (`_Decoding`: context sum, blocks held and
+the next to end in O(log n)), so an epoch costs O(log batch), not several passes over the batch.
 
 P/D (`PDConfig`): prompts go to a pool of prefill instances (FIFO, batched up to the token budget), the KV cache
 crosses `link` before the decode replica admits the request, and the first token leaves the decode worker
@@ -81,6 +83,12 @@ class _Req:
     preempted: int = 0
     admitted_remote: bool = False
     at_engine: float = 0.0  # when the front end handed it to the engine (arrival + queue + its CPU work)
+    seq: int = 0  # admission order on its rank (the running requests' order)
+    # in a rank's _Decoding: computed and generated as they were at its decode step g0, computed - g0 as an int
+    c0: float = 0.0
+    gen0: float = 0.0
+    g0: int = 0
+    phase: int = 0
 
 
 @dataclass
@@ -109,6 +117,99 @@ def _block_needs(decodes: list[_Req], k: int, q: int, bs: int) -> int:
     return need
 
 
+OFFSET_MODE = True  # the decoding requests as offsets where exact (_Decoding); False: every request scanned
+
+
+class _Decoding:
+    """The decoding requests of one rank kept as offsets, so a decode step costs O(log n), not O(n): exact with MTP
+    off only, where each decode gains one token a step and every count is an integer (a sum is the same in any
+    order). A member's computed tokens are its `phase` plus the rank's decode steps `g`; it holds
+    ceil(computed / bs) blocks (checked as it joins), counted for all members at once from their phases' residues
+    mod bs; the step at which each reaches its output length sits in a heap."""
+
+    __slots__ = ("g", "bs", "members", "phase_sum", "blk_sum", "res", "heap")
+
+    def __init__(self, bs: int) -> None:
+        self.g = 0
+        self.bs = bs
+        self.members: dict[int, _Req] = {}
+        self.phase_sum = 0  # sum of phases
+        self.blk_sum = 0  # sum of phase // bs
+        self.res: list[int] = []  # phase % bs of every member, sorted
+        self.heap: list[tuple[float, int, _Req]] = []  # (g at which it has its osl tokens, seq, request)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def can_join(self, r: _Req) -> bool:
+        c = int(r.computed)
+        return (
+            c == r.computed and r.blocks == -(-c // self.bs) and r.generated < r.osl and r.first is not None
+        )
+
+    def add(self, r: _Req) -> None:
+        r.c0, r.gen0, r.g0 = r.computed, r.generated, self.g
+        r.phase = p = int(r.computed) - self.g
+        self.members[r.seq] = r
+        self.phase_sum += p
+        a, b = divmod(p, self.bs)
+        self.blk_sum += a
+        bisect.insort(self.res, b)
+        heapq.heappush(self.heap, (r.osl - r.generated + self.g, r.seq, r))
+
+    def ctx(self) -> int:
+        """The members' computed tokens, summed."""
+        return self.phase_sum + len(self.members) * self.g
+
+    def held(self, g: int) -> int:
+        """The members' blocks at decode step g: sum of ceil((phase + g) / bs) = phase // bs + g // bs
+        + ceil((phase % bs + g % bs) / bs), the last 0, 1 or 2."""
+        n, res = len(self.members), self.res
+        g1, g0 = divmod(g, self.bs)
+        return (
+            self.blk_sum
+            + n * g1
+            + (n - bisect.bisect_left(res, 1 - g0))
+            + (n - bisect.bisect_left(res, self.bs + 1 - g0))
+        )
+
+    def min_remaining(self) -> float:
+        heap, members = self.heap, self.members
+        while heap[0][1] not in members:  # one that left (preempted)
+            heapq.heappop(heap)
+        return heap[0][0] - self.g
+
+    def _leave(self, r: _Req) -> None:
+        del self.members[r.seq]
+        self.phase_sum -= r.phase
+        a, b = divmod(r.phase, self.bs)
+        self.blk_sum -= a
+        del self.res[bisect.bisect_left(self.res, b)]
+        d = self.g - r.g0
+        r.computed = r.c0 + d
+        r.generated = r.gen0 + d
+        r.blocks = -(-(r.phase + self.g) // self.bs)
+
+    def finished(self) -> list[_Req]:
+        """Remove and return (their state brought up to date) the members that have their output length."""
+        out = []
+        heap = self.heap
+        while heap and heap[0][0] <= self.g:
+            _, s, r = heapq.heappop(heap)
+            if s in self.members:
+                self._leave(r)
+                out.append(r)
+        return out
+
+    def remove(self, r: _Req) -> None:
+        """Take one member out (preempted), its state brought up to date."""
+        self._leave(r)
+
+
+def _seq(r: _Req) -> int:
+    return r.seq
+
+
 def _length(v: int | tuple[int, int], rng: random.Random) -> int:
     return v if isinstance(v, int) else rng.randint(v[0], v[1])
 
@@ -128,13 +229,19 @@ SGLANG_CLIP_NEW_TOKENS = 4096
 class _Rank:
     """One engine rank's scheduler state (vLLM V1: running first, then waiting; blocks allocated as computed)."""
 
-    __slots__ = ("arrivals", "waiting", "running", "free_blocks", "plan", "token_ratio")
+    __slots__ = ("arrivals", "waiting", "running", "free_blocks", "plan", "token_ratio", "dec", "pre", "exp")
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, bs: int) -> None:
         self.token_ratio = SGLANG_INIT_TOKEN_RATIO  # prefill-first admission's decode reservation
         self.arrivals: list[tuple[float, int, _Req]] = []  # heap (time it reaches this rank, id, request)
         self.waiting: deque[_Req] = deque()
-        self.running: list[_Req] = []
+        self.running: dict[int, _Req] = {}  # by seq: admission order
+        # offset mode (MTP off, simulate's `lazy`): the running requests are the decoding ones in `dec`, those in
+        # prefill (`pre`, admission order) and the decoding ones kept apart (`exp`: admitted without their blocks
+        # yet, or leaving); otherwise `dec` stays empty and `running` is scanned each step
+        self.dec = _Decoding(bs)
+        self.pre: list[_Req] = []
+        self.exp: list[_Req] = []
         self.free_blocks = num_blocks
         self.plan: tuple[list[_Req], list[tuple[_Req, float]]] | None = None
 
@@ -169,8 +276,17 @@ def simulate(
     overhead = step.eng.request_overhead_s
     rpi = ranks_per_instance or ranks
     coupled_moe = ranks > 1 and step.dep.par.ep
-    rk = [_Rank(sched.num_blocks) for _ in range(ranks)]
+    rk = [_Rank(sched.num_blocks, bs) for _ in range(ranks)]
     issued = 0
+    seq = itertools.count()
+    prefill_first = step.eng.prefill_first
+    # offset mode (_Decoding): MTP off, each decode one token a step; sglang's prefill-first admission reads
+    # every running request's remaining tokens, so it scans them
+    lazy = OFFSET_MODE and step.mtp == 0 and tps == 1 and not prefill_first
+
+    def admit(x: _Rank, r: _Req) -> None:
+        r.seq = next(seq)
+        x.running[r.seq] = r
 
     def new_request(t: float) -> _Req:
         nonlocal issued
@@ -273,11 +389,11 @@ def simulate(
         if wl.concurrency and issued < n_total:
             submit(new_request(r.end))
 
-    prefill_first = step.eng.prefill_first
-
     def reserved(x: _Rank) -> float:
         """KV tokens sglang keeps for the running requests' expected remaining decode."""
-        return sum(min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) for r in x.running) * x.token_ratio
+        return (
+            sum(min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) for r in x.running.values()) * x.token_ratio
+        )
 
     def admissible(x: _Rank, r: _Req, room: float) -> bool:
         return r.prompt - r.computed + min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) < room
@@ -289,7 +405,7 @@ def simulate(
         budget: float = max_tokens
         chunks: list[tuple[_Req, float]] = []
         room = x.free_blocks * bs - reserved(x)
-        for r in x.running:
+        for r in x.running.values():
             if r.computed < r.prompt and budget > 0:
                 c = min(r.prompt - r.computed, budget)
                 chunks.append((r, c))
@@ -301,7 +417,7 @@ def simulate(
                 break
             c = min(r.prompt - r.computed, budget)
             x.waiting.popleft()
-            x.running.append(r)
+            admit(x, r)
             chunks.append((r, c))
             budget -= c
             room -= c + (
@@ -311,23 +427,32 @@ def simulate(
             )
         return [], chunks
 
-    def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]], float, int]:
+    def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]], float, int, int]:
         """One rank's batch for this step (running first, then waiting); preempts the newest when short.
-        (decodes, prefill chunks, the decodes' context sum, the blocks they hold)."""
+        (decodes, prefill chunks, the decodes' context sum, the blocks they hold, how many decode): in offset
+        mode the decodes listed are those outside x.dec, the sums and the count include x.dec's."""
         nonlocal preemptions
         budget: float = max_tokens  # `computed` is fractional (MTP acceptance), so are prefill chunks
         chunks: list[tuple[_Req, float]] = []
+        dec = x.dec
         if prefill_first:
             decodes, chunks = prefill_batch(x)
             if not chunks:
-                decodes = [r for r in x.running if r.computed >= r.prompt]
+                decodes = [r for r in x.running.values() if r.computed >= r.prompt]
             budget = 0  # admission done (a prefill batch, or none: a decode batch admits nobody)
         else:
-            decodes = [r for r in x.running if r.computed >= r.prompt]
-            budget -= len(decodes) * q
-            prefills = (
-                [r for r in x.running if r.computed < r.prompt] if len(decodes) < len(x.running) else ()
-            )
+            if lazy:
+                decodes = x.exp
+                prefills: list[_Req] | tuple[()] = x.pre
+                budget -= (len(dec) + len(decodes)) * q
+            else:
+                decodes = [r for r in x.running.values() if r.computed >= r.prompt]
+                budget -= len(decodes) * q
+                prefills = (
+                    [r for r in x.running.values() if r.computed < r.prompt]
+                    if len(decodes) < len(x.running)
+                    else ()
+                )
             for r in prefills:
                 if budget > 0:
                     c = min(r.prompt - r.computed, budget)
@@ -345,19 +470,27 @@ def simulate(
             if need_blocks > x.free_blocks:
                 break
             x.waiting.popleft()
-            x.running.append(r)
+            admit(x, r)
             if c > 0:
                 chunks.append((r, c))
                 budget -= c
+                if lazy:
+                    x.pre.append(r)
             else:
                 decodes.append(r)
                 budget -= q
-        ctx = float(sum([r.computed for r in decodes]))
-        held = sum([r.blocks for r in decodes])
+        # (integer counts in offset mode: the sums are exact, in any order)
+        ctx = (
+            float(sum([r.computed for r in decodes]) + dec.ctx())
+            if dec.members
+            else float(sum([r.computed for r in decodes]))
+        )
+        held = sum([r.blocks for r in decodes]) + (dec.held(dec.g) if dec.members else 0)
+        n_dec = len(decodes) + len(dec)
         # each decode needs ceil((computed + q) / bs) - blocks new blocks (never negative: a running request
         # holds ceil(computed / bs) blocks or fewer), less than (computed + q) / bs + 1 - blocks: where that
         # bound (+1 against rounding) fits in the free blocks, no one is preempted
-        bound = (ctx + len(decodes) * q) / bs + len(decodes) - held + 1
+        bound = (ctx + n_dec * q) / bs + n_dec - held + 1
         if chunks:
             bound += sum([max(0, math.ceil((r.computed + c) / bs) - r.blocks) for r, c in chunks])
         preempted = bound > x.free_blocks
@@ -369,9 +502,13 @@ def simulate(
                     need += d
             for r, c in chunks:
                 need += max(0, math.ceil((r.computed + c) / bs) - r.blocks)
+            if dec.members:
+                need += dec.held(dec.g + q) - dec.held(dec.g)
             if need <= x.free_blocks or len(x.running) <= 1:
                 break
-            victim = x.running.pop()
+            victim = x.running.popitem()[1]
+            if victim.seq in dec.members:
+                dec.remove(victim)
             x.free_blocks += victim.blocks
             victim.blocks = 0
             victim.prompt = victim.isl + int(victim.generated)
@@ -382,17 +519,26 @@ def simulate(
             x.waiting.appendleft(victim)
             decodes = [r for r in decodes if r is not victim]
             chunks = [(r, c) for r, c in chunks if r is not victim]
+            if lazy:
+                x.pre = [r for r in x.pre if r is not victim]
         if preempted:
-            ctx = float(sum([r.computed for r in decodes]))
-            held = sum([r.blocks for r in decodes])
-        if not decodes and not chunks and (x.running or x.waiting):
+            ctx = (
+                float(sum([r.computed for r in decodes]) + dec.ctx())
+                if dec.members
+                else float(sum([r.computed for r in decodes]))
+            )
+            held = sum([r.blocks for r in decodes]) + (dec.held(dec.g) if dec.members else 0)
+            n_dec = len(decodes) + len(dec)
+        if lazy:
+            x.exp = decodes
+        if not n_dec and not chunks and (x.running or x.waiting):
             # cannot make progress (a single prompt larger than the cache): fail it loudly
-            r = x.running[0] if x.running else x.waiting[0]
+            r = next(iter(x.running.values())) if x.running else x.waiting[0]
             raise RuntimeError(
                 f"request of {r.isl} input tokens cannot be scheduled: KV cache holds "
                 f"{sched.num_blocks * bs} tokens"
             )
-        return decodes, chunks, ctx, held
+        return decodes, chunks, ctx, held, n_dec
 
     ahead = step.eng.schedule_ahead_steps
     last_step_start = 0.0
@@ -421,12 +567,12 @@ def simulate(
             t = max(t, min(nxt))
             continue
         # --- schedule one step on every rank ---
-        plans = [schedule(x) if not x.idle() else ([], [], 0.0, 0) for x in rk]
+        plans = [schedule(x) if not x.idle() else ([], [], 0.0, 0, 0) for x in rk]
         per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
-        for decodes, chunks, ctx, _ in plans:
+        for _, chunks, ctx, _, n_dec in plans:
             per.append(
                 (
-                    len(decodes),
+                    n_dec,
                     ctx,
                     sum([c for _, c in chunks]) if chunks else 0,
                     sum([c * r.computed + c * (c + 1) / 2 for r, c in chunks]) if chunks else 0,
@@ -457,18 +603,25 @@ def simulate(
             dt0 = max(rank_dt(i) for i in range(ranks))
             k = 1 << 60
             for i, x in enumerate(rk):
-                decodes, _, ctx, held = plans[i]
-                if not decodes:
+                decodes, _, ctx, held, n_dec = plans[i]
+                if not n_dec:
                     continue
+                dec = x.dec
                 # ceil(x / tps) grows with x: the least of them is the one of the least x
-                k = min(k, ceil(min([r.osl - r.generated for r in decodes]) / tps))
+                if not dec.members:
+                    least = min([r.osl - r.generated for r in decodes])
+                elif decodes:
+                    least = min(min([r.osl - r.generated for r in decodes]), dec.min_remaining())
+                else:
+                    least = dec.min_remaining()
+                k = min(k, ceil(least / tps))
                 if x.waiting and len(x.running) < sched.max_num_seqs:
                     head = x.waiting[0]
                     if prefill_first:
                         # admissible once the reservation has decayed or blocks freed: look again soon
                         k = min(k, 8)
                     else:
-                        c0 = min(head.prompt - head.computed, max_tokens - len(decodes) * q)
+                        c0 = min(head.prompt - head.computed, max_tokens - n_dec * q)
                         if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
                             k = 1  # it can be admitted next step
                 if x.arrivals:
@@ -476,12 +629,20 @@ def simulate(
                 # free blocks bound: the longest stretch whose new blocks fit in the free ones
                 k = max(1, k)
                 # new blocks for k steps: less than (ctx + n k q) / bs + n - held (+1 against rounding)
-                bound = (ctx + len(decodes) * k * q) / bs + len(decodes) - held + 1
-                if bound > x.free_blocks and _block_needs(decodes, k, q, bs) > x.free_blocks:
+                bound = (ctx + n_dec * k * q) / bs + n_dec - held + 1
+                held_d = dec.held(dec.g) if dec.members else 0
+
+                def needs(
+                    k: int, decodes: list[_Req] = decodes, dec: _Decoding = dec, held_d: int = held_d
+                ) -> int:
+                    n = _block_needs(decodes, k, q, bs)
+                    return n + dec.held(dec.g + k * q) - held_d if dec.members else n
+
+                if bound > x.free_blocks and needs(k) > x.free_blocks:
                     lo, hi = 1, k
                     while lo < hi:
                         mid = (lo + hi + 1) // 2
-                        if _block_needs(decodes, mid, q, bs) <= x.free_blocks:
+                        if needs(mid) <= x.free_blocks:
                             lo = mid
                         else:
                             hi = mid - 1
@@ -501,8 +662,8 @@ def simulate(
         last_step_start = t_next - dt
         steps += k
         # --- apply ---
-        for x, (decodes, chunks, _, _) in zip(rk, plans, strict=True):
-            batch_sum += k * (len(decodes) + len(chunks)) / ranks
+        for x, (decodes, chunks, _, _, n_dec) in zip(rk, plans, strict=True):
+            batch_sum += k * (n_dec + len(chunks)) / ranks
             full = k * tps  # what a sequence gains in k steps unless it ends sooner
             full_chunks = max(1.0, math.ceil(full / tps))
             streamed = 0.0
@@ -521,8 +682,15 @@ def simulate(
                     free -= nb - r.blocks
                     r.blocks = nb
                 streamed += chunks_out
+            dec = x.dec
+            if dec.members:  # each gains k tokens: none ends sooner (k is at most the least remaining)
+                if k > dec.min_remaining():
+                    raise AssertionError("offset mode: an epoch past a decode's end (bug)")
+                streamed += len(dec) * full_chunks
+                free -= dec.held(dec.g + k) - dec.held(dec.g)
+                dec.g += k
             x.free_blocks = free
-            if decodes:
+            if n_dec:
                 itl_w[dt] = itl_w.get(dt, 0.0) + streamed
                 if prefill_first:
                     x.token_ratio = max(SGLANG_MIN_TOKEN_RATIO, x.token_ratio - SGLANG_TOKEN_RATIO_DECAY * k)
@@ -535,19 +703,42 @@ def simulate(
                     if r.first is None:
                         r.first = t_next + overhead
                         r.generated = 1
+                    if lazy:
+                        x.exp.append(r)
+            if lazy and chunks:
+                x.pre = [r for r in x.pre if r.computed < r.prompt]
             peak_blocks = max(peak_blocks, sched.num_blocks - x.free_blocks)
         t = t_next
         for x in rk:
-            # only a request that reached its output length can finish: look further only if one did
-            if not any([r.generated >= r.osl for r in x.running]):
-                continue
-            still = []
-            for r in x.running:
-                if r.first is not None and r.generated >= r.osl and r.computed >= r.prompt:
-                    finish(x, r, max(t, r.first - overhead))
-                else:
-                    still.append(r)
-            x.running = still
+            if lazy:
+                # the members that reached their output length, and those kept apart; in admission order
+                dec = x.dec
+                fin = dec.finished() if dec.heap and dec.heap[0][0] <= dec.g else []
+                if x.exp:
+                    fin += [r for r in x.exp if r.first is not None and r.generated >= r.osl]
+                    fin.sort(key=_seq)
+                    x.exp = [r for r in x.exp if r.first is None or r.generated < r.osl]
+                if x.exp:
+                    keep = []
+                    for r in x.exp:
+                        if dec.can_join(r):
+                            dec.add(r)
+                        else:
+                            keep.append(r)
+                    x.exp = keep
+            else:
+                # only a request that reached its output length can finish: look further only if one did
+                if not any([r.generated >= r.osl for r in x.running.values()]):
+                    continue
+                fin = [
+                    r
+                    for r in x.running.values()
+                    if r.first is not None and r.generated >= r.osl and r.computed >= r.prompt
+                ]
+            for r in fin:
+                finish(x, r, max(t, r.first - overhead))
+            for r in fin:
+                del x.running[r.seq]
 
     # (arrival, first token, end, output length) of each finished request: finish() has set both times
     fin = [(r.arrival, r.first, r.end, r.osl) for r in done if r.first is not None and r.end is not None]
