@@ -86,7 +86,18 @@ def grid_cases() -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
             gpus = parse_parallelism(pre).gpus * pi + parse_parallelism(dpar).gpus * di
             for isl, osl, conc in [(1024, 1024, 64), (8192, 1024, 256), (2048, 256, 16)]:
                 add("H200", gpus, dpar, eng, isl, osl, conc, disaggregation=pd, network_name="infiniband")
-            add("H200", gpus, dpar, eng, 2048, 1024, None, rate=8.0, disaggregation=pd, network_name="infiniband")
+            add(
+                "H200",
+                gpus,
+                dpar,
+                eng,
+                2048,
+                1024,
+                None,
+                rate=8.0,
+                disaggregation=pd,
+                network_name="infiniband",
+            )
     return out
 
 

@@ -713,10 +713,10 @@ def simulate(
             if lazy:
                 # the members that reached their output length, and those kept apart; in admission order
                 dec = x.dec
-                fin = dec.finished() if dec.heap and dec.heap[0][0] <= dec.g else []
+                ending = dec.finished() if dec.heap and dec.heap[0][0] <= dec.g else []
                 if x.exp:
-                    fin += [r for r in x.exp if r.first is not None and r.generated >= r.osl]
-                    fin.sort(key=_seq)
+                    ending += [r for r in x.exp if r.first is not None and r.generated >= r.osl]
+                    ending.sort(key=_seq)
                     x.exp = [r for r in x.exp if r.first is None or r.generated < r.osl]
                 if x.exp:
                     keep = []
@@ -730,14 +730,15 @@ def simulate(
                 # only a request that reached its output length can finish: look further only if one did
                 if not any([r.generated >= r.osl for r in x.running.values()]):
                     continue
-                fin = [
+                ending = [
                     r
                     for r in x.running.values()
                     if r.first is not None and r.generated >= r.osl and r.computed >= r.prompt
                 ]
-            for r in fin:
+            for r in ending:
+                assert r.first is not None  # a decoding request has its first token
                 finish(x, r, max(t, r.first - overhead))
-            for r in fin:
+            for r in ending:
                 del x.running[r.seq]
 
     # (arrival, first token, end, output length) of each finished request: finish() has set both times
