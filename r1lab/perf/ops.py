@@ -242,6 +242,9 @@ _PART_KEYS = ("attention_gemm", "attention_core", "dense_mlp", "moe_experts", "t
               "lm_head", "mtp_draft", "small_kernels", "engine_overhead")  # fmt: skip
 
 
+_KERNEL_MIN_S = KERNEL_MIN_US * 1e-6
+
+
 class StepModel:
     """Step times of one deployment (precomputed constants; `step_s` is a few dozen float operations)."""
 
@@ -289,6 +292,11 @@ class StepModel:
         # kernels timed on the GPU itself (split-K decode GEMMs, the fused MoE's stream): perf/kernels.py
         self.kt = KernelTable.for_gpu(hw.short) if self.eff.timing == "queued" else None
         self._attn_rate = self.eff.bf16_curve[-1][1] * 1e12  # attention kernels run at the bf16 plateau
+        # _attn_core's constant factors, each the same product its expression forms left to right
+        self._kv_rate = self.eff.kv_tb_s * 1e12
+        self._dec_flops_per_ctx = 2.0 * self.heads * (s.kv_latent_dim + s.kv_lora_rank)
+        self._pre_flops_per_pair = 2.0 * self.heads * (s.qk_head_dim + s.v_head_dim)
+        self._mla_floor = (self.kt.mla_decode_floor_s if self.kt is not None else None) or 0.0
         self._cache: dict[tuple, dict[str, float]] = {}
         self._vals: dict[tuple, tuple[float, ...]] = {}  # _cache's values as tuples (step_s' fast path)
         self._gemm: dict[tuple[float, float, float, str], float] = {}  # _g's results (pure in its args)
@@ -508,16 +516,16 @@ class StepModel:
     def _attn_core(self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float) -> float:
         """MLA core of one layer: decode reads the latent cache (q queries per seq), prefill computes causal
         attention."""
-        q = 1 + self.mtp
-        kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
-        dec_flops = 2.0 * self.heads * (self.spec.kv_latent_dim + self.spec.kv_lora_rank) * ctx_sum * q
-        pre_flops = 2.0 * self.heads * (self.spec.qk_head_dim + self.spec.v_head_dim) * pre_pairs
-        floor = self.kt.mla_decode_floor_s if self.kt is not None else None
-        attn_core = max(kv_read, dec_flops / self._attn_rate, floor or 0.0) if n_dec else 0.0
+        if n_dec:
+            kv_read = ctx_sum * self.kv_layer_bytes / self._kv_rate
+            dec_flops = self._dec_flops_per_ctx * ctx_sum * (1 + self.mtp)
+            attn_core = max(kv_read, dec_flops / self._attn_rate, self._mla_floor)
+        else:
+            attn_core = 0.0
         if n_pre:
             f = self._prefill_factor("attention", self.heads * pre_pairs)
-            attn_core += pre_flops / self._attn_rate * f
-        return max(attn_core, KERNEL_MIN_US * 1e-6)
+            attn_core += self._pre_flops_per_pair * pre_pairs / self._attn_rate * f
+        return max(attn_core, _KERNEL_MIN_S)
 
     def _parts(
         self,

@@ -127,7 +127,7 @@ class _Decoding:
     ceil(computed / bs) blocks (checked as it joins), counted for all members at once from their phases' residues
     mod bs; the step at which each reaches its output length sits in a heap."""
 
-    __slots__ = ("g", "bs", "members", "phase_sum", "blk_sum", "res", "heap")
+    __slots__ = ("g", "bs", "members", "phase_sum", "blk_sum", "res", "heap", "_held")
 
     def __init__(self, bs: int) -> None:
         self.g = 0
@@ -137,6 +137,7 @@ class _Decoding:
         self.blk_sum = 0  # sum of phase // bs
         self.res: list[int] = []  # phase % bs of every member, sorted
         self.heap: list[tuple[float, int, _Req]] = []  # (g at which it has its osl tokens, seq, request)
+        self._held: dict[int, int] = {}  # held(g) until the members change
 
     def __len__(self) -> int:
         return len(self.members)
@@ -151,6 +152,7 @@ class _Decoding:
         r.c0, r.gen0, r.g0 = r.computed, r.generated, self.g
         r.phase = p = int(r.computed) - self.g
         self.members[r.seq] = r
+        self._held.clear()
         self.phase_sum += p
         a, b = divmod(p, self.bs)
         self.blk_sum += a
@@ -164,14 +166,17 @@ class _Decoding:
     def held(self, g: int) -> int:
         """The members' blocks at decode step g: sum of ceil((phase + g) / bs) = phase // bs + g // bs
         + ceil((phase % bs + g % bs) / bs), the last 0, 1 or 2."""
-        n, res = len(self.members), self.res
-        g1, g0 = divmod(g, self.bs)
-        return (
-            self.blk_sum
-            + n * g1
-            + (n - bisect.bisect_left(res, 1 - g0))
-            + (n - bisect.bisect_left(res, self.bs + 1 - g0))
-        )
+        v = self._held.get(g)
+        if v is None:
+            n, res = len(self.members), self.res
+            g1, g0 = divmod(g, self.bs)
+            v = self._held[g] = (
+                self.blk_sum
+                + n * g1
+                + (n - bisect.bisect_left(res, 1 - g0))
+                + (n - bisect.bisect_left(res, self.bs + 1 - g0))
+            )
+        return v
 
     def min_remaining(self) -> float:
         heap, members = self.heap, self.members
@@ -181,6 +186,7 @@ class _Decoding:
 
     def _leave(self, r: _Req) -> None:
         del self.members[r.seq]
+        self._held.clear()
         self.phase_sum -= r.phase
         a, b = divmod(r.phase, self.bs)
         self.blk_sum -= a
@@ -558,7 +564,7 @@ def simulate(
                 x.waiting.append(heapq.heappop(x.arrivals)[2])
             if not x.running and not x.waiting and x.arrivals and x.arrivals[0][0] <= t:
                 x.waiting.append(heapq.heappop(x.arrivals)[2])
-        if all(x.idle() for x in rk):
+        if rk[0].idle() if ranks == 1 else all(x.idle() for x in rk):
             nxt = [x.arrivals[0][0] for x in rk if x.arrivals]
             if pd is not None and p_queue:
                 nxt.append(max(min(p_free), p_queue[0].at_engine))
@@ -600,7 +606,7 @@ def simulate(
         # --- epoch length: pure decode stretches advance k steps at once ---
         k = 1
         if not any_chunks:
-            dt0 = max(rank_dt(i) for i in range(ranks))
+            dt0 = rank_dt(0) if ranks == 1 else max(rank_dt(i) for i in range(ranks))
             k = 1 << 60
             for i, x in enumerate(rk):
                 decodes, _, ctx, held, n_dec = plans[i]
@@ -657,7 +663,8 @@ def simulate(
         if k == 1 and not any_chunks:
             dt = dt0
         else:
-            dt = max(rank_dt(i, tps * (k - 1) / 2.0) for i in range(ranks))
+            shift = tps * (k - 1) / 2.0
+            dt = rank_dt(0, shift) if ranks == 1 else max(rank_dt(i, shift) for i in range(ranks))
         t_next = t + k * dt
         last_step_start = t_next - dt
         steps += k
