@@ -52,3 +52,22 @@ def test_cpu_shim_is_still_needed_and_dynamo_vllm_imports_with_it() -> None:
     shimmed = _py(f"import {target} as t, dynamo.vllm.main; print(t.smart_resize.__module__)")
     assert shimmed.returncode == 0, shimmed.stderr[-3000:]
     assert shimmed.stdout.strip().splitlines()[-1].endswith("image_processing_pil_qwen2_vl")
+
+
+def test_the_model_inspection_cache_is_one_this_vllm_accepts() -> None:
+    """The answer bootstrap (or the real-engine stage) computed is what this venv's vLLM reads instead of inspecting
+    the tiny model's class in a subprocess: same architecture, same module hash (r1lab/serve/cpu_engine.py)."""
+    from r1lab.serve.cpu_engine import MODEL_INFO_ARCH, model_info_cache, warm_model_info_cache
+
+    found = warm_model_info_cache(VENV)
+    assert found.parent == model_info_cache(VENV) / "modelinfos"
+    code = (
+        "from pathlib import Path; from vllm.model_executor.models import registry as R\n"
+        "m = R.ModelRegistry.models[ARCH]\n"
+        "path = Path(R.__file__).parent / (m.module_name.split('.')[-1] + '.py')\n"
+        "mi = m._load_modelinfo_from_cache(m._get_modelinfo_module_hash(path))\n"
+        "print('@mi', mi is not None and mi.architecture == ARCH and mi.is_text_generation_model)\n"
+    )
+    r = _py(code.replace("ARCH", repr(MODEL_INFO_ARCH)), VLLM_CACHE_ROOT=str(model_info_cache(VENV)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "@mi True" in r.stdout, r.stdout[-2000:]

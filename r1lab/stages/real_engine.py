@@ -19,7 +19,7 @@ from r1lab.cloud.twin.netns import POD_ENGINE_VENV
 from r1lab.model import ModelSpec
 from r1lab.progress import step
 from r1lab.rundir import RunContext
-from r1lab.serve.cpu_engine import cpu_engine_python
+from r1lab.serve.cpu_engine import cpu_engine_python, warm_model_info_cache
 from r1lab.serve.deploy import deploy
 from r1lab.serve.kv_transfer import ENGINE_LABEL, SOURCES, TOLERANCE, check_prompt_words, prove_transfer
 from r1lab.serve.startup import startup_phases
@@ -58,6 +58,7 @@ def run(ctx: RunContext) -> RealEngineResult | None:
             f"dynamo.real_engine_requests: {n} needs the CPU engine's venv {py.parent.parent}: run "
             "`scripts/bootstrap.sh --dynamo-vllm` (or set dynamo.real_engine_requests: 0)"
         )
+    warm_model_info_cache()  # once per engine venv (bootstrap does it): the workers get a copy (cpu_engine.py)
     roles = serving_roles(exp)
     pods = ensure_pods(ctx, roles)
     # a bare pod sees the CPU engine where the twin binds it (its own root has none of the host's files)
