@@ -578,7 +578,8 @@ def plan_experiment(
         points: list[dict[str, Any]] | None = [point_dict(p) for p in resolved.load_points]
         prices, memory = quotes(resolved), resolved.serving_group.memory
     else:
-        ptopo, engine, points, memory = params_topology(exp), engine_spec(exp), None, None
+        # the load points once per plan (a trace scenario reads its file to find them)
+        ptopo, engine, points, memory = params_topology(exp), engine_spec(exp), _points(exp), None
     topos = [ptopo] + (STANDARD if include_standard else [])
     from r1lab.progress import track  # noqa: PLC0415
 
