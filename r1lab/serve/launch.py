@@ -182,6 +182,7 @@ ONE_SHOT_ATTEMPTS = 3
 # the endpoint itself is polled every time.
 CHECK_EVERY_POLLS = 3
 RAY_LATE_S = 90.0  # after Ray's 30 s: how long its still-running raylet may take to register before a restart
+RAY_POLL_S = 0.5  # between `ray status` polls until every node's GPUs show (a poll: ~1 s of CPU)
 
 
 def _opt(argv: list[str], name: str) -> str | None:
@@ -480,8 +481,8 @@ class Launcher:
                 found = scan_failure(out)
                 if found:
                     break
-                time.sleep(2.0)
-                p.advance(2.0)
+                time.sleep(RAY_POLL_S)
+                p.advance(RAY_POLL_S)
         with open(log, "a", encoding="utf-8") as f:
             f.write(redact(out))
         found = scan_failure(out)

@@ -10,7 +10,8 @@ Two kinds of pod, chosen by `pods=` (default: $R1LAB_TWIN_PODS, else "bare"; `po
 - "bare" (the default): as on RunPod. The pod's own root filesystem (an overlay over the base image standing in for its
   `image`, `baseimage`), RunPod's injected environment (PUBLIC_KEY, RUNPOD_*, PRIMARY_ADDR/NODE_RANK/... in
   Instant Clusters), its `args` run as the container's command (r1lab's start script: sshd, watchdog), apt and
-  pip pointed at the twin's package sources (`sources`), the interface named as on RunPod (`ens1` in clusters);
+  pip pointed at the twin's package sources (`sources`; uv with one cache shared by the pods, bound at
+  UV_CACHE_IN_POD, as a package proxy next to them), the interface named as on RunPod (`ens1` in clusters);
 - "host": the older kind, asked for explicitly (`R1LAB_TWIN_PODS=host`, `Twin.up(pods="host")`): a private /tmp
   and home over the host's root, with the project's venv on PATH and sshd run by the twin; setup lines are not
   run. For tests that drive the serving stack over SSH without a setup (they say why).
@@ -67,6 +68,7 @@ def project_venv() -> Path:
 # vLLM's CPU build links libnuma (vllm/_C*.so); the pods' base image has no libnuma1 (RunPod's CUDA images do)
 ENGINE_SYSTEM_LIBS = ("/usr/lib/x86_64-linux-gnu/libnuma.so.1",)
 POD_ENGINE_VENV = "/opt/r1lab-cpu-engine"  # where a bare pod sees the twin's CPU engine (engine_binds)
+UV_CACHE_IN_POD = "/var/cache/r1lab-twin-uv"  # the uv cache the twin's bare pods share (sources.uv_cache)
 
 
 def engine_binds() -> list[tuple[str, str]]:
@@ -349,7 +351,11 @@ class PodHosts:
             url = self.sources["pypi"]
             host = url.split("//", 1)[1].split("/", 1)[0].split(":")[0]
             files["/etc/pip.conf"] = f"[global]\nindex-url = {url}\ntrusted-host = {host}\n"
-            files["/etc/uv/uv.toml"] = f'[[index]]\nurl = "{url}"\ndefault = true\n'
+            uv = f'[[index]]\nurl = "{url}"\ndefault = true\n'
+            # one cache for the pods (sources.uv_cache), copied out of, never linked to
+            if self.sources.get("uv_cache"):
+                uv = f'cache-dir = "{UV_CACHE_IN_POD}"\nlink-mode = "copy"\n' + uv
+            files["/etc/uv/uv.toml"] = uv
         init_cfg = {
             "bare": True,
             "hostname": pod["id"],
@@ -359,7 +365,8 @@ class PodHosts:
             "work": str(d / "work"),
             "shm_size": os.environ.get("R1LAB_TWIN_SHM", "64m"),
             "hosts_file": str(self.hosts_file),
-            "mounts": [[str(src), dst] for src, dst in self._volume_mounts(pod, d)],
+            "mounts": [[str(src), dst] for src, dst in self._volume_mounts(pod, d)]
+            + ([[self.sources["uv_cache"], UV_CACHE_IN_POD]] if self.sources.get("uv_cache") else []),
             "ro_mounts": [[src, dst] for src, dst in engine_binds()],
             "files": files,
             "remove": remove,

@@ -228,12 +228,23 @@ class Sources:
         self.server.server_close()
 
     def pod_config(self) -> dict[str, str]:
-        """What `netns.PodHosts(sources=...)` writes into every pod."""
+        """What `netns.PodHosts(sources=...)` writes into every pod (and the uv cache they share, `uv_cache`)."""
         base = f"http://{self.host}:{self.port}"
         return {
             "apt": f"deb [trusted=yes] {base}/apt ./",
             "pypi": f"{base}/simple/",
+            "uv_cache": str(uv_cache()),
         }
+
+
+def uv_cache() -> Path:
+    """The uv cache every bare pod's `uv` uses (bound into the pod, `netns.UV_CACHE_IN_POD`), as a package proxy
+    next to the pods would: a wheel one pod downloaded from the twin's index is not downloaded and unpacked again
+    by the next pod (or run). What gets installed, and the resolution against the index, are unchanged: each
+    setup line still runs in the pod and installs into its own root (copied, not linked, from the cache)."""
+    d = Path(os.environ.get("R1LAB_TWIN_UV_CACHE", str(root().parent / "uv-pods")))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def main(argv: list[str] | None = None) -> int:
