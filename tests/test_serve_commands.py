@@ -352,6 +352,8 @@ def test_twin_real_engine_renders_the_same_workers_on_the_cpu_build() -> None:
         assert 8 * 2048 * 3456 <= int(flag(c.argv, "--kv-cache-memory-bytes")) <= 2**27
         assert flag(c.argv, "--kv-cache-dtype") == "auto" and int(flag(c.argv, "--max-model-len")) <= 2048
         assert c.env["UCX_TLS"] == "tcp,self" and c.env["UCX_NET_DEVICES"] == "eth0"
+        # stopped by the twin with nothing in flight: no grace period (cpu_engine.py); the GPU's keeps Dynamo's
+        assert c.env["DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS"] == "0" and "DYN_GRACEFUL" not in str(g.env)
         assert c.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == c.env["VLLM_HOST_IP"] == c.env["DYN_TCP_RPC_HOST"]
         assert json.loads(flag(c.argv, "--kv-events-config"))["enable_kv_cache_events"]
     assert render(exp, "dynamo", nodes=NODES).engine == "mocker"  # default unchanged
@@ -374,10 +376,11 @@ def test_cpu_workers_get_vllms_model_inspection_cache(
         assert c.env["VLLM_CACHE_ROOT"] == "/tmp/r1lab/vllm-cache"
         assert c.uploads == [(str(info), f"/tmp/r1lab/vllm-cache/modelinfos/{info.name}")]
     assert any("model-class inspection answered from vLLM's own cache" in n for n in dep.notes)
+    assert any("grace period 0" in n for n in dep.notes)
     for other in (render(exp_of("runpod-2x8-h100nvl.yaml"), "dynamo", nodes=NODES),
                   render(exp_of("twin.yaml"), "dynamo", nodes=NODES)):  # fmt: skip
         assert not [c for c in other.commands if "VLLM_CACHE_ROOT" in c.env or "vllm-cache" in str(c.uploads)]
-        assert not any("inspection" in n for n in other.notes)
+        assert not any("inspection" in n or "grace" in n for n in other.notes)
     info.unlink()  # an engine venv without the cache: the workers inspect in a subprocess, as the notes say
     dep = render(exp_of("twin.yaml"), "dynamo", nodes=NODES, engine="vllm")
     assert not [c.uploads for c in dep.commands if "dynamo.vllm" in c.argv and c.uploads]

@@ -868,6 +868,8 @@ class _Renderer:
                          if all(c.uploads for c in workers) else
                          "CPU workers: the engine venv has no vLLM model-inspection cache (cpu_engine.py): each "
                          "worker inspects the model class in a subprocess")  # fmt: skip
+            notes.append("CPU workers: Dynamo's shutdown grace period 0 (DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS; "
+                         "5 s by default, kept on GPUs): the twin stops them with no request in flight")  # fmt: skip
         return self._deployment(
             "dynamo", topo, [*cmds, *workers, *self._not_run(not_run)], self.ports.frontend, notes
         )

