@@ -176,11 +176,11 @@ if [ "$WANT_DV" = 1 ]; then
     log "$DV up to date"
   fi
   compile_venv "$DV"
-  # vLLM's model-inspection cache for the tiny model's architecture, filled by this venv's own vLLM once per
-  # (re)install: the twin's CPU workers get a copy and skip a subprocess that imports torch (r1lab/serve/cpu_engine.py)
+  # vLLM's model-inspection cache for the tiny model's architecture, checked by this venv's own vLLM once per
+  # (re)install (it rewrites a missing or stale answer in place): the twin's CPU workers get a copy and skip a
+  # subprocess that imports torch (r1lab/serve/cpu_engine.py)
   if [ "$(cat "$DV/.r1lab-modelinfo" 2>/dev/null)" != "$DVSTAMP" ]; then
     t0=$(date +%s)
-    rm -rf "$DV/r1lab-vllm-cache"
     if R1LAB_DYNAMO_VLLM_VENV="$DV" .venv/bin/python -m r1lab.serve.cpu_engine >/dev/null; then
       echo "$DVSTAMP" > "$DV/.r1lab-modelinfo"
       log "$DV: vLLM's model-inspection cache filled ($(( $(date +%s) - t0 )) s)"

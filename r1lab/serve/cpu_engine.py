@@ -141,14 +141,15 @@ def model_info_uploads(cache_root: str, venv: Path | None = None) -> list[tuple[
 
 
 def warm_model_info_cache(
-    venv: Path | None = None, arch: str = MODEL_INFO_ARCH, timeout: float = 600
+    venv: Path | None = None, arch: str = MODEL_INFO_ARCH, timeout: float = 600, recheck: bool = False
 ) -> Path:
-    """The answer's file for `arch` in `model_info_cache`; where there is none, the engine venv's own vLLM inspects
-    the class to write it (about 13 s of CPU). Raises RuntimeError naming the venv."""
+    """The answer's file for `arch` in `model_info_cache`; where there is none (or with `recheck`: always), the
+    engine venv's own vLLM inspects the class, which rewrites the file in place (atomically) only when it is missing
+    or its hash is stale (about 13 s of CPU; a few seconds otherwise). Raises RuntimeError naming the venv."""
     venv = venv or cpu_engine_python().parent.parent
     root = model_info_cache(venv)
     found = sorted((root / "modelinfos").glob(f"*-{arch}.json"))
-    if found:
+    if found and not recheck:
         return found[0]
     env = {**os.environ, "VLLM_CACHE_ROOT": str(root), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([str(venv / "bin" / "python"), "-c", _INSPECT, arch], env=env, capture_output=True,
@@ -163,4 +164,4 @@ def warm_model_info_cache(
 
 
 if __name__ == "__main__":  # scripts/bootstrap.sh, once per engine venv
-    print(f"vLLM model-inspection cache: {warm_model_info_cache()}")
+    print(f"vLLM model-inspection cache: {warm_model_info_cache(recheck=True)}")
