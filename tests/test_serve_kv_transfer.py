@@ -160,7 +160,11 @@ def test_wait_for_metrics_waits_for_the_engines_cache_config_and_names_a_dead_wo
         raise Dead("decode worker exited")
 
     with pytest.raises(Dead):
-        wait_for_metrics(url, deadline_s=5, alive=died, poll_s=0.05)
+        wait_for_metrics(url, deadline_s=30, alive=died, poll_s=0.05, alive_s=0.2)
+    calls: list[float] = []  # checked once the metrics are missing for alive_s, not on every poll
+    with pytest.raises(OSError, match="no vLLM cache config after"):
+        wait_for_metrics(url, deadline_s=1.0, alive=lambda: calls.append(1), poll_s=0.05, alive_s=0.4)
+    assert 1 <= len(calls) <= 3, calls
     with pytest.raises(OSError, match="no vLLM cache config after"):
         wait_for_metrics(url, deadline_s=0.2, poll_s=0.05)
     bodies = iter(["# only Dynamo's own metrics so far\n"] * 2)

@@ -53,12 +53,18 @@ def fetch_metrics(url: str, timeout: float = 10.0) -> dict:
 
 
 def wait_for_metrics(
-    url: str, deadline_s: float = 180.0, alive: Callable[[], None] | None = None, poll_s: float = 1.0
+    url: str,
+    deadline_s: float = 180.0,
+    alive: Callable[[], None] | None = None,
+    poll_s: float = 0.25,
+    alive_s: float = 3.0,
 ) -> dict:
     """The worker's metrics once its port answers with vLLM's cache config (a worker registered in discovery may
-    still be bringing up its system server on a loaded machine); `alive()` raises when the worker died meanwhile.
-    OSError naming the URL when it never answered within `deadline_s`."""
-    end = time.monotonic() + deadline_s
+    still be bringing up its system server on a loaded machine); `alive()` raises when the worker died meanwhile,
+    called once the metrics have been missing for `alive_s` and every `alive_s` after (on pods it is two SSH
+    commands per process: not on every poll). OSError naming the URL when it never answered within `deadline_s`."""
+    now = time.monotonic()
+    end, next_alive = now + deadline_s, now + alive_s
     last: Exception | None = None
     while True:
         try:
@@ -68,8 +74,9 @@ def wait_for_metrics(
             last = None
         except OSError as e:
             last = e
-        if alive is not None:
+        if alive is not None and time.monotonic() >= next_alive:
             alive()
+            next_alive = time.monotonic() + alive_s
         if time.monotonic() > end:
             raise OSError(
                 f"{url}: no vLLM cache config after {deadline_s:.0f} s ({last or 'engine metrics absent'})"
