@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ from r1lab.progress import step
 from r1lab.report import analysis as A
 from r1lab.report import charts as C
 from r1lab.report.data import RunData, load_run
-from r1lab.report.png import PngWriter
 from r1lab.secrets import redact
 
+CHROMIUM = "/usr/bin/chromium"
 PNG_SIZE = (1100, 560)
 
 
@@ -71,6 +72,12 @@ class Report:
                 f"run total ${rt.usd:,.2f} over {rt.hours:.2f} h ({'billed' if rt.billed else 'modelled'})"
             )
         return lines
+
+
+def _ensure_browser() -> None:
+    """kaleido 1.x drives a Chrome: use Debian's chromium (facts.md) when no browser is configured."""
+    if not os.environ.get("BROWSER_PATH") and Path(CHROMIUM).exists():
+        os.environ["BROWSER_PATH"] = CHROMIUM
 
 
 def cost_context(data: RunData, live: dict[str, float] | None = None) -> dict[str, Any]:
@@ -142,11 +149,8 @@ def make_charts(data: RunData, costs: dict[str, Any]) -> tuple[dict[str, go.Figu
     return charts, missing
 
 
-def write_charts(
-    charts: dict[str, go.Figure], out_dir: Path, png: bool = True, writer: PngWriter | None = None
-) -> dict[str, list[Path]]:
-    """charts/<name>.html (plotly.min.js next to them, offline) and charts/<name>.png (kaleido + chromium; through
-    `writer`, a browser already started, when given)."""
+def write_charts(charts: dict[str, go.Figure], out_dir: Path, png: bool = True) -> dict[str, list[Path]]:
+    """charts/<name>.html (plotly.min.js next to them, offline) and charts/<name>.png (kaleido + chromium)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {}
     for name, fig in charts.items():
@@ -155,6 +159,7 @@ def write_charts(
         fig.write_html(p, include_plotlyjs="directory", div_id=name, full_html=True)
         files[name] = [p]
     if png and charts:
+        _ensure_browser()
         paths = [out_dir / f"{n}.png" for n in charts]
         for p in paths:
             _refuse_existing(p)
@@ -162,13 +167,7 @@ def write_charts(
         sizes = [(PNG_SIZE[0], max(PNG_SIZE[1], int(fig.layout.height or 0))) for fig in charts.values()]
         for (w, h), f in zip(sizes, figs, strict=True):
             f.setdefault("layout", {}).update(width=w, height=h)
-        own = writer is None
-        writer = writer or PngWriter()
-        try:
-            writer.write(figs, paths)
-        finally:
-            if own:
-                writer.close()
+        pio.write_images(figs, paths)
         for name, p in zip(charts, paths, strict=True):
             files[name].append(p)
     return files
@@ -194,18 +193,13 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, png: boo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _refuse_existing(out / "report.html")
-    writer = PngWriter() if png else None  # Chromium starts while the charts are built
-    try:
-        costs = cost_context(data, live_prices)
-        _with_costs(data, costs.get("usd_per_hour"))
-        with step("charts"):
-            charts, missing = make_charts(data, costs)
-            found = A.findings(data)
-        with step(f"writing {len(charts)} charts{' + PNG' if png else ''}"):
-            files = write_charts(charts, out / "charts", png=png, writer=writer)
-    finally:
-        if writer is not None:
-            writer.close()
+    costs = cost_context(data, live_prices)
+    _with_costs(data, costs.get("usd_per_hour"))
+    with step("charts"):
+        charts, missing = make_charts(data, costs)
+        found = A.findings(data)
+    with step(f"writing {len(charts)} charts{' + PNG' if png else ''}"):
+        files = write_charts(charts, out / "charts", png=png)
     from r1lab.report.vllm_bench import export_run  # each load point also as `vllm bench serve` JSON
 
     export_run(data, out)
