@@ -65,8 +65,7 @@ def test_request_arrival_is_stamped_by_the_kernel_not_when_the_server_reads_it(t
     try:
         port = int(proc.stdout.readline().split()[1])  # type: ignore[union-attr]
         s = socket.create_connection(("127.0.0.1", port))
-        time.sleep(0.1)  # accepted and registered
-        os.kill(proc.pid, signal.SIGSTOP)
+        os.kill(proc.pid, signal.SIGSTOP)  # accepted or not yet: the request's arrival is the kernel's stamp
         body = completion_body("gt", "completions", "x", 2)
         t_send = time.perf_counter()
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nX-Request-Id: k1\r\n\r\n%s"

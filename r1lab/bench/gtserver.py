@@ -405,6 +405,13 @@ def _listen(port: int, host: str) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Kernel receive stamps on the listener: accepted sockets inherit them, so a connection's first request that
+    # arrives before the busy loop accepts it still carries its arrival time (set only after accept, the bytes
+    # already queued carry no stamp and were stamped when read, late).
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        pass  # no kernel stamps here: reads are stamped in user space
     s.bind((host, port))
     s.listen(8192)
     s.setblocking(False)
