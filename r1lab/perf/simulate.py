@@ -216,6 +216,15 @@ def _seq(r: _Req) -> int:
     return r.seq
 
 
+def _decode_totals(decodes: list[_Req], dec: _Decoding) -> tuple[float, int, int]:
+    """This step's decoding requests, those scanned (`decodes`) and the offset ones (`dec`): their context sum,
+    the blocks they hold and how many they are (integer counts in offset mode: the sums are exact in any order)."""
+    scanned = sum([r.computed for r in decodes])
+    ctx = float(scanned + dec.ctx()) if dec.members else float(scanned)
+    held = sum([r.blocks for r in decodes]) + (dec.held(dec.g) if dec.members else 0)
+    return ctx, held, len(decodes) + len(dec)
+
+
 def _length(v: int | tuple[int, int], rng: random.Random) -> int:
     return v if isinstance(v, int) else rng.randint(v[0], v[1])
 
@@ -485,14 +494,7 @@ def simulate(
             else:
                 decodes.append(r)
                 budget -= q
-        # (integer counts in offset mode: the sums are exact, in any order)
-        ctx = (
-            float(sum([r.computed for r in decodes]) + dec.ctx())
-            if dec.members
-            else float(sum([r.computed for r in decodes]))
-        )
-        held = sum([r.blocks for r in decodes]) + (dec.held(dec.g) if dec.members else 0)
-        n_dec = len(decodes) + len(dec)
+        ctx, held, n_dec = _decode_totals(decodes, dec)
         # each decode needs ceil((computed + q) / bs) - blocks new blocks (never negative: a running request
         # holds ceil(computed / bs) blocks or fewer), less than (computed + q) / bs + 1 - blocks: where that
         # bound (+1 against rounding) fits in the free blocks, no one is preempted
@@ -528,13 +530,7 @@ def simulate(
             if lazy:
                 x.pre = [r for r in x.pre if r is not victim]
         if preempted:
-            ctx = (
-                float(sum([r.computed for r in decodes]) + dec.ctx())
-                if dec.members
-                else float(sum([r.computed for r in decodes]))
-            )
-            held = sum([r.blocks for r in decodes]) + (dec.held(dec.g) if dec.members else 0)
-            n_dec = len(decodes) + len(dec)
+            ctx, held, n_dec = _decode_totals(decodes, dec)
         if lazy:
             x.exp = decodes
         if not n_dec and not chunks and (x.running or x.waiting):
