@@ -182,11 +182,25 @@ def test_partial_file_of_a_killed_run_is_resumed_or_removed(tmp_path: Path) -> N
     shard = "model-00001-of-000001.safetensors"
     partials = tmp_path / "vol" / ".cache" / "huggingface" / "download"
     chunk = 10 * 1024 * 1024  # huggingface_hub writes in 10 MiB chunks: cut after the first one is on disk
-    with FakeHub({REPO_ID: one}, bytes_per_second=8e6) as hub:
+    with FakeHub({REPO_ID: one}) as hub:
         size = hub.repos[REPO_ID].entries[shard].size
-        rec = Recorder(stop_when=lambda line: hub.sent.get(shard, 0) > chunk + 300_000)
-        with pytest.raises(KeyboardInterrupt):
-            _download(hub, tmp_path / "vol", pod_exec=rec, patterns=["*.safetensors"], progress_interval=0.1)
+        # The link stalls 300 kB into the second chunk; the session drops once the pod reports the first chunk
+        # on disk (its progress counts the partial file), so the cut falls between two writes, never inside one.
+        release = hub.add_stall(shard, after_bytes=chunk + 300_000)
+
+        def first_chunk_on_disk(line: str) -> bool:
+            prefix = "@r1lab "  # the pod script's event lines
+            event = json.loads(line[len(prefix) :]) if line.startswith(prefix) else {}
+            return event.get("event") == "progress" and event.get("bytes", 0) >= chunk
+
+        rec = Recorder(stop_when=first_chunk_on_disk)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _download(
+                    hub, tmp_path / "vol", pod_exec=rec, patterns=["*.safetensors"], progress_interval=0.1
+                )
+        finally:
+            release.set()
         (partial,) = partials.glob("*.incomplete")
         kept = partial.stat().st_size
         assert kept == chunk

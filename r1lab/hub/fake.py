@@ -230,6 +230,13 @@ class Fault:
     times: int = 1
 
 
+@dataclass
+class Stall:
+    path: str
+    after_bytes: int
+    release: threading.Event
+
+
 class FakeHub:
     """The fake Hub: an API server and a CDN server on another address (see cdn_host), in background threads.
 
@@ -257,6 +264,7 @@ class FakeHub:
         self.page_size = page_size
         self.bytes_per_second = bytes_per_second
         self.faults: list[Fault] = []
+        self.stalls: list[Stall] = []
         self.log: list[dict[str, Any]] = []
         self.sent: dict[str, int] = {}  # file body bytes written so far, per repo path (live, unlike the log)
         self._lock = threading.Lock()
@@ -302,6 +310,22 @@ class FakeHub:
     def add_fault(self, path: str, after_bytes: int, times: int = 1) -> None:
         with self._lock:
             self.faults.append(Fault(path, after_bytes, times))
+
+    def add_stall(self, path: str, after_bytes: int) -> threading.Event:
+        """The next GET of `path` stops sending after `after_bytes` body bytes (the connection stays open, as a
+        stalled link does) until the returned event is set."""
+        stall = Stall(path, after_bytes, threading.Event())
+        with self._lock:
+            self.stalls.append(stall)
+        return stall.release
+
+    def take_stall(self, path: str) -> Stall | None:
+        with self._lock:
+            for s in self.stalls:
+                if s.path == path:
+                    self.stalls.remove(s)
+                    return s
+        return None
 
     def take_fault(self, path: str) -> Fault | None:
         with self._lock:
@@ -570,6 +594,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self, path: Path, log: dict[str, Any], start: int, length: int, fault: Fault | None
         ) -> int:
             sent, t0 = 0, time.monotonic()
+            stall = hub.take_stall(log["file"])
             limit = length if fault is None else min(length, fault.after_bytes)
             with open(path, "rb") as f:
                 f.seek(start)
@@ -585,6 +610,9 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     with hub._lock:
                         log["bytes"] = sent
                         hub.sent[log["file"]] = hub.sent.get(log["file"], 0) + len(chunk)
+                    if stall is not None and sent >= stall.after_bytes:
+                        stall.release.wait(timeout=120)
+                        stall = None
                     if hub.bytes_per_second:
                         ahead = sent / hub.bytes_per_second - (time.monotonic() - t0)
                         if ahead > 0:
