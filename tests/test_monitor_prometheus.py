@@ -145,8 +145,8 @@ def test_recording_saves_the_window_and_stops(tmp_path: Path, exporter) -> None:
         assert prom.alive()
         for v in (0.25, 0.5, 0.75):
             kv.set(v)
-            time.sleep(0.6)
-        kv.set(0.9)  # as the block ends: the recording waits for one more scrape of every target
+            time.sleep(1.1)  # two scrape intervals: every value is scraped even when a scrape runs late
+        kv.set(0.9)  # as the block ends: the recording waits for a scrape that began after it
     assert not prom.alive() and not ledger.live()
     df = monitor.load_metrics(run_dir / "metrics.parquet")
     kv_rows = df[df.metric == "vllm:kv_cache_usage_perc"]

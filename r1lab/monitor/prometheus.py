@@ -110,15 +110,23 @@ class Prometheus:
             active = json.load(resp)["data"]["activeTargets"]
         return {t.get("scrapeUrl", str(i)): t.get("lastScrape", "") for i, t in enumerate(active)}
 
+    def server_time(self) -> float:
+        """The server's clock now (the `time()` query), in Unix seconds: scrape times are on this clock."""
+        import json
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?query=time()", timeout=5) as resp:
+            return float(json.load(resp)["data"]["result"][0])
+
     def wait_next_scrape(self, timeout: float) -> bool:
-        """Wait until every target has been scraped again since the call (its `lastScrape`, Prometheus's own
-        clock, changed): the series then cover what happened up to the call. False when `timeout` ran out."""
-        before = self._last_scrapes()
+        """Wait until every target has been scraped by a scrape that began after the call (its `lastScrape`, the
+        start of its last finished scrape on Prometheus's own clock, is later than the server's time at the call):
+        the series then cover what happened up to the call. A scrape in flight at the call began before it, so it
+        does not count. False when `timeout` ran out."""
+        since = self.server_time()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(0.25)
-            now = self._last_scrapes()
-            if all(now.get(k) != v for k, v in before.items()):
+            if all(_scrape_time(v) > since for v in self._last_scrapes().values()):
                 return True
         return False
 
@@ -219,7 +227,7 @@ def recording(
         prom.wait_scraped(len(targets))
         t0 = time.time()
         yield prom
-        prom.wait_next_scrape(timeout=scrape_interval_s * 3)  # one more scrape of each after the load ends
+        prom.wait_next_scrape(timeout=max(3 * scrape_interval_s, 10.0))  # a scrape of each after the block
         snapshot(prom.url, run_dir, t0, time.time(), step=scrape_interval_s)
     finally:
         prom.stop(ledger)
@@ -257,6 +265,15 @@ def recover(run_dir: str | Path, *, ledger: Ledger | None = None, step: float = 
         return snapshot(prom.url, rd, start_t, end_t + 1, step=step)
     finally:
         prom.stop(ledger)
+
+
+def _scrape_time(stamp: str) -> float:
+    """A target's `lastScrape` (RFC 3339, nanoseconds) in Unix seconds; never scraped ("0001-01-01...") is 0."""
+    import datetime as dt
+
+    if not stamp or stamp.startswith("0001"):
+        return 0.0
+    return dt.datetime.fromisoformat(stamp).timestamp()
 
 
 def _write_text(executor: Executor, path: str, text: str) -> None:

@@ -92,10 +92,15 @@ def step_for(start: float, end: float, min_step: float) -> float:
 def collect(
     url: str, start: float, end: float, *, step: float = 1.0, queries: tuple[Query, ...] = DEFAULT_QUERIES
 ) -> pd.DataFrame:
-    """Run every query over [start, end] and return the rows of metrics.parquet."""
+    """Run every query over [start, end] and return the rows of metrics.parquet.
+
+    The evaluation grid is laid back from `end` (end, end - step, ... >= start): its last point is `end` itself,
+    so the last scrape before `end` is always in the frame, never lost between the grid's last point and `end`.
+    """
     if end <= start:
         raise ValueError(f"collect: end {end} must be after start {start}")
     step = step_for(start, end, step)
+    start = end - math.floor((end - start) / step) * step
     rows: list[tuple[float, str, str, str, float]] = []
     for q in queries:
         for series in query_range(url, q.expr, start, end, step):
