@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from report_run import make_run  # noqa: E402
 
 from r1lab.cli import main as r1lab_main  # noqa: E402
 from r1lab.report import ReportError, build_report, check_report, compare_runs, load_run  # noqa: E402
+from r1lab.report.build import PNG_SIZE  # noqa: E402
 
 needs_chromium = pytest.mark.skipif(
     not Path("/usr/bin/chromium").exists(), reason="Debian's chromium (bootstrap)"
@@ -45,6 +47,8 @@ def test_every_chart_is_written_and_draws(built, tmp_path: Path) -> None:
             and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             and png.stat().st_size > 10_000
         )
+        width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the PNG's IHDR chunk
+        assert width == PNG_SIZE[0] and height >= PNG_SIZE[1], f"{png}: {width} x {height}"
     assert (rd / "charts" / "plotly.min.js").exists()  # chart pages open offline
     text = rep.path.read_text()
     assert not re.search(r"<script[^>]+src=", text), "report.html must not load scripts from anywhere"

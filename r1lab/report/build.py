@@ -165,9 +165,8 @@ def write_charts(charts: dict[str, go.Figure], out_dir: Path, png: bool = True) 
             _refuse_existing(p)
         figs = [fig.to_dict() for fig in charts.values()]
         sizes = [(PNG_SIZE[0], max(PNG_SIZE[1], int(fig.layout.height or 0))) for fig in charts.values()]
-        for (w, h), f in zip(sizes, figs, strict=True):
-            f.setdefault("layout", {}).update(width=w, height=h)
-        pio.write_images(figs, paths)
+        # kaleido sizes an image by its own arguments (700 x 500 without them), not by the figure's layout
+        pio.write_images(figs, paths, width=[w for w, _ in sizes], height=[h for _, h in sizes])
         for name, p in zip(charts, paths, strict=True):
             files[name].append(p)
     return files
