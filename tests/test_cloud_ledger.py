@@ -280,8 +280,10 @@ def test_pod_side_watchdog_removes_the_pod(tmp_path, trigger):
         "R1LAB_DEADLINE_EPOCH": str(int(time.time()) + 2)}  # fmt: skip
     proc = _watchdog(tmp_path, **env)
     try:
+        calls = tmp_path / "runpodctl.calls"
         deadline = time.monotonic() + 8
-        while not (tmp_path / "runpodctl.calls").exists() and time.monotonic() < deadline:
+        # the fake's `>>` creates the file before its echo writes: wait for the whole line, not the file
+        while not (calls.exists() and calls.read_text().endswith("\n")) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         _stop(proc)
