@@ -39,6 +39,13 @@ class NamespaceExecutor(LocalExecutor):
         return super().start(self._wrap(command), log=log, env=env)
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @pytest.fixture
 def pod():  # noqa: ANN201
     if os.geteuid() != 0:
@@ -57,7 +64,7 @@ def pod():  # noqa: ANN201
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         child = None
         while time.monotonic() < deadline and child is None:
             out = subprocess.run(
@@ -66,7 +73,10 @@ def pod():  # noqa: ANN201
             child = int(out[0]) if out else None
             time.sleep(0.1)
         assert child, "namespace holder did not start"
-        time.sleep(0.3)  # `ip link set lo up` before exec
+        # ready once bash exec'd sleep: /proc mounted, `ip link set lo up` done (a fixed wait raced both)
+        while time.monotonic() < deadline and _comm(child) != "sleep":
+            time.sleep(0.05)
+        assert _comm(child) == "sleep", "the namespace's setup did not finish"
         yield NamespaceExecutor(child)
     finally:
         os.killpg(holder.pid, 9)
