@@ -153,3 +153,20 @@ def test_a_cut_short_run_says_so(tmp_path: Path) -> None:
     (rd / "runner.jsonl").write_text(json.dumps({"event": "run_started"}) + "\n" + json.dumps(
         {"event": "run_finished", "code": 0}) + "\n")  # fmt: skip
     assert load_run(rd).summary["run_outcome"]["complete"] is True
+
+
+def test_a_png_kaleido_did_not_render_is_named_and_not_listed(tmp_path: Path, monkeypatch) -> None:
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from r1lab.report.build import write_charts
+
+    # kaleido returns its render errors to plotly.io.write_images, which drops them: one chart fails here
+    def renders_only_the_first(figs, paths, **kw) -> None:
+        Path(paths[0]).write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    monkeypatch.setattr(pio, "write_images", renders_only_the_first)
+    charts = {"a": go.Figure(go.Scatter(x=[1], y=[1])), "b": go.Figure(go.Scatter(x=[2], y=[2]))}
+    with pytest.warns(UserWarning, match=r"b\.png: kaleido rendered no PNG for chart 'b'"):
+        files = write_charts(charts, tmp_path / "charts")
+    assert [p.suffix for p in files["a"]] == [".html", ".png"] and [p.suffix for p in files["b"]] == [".html"]

@@ -9,6 +9,7 @@ import html
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +169,12 @@ def write_charts(charts: dict[str, go.Figure], out_dir: Path, png: bool = True) 
         # kaleido sizes an image by its own arguments (700 x 500 without them), not by the figure's layout
         pio.write_images(figs, paths, width=[w for w, _ in sizes], height=[h for _, h in sizes])
         for name, p in zip(charts, paths, strict=True):
-            files[name].append(p)
+            if p.exists():
+                files[name].append(p)
+            else:  # plotly.io.write_images drops the render errors kaleido returns: say which image is missing
+                warnings.warn(
+                    f"{p}: kaleido rendered no PNG for chart {name!r} (its HTML page is there)", stacklevel=2
+                )
     return files
 
 
