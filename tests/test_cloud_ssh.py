@@ -79,7 +79,7 @@ def test_background_process_with_log_and_pid(env, tmp_path):
     ssh = env["pod"].ssh
     bg = ssh.start_background("echo started; sleep 60", "sleeper", log_dir=str(tmp_path / "logs"))
     assert bg.pid > 0 and ssh.is_running(bg.pid)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # each tail is an SSH round trip: seconds apart when loaded
     while "started" not in ssh.tail(bg.log) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "started" in ssh.tail(bg.log)
