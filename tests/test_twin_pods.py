@@ -83,10 +83,14 @@ def test_each_pod_has_its_own_pid_uts_and_network_view(pods: dict) -> None:
 
 def test_killing_everything_in_one_pod_leaves_the_other_alone(pods: dict) -> None:
     a, b = pods["a"], pods["b"]
+    # polled in the pod, never a fixed wait: a loaded machine can take long to exec `sleep` (before it, pkill
+    # and pgrep cannot see it) and to end it after pkill (pgrep still lists it until then)
     for h in (a, b):
-        r = ssh(pods, h, "setsid nohup sleep 300 >/dev/null 2>&1 < /dev/null & echo started")
+        r = ssh(pods, h, "setsid nohup sleep 300 >/dev/null 2>&1 < /dev/null & "
+                         "for i in $(seq 300); do pgrep -x sleep >/dev/null && break; sleep 0.1; done; echo started")  # fmt: skip
         assert r.returncode == 0
-    r = ssh(pods, a, "pkill -x sleep; sleep 0.3; pgrep -x sleep || echo none")
+    r = ssh(pods, a, "pkill -x sleep; for i in $(seq 300); do pgrep -x sleep >/dev/null || break; sleep 0.1; done; "
+                     "pgrep -x sleep || echo none")  # fmt: skip
     assert r.stdout.strip().endswith("none")
     r = ssh(pods, b, "pgrep -x sleep")
     assert r.returncode == 0 and r.stdout.strip(), "pkill in pod A reached pod B"
