@@ -171,10 +171,16 @@ def _throughput_mbit(src_ns: str | None, dst_ns: str, dst_ip: str, nbytes: int) 
 
 def test_inter_pod_link_is_shaped_to_the_modelled_rate(pods: dict) -> None:
     a, b = pods["a"], pods["b"]
-    pod_to_pod = _throughput_mbit(b.meta["netns"], a.meta["netns"], a.ip, 4_000_000)
+    # CPU starvation on a loaded machine only ever lowers a sample (a stalled sender or receiver), never raises
+    # it: the link's rate is the best of up to 3 transfers, and every one of them stays under the modelled rate
+    samples: list[float] = []
+    while len(samples) < 3 and not (samples and max(samples) >= 60):
+        samples.append(_throughput_mbit(b.meta["netns"], a.meta["netns"], a.ip, 4_000_000))
+    pod_to_pod = max(samples)
     host_to_pod = _throughput_mbit(None, a.meta["netns"], a.ip, 40_000_000)
-    print(f"pod->pod {pod_to_pod:.1f} Mbit/s (modelled 100), host->pod {host_to_pod:.0f} Mbit/s (unshaped)")
-    assert 60 <= pod_to_pod <= 110  # shaped: never above the modelled rate (loaded CI runs lower)
+    print(f"pod->pod {samples} Mbit/s (modelled 100), host->pod {host_to_pod:.0f} Mbit/s (unshaped)")
+    # shaped: never above the modelled rate
+    assert 60 <= pod_to_pod and all(s <= 110 for s in samples), samples
     assert host_to_pod > 3 * pod_to_pod
 
 
