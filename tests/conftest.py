@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +25,13 @@ def venv_python() -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("R1LAB_PROGRESS", "plain")
+    # A suite started in the background (`make test &`, nohup) inherits SIGINT and SIGQUIT ignored, and so would
+    # every `r1lab run` the signal tests start: their Ctrl-C / SIGQUIT would do nothing. Give this process (and so
+    # its children) the dispositions a terminal gives; SIGHUP stays as inherited (nohup keeps the suite alive).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import procguard  # every server a test starts dies with this process (see procguard.py)
 
