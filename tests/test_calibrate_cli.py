@@ -4,6 +4,7 @@ measurement logic end to end on the CPU (tiny shapes, gloo), and the --pod path 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,11 @@ def test_dry_run_prints_commands_and_never_overwrites(tmp_path, capsys):
     assert "never overwrites" in capsys.readouterr().err
 
 
+def _pod_dirs(out: Path) -> set[Path]:
+    """The pod work dirs a calibrate run used, from its SSH log."""
+    return {Path(m) for m in re.findall(r"/tmp/r1lab-calibrate-[0-9a-f]{8}", (out / "ssh.log").read_text())}
+
+
 @pytest.mark.integration
 def test_pod_path_uploads_runs_and_reports_refusal(tmp_path, monkeypatch, capfd):
     """Real sshd (an emulated RunPod pod on loopback): upload, run, stream, fetch; no GPU there -> exit 2."""
@@ -121,7 +127,6 @@ def test_pod_path_uploads_runs_and_reports_refusal(tmp_path, monkeypatch, capfd)
         ssh = pod.ssh
         pod.ssh.close()
         python = str(VLLM_PY) if VLLM_PY.exists() else sys.executable
-        before = set(Path("/tmp").glob("r1lab-calibrate-*"))
         pod_args = [
             "--pod",
             f"{ssh.host}:{ssh.port}",
@@ -141,7 +146,8 @@ def test_pod_path_uploads_runs_and_reports_refusal(tmp_path, monkeypatch, capfd)
         assert "r1lab calibrate needs" in captured.err and "nothing was measured" in captured.err
         assert "upload" in (out / "ssh.log").read_text()  # went through the pod, not this process
         assert not (out / "records.jsonl").exists()
-        assert set(Path("/tmp").glob("r1lab-calibrate-*")) <= before  # the pod's work dir was removed
+        # the pod's work dir was removed: this run's own (named in its SSH log; other runs on this machine make theirs)
+        assert _pod_dirs(out) and not any(d.exists() for d in _pod_dirs(out))
         if python == sys.executable:
             return  # no PyTorch here (.venv-vllm missing): the measuring half below needs it
         dry = tmp_path / "dry"
@@ -157,7 +163,7 @@ def test_pod_path_uploads_runs_and_reports_refusal(tmp_path, monkeypatch, capfd)
             and "not validated" in text
             and "copy (read+write)" in text
         )
-        assert set(Path("/tmp").glob("r1lab-calibrate-*")) <= before
+        assert _pod_dirs(dry) and not any(d.exists() for d in _pod_dirs(dry))
     finally:
         assert teardown(run_dir).ok
         emu.stop()
