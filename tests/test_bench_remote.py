@@ -67,9 +67,9 @@ def test_run_remote_over_real_ssh(tmp_path):
     try:
         shell = SSHShell("127.0.0.1", port=port, key=str(tmp_path / "user"),
                          options=["-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}"])  # fmt: skip
-        for _ in range(50):
-            if shell.run("true")[0] == 0:
-                break
+        deadline = time.monotonic() + 60  # sshd is up within a second when quiet; a loaded machine is slower
+        while shell.run("true")[0] != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "sshd did not come up"
             time.sleep(0.1)
         with gtserver.running(ttft_ms=10, itl_ms=2, log=tmp_path / "t") as url:
             got = run_remote(shell, url=url, points=points(), run_dir=tmp_path / "run",
