@@ -173,7 +173,7 @@ def main_bare(cfg: dict) -> int:
     argv = ["/bin/sh", "-c", cfg["args"]] if cfg.get("args") else ["sleep", "infinity"]
     main_proc = subprocess.Popen(argv, env=cfg["env"], cwd="/", stdin=subprocess.DEVNULL)
     print(f"pod {cfg['hostname']}: own root, command pid {main_proc.pid}", flush=True)
-    code = 0
+    code, why = 0, ""
     while not stopping:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -181,19 +181,34 @@ def main_bare(cfg: dict) -> int:
             pid, status = 0, 0
         if pid == main_proc.pid:
             code = os.waitstatus_to_exitcode(status)
-            print(f"pod command exited {code}; pod stops", flush=True)
+            why = f"pod command exited {code};"
             break
         if pid == 0:
             time.sleep(0.2)
     if stopping:
-        print("SIGTERM to the pod's PID 1: pod stops", flush=True)
+        why = "SIGTERM to the pod's PID 1:"
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(-1, sig)
         except ProcessLookupError:
             break
         time.sleep(0.5)
+    _reap_all(deadline_s=10)
+    # said once nothing of the pod runs on (its sshd no longer answers), not before the processes were stopped
+    print(f"{why} pod stops", flush=True)
     return code
+
+
+def _reap_all(deadline_s: float) -> None:
+    """Reap the pod's processes until none is left (PID 1 is every orphan's parent) or `deadline_s` passes."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
 
 
 if __name__ == "__main__":
