@@ -239,6 +239,21 @@ def step(description: str) -> Iterator[None]:
 # --- the runner's terminal ----------------------------------------------------------------------------------
 
 
+def latest_line(path: Path, offset: int, last: str) -> tuple[int, str]:
+    """The newest text among the whole lines appended to `path` since `offset`, and the offset after them. A line
+    the kernel is still writing (no newline yet) is left for the next read, never consumed half-written."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    for line in data[:end].splitlines():
+        try:
+            last = json.loads(line).get("text") or last
+        except ValueError:  # not JSON (nor UTF-8): skipped
+            continue
+    return offset + end, last
+
+
 @contextmanager
 def relay(title: str, path: Path) -> Iterator[None]:
     """While a notebook runs in its kernel: show `title`, time elapsed and the kernel's latest progress line (read
@@ -248,16 +263,6 @@ def relay(title: str, path: Path) -> Iterator[None]:
     stop = threading.Event()
     start = time.monotonic()
     rich_mode = _mode() == "rich"
-
-    def latest(offset: int, last: str) -> tuple[int, str]:
-        with open(path, encoding="utf-8") as f:
-            f.seek(offset)
-            for line in f:
-                try:
-                    last = json.loads(line).get("text") or last
-                except json.JSONDecodeError:
-                    continue
-            return f.tell(), last
 
     def loop() -> None:
         offset, last, shown = path.stat().st_size, "", 0.0
@@ -270,7 +275,7 @@ def relay(title: str, path: Path) -> Iterator[None]:
             live.start()
         try:
             while not stop.wait(0.25):
-                offset, last = latest(offset, last)
+                offset, last = latest_line(path, offset, last)
                 line = f"{title} · {fmt_duration(time.monotonic() - start)}" + (f" · {last}" if last else "")
                 if live is not None:
                     live.update(line)

@@ -47,6 +47,21 @@ def test_plain_lines(monkeypatch, capsys) -> None:
     assert "downloading: 0 B / 2.0 GB (0%)" in err and "downloading: 1.0 GB / 2.0 GB (50%)" in err
 
 
+def test_relay_reads_only_whole_lines(tmp_path: Path) -> None:
+    """A progress line the kernel is still writing is left for the next read, not skipped half-written."""
+    from r1lab.progress import latest_line
+
+    path = tmp_path / "progress.jsonl"
+    first = json.dumps({"text": "one"}) + "\n"
+    second = json.dumps({"text": "two"}) + "\n"
+    path.write_text(first + second[:9])
+    offset, last = latest_line(path, 0, "")
+    assert (offset, last) == (len(first), "one")
+    with open(path, "a") as f:
+        f.write(second[9:])
+    assert latest_line(path, offset, last) == (len(first) + len(second), "two")
+
+
 def _notebook(path: Path, *sources: str) -> None:
     nb = nbf.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "r1lab", "display_name": "r1lab (.venv)", "language": "python"}
