@@ -209,8 +209,10 @@ class Emulator:
         ticker = threading.Thread(target=self._tick_loop, name="runpod-emulator-clock", daemon=True)
         ticker.start()
         self._threads = [t, ticker]
-        if self.state_dir:
-            (self.state_dir / "url").write_text(self.url + "\n", encoding="utf-8")
+        if self.state_dir:  # whole or absent: whoever waits for this file reads it as soon as it exists
+            tmp = self.state_dir / "url.tmp"
+            tmp.write_text(self.url + "\n", encoding="utf-8")
+            tmp.replace(self.state_dir / "url")
         return self
 
     def stop(self) -> None:
