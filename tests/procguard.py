@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -157,6 +158,19 @@ def reap(token: str, grace_s: float = GRACE_S, tree: Descendants | None = None) 
     return pids
 
 
+def scans_path(token: str) -> Path:
+    """Where the watchdog of `token` counts its completed scans (a test waits on it, never on a fixed time)."""
+    return Path(tempfile.gettempdir()) / f"r1lab-procguard-{token}.scans"
+
+
+def scans(token: str) -> int:
+    """How many scans the watchdog of `token` has completed (0 before the first)."""
+    try:
+        return int(scans_path(token).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 def _watch(pid: int, token: str, interval_s: float = 1.0) -> None:
     tree = Descendants(pid, token)
     try:
@@ -164,9 +178,17 @@ def _watch(pid: int, token: str, interval_s: float = 1.0) -> None:
     except OSError:  # already gone
         reap(token)
         return
-    while not select.select([fd], [], [], interval_s)[0]:
-        tree.scan()
-    reap(token, tree=tree)
+    count, path = 0, scans_path(token)
+    try:
+        while not select.select([fd], [], [], interval_s)[0]:
+            tree.scan()
+            count += 1
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(str(count))
+            tmp.replace(path)
+        reap(token, tree=tree)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def test_hold(tmp_path):
     sshd = [int(p.read_text()) for p in backend.work_dir.glob("*/sshd.pid")]
     info = {"token": os.environ["R1LAB_TEST_SESSION"], "emulator": proc.pid, "sshd": sshd,
             "dirs": [str(backend.work_dir), *map(str, (state / "pods").glob("*"))]}
-    (tmp_path.parent.parent / "ready.json").write_text(json.dumps(info))
+    ready = tmp_path.parent.parent / "ready.json"
+    ready.with_suffix(".tmp").write_text(json.dumps(info))
+    ready.with_suffix(".tmp").replace(ready)  # whole once it exists: the outer test reads it at once
     time.sleep(300)
 """
 
@@ -87,8 +89,12 @@ def test_sigterm_to_pytest_leaves_no_emulator_and_no_sshd(tmp_path: Path) -> Non
             assert inner.poll() is None, inner.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the inner test session did not come up"
             time.sleep(0.1)
-        time.sleep(2.5)  # the watchdog records parentage every second
         info = json.loads((tmp_path / "ready.json").read_text())
+        # the inner watchdog records parentage once a second: wait for two scans begun after its sshd was up
+        first = procguard.scans(info["token"])
+        while procguard.scans(info["token"]) < first + 2:
+            assert time.monotonic() < deadline, "the inner session's watchdog did not scan"
+            time.sleep(0.1)
         pids = [info["emulator"], *info["sshd"]]
         assert len(info["sshd"]) == 1 and all(alive(p) for p in pids)
         assert info["emulator"] in procguard.tagged(info["token"])
