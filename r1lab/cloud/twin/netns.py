@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from r1lab.cloud.twin.network import TwinNet, netns_name, pod_indices, pod_ip, sh
 from r1lab.cloud.twin.podinit import POD_SSHD_DIR
+from r1lab.cloud.twin.sources import HOST_NAME
 
 if (
     TYPE_CHECKING
@@ -233,7 +234,7 @@ class PodHosts:
         self._removals = [x for x in self._removals if x.is_alive()] + [t]
 
     def _write_hosts(self) -> None:
-        lines = ["127.0.0.1 localhost", f"{self.net.host_ip} r1lab-twin-host"]
+        lines = ["127.0.0.1 localhost", f"{self.net.host_ip} {HOST_NAME}"]  # sources.HOST_NAME
         lines += [f"{v['ip']} {k} {k}.runpod.internal" for k, v in sorted(self._pods.items())]
         text = "\n".join(lines) + "\n"
         # rewrite in place: pods bind-mount this inode

@@ -205,17 +205,72 @@ def write_simple_index(wheels: Path, simple: Path) -> None:
     (simple / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{index}</body></html>\n")
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
+# How the pods reach the sources: the name the twin's /etc/hosts gives this machine's bridge address
+# (`netns.PodHosts`), a fixed port, and a path naming the fill (`fill_tag`). uv keys its cache (index pages, wheels)
+# by the index URL: the same URL in every twin and run lets the pods' shared cache (`uv_cache`) serve what an earlier
+# run fetched (02's head setup: its resolution ~4.7 s -> ~0.1 s). What a fill serves never changes (a new fill has a
+# new tag, so a new URL), so it is served as cacheable for good: the pods' uv reads the index from its cache as it
+# would from a package proxy, and still resolves and installs every line. Each twin binds its own bridge address;
+# another port is taken when that one is busy (the cache then misses, nothing else changes).
+HOST_NAME = "r1lab-twin-host"
+PORT = 3141
+
+
+def fill_tag(d: Path) -> str:
+    """The fill of `d` (a digest of its fill.json, written last, with the fill's time and contents): the path
+    prefix the sources are served under; "" when `d` holds no fill."""
+    try:
+        return hashlib.sha256((d / "fill.json").read_bytes()).hexdigest()[:12]
+    except OSError:
+        return ""
+
+
+class _Served(http.server.SimpleHTTPRequestHandler):
+    """The sources dir under `/<tag>/` (nothing outside it), every answer cacheable for good."""
+
+    tag = ""  # set per server (Sources)
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
 
+    def _inside(self) -> bool:
+        if not self.tag or self.path.startswith(f"/{self.tag}/"):
+            return True
+        self.send_error(404, f"not in this fill of the twin's sources (/{self.tag}/)")
+        return False
+
+    def do_GET(self) -> None:
+        if self._inside():
+            super().do_GET()
+
+    def do_HEAD(self) -> None:
+        if self._inside():
+            super().do_HEAD()
+
+    def translate_path(self, path: str) -> str:
+        if self.tag and path.startswith(f"/{self.tag}/"):
+            path = path[len(self.tag) + 1 :]
+        return super().translate_path(path)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if self.tag and code in (200, 301, 304):
+            self.send_header("Cache-Control", "max-age=31536000, immutable")
+
 
 class Sources:
-    """The filled sources served over HTTP on `host` (the twin's bridge address): `/apt/`, `/simple/`."""
+    """The filled sources served over HTTP on `host` (the twin's bridge address), under `/<fill_tag>/`: `apt/`,
+    `simple/`. `port` None: PORT, else any free one."""
 
-    def __init__(self, d: Path, host: str, port: int = 0) -> None:
-        handler = functools.partial(_Quiet, directory=str(d))
-        self.server = http.server.ThreadingHTTPServer((host, port), handler)
+    def __init__(self, d: Path, host: str, port: int | None = None) -> None:
+        self.tag = fill_tag(d)
+        handler = functools.partial(type("_Served", (_Served,), {"tag": self.tag}), directory=str(d))
+        try:
+            self.server = http.server.ThreadingHTTPServer((host, PORT if port is None else port), handler)
+        except OSError:
+            if port is not None:
+                raise
+            self.server = http.server.ThreadingHTTPServer((host, 0), handler)
         self.host, self.port = host, self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -229,7 +284,7 @@ class Sources:
 
     def pod_config(self) -> dict[str, str]:
         """What `netns.PodHosts(sources=...)` writes into every pod (and the uv cache they share, `uv_cache`)."""
-        base = f"http://{self.host}:{self.port}"
+        base = f"http://{HOST_NAME}:{self.port}" + (f"/{self.tag}" if self.tag else "")
         return {
             "apt": f"deb [trusted=yes] {base}/apt ./",
             "pypi": f"{base}/simple/",
