@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +185,39 @@ def test_one_shot_failure_names_its_cause(tmp_path: Path) -> None:
         with pytest.raises(ServeError) as err:
             launcher.launch(_dep(cmd), deadline_s=10)
     assert err.value.cause == "Ray node lost"
+
+
+class _Pod(LocalExecutor):
+    """A pod of its own (its own ledger host key) whose commands are recorded, each waiting at `barrier`."""
+
+    def __init__(self, name: str, barrier: threading.Barrier, ran: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.name, self.address, self.barrier, self.ran = name, f"10.0.0.{len(ran) + 1}", barrier, ran
+
+    def run(self, command: str, **kw: Any) -> Any:
+        self.ran.append((self.name, command))
+        if command.startswith("ray stop"):
+            self.barrier.wait()  # breaks (BrokenBarrierError) unless the other pod's stop runs meanwhile
+        return super().run("true", **kw)
+
+
+def test_one_shot_stops_run_on_the_pods_side_by_side_newest_first_on_each(tmp_path: Path) -> None:
+    ran: list[tuple[str, str]] = []
+    barrier = threading.Barrier(2, timeout=10)
+    head, worker = _Pod("head", barrier, ran), _Pod("worker", barrier, ran)
+    launcher = Launcher(tmp_path, {"head": head, "worker": worker})
+    for node, ex, name in (
+        ("head", head, "ray-head"),
+        ("worker", worker, "ray-worker"),
+        ("head", head, "late"),
+    ):
+        stop = ["ray", "stop"] if name != "late" else ["echo", "late-stop"]
+        c = Command(name, node, ["ray", "start"], background=False, stop_argv=stop)
+        launcher.ledger.record(
+            "serve-daemons", f"{node}:{name}", name, "local", node=node, stop=shlex.join(stop)
+        )
+        launcher._stops.append((c, ex, {}))
+    launcher.stop()
+    assert [c for n, c in ran if n == "head"] == ["echo late-stop", "ray stop"]  # newest first on one pod
+    assert [c for n, c in ran if n == "worker"] == ["ray stop"]
+    assert not launcher.ledger.live()
