@@ -55,6 +55,31 @@ def _record(ledger: Ledger | None, executor: Executor, proc: Background, name: s
         )  # fmt: skip
 
 
+PORT_ATTEMPTS = 3
+
+
+def _start_on_a_free_port(
+    executor: Executor, command: Callable[[int], str], log: str, ledger: Ledger | None, name: str
+) -> tuple[Background, int]:
+    """Start `command(port)` on a port free when picked and wait for its /metrics. The port is free when picked,
+    not held: a connection made before the exporter binds can take it (an ephemeral port), so an exporter that
+    exits with "address already in use" is started again on another port, up to PORT_ATTEMPTS times."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port(executor)
+        proc = executor.start(command(port), log=log)
+        _record(ledger, executor, proc, name, port)
+        try:
+            wait_metrics(executor, port, proc)
+        except RuntimeError as exc:
+            if attempt == PORT_ATTEMPTS or "address already in use" not in str(exc).lower():
+                raise
+            if ledger is not None and isinstance(executor, LocalExecutor):
+                ledger.deleted("local-process", str(proc.pid), reason=f"port {port} was taken; started again")
+            continue
+        return proc, port
+    raise AssertionError("unreachable")
+
+
 def start_node_exporter(
     executor: Executor,
     workdir: str,
@@ -65,12 +90,8 @@ def start_node_exporter(
 ) -> tuple[Background, int]:
     """Start prometheus-node-exporter bound to host:free-port; returns the process and the port."""
     binary = NODE_EXPORTER_LOCAL if isinstance(executor, LocalExecutor) else "prometheus-node-exporter"
-    port = free_port(executor)
-    cmd = f"{binary} --web.listen-address={host}:{port}"
-    proc = executor.start(cmd, log=f"{workdir}/node-exporter.log")
-    _record(ledger, executor, proc, name, port)
-    wait_metrics(executor, port, proc)
-    return proc, port
+    return _start_on_a_free_port(executor, lambda port: f"{binary} --web.listen-address={host}:{port}",
+                                 f"{workdir}/node-exporter.log", ledger, name)  # fmt: skip
 
 
 def start_gpu_exporter(
@@ -87,10 +108,9 @@ def start_gpu_exporter(
     script = f"{workdir}/gpu_exporter.py"
     executor.run(f"mkdir -p {shlex.quote(workdir)}", timeout=30)
     executor.put(Path(__file__).with_name("gpu_exporter.py"), script)
-    port = free_port(executor)
-    cmd = " ".join(shlex.quote(a) for a in (python, script, "--host", host, "--port", str(port),
-                                            "--nvidia-smi", nvidia_smi))  # fmt: skip
-    proc = executor.start(cmd, log=f"{workdir}/gpu-exporter.log")
-    _record(ledger, executor, proc, name, port)
-    wait_metrics(executor, port, proc)
-    return proc, port
+
+    def cmd(port: int) -> str:
+        return " ".join(shlex.quote(a) for a in (python, script, "--host", host, "--port", str(port),
+                                                 "--nvidia-smi", nvidia_smi))  # fmt: skip
+
+    return _start_on_a_free_port(executor, cmd, f"{workdir}/gpu-exporter.log", ledger, name)
