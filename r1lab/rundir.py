@@ -306,7 +306,18 @@ def _notebook_setup() -> None:
         return
     if get_ipython() is None:
         return
+    _skip_rfc3987_syntax()
     _after_import("plotly.io", _offline_plotly)
+
+
+def _skip_rfc3987_syntax() -> None:
+    """Keep jsonschema from importing rfc3987-syntax in this kernel. plotly.io imports nbformat (for its notebook
+    renderer), nbformat imports jsonschema, and jsonschema imports rfc3987-syntax when it is installed (jupyter's
+    jsonschema[format-nongpl] installs it), which builds ~60 Earley parsers at import: ~1 s of the first chart in
+    00 and 06. It serves only jsonschema's optional "iri"/"iri-reference" format checks, which nothing in a kernel
+    runs (nbformat validates without format checks); jsonschema leaves those two formats unchecked without it."""
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # None: `import` raises ImportError
 
 
 def _offline_plotly() -> None:
