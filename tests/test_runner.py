@@ -121,3 +121,58 @@ def test_signal_tears_down(suite: tuple[Path, Path], tmp_path: Path, sig: int, e
     assert marker.read_text().splitlines() == ["torn down held"]
     assert "teardown: 1 deleted, 0 failed" in err
     assert Ledger(ledger_files[0].parent).live() == []
+
+
+KERNEL = """
+import json, os, time
+import psutil
+p = psutil.Process()
+open(os.path.join(run_dir, "kernel-{n}.json"), "w").write(json.dumps({{"pid": p.pid, "created": p.create_time(),
+    "hf": os.environ.get("HF_TOKEN"), "cwd": os.getcwd()}}))
+"""
+
+
+def _started(run_dir: Path) -> dict[str, float]:
+    from datetime import datetime
+
+    events = [json.loads(x) for x in (run_dir / "runner.jsonl").read_text().splitlines()]
+    return {
+        e["notebook"][:2]: datetime.fromisoformat(e["time"]).timestamp()
+        for e in events
+        if e["event"] == "notebook_started"
+    }
+
+
+def test_the_next_kernel_is_started_beforehand_with_its_own_environment_and_none_is_left(
+    suite: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    nbdir, _ = suite
+    for n in ("00_a", "01_environment", "02_c"):
+        _nb(nbdir / f"{n}.ipynb", KERNEL.format(n=n[:2]))
+    _nb(nbdir / "03_fails.ipynb", KERNEL.format(n="03"), "raise ValueError('boom')")
+    _nb(nbdir / "04_never.ipynb", KERNEL.format(n="04"))
+    monkeypatch.setenv("R1LAB_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HF_TOKEN", "hf_PrestartedKernel0123456789abcd")
+    ctx, code = run(str(PARAMS), notebook_dir=nbdir)
+    assert code == 1
+    started = _started(ctx.run_dir)
+    k = {n: json.loads((ctx.run_dir / f"kernel-{n}.json").read_text()) for n in ("00", "01", "02", "03")}
+    assert k["00"]["created"] > started["00"] - 1  # the first kernel is papermill's own
+    for n in ("01", "02", "03"):  # each later one was up before its notebook started
+        assert k[n]["created"] < started[n], (n, k[n]["created"], started[n])
+    assert {n: k[n]["hf"] for n in k} == {
+        "00": None,
+        "01": "hf_PrestartedKernel0123456789abcd",
+        "02": None,
+        "03": None,
+    }
+    assert {x["cwd"] for x in k.values()} == {str(REPO)}
+    assert not (ctx.run_dir / "kernel-04.json").exists()
+    # no kernel outlives the run: the used ones, and the one started for 04, which never ran
+    kids = [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    assert not kids and not any(psutil.pid_exists(x["pid"]) for x in k.values())
+    assert (
+        ctx.run_dir / "logs" / "kernels" / "04_never.log"
+    ).exists()  # its kernel did start, and logged there
