@@ -185,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                 d = worst.get(key, (0.0, ""))[0]
                 print(f"  {key:14s} <= {tol * 100:.0f}%: {'met' if d <= tol else 'NOT met'} ({d * 100:.2f}%)")
     target = 500.0
-    fastest = max(pts[m] / best[m] for m in methods)
-    print(f"\ntarget >= {target:.0f} configuration-points/s: {'met' if fastest >= target else 'NOT met'}")
+    slowest = min(pts[m] / best[m] for m in methods)  # the target holds for every method timed
+    print(f"\ntarget >= {target:.0f} configuration-points/s ({', '.join(methods)}): "
+          f"{'met' if slowest >= target else 'NOT met'}")  # fmt: skip
     return 0
 
 

@@ -302,6 +302,10 @@ class StepModel:
         self._gemm: dict[tuple[float, float, float, str], float] = {}  # _g's results (pure in its args)
         # TP x EP: experts spread over ep_size ranks, each expert split over the moe_tp ranks that share it
         self.moe_tp = par.moe_tp
+        self._factor_memo: dict[tuple[str, float], float] = {}  # _prefill_factor's results
+        self._pre_moe: dict[
+            tuple[float, float, float, float], tuple[float, ...]
+        ] = {}  # _parts' non-expert terms
         self._prefill_factors = self._measured_prefill_factors() if measured_prefill else {}
 
     def _measured_prefill_factors(self) -> dict[str, tuple[tuple[float, float], ...]]:
@@ -346,6 +350,16 @@ class StepModel:
         pts = self._prefill_factors.get(group)
         if not pts or m <= 0:
             return 1.0
+        key = (group, m)  # a pure function of its args: kept per deployment
+        f = self._factor_memo.get(key)
+        if f is None:
+            if len(self._factor_memo) > 200_000:
+                self._factor_memo.clear()
+            f = self._factor_memo[key] = self._prefill_factor_of(pts, group, m)
+        return f
+
+    @staticmethod
+    def _prefill_factor_of(pts: tuple[tuple[float, float], ...], group: str, m: float) -> float:
         if group == "gemm" and m < pts[0][0]:
             if m <= DECODE_TUNED_MAX_M:
                 return 1.0
@@ -541,19 +555,32 @@ class StepModel:
         if m <= 0:
             return {}
         L, Lm, Ld = self.layers, self.moe_layers, self.dense_layers
-        # attention projections
-        attn_lin = (
-            self._g(m, *self.a_rep) + self._g(m, *self.a_qb) + self._g(m, *self.a_kvb) + self._g(m, *self.a_o)
-        )
-        attn_core = self._attn_core(n_dec, ctx_sum, n_pre, pre_pairs)
-        kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
-        # MLPs
-        dense = self._g(m, self.h, 2 * self.dense_i) + self._g(m, self.dense_i, self.h)
-        shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
-        router = self._g(m, self.h, self.E, "bf16")
-        if n_pre and self._prefill_factors:  # the prefill rows' share at the measured kernels' rate
-            f = 1.0 + (self._prefill_factor("gemm", m) - 1.0) * n_pre / m
-            attn_lin, dense, shared, router = attn_lin * f, dense * f, shared * f, router * f
+        # what does not depend on the experts' tokens: kept per (batch, prefill tokens), so lock-step ranks whose
+        # batches meet other ranks' tokens at the experts compute it once
+        key = (n_dec, ctx_sum, n_pre, pre_pairs)
+        pre = self._pre_moe.get(key)
+        if pre is None:
+            # attention projections
+            attn_lin = (
+                self._g(m, *self.a_rep)
+                + self._g(m, *self.a_qb)
+                + self._g(m, *self.a_kvb)
+                + self._g(m, *self.a_o)
+            )
+            attn_core = self._attn_core(n_dec, ctx_sum, n_pre, pre_pairs)
+            kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
+            # MLPs
+            dense = self._g(m, self.h, 2 * self.dense_i) + self._g(m, self.dense_i, self.h)
+            shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
+            router = self._g(m, self.h, self.E, "bf16")
+            if n_pre and self._prefill_factors:  # the prefill rows' share at the measured kernels' rate
+                f = 1.0 + (self._prefill_factor("gemm", m) - 1.0) * n_pre / m
+                attn_lin, dense, shared, router = attn_lin * f, dense * f, shared * f, router * f
+            ar = 2 * self.allreduce_s(m * self.h * 2)
+            if len(self._pre_moe) > 200_000:
+                self._pre_moe.clear()
+            pre = self._pre_moe[key] = (attn_lin, attn_core, kv_read, dense, shared, router, ar)
+        attn_lin, attn_core, kv_read, dense, shared, router, ar = pre
         moe_m = m  # tokens whose hidden states enter this rank's MoE block (routing, experts' activations)
         gather = 0.0  # attention-DP -> TP-split MoE hand-off: gather the DP ranks' tokens, reduce them back
         if self.dep.par.ep:
@@ -627,7 +654,6 @@ class StepModel:
             self._grouped_expert_s(rows, touched, flops),
             2 * KERNEL_MIN_US * 1e-6,
         )
-        ar = 2 * self.allreduce_s(m * self.h * 2)
         # small kernels: each moves its activations (m x hidden, read and written in bf16) at the streaming rate,
         # and inside a CUDA graph takes at least KERNEL_MIN_US (charged for queued profiles only, see above)
         k_attn, k_moe = len(NON_GEMM_KERNELS["attention"]), len(NON_GEMM_KERNELS["moe"])

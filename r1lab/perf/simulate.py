@@ -305,8 +305,8 @@ def simulate(
 
     def new_request(t: float) -> _Req:
         nonlocal issued
-        r = _Req(issued, _length(wl.isl, rng), max(1, _length(wl.osl, rng)), t)
-        r.prompt = r.isl
+        isl = _length(wl.isl, rng)
+        r = _Req(issued, isl, max(1, _length(wl.osl, rng)), t, isl)  # its whole prompt to compute
         issued += 1
         return r
 
@@ -542,6 +542,35 @@ def simulate(
             )
         return decodes, chunks, ctx, held, n_dec
 
+    def epoch_dt(
+        per: list[tuple[int, float, float, float]], moe_tok: list[float] | None, shift: float
+    ) -> float:
+        """A step of every rank's work `per` (decodes, their context sum, prefill tokens, causal pairs), the
+        decodes' context shifted by `shift` tokens each: as long as the slowest rank's (an idle rank joins the
+        all-to-all; the busy ranks' steps set the time; ranks with the same work take the same time)."""
+        if ranks == 1:
+            n_dec, ctx_sum, n_pre, pairs = per[0]
+            if n_dec == 0 and n_pre == 0:
+                return 0.0
+            return step.step_s(
+                n_dec, ctx_sum + n_dec * shift, n_pre, pairs, None if moe_tok is None else moe_tok[0]
+            )
+        best = -1.0
+        seen: dict[tuple[tuple[int, float, float, float], float | None], None] = {}
+        for i, (n_dec, ctx_sum, n_pre, pairs) in enumerate(per):
+            if n_dec == 0 and n_pre == 0:
+                v = 0.0
+            else:
+                mt = None if moe_tok is None else moe_tok[i]
+                key = (per[i], mt)
+                if key in seen:
+                    continue
+                seen[key] = None
+                v = step.step_s(n_dec, ctx_sum + n_dec * shift, n_pre, pairs, mt)
+            if v > best:  # max()'s order: the first of the largest
+                best = v
+        return best
+
     ahead = step.eng.schedule_ahead_steps
     last_step_start = 0.0
     guard = 0
@@ -569,7 +598,7 @@ def simulate(
             t = max(t, min(nxt))
             continue
         # --- schedule one step on every rank ---
-        plans = [schedule(x) if not x.idle() else ([], [], 0.0, 0, 0) for x in rk]
+        plans = [schedule(x) if x.running or x.waiting else ([], [], 0.0, 0, 0) for x in rk]
         per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
         for _, chunks, ctx, _, n_dec in plans:
             per.append(
@@ -589,20 +618,12 @@ def simulate(
                     moe_tok[i] = tot
         any_chunks = any(plan[1] for plan in plans)
 
-        def rank_dt(
-            i: int, ctx_shift: float = 0.0, per: list = per, moe_tok: list[float] | None = moe_tok
-        ) -> float:
-            n_dec, ctx_sum, n_pre, pairs = per[i]
-            if n_dec == 0 and n_pre == 0:
-                return 0.0  # an idle rank joins the all-to-all; the busy ranks' steps set the time
-            return step.step_s(
-                n_dec, ctx_sum + n_dec * ctx_shift, n_pre, pairs, None if moe_tok is None else moe_tok[i]
-            )
-
         # --- epoch length: pure decode stretches advance k steps at once ---
         k = 1
+        dt0 = (
+            -1.0
+        )  # the step time at the epoch's start, computed where an arrival bounds k (epoch_dt is pure)
         if not any_chunks:
-            dt0 = rank_dt(0) if ranks == 1 else max(rank_dt(i) for i in range(ranks))
             k = 1 << 60
             for i, x in enumerate(rk):
                 decodes, _, ctx, held, n_dec = plans[i]
@@ -626,7 +647,9 @@ def simulate(
                         c0 = min(head.prompt - head.computed, max_tokens - n_dec * q)
                         if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
                             k = 1  # it can be admitted next step
-                if x.arrivals:
+                if x.arrivals and k > 1:  # (k <= 1 stays as it is)
+                    if dt0 < 0.0:
+                        dt0 = epoch_dt(per, moe_tok, 0.0)
                     k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
                 # free blocks bound: the longest stretch whose new blocks fit in the free ones
                 k = max(1, k)
@@ -652,23 +675,24 @@ def simulate(
             if k == 1 << 60:
                 k = 1
             for x in rk:
-                if x.idle() and x.arrivals:
+                if x.idle() and x.arrivals and k > 1:
+                    if dt0 < 0.0:
+                        dt0 = epoch_dt(per, moe_tok, 0.0)
                     k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
-            if pd is not None and p_queue:
+            if pd is not None and p_queue and k > 1:
+                if dt0 < 0.0:
+                    dt0 = epoch_dt(per, moe_tok, 0.0)
                 k = min(k, max(1, int((max(min(p_free), p_queue[0].at_engine) - t) / max(dt0, 1e-9))))
-        if k == 1 and not any_chunks:
-            dt = dt0
-        else:
-            shift = tps * (k - 1) / 2.0
-            dt = rank_dt(0, shift) if ranks == 1 else max(rank_dt(i, shift) for i in range(ranks))
+        # the context at the stretch's midpoint (a shift of 0.0 for one step: the step at its start)
+        dt = dt0 if k == 1 and dt0 >= 0.0 else epoch_dt(per, moe_tok, tps * (k - 1) / 2.0)
         t_next = t + k * dt
         last_step_start = t_next - dt
         steps += k
         # --- apply ---
+        full = k * tps  # what a sequence gains in k steps unless it ends sooner
+        full_chunks = max(1.0, math.ceil(full / tps))
         for x, (decodes, chunks, _, _, n_dec) in zip(rk, plans, strict=True):
             batch_sum += k * (n_dec + len(chunks)) / ranks
-            full = k * tps  # what a sequence gains in k steps unless it ends sooner
-            full_chunks = max(1.0, math.ceil(full / tps))
             streamed = 0.0
             free = x.free_blocks
             for r in decodes:
