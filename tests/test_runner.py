@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nbformat as nbf
 import pytest
@@ -143,6 +144,17 @@ def _started(run_dir: Path) -> dict[str, float]:
     }
 
 
+def _cmdline(p: Any) -> str:
+    """A child's command line; "" once it has ended (gone, or a zombie: psutil raises for both), which no running
+    kernel is. Another test's exited child left unreaped, or one ending during the scan, must not fail this one."""
+    import psutil
+
+    try:
+        return " ".join(p.cmdline())
+    except psutil.NoSuchProcess:  # ZombieProcess is one
+        return ""
+
+
 def test_the_next_kernel_is_started_beforehand_with_its_own_environment_and_none_is_left(
     suite: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,7 +183,7 @@ def test_the_next_kernel_is_started_beforehand_with_its_own_environment_and_none
     assert {x["cwd"] for x in k.values()} == {str(REPO)}
     assert not (ctx.run_dir / "kernel-04.json").exists()
     # no kernel outlives the run: the used ones, and the one started for 04, which never ran
-    kids = [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    kids = [p for p in psutil.Process().children(recursive=True) if "ipykernel" in _cmdline(p)]
     assert not kids and not any(psutil.pid_exists(x["pid"]) for x in k.values())
     assert (
         ctx.run_dir / "logs" / "kernels" / "04_never.log"
