@@ -83,3 +83,20 @@ def test_request_arrival_is_stamped_by_the_kernel_not_when_the_server_reads_it(t
     t = gtserver.read_truth(log)["k1"]
     assert abs(t["t_recv"] - t_send) < 0.02, t["t_recv"] - t_send  # the arrival, not the wake-up 0.3 s later
     assert t["sent"][0] - t["t_recv"] > 0.29  # the server was late against that arrival, and the log says so
+
+
+def test_an_accepted_connection_inherits_the_listeners_kernel_stamps():
+    """The server sets SO_TIMESTAMPNS once, on its listener: each accepted connection carries it from the kernel
+    (Linux copies the listener's socket flags), so its reads are stamped at arrival without a call per connection."""
+    lsock = gtserver._listen(0, "127.0.0.1")
+    try:
+        c = socket.create_connection(lsock.getsockname())
+        lsock.setblocking(True)
+        conn, _ = lsock.accept()
+        try:
+            assert conn.getsockopt(socket.SOL_SOCKET, gtserver.SO_TIMESTAMPNS) == 1
+        finally:
+            conn.close()
+            c.close()
+    finally:
+        lsock.close()

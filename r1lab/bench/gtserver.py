@@ -193,11 +193,7 @@ class Server:
             except OSError:
                 return
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            except OSError:
-                pass  # no kernel stamps here: reads are stamped in user space
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # SO_TIMESTAMPNS: inherited (_listen)
             self.conns.add(_Conn(self, sock))
 
     def close(self) -> None:
