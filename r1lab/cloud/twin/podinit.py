@@ -187,13 +187,13 @@ def main_bare(cfg: dict) -> int:
             time.sleep(0.2)
     if stopping:
         why = "SIGTERM to the pod's PID 1:"
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(-1, sig)
-        except ProcessLookupError:
-            break
+    try:
+        os.kill(-1, signal.SIGTERM)
         time.sleep(0.5)
-    _reap_all(deadline_s=10)
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # nothing of the pod runs on
+    _reap_all(deadline_s=10)  # until the last of them has exited
     # said once nothing of the pod runs on (its sshd no longer answers), not before the processes were stopped
     print(f"{why} pod stops", flush=True)
     return code
