@@ -54,3 +54,19 @@ def test_another_failure_is_not_retried(tmp_path: Path, monkeypatch: pytest.Monk
         exporters._start_on_a_free_port(LocalExecutor(), lambda port: "echo no such exporter; exit 3",
                                         str(tmp_path / "x.log"), None, "x")  # fmt: skip
     assert len(picks) == 1
+
+
+def test_a_failure_is_judged_by_what_this_attempt_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is appended to (an earlier run's exporter on the same host, an earlier attempt): an "address already
+    in use" written before this attempt neither makes its other failure a retry nor shows in its error."""
+    log = tmp_path / "x.log"
+    log.write_text("listen tcp 127.0.0.1:9100: bind: address already in use\n")
+    picks: list[int] = []
+    monkeypatch.setattr(exporters, "free_port", lambda executor: picks.append(_free()) or picks[-1])
+    with pytest.raises(RuntimeError, match="exited") as err:
+        exporters._start_on_a_free_port(LocalExecutor(), lambda port: "echo no such exporter; exit 3", str(log),
+                                        None, "x")  # fmt: skip
+    assert len(picks) == 1
+    assert "no such exporter" in str(err.value) and "already in use" not in str(err.value)

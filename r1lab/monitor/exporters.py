@@ -35,13 +35,17 @@ def poll_ok(url: str, alive: Callable[[], bool], timeout: float, interval: float
     return "timeout", last
 
 
-def wait_metrics(executor: Executor, port: int, proc: Background, timeout: float = 30.0) -> None:
-    """Until http://127.0.0.1:port/metrics answers 200 on that host (through the executor's forward)."""
+def wait_metrics(
+    executor: Executor, port: int, proc: Background, timeout: float = 30.0, log_offset: int = 0
+) -> None:
+    """Until http://127.0.0.1:port/metrics answers 200 on that host (through the executor's forward). An exporter
+    that exits is reported with the last lines of its log from byte `log_offset` on (what this start wrote)."""
     with executor.forward(port) as local_port:
         url = f"http://127.0.0.1:{local_port}/metrics"
         outcome, _ = poll_ok(url, lambda: executor.alive(proc.pid), timeout)
         if outcome == "exited":
-            tail = executor.run(f"tail -n 20 {shlex.quote(proc.log)}", check=False).output
+            log = shlex.quote(proc.log)
+            tail = executor.run(f"tail -c +{log_offset + 1} {log} | tail -n 20", check=False).output
             raise RuntimeError(f"exporter `{proc.command}` on {executor.name} exited:\n{tail}")
     if outcome != "ok":
         raise RuntimeError(f"exporter `{proc.command}` on {executor.name}: no /metrics after {timeout:.0f}s")
@@ -63,21 +67,30 @@ def _start_on_a_free_port(
 ) -> tuple[Background, int]:
     """Start `command(port)` on a port free when picked and wait for its /metrics. The port is free when picked,
     not held: a connection made before the exporter binds can take it (an ephemeral port), so an exporter that
-    exits with "address already in use" is started again on another port, up to PORT_ATTEMPTS times."""
-    for attempt in range(1, PORT_ATTEMPTS + 1):
+    exits with "address already in use" is started again on another port, up to PORT_ATTEMPTS times. The log is
+    shared by the attempts (appended to): each attempt's failure is judged by what that attempt wrote."""
+    attempt = 1
+    while True:
         port = free_port(executor)
+        offset = _size(executor, log)
         proc = executor.start(command(port), log=log)
         _record(ledger, executor, proc, name, port)
         try:
-            wait_metrics(executor, port, proc)
+            wait_metrics(executor, port, proc, log_offset=offset)
         except RuntimeError as exc:
             if attempt == PORT_ATTEMPTS or "address already in use" not in str(exc).lower():
                 raise
             if ledger is not None and isinstance(executor, LocalExecutor):
                 ledger.deleted("local-process", str(proc.pid), reason=f"port {port} was taken; started again")
+            attempt += 1
             continue
         return proc, port
-    raise AssertionError("unreachable")
+
+
+def _size(executor: Executor, path: str) -> int:
+    """The size in bytes of `path` on the executor's host (0: none there yet)."""
+    command = f"stat -c %s {shlex.quote(path)} 2>/dev/null || echo 0"
+    return int(executor.run(command, check=False, timeout=30).output.strip().splitlines()[-1])
 
 
 def start_node_exporter(
