@@ -267,82 +267,101 @@ class _Rank:
         return not self.running and not self.waiting
 
 
-def simulate(
-    step: StepModel,
-    wl: Workload,
-    sched: SchedulerConfig | None = None,
-    pd: PDConfig | None = None,
-    ranks: int = 1,
-    ranks_per_instance: int | None = None,
-) -> SimResult:
-    """Run one load point to completion; every request is measured (no warm-up cut).
+def _needs(decodes: list[_Req], dec: _Decoding, held_d: int, k: int, q: int, bs: int) -> int:
+    """New KV blocks one rank's decodes (scanned and offset ones) need to advance k steps of q tokens."""
+    n = _block_needs(decodes, k, q, bs)
+    return n + dec.held(dec.g + k * q) - held_d if dec.members else n
 
-    `ranks` engine ranks step in lock-step (attention-DP ranks of one instance meet at every MoE all-to-all, so
-    each step lasts as long as the slowest rank's: a rank's prefill chunk stalls every rank's decode). A new
-    request goes to the rank with the least work (closed loop: a client sends its next request when its last one
-    ends). Under EP the experts of one instance see the tokens of its `ranks_per_instance` ranks (default: all)."""
-    sched = sched or SchedulerConfig()
-    ceil = math.ceil
-    rng = random.Random(wl.seed)
-    n_total = wl.n()
-    tps = step.tokens_per_step()
-    q = 1 + step.mtp
-    bs = sched.block_size
-    overhead = step.eng.request_overhead_s
-    rpi = ranks_per_instance or ranks
-    coupled_moe = ranks > 1 and step.dep.par.ep
-    rk = [_Rank(sched.num_blocks, bs) for _ in range(ranks)]
-    issued = 0
-    seq = itertools.count()
-    prefill_first = step.eng.prefill_first
-    # offset mode (_Decoding): MTP off, each decode one token a step; sglang's prefill-first admission reads
-    # every running request's remaining tokens, so it scans them
-    lazy = OFFSET_MODE and step.mtp == 0 and tps == 1 and not prefill_first
 
-    def admit(x: _Rank, r: _Req) -> None:
-        r.seq = next(seq)
+class _Sim:
+    """One `simulate()` run: its configuration, ranks, prefill pool and counters, its steps as methods."""
+
+    __slots__ = (
+        "step", "wl", "sched", "pd", "rng", "n_total", "tps", "q", "bs", "overhead", "ranks", "rpi",
+        "coupled_moe", "rk", "issued", "next_seq", "prefill_first", "lazy", "p_free", "p_queue", "link_free",
+        "fe_free", "first_token", "fe_fixed", "fe_tok", "done", "preemptions", "max_tokens",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        step: StepModel,
+        wl: Workload,
+        sched: SchedulerConfig,
+        pd: PDConfig | None,
+        ranks: int,
+        ranks_per_instance: int | None,
+    ) -> None:
+        self.step = step
+        self.wl = wl
+        self.sched = sched
+        self.pd = pd
+        self.rng = random.Random(wl.seed)
+        self.n_total = wl.n()
+        self.tps = step.tokens_per_step()
+        self.q = 1 + step.mtp
+        self.bs = sched.block_size
+        self.overhead = step.eng.request_overhead_s
+        self.ranks = ranks
+        self.rpi = ranks_per_instance or ranks
+        self.coupled_moe = ranks > 1 and step.dep.par.ep
+        self.rk = [_Rank(sched.num_blocks, self.bs) for _ in range(ranks)]
+        self.issued = 0
+        self.next_seq = 0  # admission order, over every rank
+        self.prefill_first = step.eng.prefill_first
+        # offset mode (_Decoding): MTP off, each decode one token a step; sglang's prefill-first admission reads
+        # every running request's remaining tokens, so it scans them
+        self.lazy = OFFSET_MODE and step.mtp == 0 and self.tps == 1 and not self.prefill_first
+        # prefill pool for P/D: shared by every decode rank
+        self.p_free = [0.0] * (pd.prefill_instances if pd else 0)
+        self.p_queue: deque[_Req] = deque()
+        self.link_free = 0.0
+        self.fe_free = 0.0
+        first_token = self.first_token = step.eng.pd_first_token
+        if pd is not None and first_token == "next_step" and not step.eng.prefill_first:
+            # the token goes out with a batch that admits the request and computes nothing: a prefill-first batch
+            raise ValueError(f"engine {step.eng.name}: pd_first_token 'next_step' needs prefill_first")
+        if first_token not in ("recompute_last", "next_step", "kv_landed"):
+            raise ValueError(f"engine {step.eng.name}: unknown pd_first_token {first_token!r}")
+        self.fe_fixed, self.fe_tok = step.eng.frontend_s, step.eng.frontend_per_token_s
+        self.done: list[_Req] = []
+        self.preemptions = 0
+        self.max_tokens = sched.max_num_batched_tokens
+
+    def admit(self, x: _Rank, r: _Req) -> None:
+        r.seq = self.next_seq
+        self.next_seq += 1
         x.running[r.seq] = r
 
-    def new_request(t: float) -> _Req:
-        nonlocal issued
+    def new_request(self, t: float) -> _Req:
+        wl, rng = self.wl, self.rng
         isl = _length(wl.isl, rng)
-        r = _Req(issued, isl, max(1, _length(wl.osl, rng)), t, isl)  # its whole prompt to compute
-        issued += 1
+        r = _Req(self.issued, isl, max(1, _length(wl.osl, rng)), t, isl)  # its whole prompt to compute
+        self.issued += 1
         return r
 
-    def route(r: _Req, t: float) -> None:
-        dest = rk[0] if ranks == 1 else min(rk, key=_Rank.load)
+    def route(self, r: _Req, t: float) -> None:
+        rk = self.rk
+        dest = rk[0] if self.ranks == 1 else min(rk, key=_Rank.load)
         heapq.heappush(dest.arrivals, (t, r.rid, r))
 
-    # prefill pool for P/D: shared by every decode rank
-    p_free = [0.0] * (pd.prefill_instances if pd else 0)
-    p_queue: deque[_Req] = deque()
-    link_free = [0.0]
-
-    fe_free = [0.0]
-    first_token = step.eng.pd_first_token
-    if pd is not None and first_token == "next_step" and not step.eng.prefill_first:
-        # the token goes out with a batch that admits the request and computes nothing: a prefill-first batch
-        raise ValueError(f"engine {step.eng.name}: pd_first_token 'next_step' needs prefill_first")
-    if first_token not in ("recompute_last", "next_step", "kv_landed"):
-        raise ValueError(f"engine {step.eng.name}: unknown pd_first_token {first_token!r}")
-    fe_fixed, fe_tok = step.eng.frontend_s, step.eng.frontend_per_token_s
-
-    def submit(r: _Req) -> None:
+    def submit(self, r: _Req) -> None:
         # the serving front end (HTTP, chat template, tokeniser, admission) is one process: its CPU work per
         # request is served FIFO, so a burst of requests waits for it before any reaches the engine
         r.at_engine = r.arrival
-        if fe_fixed or fe_tok:
-            r.at_engine = max(r.arrival, fe_free[0]) + fe_fixed + fe_tok * r.isl
-            fe_free[0] = r.at_engine
-        if pd is None:
-            route(r, r.at_engine)
+        if self.fe_fixed or self.fe_tok:
+            r.at_engine = max(r.arrival, self.fe_free) + self.fe_fixed + self.fe_tok * r.isl
+            self.fe_free = r.at_engine
+        if self.pd is None:
+            self.route(r, r.at_engine)
         else:
-            p_queue.append(r)
+            self.p_queue.append(r)
 
-    def run_prefill_pool(until: float) -> None:
+    def run_prefill_pool(self, until: float) -> None:
         """Advance the prefill instances: FIFO batches up to the token budget, start no later than `until`."""
+        pd = self.pd
         assert pd is not None
+        p_queue, p_free = self.p_queue, self.p_free
+        first_token, overhead = self.first_token, self.overhead
         while p_queue:
             i = min(range(len(p_free)), key=p_free.__getitem__)
             start = max(p_free[i], p_queue[0].at_engine)
@@ -366,73 +385,50 @@ def simulate(
                 # client's first token comes from the decode worker (EngineConstants.pd_first_token): vLLM
                 # computes the last prompt token in its next step, sglang streams the prefill's token at its next
                 # loop iteration (a batch without decoding), others count it once the cache has landed
-                ready = max(done_at, link_free[0]) + pd.prefill.kv_transfer_s(r.isl, pd.link, pd.decode_tp)
-                link_free[0] = ready
+                ready = max(done_at, self.link_free) + pd.prefill.kv_transfer_s(r.isl, pd.link, pd.decode_tp)
+                self.link_free = ready
                 r.prompt = r.isl
                 r.computed = r.isl - 1 if first_token == "recompute_last" else r.isl
                 if first_token == "kv_landed":
                     r.first = ready + overhead
                     r.generated = 1
                 r.admitted_remote = True
-                route(r, ready)
+                self.route(r, ready)
 
-    # initial load
-    if wl.concurrency:
-        for _ in range(min(wl.concurrency, n_total)):
-            submit(new_request(0.0))
-    else:
-        t_arr = 0.0
-        rate = float(wl.rate or 1.0)
-        while issued < n_total:
-            t_arr += rng.expovariate(rate)
-            submit(new_request(t_arr))
-
-    t = 0.0
-    peak_blocks = 0
-    done: list[_Req] = []
-    preemptions = 0
-    steps = 0
-    batch_sum = 0.0
-    itl_w: dict[float, float] = {}  # gap -> chunks streamed after it (integer counts: exact sums)
-    max_tokens = sched.max_num_batched_tokens
-
-    def finish(x: _Rank, r: _Req, t_end: float) -> None:
-        r.end = t_end + overhead  # the client sees every token shifted by the request overhead
+    def finish(self, x: _Rank, r: _Req, t_end: float) -> None:
+        r.end = t_end + self.overhead  # the client sees every token shifted by the request overhead
         x.free_blocks += r.blocks
         r.blocks = 0
-        done.append(r)
-        if wl.concurrency and issued < n_total:
-            submit(new_request(r.end))
+        self.done.append(r)
+        if self.wl.concurrency and self.issued < self.n_total:
+            self.submit(self.new_request(r.end))
 
-    def reserved(x: _Rank) -> float:
+    def reserved(self, x: _Rank) -> float:
         """KV tokens sglang keeps for the running requests' expected remaining decode."""
         return (
             sum(min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) for r in x.running.values()) * x.token_ratio
         )
 
-    def admissible(x: _Rank, r: _Req, room: float) -> bool:
-        return r.prompt - r.computed + min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) < room
-
-    def prefill_batch(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]]]:
+    def prefill_batch(self, x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]]]:
         """sglang's default schedule (Scheduler.get_next_batch_to_run, enable_mixed_chunk off): a prefill batch
         whenever one can be formed (the chunked prompt first, then waiting requests FIFO within the chunk budget
         and the KV reservation), the running requests' decoding paused for it; else no chunks (a decode batch)."""
-        budget: float = max_tokens
+        budget: float = self.max_tokens
         chunks: list[tuple[_Req, float]] = []
-        room = x.free_blocks * bs - reserved(x)
+        room = x.free_blocks * self.bs - self.reserved(x)
         for r in x.running.values():
             if r.computed < r.prompt and budget > 0:
                 c = min(r.prompt - r.computed, budget)
                 chunks.append((r, c))
                 budget -= c
                 room -= c
-        while x.waiting and len(x.running) < sched.max_num_seqs and budget > 0:
+        while x.waiting and len(x.running) < self.sched.max_num_seqs and budget > 0:
             r = x.waiting[0]
-            if not admissible(x, r, room):
-                break
+            if not r.prompt - r.computed + min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) < room:
+                break  # not admissible
             c = min(r.prompt - r.computed, budget)
             x.waiting.popleft()
-            admit(x, r)
+            self.admit(x, r)
             chunks.append((r, c))
             budget -= c
             room -= c + (
@@ -442,16 +438,17 @@ def simulate(
             )
         return [], chunks
 
-    def schedule(x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]], float, int, int]:
+    def schedule(self, x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]], float, int, int]:
         """One rank's batch for this step (running first, then waiting); preempts the newest when short.
         (decodes, prefill chunks, the decodes' context sum, the blocks they hold, how many decode): in offset
         mode the decodes listed are those outside x.dec, the sums and the count include x.dec's."""
-        nonlocal preemptions
-        budget: float = max_tokens  # `computed` is fractional (MTP acceptance), so are prefill chunks
+        sched, q, bs, lazy = self.sched, self.q, self.bs, self.lazy
+        ceil = math.ceil
+        budget: float = self.max_tokens  # `computed` is fractional (MTP acceptance), so are prefill chunks
         chunks: list[tuple[_Req, float]] = []
         dec = x.dec
-        if prefill_first:
-            decodes, chunks = prefill_batch(x)
+        if self.prefill_first:
+            decodes, chunks = self.prefill_batch(x)
             if not chunks:
                 decodes = [r for r in x.running.values() if r.computed >= r.prompt]
             budget = 0  # admission done (a prefill batch, or none: a decode batch admits nobody)
@@ -481,11 +478,11 @@ def simulate(
             c = min(need_tokens, budget)
             if not sched.enable_chunked_prefill and c < need_tokens:
                 break
-            need_blocks = math.ceil((r.computed + max(c, 1)) / bs) - r.blocks
+            need_blocks = ceil((r.computed + max(c, 1)) / bs) - r.blocks
             if need_blocks > x.free_blocks:
                 break
             x.waiting.popleft()
-            admit(x, r)
+            self.admit(x, r)
             if c > 0:
                 chunks.append((r, c))
                 budget -= c
@@ -500,7 +497,7 @@ def simulate(
         # bound (+1 against rounding) fits in the free blocks, no one is preempted
         bound = (ctx + n_dec * q) / bs + n_dec - held + 1
         if chunks:
-            bound += sum([max(0, math.ceil((r.computed + c) / bs) - r.blocks) for r, c in chunks])
+            bound += sum([max(0, ceil((r.computed + c) / bs) - r.blocks) for r, c in chunks])
         preempted = bound > x.free_blocks
         while preempted:
             need = 0
@@ -509,7 +506,7 @@ def simulate(
                 if d > 0:
                     need += d
             for r, c in chunks:
-                need += max(0, math.ceil((r.computed + c) / bs) - r.blocks)
+                need += max(0, ceil((r.computed + c) / bs) - r.blocks)
             if dec.members:
                 need += dec.held(dec.g + q) - dec.held(dec.g)
             if need <= x.free_blocks or len(x.running) <= 1:
@@ -522,7 +519,7 @@ def simulate(
             victim.prompt = victim.isl + int(victim.generated)
             victim.computed = 0
             victim.preempted += 1
-            preemptions += 1
+            self.preemptions += 1
             x.token_ratio = SGLANG_INIT_TOKEN_RATIO
             x.waiting.appendleft(victim)
             decodes = [r for r in decodes if r is not victim]
@@ -543,12 +540,13 @@ def simulate(
         return decodes, chunks, ctx, held, n_dec
 
     def epoch_dt(
-        per: list[tuple[int, float, float, float]], moe_tok: list[float] | None, shift: float
+        self, per: list[tuple[int, float, float, float]], moe_tok: list[float] | None, shift: float
     ) -> float:
         """A step of every rank's work `per` (decodes, their context sum, prefill tokens, causal pairs), the
         decodes' context shifted by `shift` tokens each: as long as the slowest rank's (an idle rank joins the
         all-to-all; the busy ranks' steps set the time; ranks with the same work take the same time)."""
-        if ranks == 1:
+        step = self.step
+        if self.ranks == 1:
             n_dec, ctx_sum, n_pre, pairs = per[0]
             if n_dec == 0 and n_pre == 0:
                 return 0.0
@@ -571,226 +569,265 @@ def simulate(
                 best = v
         return best
 
-    ahead = step.eng.schedule_ahead_steps
-    last_step_start = 0.0
-    guard = 0
-    while len(done) < n_total:
-        guard += 1
-        if guard > 50_000_000:
-            raise RuntimeError("simulation did not converge (bug): too many epochs")
-        if pd is not None:
-            run_prefill_pool(t)
-        # an engine that schedules ahead (overlap scheduling) has already formed the next batch when the
-        # current one ends: a request that arrived during the last step joins one step later; an idle engine
-        # takes it at once
-        for x in rk:
-            visible = t if not x.running or ahead == 0 else last_step_start
-            while x.arrivals and x.arrivals[0][0] <= visible:
-                x.waiting.append(heapq.heappop(x.arrivals)[2])
-            if not x.running and not x.waiting and x.arrivals and x.arrivals[0][0] <= t:
-                x.waiting.append(heapq.heappop(x.arrivals)[2])
-        if rk[0].idle() if ranks == 1 else all(x.idle() for x in rk):
-            nxt = [x.arrivals[0][0] for x in rk if x.arrivals]
-            if pd is not None and p_queue:
-                nxt.append(max(min(p_free), p_queue[0].at_engine))
-            if not nxt:
-                raise RuntimeError("simulation stalled: nothing running, waiting or arriving")
-            t = max(t, min(nxt))
-            continue
-        # --- schedule one step on every rank ---
-        plans = [schedule(x) if x.running or x.waiting else ([], [], 0.0, 0, 0) for x in rk]
-        per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
-        for _, chunks, ctx, _, n_dec in plans:
-            per.append(
-                (
-                    n_dec,
-                    ctx,
-                    sum([c for _, c in chunks]) if chunks else 0,
-                    sum([c * r.computed + c * (c + 1) / 2 for r, c in chunks]) if chunks else 0,
-                )
-            )
-        moe_tok = None
-        if coupled_moe:
-            moe_tok = [0.0] * ranks
-            for g0 in range(0, ranks, rpi):
-                tot = sum(per[i][0] * q + per[i][2] for i in range(g0, min(ranks, g0 + rpi)))
-                for i in range(g0, min(ranks, g0 + rpi)):
-                    moe_tok[i] = tot
-        any_chunks = any(plan[1] for plan in plans)
+    def run(self) -> SimResult:
+        step, sched, pd, wl = self.step, self.sched, self.pd, self.wl
+        ceil = math.ceil
+        n_total, tps, q, bs, overhead = self.n_total, self.tps, self.q, self.bs, self.overhead
+        ranks, rpi, coupled_moe, rk = self.ranks, self.rpi, self.coupled_moe, self.rk
+        prefill_first, lazy = self.prefill_first, self.lazy
+        p_free, p_queue = self.p_free, self.p_queue
+        submit, new_request, schedule, epoch_dt, finish = (
+            self.submit, self.new_request, self.schedule, self.epoch_dt, self.finish,
+        )  # fmt: skip
+        # initial load
+        if wl.concurrency:
+            for _ in range(min(wl.concurrency, n_total)):
+                submit(new_request(0.0))
+        else:
+            t_arr = 0.0
+            rate = float(wl.rate or 1.0)
+            while self.issued < n_total:
+                t_arr += self.rng.expovariate(rate)
+                submit(new_request(t_arr))
 
-        # --- epoch length: pure decode stretches advance k steps at once ---
-        k = 1
-        dt0 = (
-            -1.0
-        )  # the step time at the epoch's start, computed where an arrival bounds k (epoch_dt is pure)
-        if not any_chunks:
-            k = 1 << 60
-            for i, x in enumerate(rk):
-                decodes, _, ctx, held, n_dec = plans[i]
-                if not n_dec:
-                    continue
-                dec = x.dec
-                # ceil(x / tps) grows with x: the least of them is the one of the least x
-                if not dec.members:
-                    least = min([r.osl - r.generated for r in decodes])
-                elif decodes:
-                    least = min(min([r.osl - r.generated for r in decodes]), dec.min_remaining())
-                else:
-                    least = dec.min_remaining()
-                k = min(k, ceil(least / tps))
-                if x.waiting and len(x.running) < sched.max_num_seqs:
-                    head = x.waiting[0]
-                    if prefill_first:
-                        # admissible once the reservation has decayed or blocks freed: look again soon
-                        k = min(k, 8)
-                    else:
-                        c0 = min(head.prompt - head.computed, max_tokens - n_dec * q)
-                        if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
-                            k = 1  # it can be admitted next step
-                if x.arrivals and k > 1:  # (k <= 1 stays as it is)
-                    if dt0 < 0.0:
-                        dt0 = epoch_dt(per, moe_tok, 0.0)
-                    k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
-                # free blocks bound: the longest stretch whose new blocks fit in the free ones
-                k = max(1, k)
-                # new blocks for k steps: less than (ctx + n k q) / bs + n - held (+1 against rounding)
-                bound = (ctx + n_dec * k * q) / bs + n_dec - held + 1
-                held_d = dec.held(dec.g) if dec.members else 0
-
-                def needs(
-                    k: int, decodes: list[_Req] = decodes, dec: _Decoding = dec, held_d: int = held_d
-                ) -> int:
-                    n = _block_needs(decodes, k, q, bs)
-                    return n + dec.held(dec.g + k * q) - held_d if dec.members else n
-
-                if bound > x.free_blocks and needs(k) > x.free_blocks:
-                    lo, hi = 1, k
-                    while lo < hi:
-                        mid = (lo + hi + 1) // 2
-                        if needs(mid) <= x.free_blocks:
-                            lo = mid
-                        else:
-                            hi = mid - 1
-                    k = lo
-            if k == 1 << 60:
-                k = 1
+        t = 0.0
+        peak_blocks = 0
+        done = self.done
+        steps = 0
+        batch_sum = 0.0
+        itl_w: dict[float, float] = {}  # gap -> chunks streamed after it (integer counts: exact sums)
+        max_tokens = self.max_tokens
+        ahead = step.eng.schedule_ahead_steps
+        last_step_start = 0.0
+        guard = 0
+        while len(done) < n_total:
+            guard += 1
+            if guard > 50_000_000:
+                raise RuntimeError("simulation did not converge (bug): too many epochs")
+            if pd is not None:
+                self.run_prefill_pool(t)
+            # an engine that schedules ahead (overlap scheduling) has already formed the next batch when the
+            # current one ends: a request that arrived during the last step joins one step later; an idle engine
+            # takes it at once
             for x in rk:
-                if x.idle() and x.arrivals and k > 1:
+                visible = t if not x.running or ahead == 0 else last_step_start
+                while x.arrivals and x.arrivals[0][0] <= visible:
+                    x.waiting.append(heapq.heappop(x.arrivals)[2])
+                if not x.running and not x.waiting and x.arrivals and x.arrivals[0][0] <= t:
+                    x.waiting.append(heapq.heappop(x.arrivals)[2])
+            if rk[0].idle() if ranks == 1 else all(x.idle() for x in rk):
+                nxt = [x.arrivals[0][0] for x in rk if x.arrivals]
+                if pd is not None and p_queue:
+                    nxt.append(max(min(p_free), p_queue[0].at_engine))
+                if not nxt:
+                    raise RuntimeError("simulation stalled: nothing running, waiting or arriving")
+                t = max(t, min(nxt))
+                continue
+            # --- schedule one step on every rank ---
+            plans = [schedule(x) if x.running or x.waiting else ([], [], 0.0, 0, 0) for x in rk]
+            per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
+            for _, chunks, ctx, _, n_dec in plans:
+                per.append(
+                    (
+                        n_dec,
+                        ctx,
+                        sum([c for _, c in chunks]) if chunks else 0,
+                        sum([c * r.computed + c * (c + 1) / 2 for r, c in chunks]) if chunks else 0,
+                    )
+                )
+            moe_tok = None
+            if coupled_moe:
+                moe_tok = [0.0] * ranks
+                for g0 in range(0, ranks, rpi):
+                    tot = sum(per[i][0] * q + per[i][2] for i in range(g0, min(ranks, g0 + rpi)))
+                    for i in range(g0, min(ranks, g0 + rpi)):
+                        moe_tok[i] = tot
+            any_chunks = any(plan[1] for plan in plans)
+
+            # --- epoch length: pure decode stretches advance k steps at once ---
+            k = 1
+            # the step time at the epoch's start, computed where an arrival bounds k (epoch_dt is pure)
+            dt0 = -1.0
+            if not any_chunks:
+                k = 1 << 60
+                for i, x in enumerate(rk):
+                    decodes, _, ctx, held, n_dec = plans[i]
+                    if not n_dec:
+                        continue
+                    dec = x.dec
+                    # ceil(x / tps) grows with x: the least of them is the one of the least x
+                    if not dec.members:
+                        least = min([r.osl - r.generated for r in decodes])
+                    elif decodes:
+                        least = min(min([r.osl - r.generated for r in decodes]), dec.min_remaining())
+                    else:
+                        least = dec.min_remaining()
+                    k = min(k, ceil(least / tps))
+                    if x.waiting and len(x.running) < sched.max_num_seqs:
+                        head = x.waiting[0]
+                        if prefill_first:
+                            # admissible once the reservation has decayed or blocks freed: look again soon
+                            k = min(k, 8)
+                        else:
+                            c0 = min(head.prompt - head.computed, max_tokens - n_dec * q)
+                            if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
+                                k = 1  # it can be admitted next step
+                    if x.arrivals and k > 1:  # (k <= 1 stays as it is)
+                        if dt0 < 0.0:
+                            dt0 = epoch_dt(per, moe_tok, 0.0)
+                        k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
+                    # free blocks bound: the longest stretch whose new blocks fit in the free ones
+                    k = max(1, k)
+                    # new blocks for k steps: less than (ctx + n k q) / bs + n - held (+1 against rounding)
+                    bound = (ctx + n_dec * k * q) / bs + n_dec - held + 1
+                    held_d = dec.held(dec.g) if dec.members else 0
+                    if bound > x.free_blocks and _needs(decodes, dec, held_d, k, q, bs) > x.free_blocks:
+                        lo, hi = 1, k
+                        while lo < hi:
+                            mid = (lo + hi + 1) // 2
+                            if _needs(decodes, dec, held_d, mid, q, bs) <= x.free_blocks:
+                                lo = mid
+                            else:
+                                hi = mid - 1
+                        k = lo
+                if k == 1 << 60:
+                    k = 1
+                for x in rk:
+                    if x.idle() and x.arrivals and k > 1:
+                        if dt0 < 0.0:
+                            dt0 = epoch_dt(per, moe_tok, 0.0)
+                        k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
+                if pd is not None and p_queue and k > 1:
                     if dt0 < 0.0:
                         dt0 = epoch_dt(per, moe_tok, 0.0)
-                    k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
-            if pd is not None and p_queue and k > 1:
-                if dt0 < 0.0:
-                    dt0 = epoch_dt(per, moe_tok, 0.0)
-                k = min(k, max(1, int((max(min(p_free), p_queue[0].at_engine) - t) / max(dt0, 1e-9))))
-        # the context at the stretch's midpoint (a shift of 0.0 for one step: the step at its start)
-        dt = dt0 if k == 1 and dt0 >= 0.0 else epoch_dt(per, moe_tok, tps * (k - 1) / 2.0)
-        t_next = t + k * dt
-        last_step_start = t_next - dt
-        steps += k
-        # --- apply ---
-        full = k * tps  # what a sequence gains in k steps unless it ends sooner
-        full_chunks = max(1.0, math.ceil(full / tps))
-        for x, (decodes, chunks, _, _, n_dec) in zip(rk, plans, strict=True):
-            batch_sum += k * (n_dec + len(chunks)) / ranks
-            streamed = 0.0
-            free = x.free_blocks
-            for r in decodes:
-                rem = r.osl - r.generated
-                if full <= rem:
-                    gained, chunks_out = full, full_chunks
-                else:
-                    gained, chunks_out = rem, max(1.0, ceil(rem / tps))
-                r.generated += gained
-                r.computed = computed = r.computed + gained
-                # not past its last block: ceil(computed / bs) is still its blocks (a request never holds more)
-                if computed > r.blocks * bs:
-                    nb = ceil(computed / bs)
-                    free -= nb - r.blocks
-                    r.blocks = nb
-                streamed += chunks_out
-            dec = x.dec
-            if dec.members:  # each gains k tokens: none ends sooner (k is at most the least remaining)
-                if k > dec.min_remaining():
-                    raise AssertionError("offset mode: an epoch past a decode's end (bug)")
-                streamed += len(dec) * full_chunks
-                free -= dec.held(dec.g + k) - dec.held(dec.g)
-                dec.g += k
-            x.free_blocks = free
-            if n_dec:
-                itl_w[dt] = itl_w.get(dt, 0.0) + streamed
-                if prefill_first:
-                    x.token_ratio = max(SGLANG_MIN_TOKEN_RATIO, x.token_ratio - SGLANG_TOKEN_RATIO_DECAY * k)
-            for r, c in chunks:
-                r.computed += c
-                nb = math.ceil(r.computed / bs)
-                x.free_blocks -= nb - r.blocks
-                r.blocks = nb
-                if r.computed >= r.prompt:
-                    if r.first is None:
-                        r.first = t_next + overhead
-                        r.generated = 1
-                    if lazy:
-                        x.exp.append(r)
-            if lazy and chunks:
-                x.pre = [r for r in x.pre if r.computed < r.prompt]
-            peak_blocks = max(peak_blocks, sched.num_blocks - x.free_blocks)
-        t = t_next
-        for x in rk:
-            if lazy:
-                # the members that reached their output length, and those kept apart; in admission order
+                    k = min(k, max(1, int((max(min(p_free), p_queue[0].at_engine) - t) / max(dt0, 1e-9))))
+            # the context at the stretch's midpoint (a shift of 0.0 for one step: the step at its start)
+            dt = dt0 if k == 1 and dt0 >= 0.0 else epoch_dt(per, moe_tok, tps * (k - 1) / 2.0)
+            t_next = t + k * dt
+            last_step_start = t_next - dt
+            steps += k
+            # --- apply ---
+            full = k * tps  # what a sequence gains in k steps unless it ends sooner
+            full_chunks = max(1.0, math.ceil(full / tps))
+            for x, (decodes, chunks, _, _, n_dec) in zip(rk, plans, strict=True):
+                batch_sum += k * (n_dec + len(chunks)) / ranks
+                streamed = 0.0
+                free = x.free_blocks
+                for r in decodes:
+                    rem = r.osl - r.generated
+                    if full <= rem:
+                        gained, chunks_out = full, full_chunks
+                    else:
+                        gained, chunks_out = rem, max(1.0, ceil(rem / tps))
+                    r.generated += gained
+                    r.computed = computed = r.computed + gained
+                    # not past its last block: ceil(computed / bs) is still its blocks (a request never holds more)
+                    if computed > r.blocks * bs:
+                        nb = ceil(computed / bs)
+                        free -= nb - r.blocks
+                        r.blocks = nb
+                    streamed += chunks_out
                 dec = x.dec
-                ending = dec.finished() if dec.heap and dec.heap[0][0] <= dec.g else []
-                if x.exp:
-                    ending += [r for r in x.exp if r.first is not None and r.generated >= r.osl]
-                    ending.sort(key=_seq)
-                    x.exp = [r for r in x.exp if r.first is None or r.generated < r.osl]
-                if x.exp:
-                    keep = []
-                    for r in x.exp:
-                        if dec.can_join(r):
-                            dec.add(r)
-                        else:
-                            keep.append(r)
-                    x.exp = keep
-            else:
-                # only a request that reached its output length can finish: look further only if one did
-                if not any([r.generated >= r.osl for r in x.running.values()]):
-                    continue
-                ending = [
-                    r
-                    for r in x.running.values()
-                    if r.first is not None and r.generated >= r.osl and r.computed >= r.prompt
-                ]
-            for r in ending:
-                assert r.first is not None  # a decoding request has its first token
-                finish(x, r, max(t, r.first - overhead))
-            for r in ending:
-                del x.running[r.seq]
+                if dec.members:  # each gains k tokens: none ends sooner (k is at most the least remaining)
+                    if k > dec.min_remaining():
+                        raise AssertionError("offset mode: an epoch past a decode's end (bug)")
+                    streamed += len(dec) * full_chunks
+                    free -= dec.held(dec.g + k) - dec.held(dec.g)
+                    dec.g += k
+                x.free_blocks = free
+                if n_dec:
+                    itl_w[dt] = itl_w.get(dt, 0.0) + streamed
+                    if prefill_first:
+                        x.token_ratio = max(
+                            SGLANG_MIN_TOKEN_RATIO, x.token_ratio - SGLANG_TOKEN_RATIO_DECAY * k
+                        )
+                for r, c in chunks:
+                    r.computed += c
+                    nb = math.ceil(r.computed / bs)
+                    x.free_blocks -= nb - r.blocks
+                    r.blocks = nb
+                    if r.computed >= r.prompt:
+                        if r.first is None:
+                            r.first = t_next + overhead
+                            r.generated = 1
+                        if lazy:
+                            x.exp.append(r)
+                if lazy and chunks:
+                    x.pre = [r for r in x.pre if r.computed < r.prompt]
+                peak_blocks = max(peak_blocks, sched.num_blocks - x.free_blocks)
+            t = t_next
+            for x in rk:
+                if lazy:
+                    # the members that reached their output length, and those kept apart; in admission order
+                    dec = x.dec
+                    ending = dec.finished() if dec.heap and dec.heap[0][0] <= dec.g else []
+                    if x.exp:
+                        ending += [r for r in x.exp if r.first is not None and r.generated >= r.osl]
+                        ending.sort(key=_seq)
+                        x.exp = [r for r in x.exp if r.first is None or r.generated < r.osl]
+                    if x.exp:
+                        keep = []
+                        for r in x.exp:
+                            if dec.can_join(r):
+                                dec.add(r)
+                            else:
+                                keep.append(r)
+                        x.exp = keep
+                else:
+                    # only a request that reached its output length can finish: look further only if one did
+                    if not any([r.generated >= r.osl for r in x.running.values()]):
+                        continue
+                    ending = [
+                        r
+                        for r in x.running.values()
+                        if r.first is not None and r.generated >= r.osl and r.computed >= r.prompt
+                    ]
+                for r in ending:
+                    assert r.first is not None  # a decoding request has its first token
+                    finish(x, r, max(t, r.first - overhead))
+                for r in ending:
+                    del x.running[r.seq]
 
-    # (arrival, first token, end, output length) of each finished request: finish() has set both times
-    fin = [(r.arrival, r.first, r.end, r.osl) for r in done if r.first is not None and r.end is not None]
-    assert len(fin) == len(done), "a finished request without its first token or its end"
-    ttft = [first - arrival for arrival, first, _, _ in fin]
-    e2e = [end - arrival for arrival, _, end, _ in fin]
-    tpot = [(end - first) / (osl - 1) for _, first, end, osl in fin if osl > 1]
-    itl = sorted(itl_w.items())
-    start = min(r.arrival for r in done)
-    end = max(e for _, _, e, _ in fin)
-    return SimResult(
-        ttft_s=ttft,
-        tpot_s=tpot,
-        e2e_s=e2e,
-        itl=itl,
-        duration_s=end - start,
-        output_tokens=sum(r.osl for r in done),
-        input_tokens=sum(r.isl for r in done),
-        requests=len(done),
-        preemptions=preemptions,
-        peak_kv_blocks=peak_blocks,
-        mean_batch=batch_sum / max(steps, 1),
-        steps=steps,
-    )
+        # (arrival, first token, end, output length) of each finished request: finish() has set both times
+        fin = [(r.arrival, r.first, r.end, r.osl) for r in done if r.first is not None and r.end is not None]
+        assert len(fin) == len(done), "a finished request without its first token or its end"
+        ttft = [first - arrival for arrival, first, _, _ in fin]
+        e2e = [end - arrival for arrival, _, end, _ in fin]
+        tpot = [(end - first) / (osl - 1) for _, first, end, osl in fin if osl > 1]
+        itl = sorted(itl_w.items())
+        start = min(r.arrival for r in done)
+        end = max(e for _, _, e, _ in fin)
+        return SimResult(
+            ttft_s=ttft,
+            tpot_s=tpot,
+            e2e_s=e2e,
+            itl=itl,
+            duration_s=end - start,
+            output_tokens=sum(r.osl for r in done),
+            input_tokens=sum(r.isl for r in done),
+            requests=len(done),
+            preemptions=self.preemptions,
+            peak_kv_blocks=peak_blocks,
+            mean_batch=batch_sum / max(steps, 1),
+            steps=steps,
+        )
+
+
+def simulate(
+    step: StepModel,
+    wl: Workload,
+    sched: SchedulerConfig | None = None,
+    pd: PDConfig | None = None,
+    ranks: int = 1,
+    ranks_per_instance: int | None = None,
+) -> SimResult:
+    """Run one load point to completion; every request is measured (no warm-up cut).
+
+    `ranks` engine ranks step in lock-step (attention-DP ranks of one instance meet at every MoE all-to-all, so
+    each step lasts as long as the slowest rank's: a rank's prefill chunk stalls every rank's decode). A new
+    request goes to the rank with the least work (closed loop: a client sends its next request when its last one
+    ends). Under EP the experts of one instance see the tokens of its `ranks_per_instance` ranks (default: all)."""
+    return _Sim(step, wl, sched or SchedulerConfig(), pd, ranks, ranks_per_instance).run()
 
 
 def percentile(values: list[float], p: float) -> float:
