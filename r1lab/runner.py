@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -311,9 +312,8 @@ def _progress_file(ctx: RunContext) -> Path:
     return ctx.run_dir / "logs" / "progress.jsonl"
 
 
-NBCLIENT_IPYKERNEL_ARGS = [
-    "--HistoryManager.hist_file=:memory:"
-]  # what nbclient gives a python3 kernel it starts
+# what nbclient gives a python3 kernel it starts
+NBCLIENT_IPYKERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]
 
 
 class Kernels:
@@ -326,9 +326,8 @@ class Kernels:
 
     def __init__(self, kernel_name: str) -> None:
         self.kernel_name = kernel_name
-        self.started: dict[
-            str, Any
-        ] = {}  # notebook name -> its kernel manager (kernel running, not yet used)
+        # notebook name -> its kernel manager (kernel running, not yet used)
+        self.started: dict[str, Any] = {}
         self.closing: list[Any] = []  # kernel managers whose kernel was asked to shut down
 
     def start(self, ctx: RunContext, step: Step, env_extra: dict[str, str]) -> None:
@@ -391,9 +390,11 @@ class Kernels:
                 pass
 
 
+@functools.cache
 def _prestarted_engine() -> str:
     """papermill's nbclient engine for a kernel that is already running (`km=`): nbclient leaves the kernel to its
-    owner (`Kernels`, which shuts it down) and this engine closes the client's channels after the notebook."""
+    owner (`Kernels`, which shuts it down) and this engine closes the client's channels after the notebook.
+    Defined and registered once, on the first notebook that uses it."""
     from papermill.clientwrap import PapermillNotebookClient  # type: ignore[import-untyped]
     from papermill.engines import NBClientEngine, papermill_engines  # type: ignore[import-untyped]
     from papermill.utils import merge_kwargs, remove_args  # type: ignore[import-untyped]
