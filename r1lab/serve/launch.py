@@ -141,9 +141,8 @@ class Running:
     local_log: Path
 
 
-_Stop = tuple[
-    Command, Executor, dict[str, str]
-]  # a one-shot's command, its pod, its environment: how to undo it
+# a one-shot's command, its pod, its environment: how to undo it
+_Stop = tuple[Command, Executor, dict[str, str]]
 _REGISTRY: dict[str, Executor] = {}  # ledger host key -> executor, for teardown in this process
 
 
