@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-Load = tuple[
-    int | None, float | None
-]  # (concurrency, rate) of one point: exactly one is set (trace: both may)
+# (concurrency, rate) of one point: exactly one is set (trace: both may)
+Load = tuple[int | None, float | None]
 
 
 class LoadShape:

@@ -71,9 +71,8 @@ class RunState:
     created: str = ""
     params_file: str = ""
     state: str = "new"  # new | open | running | completed | failed | interrupted | torn down
-    notebooks: list[str] = field(
-        default_factory=list
-    )  # completed (runner) or stepped through (Lab), in order
+    # completed (runner) or stepped through (Lab), in order
+    notebooks: list[str] = field(default_factory=list)
     live: int = 0  # resources the ledger still holds
     detail: str = ""
 

@@ -359,9 +359,8 @@ def _tensor_shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...], bool
     for i in range(n_layers):
         layer(i)
     out.extend([("model.norm.weight", (h,), False), ("lm_head.weight", (v, h), False)])
-    for i in range(
-        n_layers, n_layers + cfg["num_nextn_predict_layers"]
-    ):  # MTP: a full layer plus its own heads
+    # MTP: a full layer plus its own heads
+    for i in range(n_layers, n_layers + cfg["num_nextn_predict_layers"]):
         layer(i)
         p = f"model.layers.{i}"
         out.extend(

@@ -170,9 +170,8 @@ def run_point(
     slots = split(shape.concurrency, nw) if shape.concurrency else [0] * nw
     arr: list[list[tuple[int, float]]] = [[] for _ in range(nw)]
     if shape.kind == "trace":
-        for k, off in enumerate(
-            (shape.offsets or ())[: shape.requests]
-        ):  # a trace has offsets (Shape checks)
+        # a trace has offsets (Shape checks)
+        for k, off in enumerate((shape.offsets or ())[: shape.requests]):
             arr[k % nw].append((k, float(off)))
     elif shape.kind == "poisson":
         assert shape.rate is not None  # Shape requires a rate for poisson

@@ -302,9 +302,8 @@ def summarize_run(
         elif kind == "saturation":
             saturation[name] = find_knee(pts)
             ext = rd / "load" / name / "extension.json"
-            if (
-                ext.exists()
-            ):  # the sweep added points until its knee (until_knee): which, and where it stopped
+            # the sweep added points until its knee (until_knee): which, and where it stopped
+            if ext.exists():
                 saturation[name]["extension"] = json.loads(ext.read_text())
                 if not saturation[name]["saturated"]:
                     saturation[name]["note"] = saturation[name]["extension"]["stopped"]

@@ -33,9 +33,8 @@ import triton
 import triton.language as tl
 
 H, QL, KVL, ROPE, NOPE, VD, HEADS, I_MOE, E, TOPK = 7168, 1536, 512, 64, 128, 128, 128, 2048, 256, 8
-FP8 = (
-    torch.bfloat16 if __import__("os").environ.get("LAYER_BENCH_NO_FP8") else torch.float8_e4m3fn
-)  # CPU logic check
+# LAYER_BENCH_NO_FP8 (bfloat16): the CPU logic check
+FP8 = torch.bfloat16 if __import__("os").environ.get("LAYER_BENCH_NO_FP8") else torch.float8_e4m3fn
 FP8_MAX = 448.0
 
 

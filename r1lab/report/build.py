@@ -90,9 +90,8 @@ def cost_context(data: RunData, live: dict[str, float] | None = None) -> dict[st
                            "deployment": None, "run_total": None}  # fmt: skip
     if data.exp is None:
         return ctx
-    resolved = (
-        data.run_dir / resolve.FILENAME
-    )  # the run's price quotes as it was resolved (runs before it: none)
+    # the run's price quotes as it was resolved (runs before it: none)
+    resolved = data.run_dir / resolve.FILENAME
     resolved_quotes = resolve.load(data.run_dir).prices if resolved.exists() else None
     try:
         dep = deployment_cost(data.exp, live=live, quotes=resolved_quotes)

@@ -523,8 +523,7 @@ def summary_frame(data: RunData) -> pd.DataFrame:
             "loop": p.get("loop"), "prefix hit": _prefix_hit(p.get("prefix_cache") or {}),
         })  # fmt: skip
     df = pd.DataFrame(rows)
-    if (
-        not df.empty
-    ):  # columns no point fills (no rate, no reasoning phase, no prefix-cache counter) are left out
+    # columns no point fills (no rate, no reasoning phase, no prefix-cache counter) are left out
+    if not df.empty:
         df = df.drop(columns=[c for c in ("rate", "TTFO p50", "prefix hit") if df[c].isna().all()])
     return df

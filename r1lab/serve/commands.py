@@ -673,9 +673,8 @@ class _Renderer:
                 "--speedup-ratio", f"{self.exp.serving.speedup_ratio:g}"]  # fmt: skip
         if spec.max_model_len:
             argv += ["--max-model-len", str(spec.max_model_len)]
-        if (
-            self.exp.serving.mocker_reasoning
-        ):  # R1 reasons first: <think> .. </think> in the tiny tokenizer's ids
+        # R1 reasons first: <think> .. </think> in the tiny tokenizer's ids
+        if self.exp.serving.mocker_reasoning:
             start, end = think_token_ids()
             argv += ["--reasoning", json.dumps({"start_thinking_token_id": start, "end_thinking_token_id": end,
                                                 "thinking_ratio": self.exp.serving.mocker_reasoning},

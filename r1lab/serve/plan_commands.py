@@ -18,9 +18,8 @@ def plan_commands(exp: Experiment) -> dict[str, Any]:
     for stage in stages(exp):
         try:
             dep = render(exp, stage)
-        except (
-            ValueError
-        ) as exc:  # ServeConfigError (or a model error under it): serve cannot render these params
+        # ServeConfigError (or a model error under it): serve cannot render these params
+        except ValueError as exc:
             out["stages"][stage] = {"error": str(exc)}
             out["lines"].append(f"# {stage}: cannot render: {exc}")
             continue

@@ -66,9 +66,8 @@ def run(ctx: RunContext, to: Target, only: list[str] | None = None) -> LoadResul
         )  # fmt: skip
     dep = cost.deployment_cost(exp, quotes=ctx.resolved.prices)  # priced as the run was resolved
     slo = exp.load.slo
-    metrics_file = (
-        ctx.run_dir / "metrics.parquet"
-    )  # server series (KV usage, memory) for the stress trend checks
+    # server series (KV usage, memory) for the stress trend checks
+    metrics_file = ctx.run_dir / "metrics.parquet"
     source = "measured-gpu" if exp.provider.kind == "runpod" else "measured-twin"
     summary = scenarios.summarize_run(
         ctx.run_dir, scenarios=exp.load.scenarios, slo=Slo(slo.ttft_ms, slo.tpot_ms, slo.e2el_ms),

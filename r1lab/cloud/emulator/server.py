@@ -584,9 +584,8 @@ class Emulator:
         cpu = None
         if body.get("cpu"):
             flavor = cpu_flavor(body["cpu"]["id"])
-            assert flavor is not None, body["cpu"][
-                "id"
-            ]  # the request's CPU type was checked against the catalog
+            # the request's CPU type was checked against the catalog
+            assert flavor is not None, body["cpu"]["id"]
             memory = max(1, int(body["cpu"]["vcpuCount"] * flavor["ramGbPerVcpu"]))
             cpu = {"id": body["cpu"]["id"], "vcpuCount": body["cpu"]["vcpuCount"], "memory": memory}
         rec = {
