@@ -76,3 +76,22 @@ def test_a_busy_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
             b.stop()
     finally:
         a.stop()
+
+
+def test_each_server_serves_its_own_fill_only(tmp_path: Path) -> None:
+    """Two servers in one process, each with its own fill's tag: neither answers under the other's (the tag is
+    the server's, not shared by its handlers' class); a dir holding no fill is served whole, without caching."""
+    a_dir, b_dir = _fill(tmp_path / "a", 1.0), _fill(tmp_path / "b", 2.0)
+    plain = tmp_path / "plain"
+    (plain / "simple" / "demo").mkdir(parents=True)
+    (plain / "simple" / "demo" / "index.html").write_text("x")
+    a, b, c = (sources.Sources(x, _loopback()).start() for x in (a_dir, b_dir, plain))
+    try:
+        assert a.tag and b.tag and a.tag != b.tag and c.tag == ""
+        assert _get(a, f"/{a.tag}/simple/demo/")[0] == 200 and _get(a, f"/{b.tag}/simple/demo/")[0] == 404
+        assert _get(b, f"/{b.tag}/simple/demo/")[0] == 200 and _get(b, f"/{a.tag}/simple/demo/")[0] == 404
+        status, cache, _ = _get(c, "/simple/demo/")
+        assert status == 200 and cache is None
+    finally:
+        for s in (a, b, c):
+            s.stop()

@@ -226,9 +226,12 @@ def fill_tag(d: Path) -> str:
 
 
 class _Served(http.server.SimpleHTTPRequestHandler):
-    """The sources dir under `/<tag>/` (nothing outside it), every answer cacheable for good."""
+    """The sources dir under `/<tag>/` (nothing outside it), every answer cacheable for good; `tag` "" (a dir
+    holding no fill): the whole dir, without Cache-Control."""
 
-    tag = ""  # set per server (Sources)
+    def __init__(self, *args: Any, tag: str, **kwargs: Any) -> None:
+        self.tag = tag  # before the base class's __init__, which handles the request
+        super().__init__(*args, **kwargs)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
@@ -264,7 +267,7 @@ class Sources:
 
     def __init__(self, d: Path, host: str, port: int | None = None) -> None:
         self.tag = fill_tag(d)
-        handler = functools.partial(type("_Served", (_Served,), {"tag": self.tag}), directory=str(d))
+        handler = functools.partial(_Served, tag=self.tag, directory=str(d))
         try:
             self.server = http.server.ThreadingHTTPServer((host, PORT if port is None else port), handler)
         except OSError:
