@@ -37,9 +37,8 @@ from r1lab.cloud.twin.network import TwinNet, netns_name, pod_indices, pod_ip, s
 from r1lab.cloud.twin.podinit import POD_SSHD_DIR
 from r1lab.cloud.twin.sources import HOST_NAME
 
-if (
-    TYPE_CHECKING
-):  # the emulator (and its jsonschema) loads only where pods are made: `r1lab twin status` stays fast
+# the emulator (and its jsonschema) loads only where pods are made: `r1lab twin status` stays fast
+if TYPE_CHECKING:
     from r1lab.cloud.emulator.backends import PodHost
 
 MOUNTPOINTS = Path("/run/r1lab-twin/mountpoints")
@@ -234,7 +233,7 @@ class PodHosts:
         self._removals = [x for x in self._removals if x.is_alive()] + [t]
 
     def _write_hosts(self) -> None:
-        lines = ["127.0.0.1 localhost", f"{self.net.host_ip} {HOST_NAME}"]  # sources.HOST_NAME
+        lines = ["127.0.0.1 localhost", f"{self.net.host_ip} {HOST_NAME}"]
         lines += [f"{v['ip']} {k} {k}.runpod.internal" for k, v in sorted(self._pods.items())]
         text = "\n".join(lines) + "\n"
         # rewrite in place: pods bind-mount this inode
