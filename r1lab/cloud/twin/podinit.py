@@ -103,9 +103,8 @@ def setup_bare(cfg: dict) -> None:
     for src, dst in cfg.get("mounts", []):
         (r / dst.lstrip("/")).mkdir(parents=True, exist_ok=True)
         _mount("--bind", src, f"{root}/{dst.lstrip('/')}")
-    for src, dst in cfg.get(
-        "ro_mounts", []
-    ):  # the twin's CPU engine (netns.engine_binds): files or directories
+    # the twin's CPU engine (netns.engine_binds): files or directories
+    for src, dst in cfg.get("ro_mounts", []):
         target = r / dst.lstrip("/")
         if os.path.isdir(src):
             target.mkdir(parents=True, exist_ok=True)
@@ -116,9 +115,8 @@ def setup_bare(cfg: dict) -> None:
         _mount("-o", "remount,bind,ro", str(target))
     os.chdir(root)
     os.makedirs(".oldroot", exist_ok=True)
-    subprocess.run(
-        ["pivot_root", ".", ".oldroot"], check=True
-    )  # the host's binary, resolved before the pivot
+    # the host's binary, resolved before the pivot
+    subprocess.run(["pivot_root", ".", ".oldroot"], check=True)
     os.chdir("/")
     subprocess.run(["umount", "-l", "/.oldroot"], check=True)  # the pod's own umount from here on
     os.rmdir("/.oldroot")
