@@ -225,6 +225,9 @@ def build_r1_like_repo(root: Path, *, seed: int = 0, shards: int = 4) -> Path:
 
 @dataclass
 class Fault:
+    """The next `times` GETs of repo file `path` are cut (the connection closed) after `after_bytes` body bytes,
+    as a dropped link does (`add_fault`, `POST /_fake/faults`)."""
+
     path: str
     after_bytes: int
     times: int = 1
@@ -232,6 +235,9 @@ class Fault:
 
 @dataclass
 class Stall:
+    """The next GET of repo file `path` stops sending after `after_bytes` body bytes, the connection held open, until
+    `release` is set (at most 120 s): a stalled link (`add_stall`)."""
+
     path: str
     after_bytes: int
     release: threading.Event
