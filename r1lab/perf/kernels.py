@@ -30,8 +30,10 @@ from operator import itemgetter
 from typing import Any
 
 from r1lab.perf import hardware
+from r1lab.perf.curve import Curve
 
 _first = itemgetter(0)  # a measured point's size: the bisect key of (size, value) points
+_UNSEEN = Curve(())  # a memo's "not asked yet"
 
 MEASURED = {"H200": "h200-kernels-2026-12-01.json"}
 # the layer forward's prefill attention at longer prompts (r1lab/calibrate/prefill_attention_bench.py)
@@ -93,6 +95,10 @@ class KernelTable:
     mla_decode_floor_s: float | None = None
     # causal prefill attention measured alone: (heads, m, seconds), at sizes the layer forwards did not reach
     prefill_attention: tuple[tuple[int, int, float], ...] = ()
+    # interpolation-ready curves of `gemm` by (k, n) (None: unmeasured), kept as gemm_s asks for them
+    _gemm_curves: dict[tuple[float, float], Curve | None] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @staticmethod
     @functools.lru_cache(maxsize=8)
@@ -177,17 +183,20 @@ class KernelTable:
     def gemm_s(self, m: float, k: float, n: float) -> float | None:
         """Measured time of the block-FP8 GEMM (k, n) at m rows (log-log between measured m), None if unmeasured
         or beyond the largest measured m."""
-        pts = self.gemm.get((round(k), round(n)))
-        if not pts or m > pts[-1][0]:
+        c = self._gemm_curves.get((k, n), _UNSEEN)
+        if c is _UNSEEN:
+            pts = self.gemm.get((round(k), round(n)))
+            c = self._gemm_curves[(k, n)] = Curve(pts) if pts else None
+        if c is None:
             return None
-        if m == pts[-1][0]:
-            return pts[-1][1]
-        if m <= pts[0][0]:
-            return pts[0][1]
-        i = bisect.bisect_right(pts, m, key=_first)  # the first measured m above m
-        (m0, t0), (m1, t1) = pts[i - 1], pts[i]
-        f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
-        return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
+        xs = c.xs
+        if m > xs[-1]:
+            return None
+        if m == xs[-1]:
+            return c.ys[-1]
+        if m <= xs[0]:
+            return c.ys[0]
+        return c.log_log(m)
 
     def moe_rows_s(self, rows: float, expert_bytes: float) -> float | None:
         """Measured time of the routed experts' grouped GEMMs at `rows` token-expert rows (prefill sizes, log-log

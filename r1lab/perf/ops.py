@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism, kv_transfer_copies
 from r1lab.perf import hardware, network
@@ -243,6 +244,43 @@ _PART_KEYS = ("attention_gemm", "attention_core", "dense_mlp", "moe_experts", "t
 
 
 _KERNEL_MIN_S = KERNEL_MIN_US * 1e-6
+# entries one of StepModel's memos holds before it is emptied (bounded memory over long sweeps)
+MEMO_CAP = 200_000
+_V = TypeVar("_V")
+
+
+def _keep(memo: dict[Any, _V], key: Any, value: _V) -> _V:
+    """Keep `value`, a pure function's result for `key`, in one of StepModel's memos (emptied whole once it holds
+    more than MEMO_CAP entries), and return it."""
+    if len(memo) > MEMO_CAP:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+class _GemmTimes:
+    """One GEMM shape (k, n, dtype) on one GPU, its seconds by rows m, kept: the profile's (Efficiency.gemm_s),
+    capped by the faster kernel measured on the GPU itself where there is one (as an engine picks one per shape),
+    at least KERNEL_MIN_US."""
+
+    __slots__ = ("shape", "kt", "k", "n", "times")
+
+    def __init__(self, eff: Efficiency, kt: KernelTable | None, k: float, n: float, dtype: str) -> None:
+        self.shape = eff.gemm_shape(k, n, dtype)
+        self.kt = kt if dtype == "fp8" else None  # the tuned kernels are block-FP8
+        self.k, self.n = k, n
+        self.times: dict[float, float] = {}
+
+    def at(self, m: float) -> float:
+        t = self.times.get(m)
+        if t is None:
+            t = self.shape.seconds(m)
+            if self.kt is not None:
+                tuned = self.kt.gemm_s(m, self.k, self.n)
+                if tuned is not None:
+                    t = min(t, tuned)
+            t = _keep(self.times, m, max(t, KERNEL_MIN_US * 1e-6))
+        return t
 
 
 class StepModel:
@@ -297,15 +335,32 @@ class StepModel:
         self._dec_flops_per_ctx = 2.0 * self.heads * (s.kv_latent_dim + s.kv_lora_rank)
         self._pre_flops_per_pair = 2.0 * self.heads * (s.qk_head_dim + s.v_head_dim)
         self._mla_floor = (self.kt.mla_decode_floor_s if self.kt is not None else None) or 0.0
-        self._cache: dict[tuple, dict[str, float]] = {}
-        self._vals: dict[tuple, tuple[float, ...]] = {}  # _cache's values as tuples (step_s' fast path)
-        self._gemm: dict[tuple[float, float, float, str], float] = {}  # _g's results (pure in its args)
         # TP x EP: experts spread over ep_size ranks, each expert split over the moe_tp ranks that share it
         self.moe_tp = par.moe_tp
-        self._factor_memo: dict[tuple[str, float], float] = {}  # _prefill_factor's results
-        self._pre_moe: dict[
-            tuple[float, float, float, float], tuple[float, ...]
-        ] = {}  # _parts' non-expert terms
+        # sglang runs the shared expert inside the routed experts' grouped GEMMs unless experts are spread by id
+        # (expert parallelism of size > 1); today's model (the hand-off off) only where there is no EP at all
+        self._fused_shared = self.eng.fuses_shared_expert and (
+            par.ep_size == 1 if self.eng.dp_attention_handoff else not par.ep
+        )
+        # small kernels of one step (NON_GEMM_KERNELS): launches per layer kind, and their floor (queued only)
+        self._k_attn = len(NON_GEMM_KERNELS["attention"])
+        self._k_moe = len(NON_GEMM_KERNELS["moe"])
+        if self._fused_shared:
+            self._k_moe -= sum(1 for k in NON_GEMM_KERNELS["moe"] if k.startswith("shared"))
+        self._small_kernels_per_step = (
+            self.layers * self._k_attn
+            + self.moe_layers * self._k_moe
+            + self.dense_layers * len(NON_GEMM_KERNELS["dense"])
+        )
+        self._small_kernel_floor = KERNEL_MIN_US * 1e-6 if self.eff.timing == "queued" else 0.0
+        # memos of pure functions of their keys, one set per model (each emptied past MEMO_CAP entries, _keep)
+        self._base: dict[tuple[float, float, float | None, float | None], tuple[float, ...]] = {}  # _parts
+        self._dense: dict[tuple[float, float], tuple[float, ...]] = {}  # _dense_terms by (n_dec, n_pre)
+        self._routed: dict[tuple[float, float], float] = {}  # _routed_s by (expert tokens, fused rows)
+        self._ep_comm: dict[tuple[float, float], float] = {}  # _ep_comm_s by (m, expert tokens)
+        # _g's shapes, each keeping its times by m
+        self._gemm: dict[tuple[float, float, str], _GemmTimes] = {}
+        self._factor_memo: dict[tuple[str, float], float] = {}  # _prefill_factor
         self._prefill_factors = self._measured_prefill_factors() if measured_prefill else {}
 
     def _measured_prefill_factors(self) -> dict[str, tuple[tuple[float, float], ...]]:
@@ -350,12 +405,9 @@ class StepModel:
         pts = self._prefill_factors.get(group)
         if not pts or m <= 0:
             return 1.0
-        key = (group, m)  # a pure function of its args: kept per deployment
-        f = self._factor_memo.get(key)
+        f = self._factor_memo.get((group, m))
         if f is None:
-            if len(self._factor_memo) > 200_000:
-                self._factor_memo.clear()
-            f = self._factor_memo[key] = self._prefill_factor_of(pts, group, m)
+            f = _keep(self._factor_memo, (group, m), self._prefill_factor_of(pts, group, m))
         return f
 
     @staticmethod
@@ -384,20 +436,14 @@ class StepModel:
 
     # -- primitives ----------------------------------------------------------------------------------------
     def _g(self, m: float, k: float, n: float, dtype: str = "fp8") -> float:
-        key = (m, k, n, dtype)  # a pure function of its (hashable, immutable) args: kept per deployment
-        t = self._gemm.get(key)
-        if t is None:
-            t = self.eff.gemm_s(m, k, n, dtype=dtype)
-            if self.kt is not None and dtype == "fp8":
-                # the faster measured kernel, as an engine picks one per shape
-                tuned = self.kt.gemm_s(m, k, n)
-                if tuned is not None:
-                    t = min(t, tuned)
-            t = max(t, KERNEL_MIN_US * 1e-6)
-            if len(self._gemm) > 200_000:
-                self._gemm.clear()
-            self._gemm[key] = t
-        return t
+        """Seconds of one GEMM (k, n, dtype) at m rows on one GPU (_GemmTimes, kept per shape and m)."""
+        return self._gemm_times(k, n, dtype).at(m)
+
+    def _gemm_times(self, k: float, n: float, dtype: str = "fp8") -> _GemmTimes:
+        g = self._gemm.get((k, n, dtype))
+        if g is None:
+            g = _keep(self._gemm, (k, n, dtype), _GemmTimes(self.eff, self.kt, k, n, dtype))
+        return g
 
     def _expert_stream_s(self, touched: float, wbytes: float) -> float:
         """Routed experts' weights streamed by the grouped GEMMs: the fused MoE measured on the GPU where there
@@ -472,21 +518,19 @@ class StepModel:
         rank carries this rank's batch. Only the MLA core depends on the context: the rest is computed once per
         (batch, prefill tokens, logits, expert tokens) and kept (a simulation asks for the same batches often)."""
         key = (n_dec, n_pre, n_logits, moe_tokens)
-        base = self._cache.get(key)
+        base = self._base.get(key)
         if base is None:
-            base = self._parts(n_dec, 0.0, n_pre, 0.0, n_logits, moe_tokens)
-            if len(self._cache) > 200_000:
-                self._cache.clear()
-            self._cache[key] = base
+            base = _keep(self._base, key, self._parts(n_dec, n_pre, n_logits, moe_tokens))
         if not base:
             return {}
-        out = dict(base)
+        ag, dm, me, ar, ep, lm, md, sk = base
         core = self.layers * self._attn_core(n_dec, ctx_sum, n_pre, pre_pairs)
-        out["attention_core"] = core
-        if self.mtp and ctx_sum:  # each draft pass reads the latent cache once more (cached with no context)
-            kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
-            floor = KERNEL_MIN_US * 1e-6
-            out["mtp_draft"] += self.mtp * (max(kv_read / (1 + self.mtp), floor) - floor)
+        if self.mtp and ctx_sum:  # each draft pass reads the latent cache once more (kept with no context)
+            kv_read = ctx_sum * self.kv_layer_bytes / self._kv_rate
+            md += self.mtp * (max(kv_read / (1 + self.mtp), _KERNEL_MIN_S) - _KERNEL_MIN_S)
+        out = dict(
+            zip(_PART_KEYS, (ag, core, dm, me, ar, ep, lm, md, sk, self.eng.step_overhead_s), strict=True)
+        )
         if self.eng.schedule_ahead_steps:
             gpu = sum(v for k, v in out.items() if k != "engine_overhead")
             out["engine_overhead"] = max(0.0, self.eng.step_overhead_s - gpu)
@@ -496,35 +540,22 @@ class StepModel:
         self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float, moe_tokens: float | None
     ) -> tuple[float, float] | None:
         """(GPU seconds, exposed engine overhead) of `parts(...)` without building its dict: the same values
-        added in the same order (bit-identical to summing `parts()`), None for an empty step. The per-key base
-        values are kept as a tuple in `_PART_KEYS` order; a base of other keys takes the dict path."""
+        added in the same order (bit-identical to summing `parts()`), None for an empty step."""
         key = (n_dec, n_pre, None, moe_tokens)
-        vals = self._vals.get(key)
-        if vals is None:
-            base = self._cache.get(key)
-            if base is None:
-                base = self._parts(n_dec, 0.0, n_pre, 0.0, None, moe_tokens)
-                if len(self._cache) > 200_000:
-                    self._cache.clear()
-                    self._vals.clear()
-                self._cache[key] = base
-            vals = tuple(base.values()) if tuple(base) == _PART_KEYS else ()
-            self._vals[key] = vals
-        if not vals:
-            out = self.parts(n_dec, ctx_sum, n_pre, pre_pairs, moe_tokens=moe_tokens)
-            if not out:
-                return None
-            gpu = sum(v for k, v in out.items() if k != "engine_overhead")
-            return gpu, out.get("engine_overhead", 0.0)
-        ag, _, dm, me, ar, ep, lm, md, sk, eo = vals
+        base = self._base.get(key)
+        if base is None:
+            base = _keep(self._base, key, self._parts(n_dec, n_pre, None, moe_tokens))
+        if not base:
+            return None
+        ag, dm, me, ar, ep, lm, md, sk = base
         core = self.layers * self._attn_core(n_dec, ctx_sum, n_pre, pre_pairs)
         if self.mtp and ctx_sum:  # as parts(): each draft pass reads the latent cache once more
-            kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
-            floor = KERNEL_MIN_US * 1e-6
-            md += self.mtp * (max(kv_read / (1 + self.mtp), floor) - floor)
+            kv_read = ctx_sum * self.kv_layer_bytes / self._kv_rate
+            md += self.mtp * (max(kv_read / (1 + self.mtp), _KERNEL_MIN_S) - _KERNEL_MIN_S)
         gpu = 0 + ag + core + dm + me + ar + ep + lm + md + sk  # sum()'s order, from its int start
+        eo = self.eng.step_overhead_s
         if self.eng.schedule_ahead_steps:
-            eo = max(0.0, self.eng.step_overhead_s - gpu)
+            eo = max(0.0, eo - gpu)
         return gpu, eo
 
     def _attn_core(self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float) -> float:
@@ -542,76 +573,33 @@ class StepModel:
         return max(attn_core, _KERNEL_MIN_S)
 
     def _parts(
-        self,
-        n_dec: float,
-        ctx_sum: float,
-        n_pre: float,
-        pre_pairs: float,
-        n_logits: float | None = None,
-        moe_tokens: float | None = None,
-    ) -> dict[str, float]:
+        self, n_dec: float, n_pre: float, n_logits: float | None, moe_tokens: float | None
+    ) -> tuple[float, ...]:
+        """parts()' values that do not depend on the context, in _PART_KEYS order less attention_core and
+        engine_overhead (the callers add those); () for an empty step. Assembled from kept pieces: the terms of
+        the batch outside the experts (`_dense_terms`, per (batch, prefill tokens)), the routed experts' time
+        (`_routed_s`, per expert tokens) and the expert-parallel exchange (`_ep_comm_s`), so that lock-step ranks
+        whose batches meet at the experts, or a batch seen with other ranks' tokens, cost a few lookups."""
         q = 1 + self.mtp
         m = n_dec * q + n_pre
         if m <= 0:
-            return {}
-        L, Lm, Ld = self.layers, self.moe_layers, self.dense_layers
-        # what does not depend on the experts' tokens: kept per (batch, prefill tokens), so lock-step ranks whose
-        # batches meet other ranks' tokens at the experts compute it once
-        key = (n_dec, ctx_sum, n_pre, pre_pairs)
-        pre = self._pre_moe.get(key)
+            return ()
+        pre = self._dense.get((n_dec, n_pre))
         if pre is None:
-            # attention projections
-            attn_lin = (
-                self._g(m, *self.a_rep)
-                + self._g(m, *self.a_qb)
-                + self._g(m, *self.a_kvb)
-                + self._g(m, *self.a_o)
-            )
-            attn_core = self._attn_core(n_dec, ctx_sum, n_pre, pre_pairs)
-            kv_read = ctx_sum * self.kv_layer_bytes / (self.eff.kv_tb_s * 1e12)
-            # MLPs
-            dense = self._g(m, self.h, 2 * self.dense_i) + self._g(m, self.dense_i, self.h)
-            shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
-            router = self._g(m, self.h, self.E, "bf16")
-            if n_pre and self._prefill_factors:  # the prefill rows' share at the measured kernels' rate
-                f = 1.0 + (self._prefill_factor("gemm", m) - 1.0) * n_pre / m
-                attn_lin, dense, shared, router = attn_lin * f, dense * f, shared * f, router * f
-            ar = 2 * self.allreduce_s(m * self.h * 2)
-            if len(self._pre_moe) > 200_000:
-                self._pre_moe.clear()
-            pre = self._pre_moe[key] = (attn_lin, attn_core, kv_read, dense, shared, router, ar)
-        attn_lin, attn_core, kv_read, dense, shared, router, ar = pre
+            pre = _keep(self._dense, (n_dec, n_pre), self._dense_terms(n_dec, n_pre, m))
+        attn_lin, dense, shared, router, ar, kernels, kernels_mtp, head, mtp_draft = pre
         moe_m = m  # tokens whose hidden states enter this rank's MoE block (routing, experts' activations)
         gather = 0.0  # attention-DP -> TP-split MoE hand-off: gather the DP ranks' tokens, reduce them back
         if self.dep.par.ep:
             tokens = m * self.dp if moe_tokens is None else moe_tokens  # every DP rank's tokens meet here
-            local = self.E / self.dep.par.ep_size
-            touched = local * (1.0 - (1.0 - self.k / self.E) ** tokens)
-            rows = tokens * self.k / self.dep.par.ep_size
-            wbytes = touched * self.expert_bytes_full / self.moe_tp
-            flops = 2.0 * rows * 3 * self.h * self.I / self.moe_tp
-            a2a_bytes = m * self.k * self.h * (1 + 2)  # dispatch fp8, combine bf16
-            if self.dep.par.ep_size == 1:
-                comm_ep = 0.0  # no expert is split across ranks by expert id: no dispatch
-            elif self.dp == 1:
-                # attention TP (TRT-LLM `--tp 8 --ep 8` without attention DP, sglang/vLLM TP + EP): every rank
-                # already holds every token; each runs its own experts on them and the layer's TP all-reduce
-                # (`ar`) sums the outputs: no dispatch/combine all-to-all
-                comm_ep = 0.0
-            elif self.ep_remote > 0:
-                comm_ep = self.ep_link.transfer_s(a2a_bytes * self.ep_remote)
-            else:
-                comm_ep = network.all_to_all_s(a2a_bytes, self.dep.par.ep_size, self.ep_link)
-            # experts split over ranks that hold different attention-DP batches (sglang --enable-dp-attention
-            # with TP MoE): those ranks all-gather their tokens before the experts and reduce-scatter after,
-            # together one all-reduce of the gathered hidden states
-            # with dp_attention_handoff (sglang), the MLP runs on the gathered tokens of those g ranks (router, MoE
-            # kernels, shared expert, dense layers) and a step carrying prefill gathers by all-reduce (SUM_LEN
-            # padding): two all-reduces of the gathered tokens there
+            comm_ep = self._ep_comm.get((m, tokens))
+            if comm_ep is None:
+                comm_ep = _keep(self._ep_comm, (m, tokens), self._ep_comm_s(m, tokens))
+            # with dp_attention_handoff (sglang), the MLP runs on the gathered tokens of the g ranks that share
+            # the experts (router, MoE kernels, shared expert, dense layers) and a step carrying prefill gathers
+            # by all-reduce (SUM_LEN padding): two all-reduces of the gathered tokens there
             g = min(self.moe_tp, self.dp)
-            if g > 1 and not self.eng.dp_attention_handoff:
-                comm_ep += self._allreduce_world(tokens * g / self.dp * self.h * 2, g)
-            elif g > 1:
+            if g > 1 and self.eng.dp_attention_handoff:
                 moe_m = tokens * g / self.dp
                 gather = (2 if n_pre else 1) * self._allreduce_world(moe_m * self.h * 2, g)
                 comm_ep += gather
@@ -623,55 +611,68 @@ class StepModel:
                     moe_m, self.dense_i / g, self.h
                 )
         else:
-            touched = self.E * (1.0 - (1.0 - self.k / self.E) ** m)
-            rows = m * self.k
-            wbytes = touched * self.expert_bytes_full / self.tp
-            flops = 2.0 * rows * 3 * self.h * self.I / self.tp
+            tokens = m
             comm_ep = 0.0
         dense_gather = gather  # the dense layers' MLP crosses the same hand-off (0 without it)
-        # sglang fuses it unless experts are spread by id (expert parallelism of size > 1); today's model (the
-        # hand-off off) only where there is no EP at all
-        fused_shared = self.eng.fuses_shared_expert and (
-            self.dep.par.ep_size == 1 if self.eng.dp_attention_handoff else not self.dep.par.ep
+        if self._fused_shared:
+            shared = 0.0  # run as one more routed expert (_routed_s)
+        routed_key = (tokens, moe_m if self._fused_shared else 0.0)
+        routed = self._routed.get(routed_key)
+        if routed is None:
+            routed = _keep(self._routed, routed_key, self._routed_s(tokens, moe_m))
+        if moe_m != m:  # the MoE block's kernels run on the gathered tokens, not this rank's own
+            act = m * self.h * ACT_BYTES_PER_VALUE / self._kv_rate
+            act_moe = moe_m * self.h * ACT_BYTES_PER_VALUE / self._kv_rate
+            floor = self._small_kernel_floor
+            kernels += self.moe_layers * self._k_moe * (max(floor, act_moe) - max(floor, act))
+            kernels += (
+                self.dense_layers * len(NON_GEMM_KERNELS["dense"]) * (max(floor, act_moe) - max(floor, act))
+            )
+        if self.mtp:
+            kernels += kernels_mtp
+        if n_logits is not None:
+            head = self._g(max(n_logits, 1), self.h, self.vocab_shard, "bf16")
+        L, Lm, Ld = self.layers, self.moe_layers, self.dense_layers
+        return (
+            L * attn_lin,  # attention_gemm
+            Ld * dense,  # dense_mlp
+            Lm * (routed + shared + router),  # moe_experts
+            L * ar,  # tp_allreduce
+            Lm * comm_ep + Ld * dense_gather,  # ep_all_to_all
+            head,  # lm_head
+            mtp_draft,
+            kernels,  # small_kernels
         )
-        if (
-            fused_shared
-        ):  # the shared expert as one more expert of the grouped GEMMs, every token routed to it
-            split = self.moe_tp if self.dep.par.ep else self.tp
-            touched += 1.0
-            rows += moe_m
-            wbytes += self.expert_bytes_full / split
-            flops += 2.0 * moe_m * 3 * self.h * self.I / split
-            shared = 0.0
-        measured_rows = (
-            self.kt.moe_rows_s(rows, wbytes / max(touched, 1e-9))
-            if self.kt is not None and touched > 0
-            else None
+
+    def _dense_terms(self, n_dec: float, n_pre: float, m: float) -> tuple[float, ...]:
+        """What a batch of n_dec decodes (m rows with their drafts) and n_pre prefill tokens costs outside the
+        routed experts: per layer the attention projections, dense MLP, shared expert, router and TP all-reduces;
+        per step the small kernels (those of the MTP passes apart), the LM head at the default logits and the
+        MTP draft passes with no context."""
+        q = 1 + self.mtp
+        # attention projections
+        attn_lin = (
+            self._g(m, *self.a_rep) + self._g(m, *self.a_qb) + self._g(m, *self.a_kvb) + self._g(m, *self.a_o)
         )
-        routed = max(
-            self._expert_stream_s(touched, wbytes),
-            measured_rows or 0.0,
-            self._grouped_expert_s(rows, touched, flops),
-            2 * KERNEL_MIN_US * 1e-6,
-        )
+        # MLPs
+        dense = self._g(m, self.h, 2 * self.dense_i) + self._g(m, self.dense_i, self.h)
+        shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
+        router = self._g(m, self.h, self.E, "bf16")
+        if n_pre and self._prefill_factors:  # the prefill rows' share at the measured kernels' rate
+            f = 1.0 + (self._prefill_factor("gemm", m) - 1.0) * n_pre / m
+            attn_lin, dense, shared, router = attn_lin * f, dense * f, shared * f, router * f
+        ar = 2 * self.allreduce_s(m * self.h * 2)
         # small kernels: each moves its activations (m x hidden, read and written in bf16) at the streaming rate,
         # and inside a CUDA graph takes at least KERNEL_MIN_US (charged for queued profiles only, see above)
-        k_attn, k_moe = len(NON_GEMM_KERNELS["attention"]), len(NON_GEMM_KERNELS["moe"])
-        if fused_shared:
-            k_moe -= sum(1 for k in NON_GEMM_KERNELS["moe"] if k.startswith("shared"))
+        floor = self._small_kernel_floor
+        act = m * self.h * ACT_BYTES_PER_VALUE / self._kv_rate
         k_step = len(NON_GEMM_KERNELS["step"])
-        per_layer = L * k_attn + Lm * k_moe + Ld * len(NON_GEMM_KERNELS["dense"])
-        floor = KERNEL_MIN_US * 1e-6 if self.eff.timing == "queued" else 0.0
-        act = m * self.h * ACT_BYTES_PER_VALUE / (self.eff.kv_tb_s * 1e12)
-        kernels = per_layer * max(floor, act) + k_step * floor
-        if moe_m != m:  # the MoE block's kernels run on the gathered tokens, not this rank's own
-            act_moe = moe_m * self.h * ACT_BYTES_PER_VALUE / (self.eff.kv_tb_s * 1e12)
-            kernels += Lm * k_moe * (max(floor, act_moe) - max(floor, act))
-            kernels += Ld * len(NON_GEMM_KERNELS["dense"]) * (max(floor, act_moe) - max(floor, act))
+        kernels = self._small_kernels_per_step * max(floor, act) + k_step * floor
+        kernels_mtp = 0.0
         if self.mtp:  # each MTP draft pass: one more layer's kernels and the head's, on n_dec tokens
-            act_d = n_dec * self.h * ACT_BYTES_PER_VALUE / (self.eff.kv_tb_s * 1e12)
-            kernels += self.mtp * ((k_attn + k_moe) * max(floor, act_d) + k_step * floor)
-        n_logits = n_dec * q + (1 if n_pre else 0) if n_logits is None else n_logits
+            act_d = n_dec * self.h * ACT_BYTES_PER_VALUE / self._kv_rate
+            kernels_mtp = self.mtp * ((self._k_attn + self._k_moe) * max(floor, act_d) + k_step * floor)
+        n_logits = n_dec * q + (1 if n_pre else 0)
         head = self._g(max(n_logits, 1), self.h, self.vocab_shard, "bf16")
         mtp_draft = 0.0
         if (
@@ -681,7 +682,7 @@ class StepModel:
                 self._g(n_dec, *self.a_rep)
                 + self._g(n_dec, *self.a_qb)
                 + self._g(n_dec, *self.a_o)
-                + max(kv_read / q, KERNEL_MIN_US * 1e-6)
+                + _KERNEL_MIN_S  # the latent-cache read, charged with the context (parts(), _stage_s)
                 + self._g(n_dec, 2 * self.h, self.h / self.tp, "bf16")
                 + max(
                     self.E
@@ -694,28 +695,66 @@ class StepModel:
                 + self._g(n_dec, self.h, self.vocab_shard, "bf16")
                 + 2 * self.allreduce_s(n_dec * self.h * 2)
             )
-        gpu = (
-            L * (attn_lin + attn_core + ar) + Ld * (dense + dense_gather) + Lm * (routed + shared + router + comm_ep)
-            + head
-            + mtp_draft + kernels
-        )  # fmt: skip
-        # overlap scheduling (schedule_ahead_steps >= 1) prepares the next step on the CPU while this one runs:
-        # only the part of the CPU's step work longer than the GPU's is exposed
-        overhead = self.eng.step_overhead_s
-        if self.eng.schedule_ahead_steps:
-            overhead = max(0.0, overhead - gpu)
-        return {
-            "attention_gemm": L * attn_lin,
-            "attention_core": L * attn_core,
-            "dense_mlp": Ld * dense,
-            "moe_experts": Lm * (routed + shared + router),
-            "tp_allreduce": L * ar,
-            "ep_all_to_all": Lm * comm_ep + Ld * dense_gather,
-            "lm_head": head,
-            "mtp_draft": mtp_draft,
-            "small_kernels": kernels,
-            "engine_overhead": overhead,
-        }
+        return attn_lin, dense, shared, router, ar, kernels, kernels_mtp, head, mtp_draft
+
+    def _ep_comm_s(self, m: float, tokens: float) -> float:
+        """Per MoE layer, the expert-parallel exchange of a rank with m tokens whose experts see `tokens` (every
+        DP rank's): dispatch/combine all-to-all, and the experts' TP group's all-reduce under attention DP (the
+        hand-off's gathers are added by _parts)."""
+        a2a_bytes = m * self.k * self.h * (1 + 2)  # dispatch fp8, combine bf16
+        if self.dep.par.ep_size == 1:
+            comm_ep = 0.0  # no expert is split across ranks by expert id: no dispatch
+        elif self.dp == 1:
+            # attention TP (TRT-LLM `--tp 8 --ep 8` without attention DP, sglang/vLLM TP + EP): every rank
+            # already holds every token; each runs its own experts on them and the layer's TP all-reduce
+            # (`ar`) sums the outputs: no dispatch/combine all-to-all
+            comm_ep = 0.0
+        elif self.ep_remote > 0:
+            comm_ep = self.ep_link.transfer_s(a2a_bytes * self.ep_remote)
+        else:
+            comm_ep = network.all_to_all_s(a2a_bytes, self.dep.par.ep_size, self.ep_link)
+        # experts split over ranks that hold different attention-DP batches (sglang --enable-dp-attention
+        # with TP MoE): those ranks all-gather their tokens before the experts and reduce-scatter after,
+        # together one all-reduce of the gathered hidden states (without the hand-off, see _parts)
+        g = min(self.moe_tp, self.dp)
+        if g > 1 and not self.eng.dp_attention_handoff:
+            comm_ep += self._allreduce_world(tokens * g / self.dp * self.h * 2, g)
+        return comm_ep
+
+    def _routed_s(self, tokens: float, moe_m: float) -> float:
+        """Per MoE layer, the routed experts' grouped GEMMs on `tokens` (EP: every DP rank's tokens, else this
+        rank's), the shared expert as one more expert on the moe_m tokens of this rank's MoE block where the
+        engine fuses it."""
+        if self.dep.par.ep:
+            local = self.E / self.dep.par.ep_size
+            touched = local * (1.0 - (1.0 - self.k / self.E) ** tokens)
+            rows = tokens * self.k / self.dep.par.ep_size
+            wbytes = touched * self.expert_bytes_full / self.moe_tp
+            flops = 2.0 * rows * 3 * self.h * self.I / self.moe_tp
+        else:
+            touched = self.E * (1.0 - (1.0 - self.k / self.E) ** tokens)
+            rows = tokens * self.k
+            wbytes = touched * self.expert_bytes_full / self.tp
+            flops = 2.0 * rows * 3 * self.h * self.I / self.tp
+        if (
+            self._fused_shared
+        ):  # the shared expert as one more expert of the grouped GEMMs, every token routed to it
+            split = self.moe_tp if self.dep.par.ep else self.tp
+            touched += 1.0
+            rows += moe_m
+            wbytes += self.expert_bytes_full / split
+            flops += 2.0 * moe_m * 3 * self.h * self.I / split
+        measured_rows = (
+            self.kt.moe_rows_s(rows, wbytes / max(touched, 1e-9))
+            if self.kt is not None and touched > 0
+            else None
+        )
+        return max(
+            self._expert_stream_s(touched, wbytes),
+            measured_rows or 0.0,
+            self._grouped_expert_s(rows, touched, flops),
+            2 * KERNEL_MIN_US * 1e-6,
+        )
 
     def step_s(
         self,

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.perf import hardware
+from r1lab.perf.curve import Curve
 
 _first = itemgetter(0)  # a measured point's size: the bisect key of (size, value) points
+
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
 SCHEMA_VERSION = 1
@@ -147,6 +149,32 @@ def reference_profiles() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+class GemmShape:
+    """`Efficiency.gemm_s` of one (k, n, dtype) shape, as a function of m: what does not depend on m worked out
+    once (the measured times of the exact shape, the weights' streaming time, the rate curve)."""
+
+    __slots__ = ("k", "n", "times", "stream_s", "rate")
+
+    def __init__(self, k: float, n: float, times: Curve | None, stream_s: float, rate: Curve) -> None:
+        self.k, self.n, self.times, self.stream_s, self.rate = k, n, times, stream_s, rate
+
+    def seconds(self, m: float) -> float:
+        """The measured time of the shape where a queued profile of this GPU has it (log-log between measured m,
+        the smallest m's time below them, proportional to m above the largest: compute-bound there), else the
+        roofline max(weights / streaming rate, flops / rate at m)."""
+        if m <= 0:
+            return 0.0
+        times = self.times
+        if times is not None:
+            xs = times.xs
+            if m <= xs[0]:
+                return times.ys[0]
+            if m >= xs[-1]:
+                return times.ys[-1] * m / xs[-1]
+            return times.log_log(m)
+        return max(self.stream_s, 2.0 * m * self.k * self.n / (self.rate.log_lin(m) * 1e12))
+
+
 @dataclass(frozen=True)
 class Efficiency:
     """Constants the performance model uses for one GPU type, each computed from a profile:
@@ -184,6 +212,8 @@ class Efficiency:
     shapes: dict[tuple[str, int, int], tuple[tuple[float, float], ...]] = field(default_factory=dict)
     timing: str = "eager"
     shape_times: dict[tuple[str, int, int], tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    # interpolation-ready curves of the fields above, kept by what asked for them (rate_curve, gemm_shape)
+    _curves: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_profile(cls, prof: Profile, target: hardware.GPU | str | None = None) -> Efficiency:
@@ -291,52 +321,44 @@ class Efficiency:
             shape_times=shape_times,
         )
 
-    @staticmethod
-    def _interp(pts: tuple[tuple[float, float], ...], m: float) -> float:
-        """Log-linear in m between measured points, clamped at the ends."""
-        if m <= pts[0][0]:
-            return pts[0][1]
-        if m >= pts[-1][0]:
-            return pts[-1][1]
-        i = bisect.bisect_right(pts, m, key=_first)  # the first measured m above m
-        (m0, t0), (m1, t1) = pts[i - 1], pts[i]
-        f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
-        return t0 + f * (t1 - t0)
+    def rate_curve(self, dtype: str = "fp8", k: float | None = None, n: float | None = None) -> Curve:
+        """The GEMM rate curve `tflops` interpolates: this exact (k, n) shape's where the profile measured it, else
+        the best over all shapes (kept)."""
+        key = ("rate", dtype, k, n)
+        c = self._curves.get(key)
+        if c is None:
+            pts = self.shapes.get((dtype, round(k), round(n))) if k is not None and n is not None else None
+            c = self._curves[key] = Curve(pts or (self.fp8_curve if dtype == "fp8" else self.bf16_curve))
+        return c
 
     def tflops(self, m: float, dtype: str = "fp8", k: float | None = None, n: float | None = None) -> float:
         """GEMM rate at m rows: the measured curve of this exact (k, n) shape where the profile has it, else the
         best rate over all shapes, log-linear between measured m (clamped at the ends)."""
-        if k is not None and n is not None and self.shapes:
-            pts = self.shapes.get((dtype, round(k), round(n)))
-            if pts:
-                return self._interp(pts, m)
-        return self._interp(self.fp8_curve if dtype == "fp8" else self.bf16_curve, m)
+        return self.rate_curve(dtype, k, n).log_lin(m)
+
+    def gemm_shape(
+        self, k: float, n: float, dtype: str = "fp8", weight_bytes: float | None = None
+    ) -> GemmShape:
+        """One GEMM shape's `gemm_s` as a function of m alone (kept per shape)."""
+        key = ("gemm", dtype, k, n, weight_bytes)
+        g = self._curves.get(key)
+        if g is None:
+            times = None
+            if weight_bytes is None and self.shape_times:
+                pts = self.shape_times.get((dtype, round(k), round(n)))
+                times = Curve(pts) if pts else None
+            wb = k * n * (1 if dtype == "fp8" else 2) if weight_bytes is None else weight_bytes
+            g = self._curves[key] = GemmShape(
+                k, n, times, wb / (self.weight_tb_s * 1e12), self.rate_curve(dtype, k, n)
+            )
+        return g
 
     def gemm_s(
         self, m: float, k: float, n: float, weight_bytes: float | None = None, dtype: str = "fp8"
     ) -> float:
-        """Roofline of one GEMM inside a CUDA graph: max(weights / streaming rate, flops / rate at m)."""
-        if m <= 0:
-            return 0.0
-        if weight_bytes is None and self.shape_times:
-            pts = self.shape_times.get((dtype, round(k), round(n)))
-            if pts:
-                return self._measured_s(pts, m)
-        wb = k * n * (1 if dtype == "fp8" else 2) if weight_bytes is None else weight_bytes
-        return max(wb / (self.weight_tb_s * 1e12), 2.0 * m * k * n / (self.tflops(m, dtype, k, n) * 1e12))
-
-    @staticmethod
-    def _measured_s(pts: tuple[tuple[float, float], ...], m: float) -> float:
-        """A measured shape's time at m rows: log-log between measured m, the smallest m's time below them,
-        proportional to m above the largest (compute-bound there)."""
-        if m <= pts[0][0]:
-            return pts[0][1]
-        if m >= pts[-1][0]:
-            return pts[-1][1] * m / pts[-1][0]
-        i = bisect.bisect_right(pts, m, key=_first)  # the first measured m above m
-        (m0, t0), (m1, t1) = pts[i - 1], pts[i]
-        f = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
-        return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
+        """Roofline of one GEMM inside a CUDA graph: max(weights / streaming rate, flops / rate at m); a queued
+        profile's measured time of the exact shape where it has one (GemmShape)."""
+        return self.gemm_shape(k, n, dtype, weight_bytes).seconds(m)
 
     def allreduce_s(self, nbytes: float, world: int) -> float | None:
         """Measured all-reduce (launch floor removed), interpolated in bytes; rescaled for another world size
