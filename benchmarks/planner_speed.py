@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         methods = ["simulate"]  # a planner without the analytic path: only today's way
     names = ", ".join(n for n, _ in exps)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; params: {names}")
+    sim = importlib.import_module("r1lab.perf.simulate")
+    how = "native build (scripts/build_native.py)" if getattr(sim, "COMPILED", False) else "pure Python"
+    print(f"r1lab.perf.simulate: {how}, {sim.__file__}")
     tot: dict[str, list[float]] = {m: [] for m in methods}
     pts: dict[str, int] = {}
     plans: dict[str, dict[str, Any]] = {m: {} for m in methods}

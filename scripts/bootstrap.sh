@@ -80,6 +80,8 @@ else
   log ".venv up to date"
 fi
 compile_venv .venv r1lab
+# the simulator's native build (Cython, cached by its sources' digest; a failed build warns and leaves pure Python)
+.venv/bin/python scripts/build_native.py
 fi  # VLLM_ONLY
 
 # --- 2b. notebook output filter (a git clean filter, see r1lab/nbstrip.py and .gitattributes) ------------------

@@ -27,8 +27,15 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
+from r1lab.perf import _native
 from r1lab.perf.network import Link
 from r1lab.perf.ops import StepModel
+
+COMPILED = not __file__.endswith(".py")
+"""True where this module is the native build of this file (simulate.pxd's types; r1lab.perf._native says how it
+is built and checked), False in pure Python: both give the same results, bit for bit."""
+if COMPILED and not _native.current():  # built from other sources than these, or R1LAB_PURE_PYTHON=1
+    _native.use_source(__name__)  # this import then gives the pure-Python module
 
 
 @dataclass(frozen=True)
@@ -68,27 +75,34 @@ class PDConfig:
     decode_tp: int = 1  # each decode TP rank pulls its own copy of the MLA latent cache
 
 
-@dataclass(slots=True)
 class _Req:
-    rid: int
-    isl: int
-    osl: int
-    arrival: float
-    prompt: int = 0  # tokens to (re)compute before decoding
-    computed: float = 0.0
-    generated: float = 0.0
-    first: float | None = None
-    end: float | None = None
-    blocks: int = 0
-    preempted: int = 0
-    admitted_remote: bool = False
-    at_engine: float = 0.0  # when the front end handed it to the engine (arrival + queue + its CPU work)
-    seq: int = 0  # admission order on its rank (the running requests' order)
-    # in a rank's _Decoding: computed and generated as they were at its decode step g0, computed - g0 as an int
-    c0: float = 0.0
-    gen0: float = 0.0
-    g0: int = 0
-    phase: int = 0
+    """One request's state (a plain class with slots: the native build makes it a C struct, simulate.pxd)."""
+
+    __slots__ = (
+        "rid", "isl", "osl", "arrival", "prompt", "computed", "generated", "first", "end", "blocks", "preempted",
+        "admitted_remote", "at_engine", "seq", "c0", "gen0", "g0", "phase",
+    )  # fmt: skip
+
+    def __init__(self, rid: int, isl: int, osl: int, arrival: float, prompt: int = 0) -> None:
+        self.rid = rid
+        self.isl = isl
+        self.osl = osl
+        self.arrival = arrival
+        self.prompt = prompt  # tokens to (re)compute before decoding
+        self.computed: float = 0.0
+        self.generated: float = 0.0
+        self.first: float | None = None
+        self.end: float | None = None
+        self.blocks = 0
+        self.preempted = 0
+        self.admitted_remote = False
+        self.at_engine = 0.0  # when the front end handed it to the engine (arrival + queue + its CPU work)
+        self.seq = 0  # admission order on its rank (the running requests' order)
+        # in a rank's _Decoding: computed and generated as they were at its decode step g0, computed - g0 as an int
+        self.c0: float = 0.0
+        self.gen0: float = 0.0
+        self.g0 = 0
+        self.phase = 0
 
 
 @dataclass
@@ -107,11 +121,17 @@ class SimResult:
     steps: int
 
 
+def _ceil(x: float) -> int:
+    """math.ceil(x) of a finite x (int(x) truncates toward zero): a C function in the native build."""
+    n = int(x)
+    return n + 1 if n < x else n
+
+
 def _block_needs(decodes: list[_Req], k: int, q: int, bs: int) -> int:
     """New KV blocks the decodes need to advance k steps of q tokens."""
     need, adv = 0, k * q
     for r in decodes:
-        d = math.ceil((r.computed + adv) / bs) - r.blocks
+        d = _ceil((r.computed + adv) / bs) - r.blocks
         if d > 0:
             need += d
     return need
@@ -154,7 +174,7 @@ class _Decoding:
         self.members[r.seq] = r
         self._held.clear()
         self.phase_sum += p
-        a, b = divmod(p, self.bs)
+        a, b = p // self.bs, p % self.bs  # divmod's pair (typed C integers in a native build)
         self.blk_sum += a
         bisect.insort(self.res, b)
         heapq.heappush(self.heap, (r.osl - r.generated + self.g, r.seq, r))
@@ -169,7 +189,7 @@ class _Decoding:
         v = self._held.get(g)
         if v is None:
             n, res = len(self.members), self.res
-            g1, g0 = divmod(g, self.bs)
+            g1, g0 = g // self.bs, g % self.bs
             v = self._held[g] = (
                 self.blk_sum
                 + n * g1
@@ -188,7 +208,7 @@ class _Decoding:
         del self.members[r.seq]
         self._held.clear()
         self.phase_sum -= r.phase
-        a, b = divmod(r.phase, self.bs)
+        a, b = r.phase // self.bs, r.phase % self.bs
         self.blk_sum -= a
         del self.res[bisect.bisect_left(self.res, b)]
         d = self.g - r.g0
@@ -406,7 +426,8 @@ class _Sim:
     def reserved(self, x: _Rank) -> float:
         """KV tokens sglang keeps for the running requests' expected remaining decode."""
         return (
-            sum(min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) for r in x.running.values()) * x.token_ratio
+            sum([min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) for r in x.running.values()])
+            * x.token_ratio
         )
 
     def prefill_batch(self, x: _Rank) -> tuple[list[_Req], list[tuple[_Req, float]]]:
@@ -443,7 +464,6 @@ class _Sim:
         (decodes, prefill chunks, the decodes' context sum, the blocks they hold, how many decode): in offset
         mode the decodes listed are those outside x.dec, the sums and the count include x.dec's."""
         sched, q, bs, lazy = self.sched, self.q, self.bs, self.lazy
-        ceil = math.ceil
         budget: float = self.max_tokens  # `computed` is fractional (MTP acceptance), so are prefill chunks
         chunks: list[tuple[_Req, float]] = []
         dec = x.dec
@@ -478,7 +498,7 @@ class _Sim:
             c = min(need_tokens, budget)
             if not sched.enable_chunked_prefill and c < need_tokens:
                 break
-            need_blocks = ceil((r.computed + max(c, 1)) / bs) - r.blocks
+            need_blocks = _ceil((r.computed + max(c, 1)) / bs) - r.blocks
             if need_blocks > x.free_blocks:
                 break
             x.waiting.popleft()
@@ -497,16 +517,16 @@ class _Sim:
         # bound (+1 against rounding) fits in the free blocks, no one is preempted
         bound = (ctx + n_dec * q) / bs + n_dec - held + 1
         if chunks:
-            bound += sum([max(0, ceil((r.computed + c) / bs) - r.blocks) for r, c in chunks])
+            bound += sum([max(0, _ceil((r.computed + c) / bs) - r.blocks) for r, c in chunks])
         preempted = bound > x.free_blocks
         while preempted:
             need = 0
             for r in decodes:
-                d = ceil((r.computed + q) / bs) - r.blocks
+                d = _ceil((r.computed + q) / bs) - r.blocks
                 if d > 0:
                     need += d
             for r, c in chunks:
-                need += max(0, ceil((r.computed + c) / bs) - r.blocks)
+                need += max(0, _ceil((r.computed + c) / bs) - r.blocks)
             if dec.members:
                 need += dec.held(dec.g + q) - dec.held(dec.g)
             if need <= x.free_blocks or len(x.running) <= 1:
@@ -571,24 +591,20 @@ class _Sim:
 
     def run(self) -> SimResult:
         step, sched, pd, wl = self.step, self.sched, self.pd, self.wl
-        ceil = math.ceil
         n_total, tps, q, bs, overhead = self.n_total, self.tps, self.q, self.bs, self.overhead
         ranks, rpi, coupled_moe, rk = self.ranks, self.rpi, self.coupled_moe, self.rk
         prefill_first, lazy = self.prefill_first, self.lazy
         p_free, p_queue = self.p_free, self.p_queue
-        submit, new_request, schedule, epoch_dt, finish = (
-            self.submit, self.new_request, self.schedule, self.epoch_dt, self.finish,
-        )  # fmt: skip
         # initial load
         if wl.concurrency:
             for _ in range(min(wl.concurrency, n_total)):
-                submit(new_request(0.0))
+                self.submit(self.new_request(0.0))
         else:
             t_arr = 0.0
             rate = float(wl.rate or 1.0)
             while self.issued < n_total:
                 t_arr += self.rng.expovariate(rate)
-                submit(new_request(t_arr))
+                self.submit(self.new_request(t_arr))
 
         t = 0.0
         peak_blocks = 0
@@ -615,7 +631,7 @@ class _Sim:
                     x.waiting.append(heapq.heappop(x.arrivals)[2])
                 if not x.running and not x.waiting and x.arrivals and x.arrivals[0][0] <= t:
                     x.waiting.append(heapq.heappop(x.arrivals)[2])
-            if rk[0].idle() if ranks == 1 else all(x.idle() for x in rk):
+            if rk[0].idle() if ranks == 1 else all([x.idle() for x in rk]):
                 nxt = [x.arrivals[0][0] for x in rk if x.arrivals]
                 if pd is not None and p_queue:
                     nxt.append(max(min(p_free), p_queue[0].at_engine))
@@ -624,7 +640,7 @@ class _Sim:
                 t = max(t, min(nxt))
                 continue
             # --- schedule one step on every rank ---
-            plans = [schedule(x) if x.running or x.waiting else ([], [], 0.0, 0, 0) for x in rk]
+            plans = [self.schedule(x) if x.running or x.waiting else ([], [], 0.0, 0, 0) for x in rk]
             per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
             for _, chunks, ctx, _, n_dec in plans:
                 per.append(
@@ -639,10 +655,10 @@ class _Sim:
             if coupled_moe:
                 moe_tok = [0.0] * ranks
                 for g0 in range(0, ranks, rpi):
-                    tot = sum(per[i][0] * q + per[i][2] for i in range(g0, min(ranks, g0 + rpi)))
+                    tot = sum([per[i][0] * q + per[i][2] for i in range(g0, min(ranks, g0 + rpi))])
                     for i in range(g0, min(ranks, g0 + rpi)):
                         moe_tok[i] = tot
-            any_chunks = any(plan[1] for plan in plans)
+            any_chunks = any([plan[1] for plan in plans])
 
             # --- epoch length: pure decode stretches advance k steps at once ---
             k = 1
@@ -662,7 +678,7 @@ class _Sim:
                         least = min(min([r.osl - r.generated for r in decodes]), dec.min_remaining())
                     else:
                         least = dec.min_remaining()
-                    k = min(k, ceil(least / tps))
+                    k = min(k, _ceil(least / tps))
                     if x.waiting and len(x.running) < sched.max_num_seqs:
                         head = x.waiting[0]
                         if prefill_first:
@@ -670,11 +686,11 @@ class _Sim:
                             k = min(k, 8)
                         else:
                             c0 = min(head.prompt - head.computed, max_tokens - n_dec * q)
-                            if math.ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
+                            if _ceil((head.computed + max(c0, 1)) / bs) - head.blocks <= x.free_blocks:
                                 k = 1  # it can be admitted next step
                     if x.arrivals and k > 1:  # (k <= 1 stays as it is)
                         if dt0 < 0.0:
-                            dt0 = epoch_dt(per, moe_tok, 0.0)
+                            dt0 = self.epoch_dt(per, moe_tok, 0.0)
                         k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
                     # free blocks bound: the longest stretch whose new blocks fit in the free ones
                     k = max(1, k)
@@ -695,20 +711,20 @@ class _Sim:
                 for x in rk:
                     if x.idle() and x.arrivals and k > 1:
                         if dt0 < 0.0:
-                            dt0 = epoch_dt(per, moe_tok, 0.0)
+                            dt0 = self.epoch_dt(per, moe_tok, 0.0)
                         k = min(k, max(1, int((x.arrivals[0][0] - t) / max(dt0, 1e-9))))
                 if pd is not None and p_queue and k > 1:
                     if dt0 < 0.0:
-                        dt0 = epoch_dt(per, moe_tok, 0.0)
+                        dt0 = self.epoch_dt(per, moe_tok, 0.0)
                     k = min(k, max(1, int((max(min(p_free), p_queue[0].at_engine) - t) / max(dt0, 1e-9))))
             # the context at the stretch's midpoint (a shift of 0.0 for one step: the step at its start)
-            dt = dt0 if k == 1 and dt0 >= 0.0 else epoch_dt(per, moe_tok, tps * (k - 1) / 2.0)
+            dt = dt0 if k == 1 and dt0 >= 0.0 else self.epoch_dt(per, moe_tok, tps * (k - 1) / 2.0)
             t_next = t + k * dt
             last_step_start = t_next - dt
             steps += k
             # --- apply ---
             full = k * tps  # what a sequence gains in k steps unless it ends sooner
-            full_chunks = max(1.0, math.ceil(full / tps))
+            full_chunks = max(1.0, _ceil(full / tps))
             for x, (decodes, chunks, _, _, n_dec) in zip(rk, plans, strict=True):
                 batch_sum += k * (n_dec + len(chunks)) / ranks
                 streamed = 0.0
@@ -718,12 +734,12 @@ class _Sim:
                     if full <= rem:
                         gained, chunks_out = full, full_chunks
                     else:
-                        gained, chunks_out = rem, max(1.0, ceil(rem / tps))
+                        gained, chunks_out = rem, max(1.0, _ceil(rem / tps))
                     r.generated += gained
                     r.computed = computed = r.computed + gained
                     # not past its last block: ceil(computed / bs) is still its blocks (a request never holds more)
                     if computed > r.blocks * bs:
-                        nb = ceil(computed / bs)
+                        nb = _ceil(computed / bs)
                         free -= nb - r.blocks
                         r.blocks = nb
                     streamed += chunks_out
@@ -743,7 +759,7 @@ class _Sim:
                         )
                 for r, c in chunks:
                     r.computed += c
-                    nb = math.ceil(r.computed / bs)
+                    nb = _ceil(r.computed / bs)
                     x.free_blocks -= nb - r.blocks
                     r.blocks = nb
                     if r.computed >= r.prompt:
@@ -784,7 +800,7 @@ class _Sim:
                     ]
                 for r in ending:
                     assert r.first is not None  # a decoding request has its first token
-                    finish(x, r, max(t, r.first - overhead))
+                    self.finish(x, r, max(t, r.first - overhead))
                 for r in ending:
                     del x.running[r.seq]
 
@@ -795,16 +811,16 @@ class _Sim:
         e2e = [end - arrival for arrival, _, end, _ in fin]
         tpot = [(end - first) / (osl - 1) for _, first, end, osl in fin if osl > 1]
         itl = sorted(itl_w.items())
-        start = min(r.arrival for r in done)
-        end = max(e for _, _, e, _ in fin)
+        start = min([r.arrival for r in done])
+        end = max([e for _, _, e, _ in fin])
         return SimResult(
             ttft_s=ttft,
             tpot_s=tpot,
             e2e_s=e2e,
             itl=itl,
             duration_s=end - start,
-            output_tokens=sum(r.osl for r in done),
-            input_tokens=sum(r.isl for r in done),
+            output_tokens=sum([r.osl for r in done]),
+            input_tokens=sum([r.isl for r in done]),
             requests=len(done),
             preemptions=self.preemptions,
             peak_kv_blocks=peak_blocks,
