@@ -94,6 +94,9 @@ cdef class _Sim:
     cdef public double fe_fixed, fe_tok
     cdef public list done
     cdef public Py_ssize_t preemptions, max_tokens
+    cdef public dict memo
+    cdef public Py_ssize_t max_seqs, num_blocks
+    cdef public bint chunked, closed
 
     cpdef admit(self, _Rank x, _Req r)
     @cython.locals(r=_Req)
@@ -110,16 +113,20 @@ cdef class _Sim:
     @cython.locals(r=_Req, victim=_Req, budget=cython.double, chunks=list, dec=_Decoding, decodes=list,
                    c=cython.double, need_tokens=cython.double, need_blocks=cython.Py_ssize_t, ctx=cython.double,
                    held=cython.Py_ssize_t, n_dec=cython.Py_ssize_t, bound=cython.double, preempted=bint,
-                   need=cython.Py_ssize_t, d=cython.Py_ssize_t, q=cython.Py_ssize_t, bs=cython.Py_ssize_t, lazy=bint)
+                   need=cython.Py_ssize_t, d=cython.Py_ssize_t, q=cython.Py_ssize_t, bs=cython.Py_ssize_t, lazy=bint,
+                   chunked=bint)
     cpdef tuple schedule(self, _Rank x)
     @cython.locals(best=cython.double, v=cython.double, n_dec=cython.Py_ssize_t, ctx_sum=cython.double,
-                   n_pre=cython.double, pairs=cython.double, i=cython.Py_ssize_t, seen=dict)
+                   n_pre=cython.double, pairs=cython.double, i=cython.Py_ssize_t)
     cpdef double epoch_dt(self, list per, object moe_tok, double shift) except? -1.0
+    @cython.locals(key=tuple)
+    cpdef double step_s(self, Py_ssize_t n_dec, double ctx_sum, double n_pre, double pairs, object mt) except? -1.0
     @cython.locals(
         n_total=cython.Py_ssize_t, tps=cython.double, q=cython.Py_ssize_t, bs=cython.Py_ssize_t, overhead=cython.double,
         ranks=cython.Py_ssize_t, rpi=cython.Py_ssize_t, coupled_moe=bint, rk=list, prefill_first=bint, lazy=bint,
         p_free=list, t=cython.double, peak_blocks=cython.Py_ssize_t, done=list, steps=cython.Py_ssize_t,
-        batch_sum=cython.double, itl_w=dict, max_tokens=cython.Py_ssize_t, ahead=cython.Py_ssize_t,
+        batch_sum=cython.double, itl_w=dict, max_tokens=cython.Py_ssize_t, max_seqs=cython.Py_ssize_t,
+        num_blocks=cython.Py_ssize_t, ahead=cython.Py_ssize_t,
         last_step_start=cython.double, guard=cython.Py_ssize_t, x=_Rank, visible=cython.double, plans=list,
         per=list, g0=cython.Py_ssize_t, i=cython.Py_ssize_t, any_chunks=bint, k=cython.Py_ssize_t, dt0=cython.double,
         decodes=list, chunks=list, ctx=cython.double, held=cython.Py_ssize_t, n_dec=cython.Py_ssize_t, dec=_Decoding,

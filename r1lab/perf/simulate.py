@@ -20,12 +20,14 @@ Public interface: `Workload`, `SchedulerConfig`, `PDConfig`, `simulate(step, wor
 from __future__ import annotations
 
 import bisect
-import heapq
+import gc
 import itertools
 import math
 import random
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass
+from heapq import heappop, heappush
 
 from r1lab.perf import _native
 from r1lab.perf.network import Link
@@ -176,8 +178,8 @@ class _Decoding:
         self.phase_sum += p
         a, b = p // self.bs, p % self.bs  # divmod's pair (typed C integers in a native build)
         self.blk_sum += a
-        bisect.insort(self.res, b)
-        heapq.heappush(self.heap, (r.osl - r.generated + self.g, r.seq, r))
+        insort(self.res, b)
+        heappush(self.heap, (r.osl - r.generated + self.g, r.seq, r))
 
     def ctx(self) -> int:
         """The members' computed tokens, summed."""
@@ -193,15 +195,15 @@ class _Decoding:
             v = self._held[g] = (
                 self.blk_sum
                 + n * g1
-                + (n - bisect.bisect_left(res, 1 - g0))
-                + (n - bisect.bisect_left(res, self.bs + 1 - g0))
+                + (n - bisect_left(res, 1 - g0))
+                + (n - bisect_left(res, self.bs + 1 - g0))
             )
         return v
 
     def min_remaining(self) -> float:
         heap, members = self.heap, self.members
         while heap[0][1] not in members:  # one that left (preempted)
-            heapq.heappop(heap)
+            heappop(heap)
         return heap[0][0] - self.g
 
     def _leave(self, r: _Req) -> None:
@@ -210,7 +212,7 @@ class _Decoding:
         self.phase_sum -= r.phase
         a, b = r.phase // self.bs, r.phase % self.bs
         self.blk_sum -= a
-        del self.res[bisect.bisect_left(self.res, b)]
+        del self.res[bisect_left(self.res, b)]
         d = self.g - r.g0
         r.computed = r.c0 + d
         r.generated = r.gen0 + d
@@ -221,7 +223,7 @@ class _Decoding:
         out = []
         heap = self.heap
         while heap and heap[0][0] <= self.g:
-            _, s, r = heapq.heappop(heap)
+            _, s, r = heappop(heap)
             if s in self.members:
                 self._leave(r)
                 out.append(r)
@@ -299,7 +301,8 @@ class _Sim:
     __slots__ = (
         "step", "wl", "sched", "pd", "rng", "n_total", "tps", "q", "bs", "overhead", "ranks", "rpi",
         "coupled_moe", "rk", "issued", "next_seq", "prefill_first", "lazy", "p_free", "p_queue", "link_free",
-        "fe_free", "first_token", "fe_fixed", "fe_tok", "done", "preemptions", "max_tokens",
+        "fe_free", "first_token", "fe_fixed", "fe_tok", "done", "preemptions", "max_tokens", "memo", "max_seqs",
+        "chunked", "num_blocks", "closed",
     )  # fmt: skip
 
     def __init__(
@@ -346,6 +349,11 @@ class _Sim:
         self.done: list[_Req] = []
         self.preemptions = 0
         self.max_tokens = sched.max_num_batched_tokens
+        self.max_seqs = sched.max_num_seqs
+        self.chunked = sched.enable_chunked_prefill
+        self.num_blocks = sched.num_blocks
+        self.closed = bool(wl.concurrency)  # a closed loop: a finished request's client sends the next
+        self.memo: dict[tuple[int, float, float, float, float | None], float] = {}  # step times asked for
 
     def admit(self, x: _Rank, r: _Req) -> None:
         r.seq = self.next_seq
@@ -362,7 +370,7 @@ class _Sim:
     def route(self, r: _Req, t: float) -> None:
         rk = self.rk
         dest = rk[0] if self.ranks == 1 else min(rk, key=_Rank.load)
-        heapq.heappush(dest.arrivals, (t, r.rid, r))
+        heappush(dest.arrivals, (t, r.rid, r))
 
     def submit(self, r: _Req) -> None:
         # the serving front end (HTTP, chat template, tokeniser, admission) is one process: its CPU work per
@@ -420,7 +428,7 @@ class _Sim:
         x.free_blocks += r.blocks
         r.blocks = 0
         self.done.append(r)
-        if self.wl.concurrency and self.issued < self.n_total:
+        if self.closed and self.issued < self.n_total:
             self.submit(self.new_request(r.end))
 
     def reserved(self, x: _Rank) -> float:
@@ -443,7 +451,7 @@ class _Sim:
                 chunks.append((r, c))
                 budget -= c
                 room -= c
-        while x.waiting and len(x.running) < self.sched.max_num_seqs and budget > 0:
+        while x.waiting and len(x.running) < self.max_seqs and budget > 0:
             r = x.waiting[0]
             if not r.prompt - r.computed + min(r.osl - r.generated, SGLANG_CLIP_NEW_TOKENS) < room:
                 break  # not admissible
@@ -463,7 +471,7 @@ class _Sim:
         """One rank's batch for this step (running first, then waiting); preempts the newest when short.
         (decodes, prefill chunks, the decodes' context sum, the blocks they hold, how many decode): in offset
         mode the decodes listed are those outside x.dec, the sums and the count include x.dec's."""
-        sched, q, bs, lazy = self.sched, self.q, self.bs, self.lazy
+        q, bs, lazy, chunked = self.q, self.bs, self.lazy, self.chunked
         budget: float = self.max_tokens  # `computed` is fractional (MTP acceptance), so are prefill chunks
         chunks: list[tuple[_Req, float]] = []
         dec = x.dec
@@ -488,15 +496,15 @@ class _Sim:
             for r in prefills:
                 if budget > 0:
                     c = min(r.prompt - r.computed, budget)
-                    if not sched.enable_chunked_prefill and c < r.prompt - r.computed:
+                    if not chunked and c < r.prompt - r.computed:
                         continue
                     chunks.append((r, c))
                     budget -= c
-        while x.waiting and len(x.running) < sched.max_num_seqs and budget > 0:
+        while x.waiting and len(x.running) < self.max_seqs and budget > 0:
             r = x.waiting[0]
             need_tokens = r.prompt - r.computed
             c = min(need_tokens, budget)
-            if not sched.enable_chunked_prefill and c < need_tokens:
+            if not chunked and c < need_tokens:
                 break
             need_blocks = _ceil((r.computed + max(c, 1)) / bs) - r.blocks
             if need_blocks > x.free_blocks:
@@ -555,7 +563,7 @@ class _Sim:
             r = next(iter(x.running.values())) if x.running else x.waiting[0]
             raise RuntimeError(
                 f"request of {r.isl} input tokens cannot be scheduled: KV cache holds "
-                f"{sched.num_blocks * bs} tokens"
+                f"{self.num_blocks * bs} tokens"
             )
         return decodes, chunks, ctx, held, n_dec
 
@@ -565,32 +573,36 @@ class _Sim:
         """A step of every rank's work `per` (decodes, their context sum, prefill tokens, causal pairs), the
         decodes' context shifted by `shift` tokens each: as long as the slowest rank's (an idle rank joins the
         all-to-all; the busy ranks' steps set the time; ranks with the same work take the same time)."""
-        step = self.step
         if self.ranks == 1:
             n_dec, ctx_sum, n_pre, pairs = per[0]
             if n_dec == 0 and n_pre == 0:
                 return 0.0
-            return step.step_s(
+            return self.step_s(
                 n_dec, ctx_sum + n_dec * shift, n_pre, pairs, None if moe_tok is None else moe_tok[0]
             )
         best = -1.0
-        seen: dict[tuple[tuple[int, float, float, float], float | None], None] = {}
         for i, (n_dec, ctx_sum, n_pre, pairs) in enumerate(per):
             if n_dec == 0 and n_pre == 0:
                 v = 0.0
-            else:
-                mt = None if moe_tok is None else moe_tok[i]
-                key = (per[i], mt)
-                if key in seen:
-                    continue
-                seen[key] = None
-                v = step.step_s(n_dec, ctx_sum + n_dec * shift, n_pre, pairs, mt)
+            else:  # ranks with the same work: the memo's one value, once computed
+                v = self.step_s(
+                    n_dec, ctx_sum + n_dec * shift, n_pre, pairs, None if moe_tok is None else moe_tok[i]
+                )
             if v > best:  # max()'s order: the first of the largest
                 best = v
         return best
 
+    def step_s(self, n_dec: int, ctx_sum: float, n_pre: float, pairs: float, mt: float | None) -> float:
+        """`step.step_s(...)`, kept for the run (a pure function of its arguments; a third of a run's asks
+        repeat one)."""
+        key = (n_dec, ctx_sum, n_pre, pairs, mt)
+        v = self.memo.get(key)
+        if v is None:
+            v = self.memo[key] = self.step.step_s(n_dec, ctx_sum, n_pre, pairs, mt)
+        return v
+
     def run(self) -> SimResult:
-        step, sched, pd, wl = self.step, self.sched, self.pd, self.wl
+        step, pd, wl = self.step, self.pd, self.wl
         n_total, tps, q, bs, overhead = self.n_total, self.tps, self.q, self.bs, self.overhead
         ranks, rpi, coupled_moe, rk = self.ranks, self.rpi, self.coupled_moe, self.rk
         prefill_first, lazy = self.prefill_first, self.lazy
@@ -612,7 +624,7 @@ class _Sim:
         steps = 0
         batch_sum = 0.0
         itl_w: dict[float, float] = {}  # gap -> chunks streamed after it (integer counts: exact sums)
-        max_tokens = self.max_tokens
+        max_tokens, max_seqs, num_blocks = self.max_tokens, self.max_seqs, self.num_blocks
         ahead = step.eng.schedule_ahead_steps
         last_step_start = 0.0
         guard = 0
@@ -628,9 +640,9 @@ class _Sim:
             for x in rk:
                 visible = t if not x.running or ahead == 0 else last_step_start
                 while x.arrivals and x.arrivals[0][0] <= visible:
-                    x.waiting.append(heapq.heappop(x.arrivals)[2])
+                    x.waiting.append(heappop(x.arrivals)[2])
                 if not x.running and not x.waiting and x.arrivals and x.arrivals[0][0] <= t:
-                    x.waiting.append(heapq.heappop(x.arrivals)[2])
+                    x.waiting.append(heappop(x.arrivals)[2])
             if rk[0].idle() if ranks == 1 else all([x.idle() for x in rk]):
                 nxt = [x.arrivals[0][0] for x in rk if x.arrivals]
                 if pd is not None and p_queue:
@@ -679,7 +691,7 @@ class _Sim:
                     else:
                         least = dec.min_remaining()
                     k = min(k, _ceil(least / tps))
-                    if x.waiting and len(x.running) < sched.max_num_seqs:
+                    if x.waiting and len(x.running) < max_seqs:
                         head = x.waiting[0]
                         if prefill_first:
                             # admissible once the reservation has decayed or blocks freed: look again soon
@@ -770,7 +782,7 @@ class _Sim:
                             x.exp.append(r)
                 if lazy and chunks:
                     x.pre = [r for r in x.pre if r.computed < r.prompt]
-                peak_blocks = max(peak_blocks, sched.num_blocks - x.free_blocks)
+                peak_blocks = max(peak_blocks, num_blocks - x.free_blocks)
             t = t_next
             for x in rk:
                 if lazy:
@@ -843,7 +855,15 @@ def simulate(
     each step lasts as long as the slowest rank's: a rank's prefill chunk stalls every rank's decode). A new
     request goes to the rank with the least work (closed loop: a client sends its next request when its last one
     ends). Under EP the experts of one instance see the tokens of its `ranks_per_instance` ranks (default: all)."""
-    return _Sim(step, wl, sched or SchedulerConfig(), pd, ranks, ranks_per_instance).run()
+    sim = _Sim(step, wl, sched or SchedulerConfig(), pd, ranks, ranks_per_instance)
+    # a run allocates many short-lived tuples and no reference cycles: the cyclic collector only costs time here
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return sim.run()
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def percentile(values: list[float], p: float) -> float:
