@@ -33,7 +33,30 @@ from r1lab.perf import hardware
 from r1lab.perf.curve import Curve
 
 _first = itemgetter(0)  # a measured point's size: the bisect key of (size, value) points
-_UNSEEN = Curve(())  # a memo's "not asked yet"
+
+
+class TunedGemm:
+    """One block-FP8 GEMM shape as `layer_bench.py --tuned-only` measured it: its time at m rows."""
+
+    __slots__ = ("curve",)
+
+    def __init__(self, curve: Curve) -> None:
+        self.curve = curve
+
+    def seconds(self, m: float) -> float | None:
+        """Log-log between measured m, the smallest m's time below them, None beyond the largest."""
+        c = self.curve
+        xs = c.xs
+        if m > xs[-1]:
+            return None
+        if m == xs[-1]:
+            return c.ys[-1]
+        if m <= xs[0]:
+            return c.ys[0]
+        return c.log_log(m)
+
+
+_UNSEEN = TunedGemm(Curve(()))  # a memo's "not asked yet"
 
 MEASURED = {"H200": "h200-kernels-2026-12-01.json"}
 # the layer forward's prefill attention at longer prompts (r1lab/calibrate/prefill_attention_bench.py)
@@ -59,7 +82,10 @@ STREAM_MAX_M = (
 )
 
 
+@functools.lru_cache(maxsize=8)
 def _load(name: str) -> dict[str, Any]:
+    """A measured data file, read once per process (every GPU's table is made from the same H200 files; read
+    only)."""
     return json.loads(resources.files("r1lab").joinpath("data", "kernels", name).read_text(encoding="utf-8"))
 
 
@@ -95,8 +121,8 @@ class KernelTable:
     mla_decode_floor_s: float | None = None
     # causal prefill attention measured alone: (heads, m, seconds), at sizes the layer forwards did not reach
     prefill_attention: tuple[tuple[int, int, float], ...] = ()
-    # interpolation-ready curves of `gemm` by (k, n) (None: unmeasured), kept as gemm_s asks for them
-    _gemm_curves: dict[tuple[float, float], Curve | None] = dataclasses.field(
+    # `gemm`'s shapes ready to interpolate, by (k, n) (None: unmeasured), kept as tuned_gemm is asked for them
+    _gemm_curves: dict[tuple[float, float], TunedGemm | None] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -180,23 +206,19 @@ class KernelTable:
             tuple(sorted(attention)),
         )
 
+    def tuned_gemm(self, k: float, n: float) -> TunedGemm | None:
+        """The block-FP8 GEMM (k, n) as measured, None if unmeasured (kept per shape)."""
+        t = self._gemm_curves.get((k, n), _UNSEEN)
+        if t is _UNSEEN:
+            pts = self.gemm.get((round(k), round(n)))
+            t = self._gemm_curves[(k, n)] = TunedGemm(Curve(pts)) if pts else None
+        return t
+
     def gemm_s(self, m: float, k: float, n: float) -> float | None:
         """Measured time of the block-FP8 GEMM (k, n) at m rows (log-log between measured m), None if unmeasured
         or beyond the largest measured m."""
-        c = self._gemm_curves.get((k, n), _UNSEEN)
-        if c is _UNSEEN:
-            pts = self.gemm.get((round(k), round(n)))
-            c = self._gemm_curves[(k, n)] = Curve(pts) if pts else None
-        if c is None:
-            return None
-        xs = c.xs
-        if m > xs[-1]:
-            return None
-        if m == xs[-1]:
-            return c.ys[-1]
-        if m <= xs[0]:
-            return c.ys[0]
-        return c.log_log(m)
+        t = self.tuned_gemm(k, n)
+        return None if t is None else t.seconds(m)
 
     def moe_rows_s(self, rows: float, expert_bytes: float) -> float | None:
         """Measured time of the routed experts' grouped GEMMs at `rows` token-expert rows (prefill sizes, log-log

@@ -13,7 +13,7 @@ replaces them with vLLM's logged values when available.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism
@@ -80,7 +80,8 @@ class MemoryPlan:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        # dataclasses.asdict's copy, without its deepcopy of every scalar
+        d = {name: _copied(getattr(self, name)) for name in _PLAN_FIELDS}
         for key in (
             "total_bytes",
             "budget_bytes",
@@ -92,6 +93,18 @@ class MemoryPlan:
         ):
             d[key.replace("_bytes", "_gib")] = round(d[key] / GIB, 3)
         return d
+
+
+_PLAN_FIELDS = tuple(f.name for f in fields(MemoryPlan))
+
+
+def _copied(v: Any) -> Any:
+    """A copy of a plan field's value as `dataclasses.asdict` makes it: containers copied, scalars kept."""
+    if isinstance(v, dict):
+        return {k: _copied(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copied(x) for x in v]
+    return v
 
 
 def memory_plan(

@@ -22,12 +22,14 @@ The step of a batch of M tokens, per layer, on one GPU (one TP rank of one DP re
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from r1lab.model import KV_DTYPE_BYTES, ModelSpec, Parallelism, kv_transfer_copies
 from r1lab.perf import hardware, network
+from r1lab.perf.curve import Curve
 from r1lab.perf.kernels import KernelTable
 from r1lab.perf.profile import Efficiency, load_profile
 from r1lab.perf.serving import measured as measured_serving_path
@@ -263,20 +265,19 @@ class _GemmTimes:
     capped by the faster kernel measured on the GPU itself where there is one (as an engine picks one per shape),
     at least KERNEL_MIN_US."""
 
-    __slots__ = ("shape", "kt", "k", "n", "times")
+    __slots__ = ("shape", "tuned", "times")
 
     def __init__(self, eff: Efficiency, kt: KernelTable | None, k: float, n: float, dtype: str) -> None:
         self.shape = eff.gemm_shape(k, n, dtype)
-        self.kt = kt if dtype == "fp8" else None  # the tuned kernels are block-FP8
-        self.k, self.n = k, n
+        self.tuned = kt.tuned_gemm(k, n) if kt is not None and dtype == "fp8" else None  # block-FP8 kernels
         self.times: dict[float, float] = {}
 
     def at(self, m: float) -> float:
         t = self.times.get(m)
         if t is None:
             t = self.shape.seconds(m)
-            if self.kt is not None:
-                tuned = self.kt.gemm_s(m, self.k, self.n)
+            if self.tuned is not None:
+                tuned = self.tuned.seconds(m)
                 if tuned is not None:
                     t = min(t, tuned)
             t = _keep(self.times, m, max(t, KERNEL_MIN_US * 1e-6))
@@ -361,7 +362,17 @@ class StepModel:
         # _g's shapes, each keeping its times by m
         self._gemm: dict[tuple[float, float, str], _GemmTimes] = {}
         self._factor_memo: dict[tuple[str, float], float] = {}  # _prefill_factor
+        # every step's GEMMs by shape (the same _GemmTimes as _g's): attention projections, dense MLP, shared
+        # expert (gate_up, down), router, LM head
+        self._attn_gemms = tuple(
+            self._gemm_times(k, n) for k, n in (self.a_rep, self.a_qb, self.a_kvb, self.a_o)
+        )
+        self._dense_mlp_gemms = (self._gemm_times(h, 2 * self.dense_i), self._gemm_times(self.dense_i, h))
+        self._shared_gemms = (self._gemm_times(h, 2 * self.shared_i), self._gemm_times(self.shared_i, h))
+        self._router_gemm = self._gemm_times(h, self.E, "bf16")
+        self._head_gemm = self._gemm_times(h, self.vocab_shard, "bf16")
         self._prefill_factors = self._measured_prefill_factors() if measured_prefill else {}
+        self._prefill_curves = {g: Curve(pts) for g, pts in self._prefill_factors.items()}
 
     def _measured_prefill_factors(self) -> dict[str, tuple[tuple[float, float], ...]]:
         """Prefill: measured / modelled time of the dense GEMMs and of the MLA prefill attention in the layer
@@ -402,29 +413,28 @@ class StepModel:
         between measured sizes, the end values beyond them); 1 without measurements. GEMMs below the smallest
         measured prefill: log-linear from 1 at DECODE_TUNED_MAX_M rows (up to there the model takes the tuned
         kernels measured at those sizes) to the first measured factor."""
-        pts = self._prefill_factors.get(group)
-        if not pts or m <= 0:
+        c = self._prefill_curves.get(group)
+        if c is None or m <= 0:
             return 1.0
         f = self._factor_memo.get((group, m))
         if f is None:
-            f = _keep(self._factor_memo, (group, m), self._prefill_factor_of(pts, group, m))
+            f = _keep(self._factor_memo, (group, m), self._prefill_factor_of(c, group, m))
         return f
 
     @staticmethod
-    def _prefill_factor_of(pts: tuple[tuple[float, float], ...], group: str, m: float) -> float:
-        if group == "gemm" and m < pts[0][0]:
+    def _prefill_factor_of(c: Curve, group: str, m: float) -> float:
+        x0, f0 = c.xs[0], c.ys[0]
+        if group == "gemm" and m < x0:
             if m <= DECODE_TUNED_MAX_M:
                 return 1.0
-            w = math.log(m / DECODE_TUNED_MAX_M) / math.log(pts[0][0] / DECODE_TUNED_MAX_M)
-            return 1.0 + (pts[0][1] - 1.0) * w
-        if m <= pts[0][0]:
-            return pts[0][1]
-        if m >= pts[-1][0]:
-            return pts[-1][1]
-        for (m0, f0), (m1, f1) in zip(pts, pts[1:], strict=False):
-            if m0 <= m <= m1:
-                return f0 + (f1 - f0) * (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
-        return 1.0
+            w = math.log(m / DECODE_TUNED_MAX_M) / math.log(x0 / DECODE_TUNED_MAX_M)
+            return 1.0 + (f0 - 1.0) * w
+        if m <= x0:
+            return f0
+        if m >= c.xs[-1]:
+            return c.ys[-1]
+        i = bisect.bisect_left(c.xs, m)  # the first segment with m0 <= m <= m1 (measured sizes m0 < m <= m1)
+        return c.ys[i - 1] + c.dy[i] * (math.log(m) - c.lx[i - 1]) / c.dlx[i]
 
     def _dense_gemms_s(self, m: float) -> float:
         """One layer's non-expert GEMMs at m rows: attention projections, shared expert, router."""
@@ -651,13 +661,12 @@ class StepModel:
         MTP draft passes with no context."""
         q = 1 + self.mtp
         # attention projections
-        attn_lin = (
-            self._g(m, *self.a_rep) + self._g(m, *self.a_qb) + self._g(m, *self.a_kvb) + self._g(m, *self.a_o)
-        )
+        rep, qb, kvb, o = self._attn_gemms
+        attn_lin = rep.at(m) + qb.at(m) + kvb.at(m) + o.at(m)
         # MLPs
-        dense = self._g(m, self.h, 2 * self.dense_i) + self._g(m, self.dense_i, self.h)
-        shared = self._g(m, self.h, 2 * self.shared_i) + self._g(m, self.shared_i, self.h)
-        router = self._g(m, self.h, self.E, "bf16")
+        dense = self._dense_mlp_gemms[0].at(m) + self._dense_mlp_gemms[1].at(m)
+        shared = self._shared_gemms[0].at(m) + self._shared_gemms[1].at(m)
+        router = self._router_gemm.at(m)
         if n_pre and self._prefill_factors:  # the prefill rows' share at the measured kernels' rate
             f = 1.0 + (self._prefill_factor("gemm", m) - 1.0) * n_pre / m
             attn_lin, dense, shared, router = attn_lin * f, dense * f, shared * f, router * f
@@ -672,8 +681,7 @@ class StepModel:
         if self.mtp:  # each MTP draft pass: one more layer's kernels and the head's, on n_dec tokens
             act_d = n_dec * self.h * ACT_BYTES_PER_VALUE / self._kv_rate
             kernels_mtp = self.mtp * ((self._k_attn + self._k_moe) * max(floor, act_d) + k_step * floor)
-        n_logits = n_dec * q + (1 if n_pre else 0)
-        head = self._g(max(n_logits, 1), self.h, self.vocab_shard, "bf16")
+        head = self._head_gemm.at(max(n_dec * q + (1 if n_pre else 0), 1))  # the default logits
         mtp_draft = 0.0
         if (
             self.mtp

@@ -118,23 +118,34 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(ms), "p50": p50, "p90": p90, "p99": p99}
 
 
+# a profile file read once per process (H100 SXM and H100 NVL share one; the all-reduce donors are read once)
+_profile = functools.lru_cache(maxsize=16)(load_profile)
+
+
 @functools.lru_cache(maxsize=64)
 def _efficiency(gpu_short: str, profile: str | None) -> Efficiency:
     """The GPU's efficiency constants; a profile without all-reduce data borrows the measured curve of a
     reference profile that has one (NVSwitch systems: the latency floor and bus rate of NCCL on NVLink 4)."""
     hw = hardware.gpu(gpu_short)
-    eff = load_profile(profile or hw.default_profile).efficiency(hw)
+    eff = _profile(profile or hw.default_profile).efficiency(hw)
     if not eff.ar_points:
-        # prefer a profile timed the same way (queued all-reduces carry no launch latency), newest first
-        donors = [load_profile(slug) for slug in reference_profiles()]
-        donors.sort(key=lambda p: p.measured, reverse=True)
-        donors.sort(key=lambda p: p.timing_method != eff.timing)  # stable: same timing first
-        for prof in donors:
-            other = prof.efficiency()
-            if other.ar_points:
-                eff = dataclasses.replace(eff, ar_points=other.ar_points, ar_from=other.profile)
-                break
+        donor = _allreduce_donor(eff.timing)
+        if donor is not None:
+            eff = dataclasses.replace(eff, ar_points=donor.ar_points, ar_from=donor.profile)
     return eff
+
+
+@functools.lru_cache(maxsize=4)
+def _allreduce_donor(timing: str) -> Efficiency | None:
+    """The reference profile whose all-reduce curve a profile without one borrows: one timed the same way
+    (queued all-reduces carry no launch latency) first, newest first; None if no reference profile has one."""
+    donors = [_profile(slug) for slug in reference_profiles()]
+    donors.sort(key=lambda p: p.measured, reverse=True)
+    donors.sort(key=lambda p: p.timing_method != timing)  # stable: same timing first
+    for prof in donors:
+        if prof.allreduce:  # an efficiency's all-reduce curve is made of these records alone
+            return prof.efficiency()
+    return None
 
 
 @functools.lru_cache(maxsize=256)
