@@ -36,14 +36,14 @@ cdef class _Decoding:
     cdef public dict members
     cdef public Py_ssize_t phase_sum, blk_sum
     cdef public list res, heap
-    cdef public dict _held
+    cdef public Py_ssize_t _g1, _v1, _g2, _v2
 
     @cython.locals(c=cython.Py_ssize_t)
     cpdef bint can_join(self, _Req r) except -1
     @cython.locals(p=cython.Py_ssize_t, a=cython.Py_ssize_t, b=cython.Py_ssize_t)
     cpdef add(self, _Req r)
     cpdef Py_ssize_t ctx(self)
-    @cython.locals(n=cython.Py_ssize_t, g1=cython.Py_ssize_t, g0=cython.Py_ssize_t, res=list)
+    @cython.locals(n=cython.Py_ssize_t, g1=cython.Py_ssize_t, g0=cython.Py_ssize_t, res=list, v=cython.Py_ssize_t)
     cpdef Py_ssize_t held(self, Py_ssize_t g) except? -1
     @cython.locals(heap=list, members=dict)
     cpdef double min_remaining(self) except? -1.0
@@ -72,7 +72,12 @@ cdef class _Rank:
     cdef public _Decoding dec
     cdef public list pre, exp
 
+    cpdef Py_ssize_t load(self) except? -1
     cpdef bint idle(self) except -1
+
+
+@cython.locals(x=_Rank)
+cdef bint _all_idle(list rk) except -1
 
 
 @cython.final
@@ -101,7 +106,7 @@ cdef class _Sim:
     cpdef admit(self, _Rank x, _Req r)
     @cython.locals(r=_Req)
     cpdef _Req new_request(self, double t)
-    @cython.locals(dest=_Rank)
+    @cython.locals(dest=_Rank, x=_Rank, least=cython.Py_ssize_t, n=cython.Py_ssize_t, rk=list)
     cpdef route(self, _Req r, double t)
     cpdef submit(self, _Req r)
     @cython.locals(r=_Req, batch=list, tokens=cython.Py_ssize_t, pairs=cython.double, start=cython.double,
@@ -114,7 +119,7 @@ cdef class _Sim:
                    c=cython.double, need_tokens=cython.double, need_blocks=cython.Py_ssize_t, ctx=cython.double,
                    held=cython.Py_ssize_t, n_dec=cython.Py_ssize_t, bound=cython.double, preempted=bint,
                    need=cython.Py_ssize_t, d=cython.Py_ssize_t, q=cython.Py_ssize_t, bs=cython.Py_ssize_t, lazy=bint,
-                   chunked=bint)
+                   chunked=bint, extra=cython.Py_ssize_t)
     cpdef tuple schedule(self, _Rank x)
     @cython.locals(best=cython.double, v=cython.double, n_dec=cython.Py_ssize_t, ctx_sum=cython.double,
                    n_pre=cython.double, pairs=cython.double, i=cython.Py_ssize_t)
@@ -134,5 +139,6 @@ cdef class _Sim:
         lo=cython.Py_ssize_t, hi=cython.Py_ssize_t, mid=cython.Py_ssize_t, dt=cython.double, t_next=cython.double,
         full=cython.double, full_chunks=cython.double, streamed=cython.double, free=cython.Py_ssize_t, r=_Req,
         rem=cython.double, gained=cython.double, chunks_out=cython.double, computed=cython.double,
-        nb=cython.Py_ssize_t, c=cython.double, ending=list, keep=list, t_arr=cython.double, rate=cython.double)
+        nb=cython.Py_ssize_t, c=cython.double, ending=list, keep=list, rest=list, t_arr=cython.double, rate=cython.double,
+        fin=list, out_tok=cython.Py_ssize_t, in_tok=cython.Py_ssize_t, start=cython.double)
     cpdef run(self)

@@ -149,7 +149,7 @@ class _Decoding:
     ceil(computed / bs) blocks (checked as it joins), counted for all members at once from their phases' residues
     mod bs; the step at which each reaches its output length sits in a heap."""
 
-    __slots__ = ("g", "bs", "members", "phase_sum", "blk_sum", "res", "heap", "_held")
+    __slots__ = ("g", "bs", "members", "phase_sum", "blk_sum", "res", "heap", "_g1", "_v1", "_g2", "_v2")
 
     def __init__(self, bs: int) -> None:
         self.g = 0
@@ -159,7 +159,9 @@ class _Decoding:
         self.blk_sum = 0  # sum of phase // bs
         self.res: list[int] = []  # phase % bs of every member, sorted
         self.heap: list[tuple[float, int, _Req]] = []  # (g at which it has its osl tokens, seq, request)
-        self._held: dict[int, int] = {}  # held(g) until the members change
+        # held(g) of the last two g asked for (g1 the latest), until the members change; g -1: none
+        self._g1 = self._g2 = -1
+        self._v1 = self._v2 = 0
 
     def __len__(self) -> int:
         return len(self.members)
@@ -174,7 +176,7 @@ class _Decoding:
         r.c0, r.gen0, r.g0 = r.computed, r.generated, self.g
         r.phase = p = int(r.computed) - self.g
         self.members[r.seq] = r
-        self._held.clear()
+        self._g1 = self._g2 = -1
         self.phase_sum += p
         a, b = p // self.bs, p % self.bs  # divmod's pair (typed C integers in a native build)
         self.blk_sum += a
@@ -188,16 +190,14 @@ class _Decoding:
     def held(self, g: int) -> int:
         """The members' blocks at decode step g: sum of ceil((phase + g) / bs) = phase // bs + g // bs
         + ceil((phase % bs + g % bs) / bs), the last 0, 1 or 2."""
-        v = self._held.get(g)
-        if v is None:
-            n, res = len(self.members), self.res
-            g1, g0 = g // self.bs, g % self.bs
-            v = self._held[g] = (
-                self.blk_sum
-                + n * g1
-                + (n - bisect_left(res, 1 - g0))
-                + (n - bisect_left(res, self.bs + 1 - g0))
-            )
+        if g == self._g1:
+            return self._v1
+        if g == self._g2:
+            return self._v2
+        n, res = len(self.members), self.res
+        g1, g0 = g // self.bs, g % self.bs
+        v = self.blk_sum + n * g1 + (n - bisect_left(res, 1 - g0)) + (n - bisect_left(res, self.bs + 1 - g0))
+        self._g2, self._v2, self._g1, self._v1 = self._g1, self._v1, g, v
         return v
 
     def min_remaining(self) -> float:
@@ -208,7 +208,7 @@ class _Decoding:
 
     def _leave(self, r: _Req) -> None:
         del self.members[r.seq]
-        self._held.clear()
+        self._g1 = self._g2 = -1
         self.phase_sum -= r.phase
         a, b = r.phase // self.bs, r.phase % self.bs
         self.blk_sum -= a
@@ -241,10 +241,22 @@ def _seq(r: _Req) -> int:
 def _decode_totals(decodes: list[_Req], dec: _Decoding) -> tuple[float, int, int]:
     """This step's decoding requests, those scanned (`decodes`) and the offset ones (`dec`): their context sum,
     the blocks they hold and how many they are (integer counts in offset mode: the sums are exact in any order)."""
+    if not decodes:  # (the sums below of no request: 0)
+        if dec.members:
+            return float(dec.ctx()), dec.held(dec.g), len(dec)
+        return 0.0, 0, 0
     scanned = sum([r.computed for r in decodes])
     ctx = float(scanned + dec.ctx()) if dec.members else float(scanned)
     held = sum([r.blocks for r in decodes]) + (dec.held(dec.g) if dec.members else 0)
     return ctx, held, len(decodes) + len(dec)
+
+
+def _all_idle(rk: list[_Rank]) -> bool:
+    """No rank runs or holds a waiting request."""
+    for x in rk:
+        if x.running or x.waiting:
+            return False
+    return True
 
 
 def _length(v: int | tuple[int, int], rng: random.Random) -> int:
@@ -369,7 +381,13 @@ class _Sim:
 
     def route(self, r: _Req, t: float) -> None:
         rk = self.rk
-        dest = rk[0] if self.ranks == 1 else min(rk, key=_Rank.load)
+        dest = rk[0]
+        if self.ranks > 1:  # min(rk, key=_Rank.load): the first of the least loaded
+            least = dest.load()
+            for x in rk:
+                n = x.load()
+                if n < least:
+                    dest, least = x, n
         heappush(dest.arrivals, (t, r.rid, r))
 
     def submit(self, r: _Req) -> None:
@@ -525,7 +543,10 @@ class _Sim:
         # bound (+1 against rounding) fits in the free blocks, no one is preempted
         bound = (ctx + n_dec * q) / bs + n_dec - held + 1
         if chunks:
-            bound += sum([max(0, _ceil((r.computed + c) / bs) - r.blocks) for r, c in chunks])
+            extra = 0  # (an int sum: exact in any order)
+            for r, c in chunks:
+                extra += max(0, _ceil((r.computed + c) / bs) - r.blocks)
+            bound += extra
         preempted = bound > x.free_blocks
         while preempted:
             need = 0
@@ -643,7 +664,7 @@ class _Sim:
                     x.waiting.append(heappop(x.arrivals)[2])
                 if not x.running and not x.waiting and x.arrivals and x.arrivals[0][0] <= t:
                     x.waiting.append(heappop(x.arrivals)[2])
-            if rk[0].idle() if ranks == 1 else all([x.idle() for x in rk]):
+            if _all_idle(rk):
                 nxt = [x.arrivals[0][0] for x in rk if x.arrivals]
                 if pd is not None and p_queue:
                     nxt.append(max(min(p_free), p_queue[0].at_engine))
@@ -652,7 +673,9 @@ class _Sim:
                 t = max(t, min(nxt))
                 continue
             # --- schedule one step on every rank ---
-            plans = [self.schedule(x) if x.running or x.waiting else ([], [], 0.0, 0, 0) for x in rk]
+            plans = []
+            for x in rk:
+                plans.append(self.schedule(x) if x.running or x.waiting else ([], [], 0.0, 0, 0))
             per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
             for _, chunks, ctx, _, n_dec in plans:
                 per.append(
@@ -737,7 +760,9 @@ class _Sim:
             # --- apply ---
             full = k * tps  # what a sequence gains in k steps unless it ends sooner
             full_chunks = max(1.0, _ceil(full / tps))
-            for x, (decodes, chunks, _, _, n_dec) in zip(rk, plans, strict=True):
+            for i in range(ranks):
+                x = rk[i]
+                decodes, chunks, _, _, n_dec = plans[i]
                 batch_sum += k * (n_dec + len(chunks)) / ranks
                 streamed = 0.0
                 free = x.free_blocks
@@ -781,7 +806,11 @@ class _Sim:
                         if lazy:
                             x.exp.append(r)
                 if lazy and chunks:
-                    x.pre = [r for r in x.pre if r.computed < r.prompt]
+                    rest = []
+                    for r in x.pre:
+                        if r.computed < r.prompt:
+                            rest.append(r)
+                    x.pre = rest
                 peak_blocks = max(peak_blocks, num_blocks - x.free_blocks)
             t = t_next
             for x in rk:
@@ -790,9 +819,14 @@ class _Sim:
                     dec = x.dec
                     ending = dec.finished() if dec.heap and dec.heap[0][0] <= dec.g else []
                     if x.exp:
-                        ending += [r for r in x.exp if r.first is not None and r.generated >= r.osl]
+                        rest = []
+                        for r in x.exp:
+                            if r.first is not None and r.generated >= r.osl:
+                                ending.append(r)
+                            else:
+                                rest.append(r)
                         ending.sort(key=_seq)
-                        x.exp = [r for r in x.exp if r.first is None or r.generated < r.osl]
+                        x.exp = rest
                     if x.exp:
                         keep = []
                         for r in x.exp:
@@ -817,13 +851,21 @@ class _Sim:
                     del x.running[r.seq]
 
         # (arrival, first token, end, output length) of each finished request: finish() has set both times
-        fin = [(r.arrival, r.first, r.end, r.osl) for r in done if r.first is not None and r.end is not None]
+        fin: list[tuple[float, float, float, int]] = []
+        out_tok = in_tok = 0  # (int sums)
+        start = done[0].arrival  # the first arrival: min() of them
+        for r in done:
+            if r.first is not None and r.end is not None:
+                fin.append((r.arrival, r.first, r.end, r.osl))
+            out_tok += r.osl
+            in_tok += r.isl
+            if r.arrival < start:
+                start = r.arrival
         assert len(fin) == len(done), "a finished request without its first token or its end"
         ttft = [first - arrival for arrival, first, _, _ in fin]
         e2e = [end - arrival for arrival, _, end, _ in fin]
         tpot = [(end - first) / (osl - 1) for _, first, end, osl in fin if osl > 1]
         itl = sorted(itl_w.items())
-        start = min([r.arrival for r in done])
         end = max([e for _, _, e, _ in fin])
         return SimResult(
             ttft_s=ttft,
@@ -831,8 +873,8 @@ class _Sim:
             e2e_s=e2e,
             itl=itl,
             duration_s=end - start,
-            output_tokens=sum([r.osl for r in done]),
-            input_tokens=sum([r.isl for r in done]),
+            output_tokens=out_tok,
+            input_tokens=in_tok,
             requests=len(done),
             preemptions=self.preemptions,
             peak_kv_blocks=peak_blocks,
