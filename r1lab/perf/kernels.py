@@ -19,20 +19,16 @@ Public interface: `KernelTable.for_gpu(gpu_short) -> KernelTable | None`, `.gemm
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
 import json
 import math
 from dataclasses import dataclass
 from importlib import resources
-from operator import itemgetter
 from typing import Any
 
 from r1lab.perf import hardware
 from r1lab.perf.curve import Curve
-
-_first = itemgetter(0)  # a measured point's size: the bisect key of (size, value) points
 
 
 class TunedGemm:
@@ -100,6 +96,12 @@ class MoeFit:
     rows_s: tuple[
         tuple[float, float], ...
     ] = ()  # (token-expert rows, seconds of gate_up + down) at prefill sizes
+    rows_curve: Curve = dataclasses.field(
+        init=False, repr=False, compare=False
+    )  # rows_s, ready to interpolate
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows_curve", Curve(self.rows_s))
 
     def seconds(self, touched: float, expert_bytes: float, scale: float) -> float:
         return self.fixed_s + touched * expert_bytes / (self.tb_s * scale * 1e12)
@@ -123,6 +125,9 @@ class KernelTable:
     prefill_attention: tuple[tuple[int, int, float], ...] = ()
     # `gemm`'s shapes ready to interpolate, by (k, n) (None: unmeasured), kept as tuned_gemm is asked for them
     _gemm_curves: dict[tuple[float, float], TunedGemm | None] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _fits: dict[float, MoeFit] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -220,27 +225,34 @@ class KernelTable:
         t = self.tuned_gemm(k, n)
         return None if t is None else t.seconds(m)
 
+    def moe_fit(self, expert_bytes: float) -> MoeFit | None:
+        """The layout whose per-expert bytes are nearest (a TP-split slice or a whole expert), None without
+        measurements (kept per expert_bytes)."""
+        if not self.moe:
+            return None
+        fit = self._fits.get(expert_bytes)
+        if fit is None:
+            fit = self._fits[expert_bytes] = min(
+                self.moe, key=lambda f: abs(math.log(f.expert_bytes / expert_bytes))
+            )
+        return fit
+
     def moe_rows_s(self, rows: float, expert_bytes: float) -> float | None:
         """Measured time of the routed experts' grouped GEMMs at `rows` token-expert rows (prefill sizes, log-log
         between measured points, proportional above), None below the smallest measured size."""
-        if not self.moe:
+        fit = self.moe_fit(expert_bytes)
+        if fit is None:
             return None
-        fit = min(self.moe, key=lambda f: abs(math.log(f.expert_bytes / expert_bytes)))
-        pts = fit.rows_s
-        if not pts or rows < pts[0][0]:
+        c = fit.rows_curve
+        if not c.xs or rows < c.xs[0]:
             return None
         scale = fit.expert_bytes / expert_bytes  # fewer bytes per expert slice: proportionally less work
-        if rows >= pts[-1][0]:
-            return pts[-1][1] * rows / pts[-1][0] / scale / self.flops_scale
-        i = bisect.bisect_right(pts, rows, key=_first)
-        (r0, t0), (r1, t1) = pts[i - 1], pts[i]
-        f = (math.log(rows) - math.log(r0)) / (math.log(r1) - math.log(r0))
-        return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0))) / scale / self.flops_scale
+        if rows >= c.xs[-1]:
+            return c.ys[-1] * rows / c.xs[-1] / scale / self.flops_scale
+        return c.log_log(rows) / scale / self.flops_scale
 
     def moe_s(self, touched: float, expert_bytes: float) -> float | None:
         """Stream time of the routed experts' grouped GEMMs: the fit of the layout whose per-expert bytes are
         nearest (a TP-split slice or a whole expert)."""
-        if not self.moe:
-            return None
-        fit = min(self.moe, key=lambda f: abs(math.log(f.expert_bytes / expert_bytes)))
-        return fit.seconds(touched, expert_bytes, self.scale)
+        fit = self.moe_fit(expert_bytes)
+        return None if fit is None else fit.seconds(touched, expert_bytes, self.scale)

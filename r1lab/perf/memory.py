@@ -128,13 +128,14 @@ def memory_plan(
         raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     par = parallelism
     weights = spec.weight_bytes_per_gpu(par, with_mtp=num_speculative_tokens > 0)
+    weights_total = weights.total  # (a sum over its fields, each time it is read)
     total = float(hw.memory_bytes)
     budget = gpu_memory_utilization * total
     act = activation_peak_bytes(spec, par, max_num_batched_tokens, max_num_seqs)
     groups = sum(1 for n in (par.tp, par.pp, par.dp * (2 if par.ep else 1)) if n > 1)
     non_torch = RESERVES["cuda_context_bytes"] + groups * RESERVES["nccl_bytes_per_group"]
     graphs = RESERVES["cudagraph_bytes"]
-    kv = budget - weights.total - act - non_torch - graphs
+    kv = budget - weights_total - act - non_torch - graphs
     # the KV of this GPU's pipeline stage; every TP rank holds a full copy of its layers' latent cache
     stage_layers = max(spec.pp_layers(par.pp))
     per_token = spec.kv_bytes_per_token(kv_dtype, layers=stage_layers)
@@ -145,23 +146,23 @@ def memory_plan(
     reason = ""
     fits = True
     gib = lambda b: f"{b / GIB:.1f} GiB"  # noqa: E731
-    if weights.total > total:
+    if weights_total > total:
         fits = False
         reason = (
-            f"weights alone need {gib(weights.total)} per GPU under {par.label()}, more than the "
+            f"weights alone need {gib(weights_total)} per GPU under {par.label()}, more than the "
             f"{gib(total)} of one {hw.short}"
         )
-    elif weights.total > budget:
+    elif weights_total > budget:
         fits = False
         reason = (
-            f"weights alone need {gib(weights.total)} per GPU under {par.label()}, more than the {gib(budget)} "
+            f"weights alone need {gib(weights_total)} per GPU under {par.label()}, more than the {gib(budget)} "
             f"vLLM may use (gpu_memory_utilization {gpu_memory_utilization} x {gib(total)} of one {hw.short}); "
             f"with activations, CUDA graphs and NCCL ({gib(act + graphs + non_torch)}) nothing is left for KV cache"
         )
     elif kv <= 0 or num_blocks == 0:
         fits = False
         reason = (
-            f"weights {gib(weights.total)} + activations {gib(act)} + CUDA graphs {gib(graphs)} + "
+            f"weights {gib(weights_total)} + activations {gib(act)} + CUDA graphs {gib(graphs)} + "
             f"CUDA/NCCL {gib(non_torch)} exceed gpu_memory_utilization {gpu_memory_utilization} x "
             f"{gib(total)} = {gib(budget)} per {hw.short}: no room for KV cache"
         )
@@ -186,7 +187,7 @@ def memory_plan(
         total_bytes=total,
         budget_bytes=budget,
         gpu_memory_utilization=gpu_memory_utilization,
-        weights_bytes=weights.total,
+        weights_bytes=weights_total,
         weights_by_component=weights.as_dict(),
         activation_bytes=act,
         cudagraph_bytes=graphs,

@@ -278,9 +278,9 @@ class _GemmTimes:
             t = self.shape.seconds(m)
             if self.tuned is not None:
                 tuned = self.tuned.seconds(m)
-                if tuned is not None:
-                    t = min(t, tuned)
-            t = _keep(self.times, m, max(t, KERNEL_MIN_US * 1e-6))
+                if tuned is not None and tuned < t:  # min(t, tuned)
+                    t = tuned
+            t = _keep(self.times, m, _KERNEL_MIN_S if _KERNEL_MIN_S > t else t)  # max(t, floor)
         return t
 
 
@@ -328,6 +328,9 @@ class StepModel:
         self.vocab_shard = s.vocab_size / self.tp
         self.kv_layer_bytes = s.kv_latent_dim * self.kv_elem
         self.mtp = dep.num_speculative_tokens
+        self._q = 1 + self.mtp  # queries per decoding sequence and step (MTP drafts verified)
+        self._eo = self.eng.step_overhead_s
+        self._ahead = self.eng.schedule_ahead_steps
         # kernels timed on the GPU itself (split-K decode GEMMs, the fused MoE's stream): perf/kernels.py
         self.kt = KernelTable.for_gpu(hw.short) if self.eff.timing == "queued" else None
         self._attn_rate = self.eff.bf16_curve[-1][1] * 1e12  # attention kernels run at the bf16 plateau
@@ -338,6 +341,17 @@ class StepModel:
         self._mla_floor = (self.kt.mla_decode_floor_s if self.kt is not None else None) or 0.0
         # TP x EP: experts spread over ep_size ranks, each expert split over the moe_tp ranks that share it
         self.moe_tp = par.moe_tp
+        # the routed experts' GEMM shapes on one GPU (gate_up, down), and their measured rate curves if the
+        # profile has both (_grouped_expert_s)
+        split = self.moe_tp if par.ep else self.tp
+        self._expert_shapes = ((h, 2 * self.I / split), (self.I / split, h))
+        self._expert_rates: tuple[Curve, Curve] | None = None
+        if all(("fp8", round(k), round(n)) in self.eff.shapes for k, n in self._expert_shapes):
+            (k_up, n_up), (k_down, n_down) = self._expert_shapes
+            self._expert_rates = (
+                self.eff.rate_curve("fp8", k_up, n_up),
+                self.eff.rate_curve("fp8", k_down, n_down),
+            )
         # sglang runs the shared expert inside the routed experts' grouped GEMMs unless experts are spread by id
         # (expert parallelism of size > 1); today's model (the hand-off off) only where there is no EP at all
         self._fused_shared = self.eng.fuses_shared_expert and (
@@ -470,15 +484,12 @@ class StepModel:
         them (gate_up h x 2I/tp, down I/tp x h; whole experts under EP), their rate at `rows` rows is used: a
         grouped launch fills the GPU like one GEMM of that many rows, at the efficiency of the thin per-expert
         shape. Otherwise the best rate at the per-expert row count stands in (weight-streaming-bound regime)."""
-        split = self.moe_tp if self.dep.par.ep else self.tp
-        gate_up = (self.h, 2 * self.I / split)
-        down = (self.I / split, self.h)
-        key_up = ("fp8", round(gate_up[0]), round(gate_up[1]))
-        key_down = ("fp8", round(down[0]), round(down[1]))
-        if key_up in self.eff.shapes and key_down in self.eff.shapes:
-            return 2.0 * rows * gate_up[0] * gate_up[1] / (
-                self.eff.tflops(rows, "fp8", *gate_up) * 1e12
-            ) + 2.0 * rows * down[0] * down[1] / (self.eff.tflops(rows, "fp8", *down) * 1e12)
+        if self._expert_rates is not None:
+            (k_up, n_up), (k_down, n_down) = self._expert_shapes
+            up, down = self._expert_rates  # eff.tflops(rows, "fp8", k, n) of each
+            return 2.0 * rows * k_up * n_up / (up.log_lin(rows) * 1e12) + 2.0 * rows * k_down * n_down / (
+                down.log_lin(rows) * 1e12
+            )
         return flops / (self.eff.tflops(rows / max(touched, 1e-9)) * 1e12)
 
     def allreduce_s(self, nbytes: float) -> float:
@@ -548,8 +559,8 @@ class StepModel:
 
     def _stage_s(
         self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float, moe_tokens: float | None
-    ) -> tuple[float, float] | None:
-        """(GPU seconds, exposed engine overhead) of `parts(...)` without building its dict: the same values
+    ) -> float | None:
+        """GPU seconds of `parts(...)` (all but the engine overhead) without building its dict: the same values
         added in the same order (bit-identical to summing `parts()`), None for an empty step."""
         key = (n_dec, n_pre, None, moe_tokens)
         base = self._base.get(key)
@@ -562,25 +573,21 @@ class StepModel:
         if self.mtp and ctx_sum:  # as parts(): each draft pass reads the latent cache once more
             kv_read = ctx_sum * self.kv_layer_bytes / self._kv_rate
             md += self.mtp * (max(kv_read / (1 + self.mtp), _KERNEL_MIN_S) - _KERNEL_MIN_S)
-        gpu = 0 + ag + core + dm + me + ar + ep + lm + md + sk  # sum()'s order, from its int start
-        eo = self.eng.step_overhead_s
-        if self.eng.schedule_ahead_steps:
-            eo = max(0.0, eo - gpu)
-        return gpu, eo
+        return 0 + ag + core + dm + me + ar + ep + lm + md + sk  # sum()'s order, from its int start
 
     def _attn_core(self, n_dec: float, ctx_sum: float, n_pre: float, pre_pairs: float) -> float:
         """MLA core of one layer: decode reads the latent cache (q queries per seq), prefill computes causal
         attention."""
         if n_dec:
             kv_read = ctx_sum * self.kv_layer_bytes / self._kv_rate
-            dec_flops = self._dec_flops_per_ctx * ctx_sum * (1 + self.mtp)
+            dec_flops = self._dec_flops_per_ctx * ctx_sum * self._q
             attn_core = max(kv_read, dec_flops / self._attn_rate, self._mla_floor)
         else:
             attn_core = 0.0
         if n_pre:
             f = self._prefill_factor("attention", self.heads * pre_pairs)
             attn_core += self._pre_flops_per_pair * pre_pairs / self._attn_rate * f
-        return max(attn_core, _KERNEL_MIN_S)
+        return _KERNEL_MIN_S if _KERNEL_MIN_S > attn_core else attn_core  # max()
 
     def _parts(
         self, n_dec: float, n_pre: float, n_logits: float | None, moe_tokens: float | None
@@ -778,12 +785,15 @@ class StepModel:
         p x stage time of a 1/p microbatch plus (p - 1) activation sends."""
         p = self.pp
         if p == 1:
-            st = self._stage_s(n_dec, ctx_sum, n_pre, pre_pairs, moe_tokens)
-            return 0 if st is None else st[0] + st[1]  # sum(parts(...).values())
+            gpu = self._stage_s(n_dec, ctx_sum, n_pre, pre_pairs, moe_tokens)
+            if gpu is None:
+                return 0
+            # sum(parts(...).values()): the exposed engine overhead last
+            return gpu + (max(0.0, self._eo - gpu) if self._ahead else self._eo)
         mb = self._microbatches(n_dec, n_pre)
         mt = None if moe_tokens is None else moe_tokens / mb
         st = self._stage_s(n_dec / mb, ctx_sum / mb, n_pre / mb, pre_pairs / mb, mt)
-        stage = 0 if st is None else st[0]
+        stage = 0 if st is None else st
         tokens = (n_dec * (1 + self.mtp) + n_pre) / mb
         return p * stage + (p - 1) * self.p2p_s(tokens) + self.eng.step_overhead_s
 

@@ -122,12 +122,18 @@ def _stats(values: list[float]) -> dict[str, float]:
 _profile = functools.lru_cache(maxsize=16)(load_profile)
 
 
+@functools.lru_cache(maxsize=16)
+def _profile_efficiency(slug: str, gpu_short: str) -> Efficiency:
+    """A profile's efficiency constants on one GPU type, kept (a GPU's own profile is often the donor below)."""
+    return _profile(slug).efficiency(hardware.gpu(gpu_short))
+
+
 @functools.lru_cache(maxsize=64)
 def _efficiency(gpu_short: str, profile: str | None) -> Efficiency:
     """The GPU's efficiency constants; a profile without all-reduce data borrows the measured curve of a
     reference profile that has one (NVSwitch systems: the latency floor and bus rate of NCCL on NVLink 4)."""
     hw = hardware.gpu(gpu_short)
-    eff = _profile(profile or hw.default_profile).efficiency(hw)
+    eff = _profile_efficiency(profile or hw.default_profile, hw.short)
     if not eff.ar_points:
         donor = _allreduce_donor(eff.timing)
         if donor is not None:
@@ -139,12 +145,12 @@ def _efficiency(gpu_short: str, profile: str | None) -> Efficiency:
 def _allreduce_donor(timing: str) -> Efficiency | None:
     """The reference profile whose all-reduce curve a profile without one borrows: one timed the same way
     (queued all-reduces carry no launch latency) first, newest first; None if no reference profile has one."""
-    donors = [_profile(slug) for slug in reference_profiles()]
-    donors.sort(key=lambda p: p.measured, reverse=True)
-    donors.sort(key=lambda p: p.timing_method != timing)  # stable: same timing first
-    for prof in donors:
+    donors = [(slug, _profile(slug)) for slug in reference_profiles()]
+    donors.sort(key=lambda d: d[1].measured, reverse=True)
+    donors.sort(key=lambda d: d[1].timing_method != timing)  # stable: same timing first
+    for slug, prof in donors:
         if prof.allreduce:  # an efficiency's all-reduce curve is made of these records alone
-            return prof.efficiency()
+            return _profile_efficiency(slug, prof.gpu)  # on its own GPU
     return None
 
 
