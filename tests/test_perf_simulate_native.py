@@ -45,14 +45,22 @@ def test_native_module_is_in_use() -> None:
 
 
 def test_pure_python_when_asked() -> None:
-    """R1LAB_PURE_PYTHON=1 (or a module built from other sources) gives the pure-Python module."""
+    """R1LAB_PURE_PYTHON=1 (or a module built from other sources) gives the pure-Python module, which runs where
+    Cython is not installed too (here: its import refused)."""
     env = {**os.environ, _native.PURE_ENV: "1"}
-    code = "import r1lab.perf.simulate as s; print(s.COMPILED, s.__file__)"
+    code = (
+        "import sys; sys.modules['cython'] = None\n"
+        "import r1lab.perf.simulate as s\n"
+        "from r1lab.model import Parallelism\n"
+        "from r1lab.perf.ops import Deployment, StepModel\n"
+        "r = s.simulate(StepModel(Deployment('NVIDIA H200', Parallelism(8))), s.Workload(512, 64, 8))\n"
+        "print(s.COMPILED, s.__file__, r.requests)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     )
-    compiled, path = out.stdout.split()
-    assert compiled == "False" and path.endswith("simulate.py")
+    compiled, path, requests = out.stdout.split()
+    assert compiled == "False" and path.endswith("simulate.py") and requests == "32"
 
 
 TP8 = Deployment("NVIDIA H200", Parallelism(8))

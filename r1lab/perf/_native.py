@@ -23,6 +23,12 @@ RECORD = HERE / "simulate.native.json"
 PURE_ENV = "R1LAB_PURE_PYTHON"
 
 
+class cython:  # noqa: N801  (named as the module it stands for)
+    """Stand-in for Cython's pure-Python shadow module where Cython is not installed: nothing is compiled."""
+
+    compiled = False
+
+
 def source_digest() -> str:
     """sha256 over the native module's sources, in order."""
     h = hashlib.sha256()

@@ -10,6 +10,9 @@ cimport cython
 @cython.locals(n=cython.Py_ssize_t)
 cdef Py_ssize_t _ceil(double x)
 
+@cython.locals(lo=cython.Py_ssize_t, hi=cython.Py_ssize_t, mid=cython.Py_ssize_t, v=cython.Py_ssize_t)
+cdef Py_ssize_t _bisect_left(list a, Py_ssize_t x) except? -1
+
 
 @cython.final
 cdef class _Req:

@@ -29,6 +29,11 @@ from collections import deque
 from dataclasses import dataclass
 from heapq import heappop, heappush
 
+try:
+    import cython  # compile-time in the native build: `cython.compiled` picks a function's C loop there
+except ImportError:  # pure Python without Cython installed
+    from r1lab.perf._native import cython
+
 from r1lab.perf import _native
 from r1lab.perf.network import Link
 from r1lab.perf.ops import StepModel
@@ -123,6 +128,21 @@ class SimResult:
     steps: int
 
 
+def _bisect_left(a: list[int], x: int) -> int:
+    """bisect.bisect_left(a, x); the native build runs bisect's own loop in C over the list (the same index)."""
+    if not cython.compiled:
+        return bisect_left(a, x)
+    lo, hi = 0, len(a)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = a[mid]
+        if v < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def _ceil(x: float) -> int:
     """math.ceil(x) of a finite x (int(x) truncates toward zero): a C function in the native build."""
     n = int(x)
@@ -196,7 +216,12 @@ class _Decoding:
             return self._v2
         n, res = len(self.members), self.res
         g1, g0 = g // self.bs, g % self.bs
-        v = self.blk_sum + n * g1 + (n - bisect_left(res, 1 - g0)) + (n - bisect_left(res, self.bs + 1 - g0))
+        v = (
+            self.blk_sum
+            + n * g1
+            + (n - _bisect_left(res, 1 - g0))
+            + (n - _bisect_left(res, self.bs + 1 - g0))
+        )
         self._g2, self._v2, self._g1, self._v1 = self._g1, self._v1, g, v
         return v
 
@@ -212,7 +237,7 @@ class _Decoding:
         self.phase_sum -= r.phase
         a, b = r.phase // self.bs, r.phase % self.bs
         self.blk_sum -= a
-        del self.res[bisect_left(self.res, b)]
+        del self.res[_bisect_left(self.res, b)]
         d = self.g - r.g0
         r.computed = r.c0 + d
         r.generated = r.gen0 + d
