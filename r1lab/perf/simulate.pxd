@@ -43,16 +43,18 @@ cdef class _Decoding:
 
     @cython.locals(c=cython.Py_ssize_t)
     cpdef bint can_join(self, _Req r) except -1
-    @cython.locals(p=cython.Py_ssize_t, a=cython.Py_ssize_t, b=cython.Py_ssize_t)
+    @cython.locals(p=cython.Py_ssize_t, a=cython.Py_ssize_t, b=cython.Py_ssize_t, end=cython.double, e=cython.Py_ssize_t)
     cpdef add(self, _Req r)
     cpdef Py_ssize_t ctx(self)
     @cython.locals(n=cython.Py_ssize_t, g1=cython.Py_ssize_t, g0=cython.Py_ssize_t, res=list, v=cython.Py_ssize_t)
     cpdef Py_ssize_t held(self, Py_ssize_t g) except? -1
     @cython.locals(heap=list, members=dict)
     cpdef double min_remaining(self) except? -1.0
+    @cython.locals(heap=list)
+    cpdef bint due(self) except -1
     @cython.locals(a=cython.Py_ssize_t, b=cython.Py_ssize_t, d=cython.Py_ssize_t)
     cdef _leave(self, _Req r)
-    @cython.locals(out=list, heap=list, r=_Req)
+    @cython.locals(out=list, heap=list, members=dict)
     cpdef list finished(self)
     cpdef remove(self, _Req r)
 
@@ -113,7 +115,7 @@ cdef class _Sim:
     cpdef route(self, _Req r, double t)
     cpdef submit(self, _Req r)
     @cython.locals(r=_Req, batch=list, tokens=cython.Py_ssize_t, pairs=cython.double, start=cython.double,
-                   done_at=cython.double, ready=cython.double, i=cython.Py_ssize_t)
+                   done_at=cython.double, ready=cython.double, i=cython.Py_ssize_t, j=cython.Py_ssize_t)
     cpdef run_prefill_pool(self, double until)
     cpdef finish(self, _Rank x, _Req r, double t_end)
     @cython.locals(r=_Req, budget=cython.double, chunks=list, room=cython.double, c=cython.double)

@@ -178,7 +178,9 @@ class _Decoding:
         self.phase_sum = 0  # sum of phases
         self.blk_sum = 0  # sum of phase // bs
         self.res: list[int] = []  # phase % bs of every member, sorted
-        self.heap: list[tuple[float, int, _Req]] = []  # (g at which it has its osl tokens, seq, request)
+        # (g at which it has its osl tokens) << 32 | seq: one int per member, ordered as the pair (a member holds
+        # an integer count of tokens, seq < 2**32), the member found by its seq
+        self.heap: list[int] = []
         # held(g) of the last two g asked for (g1 the latest), until the members change; g -1: none
         self._g1 = self._g2 = -1
         self._v1 = self._v2 = 0
@@ -201,7 +203,11 @@ class _Decoding:
         a, b = p // self.bs, p % self.bs  # divmod's pair (typed C integers in a native build)
         self.blk_sum += a
         insort(self.res, b)
-        heappush(self.heap, (r.osl - r.generated + self.g, r.seq, r))
+        end = r.osl - r.generated + self.g
+        e = int(end)
+        if e != end or not 0 <= e < 1 << 31 or not 0 <= r.seq < 1 << 32:
+            raise AssertionError(f"offset mode: end step {end} or seq {r.seq} out of range (bug)")
+        heappush(self.heap, e << 32 | r.seq)
 
     def ctx(self) -> int:
         """The members' computed tokens, summed."""
@@ -227,9 +233,15 @@ class _Decoding:
 
     def min_remaining(self) -> float:
         heap, members = self.heap, self.members
-        while heap[0][1] not in members:  # one that left (preempted)
+        while heap[0] & 0xFFFFFFFF not in members:  # one that left (preempted)
             heappop(heap)
-        return heap[0][0] - self.g
+        return (heap[0] >> 32) - self.g
+
+    def due(self) -> bool:
+        """Whether the heap's first has its output length by now (a member that finished() gives, or one that
+        left)."""
+        heap = self.heap
+        return bool(heap) and heap[0] >> 32 <= self.g
 
     def _leave(self, r: _Req) -> None:
         del self.members[r.seq]
@@ -246,10 +258,10 @@ class _Decoding:
     def finished(self) -> list[_Req]:
         """Remove and return (their state brought up to date) the members that have their output length."""
         out = []
-        heap = self.heap
-        while heap and heap[0][0] <= self.g:
-            _, s, r = heappop(heap)
-            if s in self.members:
+        heap, members = self.heap, self.members
+        while heap and heap[0] >> 32 <= self.g:
+            r = members.get(heappop(heap) & 0xFFFFFFFF)
+            if r is not None:
                 self._leave(r)
                 out.append(r)
         return out
@@ -372,6 +384,8 @@ class _Sim:
         # every running request's remaining tokens, so it scans them
         self.lazy = OFFSET_MODE and step.mtp == 0 and self.tps == 1 and not self.prefill_first
         # prefill pool for P/D: shared by every decode rank
+        if pd is not None and pd.prefill_instances < 1:
+            raise ValueError(f"PDConfig.prefill_instances must be at least 1, got {pd.prefill_instances}")
         self.p_free = [0.0] * (pd.prefill_instances if pd else 0)
         self.p_queue: deque[_Req] = deque()
         self.link_free = 0.0
@@ -434,7 +448,10 @@ class _Sim:
         p_queue, p_free = self.p_queue, self.p_free
         first_token, overhead = self.first_token, self.overhead
         while p_queue:
-            i = min(range(len(p_free)), key=p_free.__getitem__)
+            i = 0  # the first of the instances free the soonest (min()'s)
+            for j in range(1, len(p_free)):
+                if p_free[j] < p_free[i]:
+                    i = j
             start = max(p_free[i], p_queue[0].at_engine)
             if start > until:
                 return
@@ -842,7 +859,7 @@ class _Sim:
                 if lazy:
                     # the members that reached their output length, and those kept apart; in admission order
                     dec = x.dec
-                    ending = dec.finished() if dec.heap and dec.heap[0][0] <= dec.g else []
+                    ending = dec.finished() if dec.due() else []
                     if x.exp:
                         rest = []
                         for r in x.exp:
