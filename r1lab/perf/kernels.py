@@ -232,6 +232,8 @@ class KernelTable:
             return None
         fit = self._fits.get(expert_bytes)
         if fit is None:
+            if len(self._fits) > 1024:  # (a handful of sizes in practice; bounded all the same)
+                self._fits.clear()
             fit = self._fits[expert_bytes] = min(
                 self.moe, key=lambda f: abs(math.log(f.expert_bytes / expert_bytes))
             )
