@@ -48,13 +48,13 @@ cdef class _Decoding:
     cpdef Py_ssize_t ctx(self)
     @cython.locals(n=cython.Py_ssize_t, g1=cython.Py_ssize_t, g0=cython.Py_ssize_t, res=list, v=cython.Py_ssize_t)
     cpdef Py_ssize_t held(self, Py_ssize_t g) except? -1
-    @cython.locals(heap=list, members=dict)
+    @cython.locals(heap=list, members=dict, e=cython.Py_ssize_t)
     cpdef double min_remaining(self) except? -1.0
-    @cython.locals(heap=list)
+    @cython.locals(heap=list, e=cython.Py_ssize_t)
     cpdef bint due(self) except -1
     @cython.locals(a=cython.Py_ssize_t, b=cython.Py_ssize_t, d=cython.Py_ssize_t)
     cdef _leave(self, _Req r)
-    @cython.locals(out=list, heap=list, members=dict)
+    @cython.locals(out=list, heap=list, members=dict, e=cython.Py_ssize_t)
     cpdef list finished(self)
     cpdef remove(self, _Req r)
 

@@ -24,7 +24,7 @@ import gc
 import itertools
 import math
 import random
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from heapq import heappop, heappush
@@ -202,7 +202,7 @@ class _Decoding:
         self.phase_sum += p
         a, b = p // self.bs, p % self.bs  # divmod's pair (typed C integers in a native build)
         self.blk_sum += a
-        insort(self.res, b)
+        self.res.insert(_bisect_left(self.res, b), b)  # insort's list (equal ints: either side of them)
         end = r.osl - r.generated + self.g
         e = int(end)
         if e != end or not 0 <= e < 1 << 31 or not 0 <= r.seq < 1 << 32:
@@ -233,15 +233,20 @@ class _Decoding:
 
     def min_remaining(self) -> float:
         heap, members = self.heap, self.members
-        while heap[0] & 0xFFFFFFFF not in members:  # one that left (preempted)
-            heappop(heap)
-        return (heap[0] >> 32) - self.g
+        while True:
+            e = heap[0]
+            if e & 0xFFFFFFFF in members:
+                return (e >> 32) - self.g
+            heappop(heap)  # one that left (preempted)
 
     def due(self) -> bool:
         """Whether the heap's first has its output length by now (a member that finished() gives, or one that
         left)."""
         heap = self.heap
-        return bool(heap) and heap[0] >> 32 <= self.g
+        if not heap:
+            return False
+        e = heap[0]
+        return e >> 32 <= self.g
 
     def _leave(self, r: _Req) -> None:
         del self.members[r.seq]
@@ -259,8 +264,12 @@ class _Decoding:
         """Remove and return (their state brought up to date) the members that have their output length."""
         out = []
         heap, members = self.heap, self.members
-        while heap and heap[0] >> 32 <= self.g:
-            r = members.get(heappop(heap) & 0xFFFFFFFF)
+        while heap:
+            e = heap[0]
+            if e >> 32 > self.g:
+                break
+            heappop(heap)
+            r = members.get(e & 0xFFFFFFFF)
             if r is not None:
                 self._leave(r)
                 out.append(r)
