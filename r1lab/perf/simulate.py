@@ -455,6 +455,7 @@ class _Sim:
         pd = self.pd
         assert pd is not None
         p_queue, p_free = self.p_queue, self.p_free
+        prefill, link, decode_tp, budget = pd.prefill, pd.link, pd.decode_tp, pd.max_num_batched_tokens
         first_token, overhead = self.first_token, self.overhead
         while p_queue:
             i = 0  # the first of the instances free the soonest (min()'s)
@@ -467,22 +468,20 @@ class _Sim:
             batch: list[_Req] = []
             tokens, pairs = 0, 0.0
             while (
-                p_queue
-                and p_queue[0].at_engine <= start
-                and (not batch or tokens + p_queue[0].isl <= pd.max_num_batched_tokens)
+                p_queue and p_queue[0].at_engine <= start and (not batch or tokens + p_queue[0].isl <= budget)
             ):
                 r = p_queue.popleft()
                 batch.append(r)
                 tokens += r.isl
                 pairs += r.isl * (r.isl + 1) / 2
-            done_at = start + pd.prefill.step_s(0, 0, tokens, pairs)
+            done_at = start + prefill.step_s(0, 0, tokens, pairs)
             p_free[i] = done_at
             for r in batch:
                 # the link carries one KV cache at a time (FIFO): transfers queue behind each other; the
                 # client's first token comes from the decode worker (EngineConstants.pd_first_token): vLLM
                 # computes the last prompt token in its next step, sglang streams the prefill's token at its next
                 # loop iteration (a batch without decoding), others count it once the cache has landed
-                ready = max(done_at, self.link_free) + pd.prefill.kv_transfer_s(r.isl, pd.link, pd.decode_tp)
+                ready = max(done_at, self.link_free) + prefill.kv_transfer_s(r.isl, link, decode_tp)
                 self.link_free = ready
                 r.prompt = r.isl
                 r.computed = r.isl - 1 if first_token == "recompute_last" else r.isl
@@ -728,7 +727,10 @@ class _Sim:
             for x in rk:
                 plans.append(self.schedule(x) if x.running or x.waiting else ([], [], 0.0, 0, 0))
             per = []  # (n_dec, ctx_sum, n_pre, pairs) per rank
+            any_chunks = False
             for _, chunks, ctx, _, n_dec in plans:
+                if chunks:
+                    any_chunks = True
                 per.append(
                     (
                         n_dec,
@@ -744,7 +746,6 @@ class _Sim:
                     tot = sum([per[i][0] * q + per[i][2] for i in range(g0, min(ranks, g0 + rpi))])
                     for i in range(g0, min(ranks, g0 + rpi)):
                         moe_tok[i] = tot
-            any_chunks = any([plan[1] for plan in plans])
 
             # --- epoch length: pure decode stretches advance k steps at once ---
             k = 1
