@@ -17,6 +17,8 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import shutil
 import sys
 import sysconfig
 import time
@@ -60,10 +62,15 @@ def build() -> None:
             )
             dist = Distribution({"ext_modules": mods, "script_name": "build_native.py"})
             cmd = dist.get_command_obj("build_ext")
-            cmd.inplace = True  # type: ignore[attr-defined]
+            cmd.build_lib = str(BUILD / "lib")  # type: ignore[attr-defined]
             cmd.build_temp = str(BUILD / "tmp")  # type: ignore[attr-defined]
             cmd.ensure_finalized()
             cmd.run()
+            built = BUILD / "lib" / "r1lab" / "perf" / EXT.name
+            # a new file renamed into place: a process that has the old module loaded keeps its (unlinked) copy
+            tmp = EXT.with_name(EXT.name + ".new")
+            shutil.copy2(built, tmp)
+            os.replace(tmp, EXT)
         except BaseException as e:
             tail = "\n".join(out.getvalue().strip().splitlines()[-15:])
             raise RuntimeError(f"{type(e).__name__}: {e}\n{tail}") from e
