@@ -13,6 +13,7 @@ Adding a GPU type: one `GPU(...)` entry in `GPUS`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -159,6 +160,7 @@ UNMODELLED_STOCK: tuple[tuple[str, Stock, bool], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=1024)  # a pure string function, called ~13 times per lookup (names: a few dozen)
 def _norm(s: str) -> str:
     return re.sub(r"[^a-z0-9]", "", s.lower())
 

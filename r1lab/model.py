@@ -101,7 +101,20 @@ class WeightBytes:
 
     @property
     def total(self) -> float:
-        return sum(asdict(self).values())
+        # the fields in declaration order, as sum(asdict(self).values()) added them (bit for bit)
+        return sum(
+            (
+                self.attention,
+                self.dense_mlp,
+                self.shared_experts,
+                self.routed_experts,
+                self.router,
+                self.embedding,
+                self.lm_head,
+                self.norms,
+                self.mtp,
+            )
+        )
 
     def as_dict(self) -> dict[str, float]:
         return {**asdict(self), "total": self.total}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields
 
 import pytest
 
-from r1lab.model import ModelSpec, Parallelism
+from r1lab.model import ModelSpec, Parallelism, WeightBytes
 
 R1 = ModelSpec.deepseek_r1()
 
@@ -90,3 +91,10 @@ def test_from_config_json_roundtrip(tmp_path):
 def test_parallelism_rejects_zero():
     with pytest.raises(ValueError, match="tp"):
         Parallelism(tp=0)
+
+
+def test_weight_bytes_total_adds_every_field_in_order() -> None:
+    """WeightBytes.total adds every field in declaration order, bit for bit as sum(asdict(...).values())."""
+    wb = WeightBytes(*(0.1 * 3.0**k + 1e-7 * k for k in range(len(fields(WeightBytes)))))
+    assert wb.total == sum(asdict(wb).values())
+    assert wb.as_dict()["total"] == wb.total

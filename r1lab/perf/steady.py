@@ -105,6 +105,10 @@ def steady_state(
     rr = range(ranks)
 
     memo: dict[tuple[tuple[int, float, float], ...], float] = {}
+    # one rank's step, (decodes, context, prefill tokens, causal pairs, expert tokens) -> seconds: the same step
+    # recurs across the waves, cycles and ranks' work of one call (step_s is a pure function of its arguments)
+    step_memo: dict[tuple[int, float, float, float, float | None], float] = {}
+    step_s = step.step_s
 
     def lockstep(work: tuple[tuple[int, float, float], ...], ctx: float = ctx_mean) -> float:
         """One lock-step step: rank i runs work[i] = (decodes, prefill tokens, causal pairs), decodes at
@@ -112,7 +116,11 @@ def steady_state(
         see every rank's tokens); an idle rank joins the all-to-all."""
         if ranks == 1:
             nd, tok, pairs = work[0]
-            return step.step_s(nd, nd * ctx, tok, pairs, None)
+            skey = (nd, ctx, tok, pairs, None)
+            v = step_memo.get(skey)
+            if v is None:
+                v = step_memo[skey] = step_s(nd, nd * ctx, tok, pairs, None)
+            return v
         key = (*work, (-1, ctx, 0.0))
         v = memo.get(key)
         if v is None:
@@ -123,12 +131,14 @@ def steady_state(
                     for i in range(g0, g0 + rpi):
                         moe[i] = tot
             v = 0.0
-            seen = set()
             for i, (nd, tok, pairs) in enumerate(work):
-                w = (nd, tok, pairs, moe[i])
-                if (nd or tok) and w not in seen:  # ranks with the same work take the same time
-                    seen.add(w)
-                    v = max(v, step.step_s(nd, nd * ctx, tok, pairs, moe[i] if coupled else None))
+                if nd or tok:  # ranks with the same work take the same time (one step_s, memoised)
+                    m = moe[i] if coupled else None
+                    rkey = (nd, ctx, tok, pairs, m)
+                    s_i = step_memo.get(rkey)
+                    if s_i is None:
+                        s_i = step_memo[rkey] = step_s(nd, nd * ctx, tok, pairs, m)
+                    v = max(v, s_i)
             memo[key] = v
         return v
 
