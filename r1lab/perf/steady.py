@@ -239,19 +239,21 @@ def steady_state(
         ttfts: list[list[float]] = [[] for _ in rr]
         own: list[list[int]] = [[] for _ in rr]
         window: list[tuple[float, float, float]] = []
+        not_ahead = eng.schedule_ahead_steps == 0
         while done < members:
             for i in rr:
-                visible = t if eng.schedule_ahead_steps == 0 or gap[i] == count[i] else last_start
+                visible = t if not_ahead or gap[i] == count[i] else last_start
                 pend = pending[i]
                 while pi[i] < len(pend) and pend[pi[i]][0] <= visible + 1e-12:
                     prefilling[i].append([float(isl), pend[pi[i]][1]])
                     pi[i] += 1
             n_dec = [count[i] - gap[i] for i in rr]
             nxt = min((pending[i][pi[i]][0] for i in rr if pi[i] < len(pending[i])), default=math.inf)
-            if not any(prefilling) and not any(n_dec):
+            no_pf = not any(prefilling)
+            if no_pf and not any(n_dec):
                 t = max(t, nxt)  # idle: the next arrival starts a step at once
                 continue
-            if not any(prefilling) and nxt > t and fi < members and finish[fi][0] > s:
+            if no_pf and nxt > t and fi < members and finish[fi][0] > s:
                 # pure decode until the next return or the next arrival
                 k = finish[fi][0] - s
                 d = lockstep(tuple((nd, 0, 0.0) for nd in n_dec))
@@ -270,7 +272,8 @@ def steady_state(
                 for x in prefilling[i]:
                     if room <= 0:
                         break
-                    take = min(x[0], room)
+                    x0 = x[0]
+                    take = room if room < x0 else x0  # min(x0, room)
                     chunks.append(take)
                     room -= take
                 chunks_of.append(chunks)
@@ -304,7 +307,7 @@ def steady_state(
                     sent = t + ov
                     at = sent if queued else max(sent, fe_free) + fe
                     fe_free = at
-                    dest = min(rr, key=count.__getitem__)
+                    dest = 0 if ranks == 1 else min(rr, key=count.__getitem__)
                     pending[dest].append((at, sent))
                     count[dest] += 1
                     gap[dest] += 1
@@ -347,13 +350,16 @@ def steady_state(
     for _, k, _ in window:
         first.append(first[-1] + int(k))
     dec_ss: list[list[float]] = []
+    offs = (0, period, 2 * period)
     for own_i in own:
         dec_i = []
         for o in own_i:
             r = first[o]
             dur, cnt = 0.0, 0
-            for off in (0, period, 2 * period):
-                lo, hi = max(off, r + 1), min(off + w_steps - 1, r + d_steps)
+            r1, rd = r + 1, r + d_steps
+            for off in offs:
+                top = off + w_steps - 1
+                lo, hi = (r1 if r1 > off else off), (rd if rd < top else top)  # max(off, r1), min(top, rd)
                 if lo <= hi:
                     dur += cum[hi - off + 1] - cum[lo - off]
                     cnt += hi - lo + 1
@@ -394,13 +400,19 @@ def steady_state(
             first_e2e = max(first_e2e, t1 + dec)
     flat_ttft = [x for v in ttft_ss for x in v]  # members in rank order (they move between ranks)
     flat_dec = [x for v in dec_ss for x in v]
-    for k in range((n - c) * ranks):
-        m = k % members
-        ci = k // members
-        t1 = flat_ttft[m] if ranks == 1 or ci >= len(cycle_ttfts) - 1 else cycle_ttfts[ci][m]
-        ttft.append(t1)
-        e2e.append(t1 + flat_dec[m])
-        tpot.append(flat_dec[m] / (osl - 1))
+    # the later requests, `members` at a time (request k is member k % members of cycle k // members)
+    later = (n - c) * ranks
+    flat_tpot = [x / (osl - 1) for x in flat_dec]
+    e2e_of: dict[int, list[float]] = {}  # id of a TTFT list -> its members' e2e
+    for ci in range(math.ceil(later / members)):
+        m_n = min(members, later - ci * members)
+        src = flat_ttft if ranks == 1 or ci >= len(cycle_ttfts) - 1 else cycle_ttfts[ci]
+        src_e2e = e2e_of.get(id(src))
+        if src_e2e is None:
+            src_e2e = e2e_of[id(src)] = [t1 + x for t1, x in zip(src, flat_dec, strict=True)]
+        ttft.extend(src[:m_n])
+        e2e.extend(src_e2e[:m_n])
+        tpot.extend(flat_tpot[:m_n])
     duration = first_e2e + (math.ceil(n / c) - 1) * cyc_mean
     # gaps between chunks: the window's steps and the pure decode steps, weighted by the decoders in them
     cycles = max(1.0, n / r_run)
