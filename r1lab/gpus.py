@@ -165,6 +165,7 @@ def _norm(s: str) -> str:
     return re.sub(r"[^a-z0-9]", "", s.lower())
 
 
+@functools.lru_cache(maxsize=1024)  # GPUS is constant; once per predict() and on every Deployment.hw
 def gpu(name: str) -> GPU:
     """Resolve a RunPod id, short name or alias; errors list what is known."""
     key = _norm(name)
