@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -23,6 +24,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,10 +70,10 @@ def build() -> None:
             cmd.run()
             built = BUILD / "lib" / "r1lab" / "perf" / EXT.name
             # a new file renamed into place: a process that has the old module loaded keeps its (unlinked) copy
-            tmp = EXT.with_name(EXT.name + ".new")
+            tmp = EXT.with_name(f"{EXT.name}.{os.getpid()}.new")
             shutil.copy2(built, tmp)
             os.replace(tmp, EXT)
-        except BaseException as e:
+        except Exception as e:  # (Ctrl-C stops bootstrap, not just the build)
             tail = "\n".join(out.getvalue().strip().splitlines()[-15:])
             raise RuntimeError(f"{type(e).__name__}: {e}\n{tail}") from e
 
@@ -81,21 +83,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even when the built module is current")
     ap.add_argument("--strict", action="store_true", help="exit 1 when it cannot be built")
     a = ap.parse_args(argv)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    # one build at a time per checkout (make demo and make test started together)
+    with open(BUILD / "lock", "w") as lock:
+        if not _try_lock(lock):
+            log("waiting for another build of this checkout")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_if_stale(a.force, a.strict)
+
+
+def _try_lock(f: IO[str]) -> bool:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _build_if_stale(force: bool, strict: bool) -> int:
+    """Build unless the module is current (checked with the lock held: another build may just have finished)."""
     digest = _native.source_digest()
-    if not a.force and EXT.exists() and _native.built_digest() == digest:
+    if not force and EXT.exists() and _native.built_digest() == digest:
         log("up to date")
         return 0
     t0 = time.monotonic()
     log("building (Cython + C compiler, ~30 s)")
-    _native.RECORD.unlink(
-        missing_ok=True
-    )  # no record while the module is replaced: a half-done build is unused
+    # no record while the module is replaced: a half-done build is unused
+    _native.RECORD.unlink(missing_ok=True)
     try:
         build()
     except Exception as e:  # a missing Cython or compiler, a compile error: pure Python still works
         log(f"WARNING: not built, r1lab.perf.simulate runs as pure Python (same results, slower): {e}")
         EXT.unlink(missing_ok=True)
-        return 1 if a.strict else 0
+        return 1 if strict else 0
     _native.RECORD.write_text(json.dumps({"sources": digest, "module": EXT.name}) + "\n")
     log(f"built {EXT.relative_to(ROOT)} in {time.monotonic() - t0:.0f} s")
     return 0

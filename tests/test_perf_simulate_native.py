@@ -26,6 +26,8 @@ def _can_build() -> str | None:
     """Why no native build can exist here, None where one can."""
     if importlib.util.find_spec("Cython") is None:
         return "Cython is not installed (pip install -e '.[dev]')"
+    if importlib.util.find_spec("setuptools") is None:
+        return "setuptools is not installed (pip install -e '.[dev]')"
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(cc) is None:
         return f"no C compiler ({cc})"

@@ -1,4 +1,4 @@
-# cython: language_level=3, annotation_typing=False, boundscheck=False, cdivision=False, infer_types=False
+# Compiler directives (language level, cdivision off, bounds checks on): scripts/build_native.py DIRECTIVES.
 # The native build's types for simulate.py (Cython "pure Python mode": this file augments the .py, which stays the
 # only implementation; scripts/build_native.py compiles it). Python semantics are kept where a value could differ:
 # cdivision off (// and % floor as Python's), integers in 64 bits (every count here is far below 2**62: tokens,
